@@ -1,0 +1,377 @@
+"""ONNX -> LayerGraph: read, validate, pin shapes, fold constants, group nodes into layers.
+
+``load(path, shapes=...)`` is the entry point. It checks everything first and reports problems all
+at once: an unreadable file, every operator TVM's importer cannot convert (with node names), every
+dynamic input dimension that needs pinning.
+
+Normalisation (the returned graph's ``model``):
+- graph inputs get the pinned static shapes;
+- ``Constant`` nodes become initializers and every node gets a unique name (``<Op>_<i>`` if the
+  exporter left it empty);
+- shape arithmetic (Shape -> Slice -> Concat -> Reshape) is folded with onnxsim once the inputs
+  are static, without onnxsim's optimisations, so layers keep their identity (BatchNormalization
+  is not fused away).
+
+Splitting then happens on this ONNX graph (see ``split.py``); each stage is imported into Relax on
+its own, so it carries exactly its own weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import ModelError, ShapeError, UnsupportedOpsError
+from .graph import Layer, LayerGraph, TensorSpec
+
+# Elementwise or shape-only operators that post-process one layer's result. They join the layer
+# that produces all of their dynamic inputs (a Conv + BatchNormalization + Relu is one layer).
+FOLLOWER_OPS = frozenset({
+    "BatchNormalization", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish",
+    "Tanh", "Elu", "Selu", "PRelu", "Softplus", "Gelu", "Erf", "Identity", "Dropout", "Flatten",
+    "Reshape", "Squeeze", "Unsqueeze", "Cast", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt",
+})
+_SHAPE_OPS = frozenset({"Shape", "Size", "ConstantOfShape"})
+
+
+def load(source: str | os.PathLike | onnx.ModelProto, shapes: dict[str, Any] | None = None,
+         name: str | None = None) -> LayerGraph:
+    """Read an ONNX model and return its LayerGraph.
+
+    ``shapes`` pins input shapes, e.g. ``{"x": (1, 3, 224, 224)}``; required for every input with
+    a dynamic dimension.
+    """
+    model, label = _read(source)
+    model_hash = hashlib.sha256(model.SerializeToString()).hexdigest()
+    check_supported(model)
+    model = _pin_input_shapes(model, shapes or {})
+    model = _constants_to_initializers(_name_nodes(model))
+    if _needs_folding(model):
+        model = _fold_shape_arithmetic(model)
+        model = _constants_to_initializers(_name_nodes(model))
+    model = _infer_shapes(model)
+    return _build_layer_graph(model, name or label, model_hash)
+
+
+# ---- reading and validation -------------------------------------------------------------------
+def _read(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    if isinstance(source, onnx.ModelProto):
+        model, label = source, source.graph.name or "model"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ModelError(f"model file {str(path)!r} does not exist")
+        try:
+            model = onnx.load(str(path))
+        except Exception as exc:  # protobuf raises DecodeError / RuntimeWarning-derived errors
+            raise ModelError(f"cannot read {str(path)!r} as ONNX ({type(exc).__name__}: {exc}); "
+                             "the file is truncated or not an ONNX model — re-export it") from None
+        label = path.stem
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{label}: not a valid ONNX model ({first}); re-export it") from None
+    if not model.graph.node:
+        raise ModelError(f"{label}: the graph has no nodes")
+    return model, label
+
+
+def supported_ops() -> frozenset[str]:
+    """ONNX operator types TVM 0.27's Relax importer converts."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    return frozenset(onnx_frontend._get_convert_map())
+
+
+def check_supported(model: onnx.ModelProto) -> None:
+    """Raise UnsupportedOpsError listing every unsupported operator and the nodes that use it."""
+    ok = supported_ops()
+    bad: dict[str, list[str]] = defaultdict(list)
+    for i, node in enumerate(model.graph.node):
+        domain = node.domain or "ai.onnx"
+        if domain not in ("ai.onnx",) or node.op_type not in ok:
+            op = node.op_type if domain == "ai.onnx" else f"{domain}::{node.op_type}"
+            bad[op].append(node.name or f"#{i}")
+    if bad:
+        raise UnsupportedOpsError(bad)
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {init.name for init in model.graph.initializer}
+    return [vi for vi in model.graph.input if vi.name not in inits]
+
+
+def _pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, Any]) -> onnx.ModelProto:
+    model = _copy(model)
+    inputs = graph_inputs(model)
+    names = [vi.name for vi in inputs]
+    unknown = sorted(set(shapes) - set(names))
+    if unknown:
+        raise ShapeError(f"shape given for unknown input(s) {', '.join(unknown)}; "
+                         f"the model's inputs are {', '.join(names)}")
+    problems = []
+    for vi in inputs:
+        dims = vi.type.tensor_type.shape.dim
+        declared = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0
+                    else (d.dim_param or "?") for d in dims]
+        if vi.name in shapes:
+            try:
+                pinned = tuple(int(s) for s in shapes[vi.name])
+            except (TypeError, ValueError):
+                raise ShapeError(f"shape for input {vi.name!r} must be a list of integers, "
+                                 f"got {shapes[vi.name]!r}") from None
+            if len(pinned) != len(dims) or any(s <= 0 for s in pinned):
+                raise ShapeError(f"input {vi.name!r} has rank {len(dims)} {_fmt_dims(declared)}; "
+                                 f"the pinned shape {pinned} does not fit")
+            clash = [k for k, d in enumerate(declared) if isinstance(d, int) and d != pinned[k]]
+            if clash:
+                raise ShapeError(f"input {vi.name!r} is declared {_fmt_dims(declared)}; pinned "
+                                 f"shape {pinned} differs at dimension(s) {clash}")
+            for d, s in zip(dims, pinned):
+                d.Clear()
+                d.dim_value = s
+        else:
+            dynamic = [f"{k} ({d})" for k, d in enumerate(declared) if not isinstance(d, int)]
+            if dynamic or not dims and not vi.type.tensor_type.HasField("shape"):
+                example = ",".join(str(d) if isinstance(d, int) else "N" for d in declared)
+                problems.append(f"input {vi.name!r} {_fmt_dims(declared)} has dynamic "
+                                f"dimension(s) {', '.join(dynamic) or 'unknown rank'}; pin it with "
+                                f"--shape {vi.name}={example} (Python: shapes={{'{vi.name}': (...)}})")
+    if problems:
+        raise ShapeError("; ".join(problems))
+    return model
+
+
+def _fmt_dims(dims: list) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+# ---- normalisation ----------------------------------------------------------------------------
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every node a unique, non-empty name (kept where the exporter set one)."""
+    used: set[str] = set()
+    counters: dict[str, int] = defaultdict(int)
+    for node in model.graph.node:
+        name = node.name
+        if not name or name in used:
+            base = name or node.op_type
+            while True:
+                candidate = f"{base}_{counters[base]}"
+                counters[base] += 1
+                if candidate not in used:
+                    break
+            node.name = candidate
+        used.add(node.name)
+    return model
+
+
+def _constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Constant" and len(node.output) == 1:
+            value = next((a for a in node.attribute if a.name == "value"), None)
+            if value is not None and value.type == onnx.AttributeProto.TENSOR:
+                tensor = onnx.TensorProto()
+                tensor.CopyFrom(value.t)
+                tensor.name = node.output[0]
+                model.graph.initializer.append(tensor)
+                continue
+            from onnx.reference import ReferenceEvaluator
+
+            arr = ReferenceEvaluator(
+                helper.make_model(helper.make_graph([node], "c", [], [
+                    helper.make_tensor_value_info(node.output[0], onnx.TensorProto.UNDEFINED, None)
+                ]), opset_imports=model.opset_import)).run(None, {})[0]
+            model.graph.initializer.append(numpy_helper.from_array(np.asarray(arr), node.output[0]))
+            continue
+        keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return model
+
+
+def _needs_folding(model: onnx.ModelProto) -> bool:
+    consts = {init.name for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in _SHAPE_OPS:
+            return True
+        real_inputs = [i for i in node.input if i]
+        if real_inputs and all(i in consts for i in real_inputs):
+            return True
+    return False
+
+
+def _fold_shape_arithmetic(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxsim
+
+    try:
+        folded, ok = onnxsim.simplify(model, perform_optimization=False)
+    except Exception as exc:
+        raise ModelError(f"folding the model's shape arithmetic failed ({exc}); "
+                         "simplify it yourself (python -m onnxsim in.onnx out.onnx) and retry") from None
+    if not ok:
+        raise ModelError("folding the model's shape arithmetic changed its results; "
+                         "simplify it yourself (python -m onnxsim) and retry")
+    return folded
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    # Exporters leave stale or dynamic (-1) shapes on intermediate and output tensors; drop them
+    # and infer everything again from the pinned inputs.
+    del model.graph.value_info[:]
+    for out in model.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True,
+                                                 data_prop=True)
+    except Exception as exc:
+        raise ShapeError(f"shape inference failed: {str(exc).strip().splitlines()[0]}") from None
+
+
+# ---- layers -----------------------------------------------------------------------------------
+def _tensor_specs(model: onnx.ModelProto) -> dict[str, TensorSpec]:
+    specs = {}
+    for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+        if all(d >= 0 for d in dims) and tt.elem_type:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
+            specs[vi.name] = TensorSpec(vi.name, dtype, tuple(dims))
+    return specs
+
+
+def _build_layer_graph(model: onnx.ModelProto, name: str, model_hash: str) -> LayerGraph:
+    g = model.graph
+    inits = {init.name: init for init in g.initializer}
+    specs = _tensor_specs(model)
+    nodes = list(g.node)
+    missing = sorted({o for n in nodes for o in n.output if o and o not in specs})
+    if missing:
+        raise ShapeError(f"cannot infer static shapes of {len(missing)} tensor(s) "
+                         f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); "
+                         "pin every input dimension with --shape")
+
+    # Group nodes into layers: a follower joins the layer that produces all its dynamic inputs.
+    producer_layer: dict[str, int] = {}
+    groups: list[list[onnx.NodeProto]] = []
+    for node in nodes:
+        dyn = [i for i in node.input if i and i not in inits]
+        owners = {producer_layer.get(i, -1) for i in dyn}
+        if node.op_type in FOLLOWER_OPS and len(owners) == 1 and -1 not in owners:
+            k = owners.pop()
+        else:
+            k = len(groups)
+            groups.append([])
+        groups[k].append(node)
+        for o in node.output:
+            if o:
+                producer_layer[o] = k
+
+    consumers: dict[str, set[int]] = defaultdict(set)
+    for k, group in enumerate(groups):
+        for node in group:
+            for i in node.input:
+                if i and i not in inits:
+                    consumers[i].add(k)
+    graph_outputs = [o.name for o in g.output]
+
+    layers = []
+    for k, group in enumerate(groups):
+        produced = [o for n in group for o in n.output if o]
+        ins = list(dict.fromkeys(i for n in group for i in n.input
+                                 if i and i not in inits and producer_layer.get(i, -1) != k))
+        outs = [o for o in produced if consumers[o] - {k} or o in graph_outputs]
+        used_inits = dict.fromkeys(i for n in group for i in n.input if i in inits)
+        macs, flops = 0, 0
+        for n in group:
+            m, f = node_cost(n, specs, inits)
+            macs, flops = macs + m, flops + f
+        anchor = group[0]
+        layers.append(Layer(
+            name=anchor.name, op=anchor.op_type, nodes=tuple(n.name for n in group),
+            ops=tuple(n.op_type for n in group),
+            inputs=tuple(specs[i] for i in ins), outputs=tuple(specs[o] for o in outs),
+            macs=macs, flops=flops,
+            param_bytes=sum(_init_nbytes(inits[i]) for i in used_inits),
+            attrs=_anchor_attrs(anchor, specs, inits)))
+    inputs = tuple(specs[vi.name] for vi in graph_inputs(model))
+    outputs = tuple(specs[o] for o in graph_outputs)
+    return LayerGraph(name=name, layers=tuple(layers), inputs=inputs, outputs=outputs,
+                      model_sha256=model_hash, model=model)
+
+
+def _init_nbytes(init: onnx.TensorProto) -> int:
+    n = int(np.prod(list(init.dims), dtype=np.int64))
+    return n * np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
+
+
+def _anchor_attrs(node: onnx.NodeProto, specs: dict[str, TensorSpec],
+                  inits: dict[str, onnx.TensorProto]) -> tuple[tuple[str, Any], ...]:
+    attrs: list[tuple[str, Any]] = []
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        if isinstance(v, (int, float)):
+            attrs.append((a.name, v))
+        elif isinstance(v, bytes):
+            attrs.append((a.name, v.decode(errors="replace")))
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) for x in v):
+            attrs.append((a.name, tuple(v)))
+    if len(node.input) > 1 and node.input[1] in inits:
+        attrs.append(("weight_shape", tuple(inits[node.input[1]].dims)))
+    return tuple(sorted(attrs))
+
+
+def node_cost(node: onnx.NodeProto, specs: dict[str, TensorSpec],
+              inits: dict[str, onnx.TensorProto]) -> tuple[int, int]:
+    """(MACs, FLOPs) of one node. Conv/Gemm/MatMul: FLOPs = 2 x MACs; else one op per element."""
+
+    def shape(name: str) -> tuple[int, ...]:
+        if name in specs:
+            return specs[name].shape
+        return tuple(inits[name].dims)
+
+    out = shape(node.output[0])
+    out_elems = int(np.prod(out, dtype=np.int64))
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    op = node.op_type
+    if op == "Conv":
+        w = shape(node.input[1])  # [Cout, Cin/group, k...]
+        macs = out_elems * int(np.prod(w[1:], dtype=np.int64))
+        return macs, 2 * macs
+    if op == "ConvTranspose":
+        w = shape(node.input[1])  # [Cin, Cout/group, k...]
+        x = shape(node.input[0])
+        macs = int(np.prod(x, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+        return macs, 2 * macs
+    if op == "Gemm":
+        a = shape(node.input[0])
+        k = a[0] if attrs.get("transA", 0) else a[1]
+        macs = out_elems * k
+        return macs, 2 * macs
+    if op == "MatMul":
+        a = shape(node.input[0])
+        macs = out_elems * a[-1]
+        return macs, 2 * macs
+    if op in ("MaxPool", "AveragePool"):
+        window = int(np.prod(attrs.get("kernel_shape", [1]), dtype=np.int64))
+        return 0, out_elems * window
+    if op in ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum", "ReduceMax"):
+        return 0, int(np.prod(shape(node.input[0]), dtype=np.int64))
+    if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Cast"):
+        return 0, 0
+    return 0, out_elems

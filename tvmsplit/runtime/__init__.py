@@ -1,0 +1,1 @@
+"""Runtime of the split pipeline: wire format and workers."""

@@ -1,0 +1,190 @@
+"""Plan -> one ONNX sub-model and one Relax module per stage.
+
+A plan assigns every layer to a stage; stages form a chain (stage s sends to stage s+1). Between
+stage s and s+1 travel the tensors produced in stages <= s (or model inputs) that are read in a
+later stage, plus model outputs already produced. A stage therefore *receives* ``inputs``, *sends*
+``outputs``, and its compiled library computes ``library_outputs`` from ``library_inputs``; every
+output it does not compute is forwarded unchanged from its inputs (a skip connection jumping over
+a whole stage).
+
+The split is done on the normalised ONNX graph: each stage's nodes with only the initializers they
+use, imported into Relax on its own (``from_onnx(keep_params_in_input=False)`` inlines them), so
+each stage carries exactly its own weights.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .errors import SplitError
+from .graph import LayerGraph, TensorSpec
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage: where it runs, which layers it holds, what it receives, computes and sends."""
+
+    index: int
+    target: str
+    layers: tuple[str, ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    library_inputs: tuple[TensorSpec, ...]
+    library_outputs: tuple[TensorSpec, ...]
+    param_bytes: int
+    flops: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index, "target": self.target, "layers": list(self.layers),
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+            "library_inputs": [t.to_json() for t in self.library_inputs],
+            "library_outputs": [t.to_json() for t in self.library_outputs],
+            "param_bytes": self.param_bytes, "flops": self.flops,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "StagePlan":
+        specs = lambda key: tuple(TensorSpec.from_json(t) for t in d[key])  # noqa: E731
+        return cls(int(d["index"]), str(d["target"]), tuple(d["layers"]), specs("inputs"),
+                   specs("outputs"), specs("library_inputs"), specs("library_outputs"),
+                   int(d["param_bytes"]), int(d["flops"]))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Stages in pipeline order. ``cuts[s]`` are the tensors sent from stage s to stage s+1."""
+
+    model: str
+    model_sha256: str
+    stages: tuple[StagePlan, ...]
+
+    @property
+    def cuts(self) -> tuple[tuple[TensorSpec, ...], ...]:
+        return tuple(s.outputs for s in self.stages[:-1])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "model_sha256": self.model_sha256,
+                "stages": [s.to_json() for s in self.stages]}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Plan":
+        return cls(str(d["model"]), str(d["model_sha256"]),
+                   tuple(StagePlan.from_json(s) for s in d["stages"]))
+
+
+def plan_split(graph: LayerGraph, split_at: Sequence[str] = (), targets: Sequence[str] = ("x86_64",),
+               assignment: Mapping[str, int] | None = None) -> Plan:
+    """A plan from user-chosen cuts (after each named layer, in topological order) or from an
+    explicit layer -> stage assignment (any downward-closed split, e.g. inside a branch).
+
+    ``targets`` names one target for every stage, or one for all of them.
+    """
+    if assignment is not None and split_at:
+        raise SplitError("give either split points or a layer assignment, not both")
+    if assignment is None:
+        stage_of = _assignment_from_split_points(graph, split_at)
+    else:
+        stage_of = _check_assignment(graph, assignment)
+    n_stages = max(stage_of) + 1
+    targets = list(targets)
+    if len(targets) == 1:
+        targets *= n_stages
+    if len(targets) != n_stages:
+        raise SplitError(f"{n_stages} stage(s) need {n_stages} target(s) (or one for all); "
+                         f"got {len(targets)}: {', '.join(targets)}")
+    stages = []
+    for s in range(n_stages):
+        members = [k for k, st in enumerate(stage_of) if st == s]
+        before = [k for k, st in enumerate(stage_of) if st < s]
+        upto = [k for k, st in enumerate(stage_of) if st <= s]
+        inputs = graph.crossing(before) if before else graph.inputs
+        outputs = graph.crossing(upto) if s < n_stages - 1 else graph.outputs
+        produced = {t.name for k in members for t in graph.layers[k].outputs}
+        read = {t.name for k in members for t in graph.layers[k].inputs}
+        stages.append(StagePlan(
+            index=s, target=targets[s], layers=tuple(graph.layers[k].name for k in members),
+            inputs=tuple(inputs), outputs=tuple(outputs),
+            library_inputs=tuple(t for t in inputs if t.name in read),
+            library_outputs=tuple(t for t in outputs if t.name in produced),
+            param_bytes=sum(graph.layers[k].param_bytes for k in members),
+            flops=sum(graph.layers[k].flops for k in members)))
+    return Plan(graph.name, graph.model_sha256, tuple(stages))
+
+
+def _assignment_from_split_points(graph: LayerGraph, split_at: Sequence[str]) -> list[int]:
+    names = [s.strip() for s in split_at if s.strip()]
+    if len(set(names)) != len(names):
+        raise SplitError(f"split points repeat: {', '.join(names)}")
+    points = sorted(graph.index(name) for name in names)
+    last = len(graph.layers) - 1
+    for k in points:
+        if k == last:
+            raise SplitError(f"cannot split after the last layer {graph.layers[k].name!r}; "
+                             f"nearby layers: {', '.join(graph.similar_names(graph.layers[k].name))}")
+    stage_of, s = [], 0
+    for k in range(len(graph.layers)):
+        stage_of.append(s)
+        if k in points:
+            s += 1
+    return stage_of
+
+
+def _check_assignment(graph: LayerGraph, assignment: Mapping[str, int]) -> list[int]:
+    missing = [layer.name for layer in graph.layers if layer.name not in assignment]
+    unknown = [name for name in assignment if name not in graph._index]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"layers without a stage: {', '.join(missing[:8])}")
+        if unknown:
+            parts.append(f"unknown layers: {', '.join(unknown[:8])}")
+        raise SplitError("; ".join(parts))
+    stage_of = [int(assignment[layer.name]) for layer in graph.layers]
+    used = sorted(set(stage_of))
+    if used != list(range(len(used))):
+        raise SplitError(f"stages must be numbered 0..k-1 with none empty; got {used}")
+    for i, j, _ in graph.edges:
+        if i >= 0 and stage_of[i] > stage_of[j]:
+            raise SplitError(f"layer {graph.layers[j].name!r} (stage {stage_of[j]}) reads the output "
+                             f"of {graph.layers[i].name!r} (stage {stage_of[i]}); "
+                             "a stage may only read from itself or earlier stages")
+    return stage_of
+
+
+def stage_onnx(graph: LayerGraph, stage: StagePlan) -> onnx.ModelProto:
+    """The ONNX sub-model computing ``stage.library_outputs`` from ``stage.library_inputs``."""
+    model = graph.model
+    wanted = {n for name in stage.layers for n in graph.layer(name).nodes}
+    nodes = [n for n in model.graph.node if n.name in wanted]
+    used = {i for n in nodes for i in n.input if i}
+    inits = [init for init in model.graph.initializer if init.name in used]
+
+    def vi(t: TensorSpec) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(t.name, helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)),
+                                              list(t.shape))
+
+    sub = helper.make_graph(nodes, f"{graph.name}_stage{stage.index}",
+                            [vi(t) for t in stage.library_inputs],
+                            [vi(t) for t in stage.library_outputs], initializer=inits)
+    out = helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version,
+                            producer_name="tvmsplit")
+    return out
+
+
+def stage_relax(graph: LayerGraph, stage: StagePlan):
+    """The stage as a Relax IRModule, weights inlined as constants and constant-folded."""
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    sub = stage_onnx(graph, stage)
+    mod = from_onnx(sub, shape_dict={t.name: list(t.shape) for t in stage.library_inputs},
+                    dtype_dict={t.name: t.dtype for t in stage.library_inputs},
+                    keep_params_in_input=False)
+    return relax.transform.FoldConstant()(mod)

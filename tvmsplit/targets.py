@@ -1,0 +1,151 @@
+"""Device kinds (compile targets) defined as TOML files, one per kind, like TVM's tag registry.
+
+A file in ``targets/`` (or a directory named by ``TVMSPLIT_TARGETS``, or any path given directly)::
+
+    name = "rpi4b"                     # how users refer to it
+    description = "Raspberry Pi 4B"
+    arch = "aarch64"                   # the CPU architecture of the machine that runs the library
+    memory_bytes = 4294967296          # memory available to the stage (planners use it)
+    [target]                           # a TVM target as a dict (strings like "llvm -mtriple" are
+    kind = "llvm"                      #   rejected by TVM 0.27)
+    mtriple = "aarch64-linux-gnu"
+    mcpu = "cortex-a72"
+    mattr = ["+neon"]
+    [host]                             # optional: the host target of a GPU target
+    [build]
+    cross_compiler = "aarch64-linux-gnu-g++"   # optional: links the library for another arch
+
+A user adds a device kind by adding a file. Names are unique; a miss lists the known names.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from .errors import TargetError
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "targets"
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """One device kind: its TVM target, how to link for it, and what the machine is."""
+
+    name: str
+    description: str
+    arch: str
+    memory_bytes: int
+    target: tuple[tuple[str, Any], ...]
+    host: tuple[tuple[str, Any], ...] | None = None
+    cross_compiler: str | None = None
+    source: str = ""
+
+    @property
+    def kind(self) -> str:
+        return str(dict(self.target)["kind"])
+
+    @property
+    def target_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.target}
+
+    @property
+    def host_dict(self) -> dict[str, Any] | None:
+        if self.host is None:
+            return None
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.host}
+
+    @property
+    def runs_on_host(self) -> bool:
+        """True when this machine can execute the library (a CPU target of this machine's arch)."""
+        return self.kind == "llvm" and self.arch == host_arch()
+
+    def tvm_target(self):
+        import tvm
+
+        if self.host is None:
+            return tvm.target.Target(self.target_dict)
+        return tvm.target.Target(self.target_dict, host=self.host_dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "arch": self.arch,
+                "memory_bytes": self.memory_bytes, "target": self.target_dict,
+                "host": self.host_dict, "cross_compiler": self.cross_compiler}
+
+
+def host_arch() -> str:
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def _freeze(d: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in d.items()))
+
+
+def parse_target_file(path: str | os.PathLike) -> TargetSpec:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise TargetError(f"cannot read target file {str(path)!r}: {exc}") from None
+    problems = [f"missing '{key}'" for key in ("name", "arch", "target") if key not in data]
+    target = data.get("target", {})
+    if isinstance(target, dict) and "kind" not in target:
+        problems.append("[target] has no 'kind'")
+    if isinstance(target, dict) and target.get("kind") == "cuda" and "arch" not in target:
+        problems.append("a cuda [target] needs 'arch' (e.g. \"sm_80\"), else TVM silently uses sm_50")
+    if problems:
+        raise TargetError(f"target file {str(path)!r}: {'; '.join(problems)}")
+    build = data.get("build", {})
+    return TargetSpec(
+        name=str(data["name"]), description=str(data.get("description", "")),
+        arch=str(data["arch"]), memory_bytes=int(data.get("memory_bytes", 0)),
+        target=_freeze(target), host=_freeze(data["host"]) if "host" in data else None,
+        cross_compiler=build.get("cross_compiler"), source=str(path))
+
+
+def target_dirs() -> list[Path]:
+    dirs = [Path(p) for p in os.environ.get("TVMSPLIT_TARGETS", "").split(os.pathsep) if p]
+    return [*dirs, BUILTIN_DIR]
+
+
+@cache
+def _registry(dirs: tuple[Path, ...]) -> dict[str, TargetSpec]:
+    registry: dict[str, TargetSpec] = {}
+    for d in dirs:
+        for path in sorted(d.glob("*.toml")) if d.is_dir() else []:
+            spec = parse_target_file(path)
+            if spec.name in registry:
+                raise TargetError(f"target {spec.name!r} is defined twice: "
+                                  f"{registry[spec.name].source} and {spec.source}")
+            registry[spec.name] = spec
+    return registry
+
+
+def known_targets() -> dict[str, TargetSpec]:
+    return dict(_registry(tuple(target_dirs())))
+
+
+def get_target(name_or_path: str | TargetSpec) -> TargetSpec:
+    """A target by name (from targets/) or by the path of a .toml file."""
+    if isinstance(name_or_path, TargetSpec):
+        return name_or_path
+    if name_or_path.endswith(".toml"):
+        return parse_target_file(name_or_path)
+    registry = known_targets()
+    if name_or_path not in registry:
+        raise TargetError(f"unknown target {name_or_path!r}; known: {', '.join(sorted(registry))} "
+                          f"(or give a .toml file; add one to {BUILTIN_DIR})")
+    return registry[name_or_path]
+
+
+def check_toolchain(spec: TargetSpec) -> None:
+    """Raise TargetError when the cross compiler a target needs is not installed."""
+    if spec.cross_compiler and shutil.which(spec.cross_compiler) is None:
+        raise TargetError(f"target {spec.name!r} needs the cross compiler {spec.cross_compiler!r}, "
+                          "which is not installed (Debian: apt-get install g++-aarch64-linux-gnu)")

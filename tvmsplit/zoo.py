@@ -1,0 +1,374 @@
+"""A zoo of small-to-realistic CNNs built in code, for tests and benchmarks.
+
+Every model is generated with :mod:`onnx.helper` from seeded random weights, so nothing is
+downloaded and the same ``(name, input_size, width, num_classes, seed)`` always gives a
+byte-identical model. The models are:
+
+``chain``        a plain chain CNN: 5 conv+relu, 3 maxpools, Flatten, Gemm+Relu, Gemm.
+``resnet``       ResNet-style: stem conv/bn/relu, 4 basic blocks (two with a strided 1x1
+                 projection on the skip path), GlobalAveragePool, Flatten, Gemm.
+``inception``    stem conv+pool, 2 Inception modules (1x1 | 1x1->3x3 | 1x1->5x5 |
+                 maxpool->1x1, joined by Concat), GlobalAveragePool, Flatten, Gemm.
+``vgg16``        VGG16: 13 conv3x3+relu in 5 groups, 5 maxpools, 3 fully connected layers.
+                 The default (224x224, 1000 classes) has ~138 M parameters (~550 MB).
+``mobilenetv2``  MobileNetV2-shaped: stem conv s2, 8 inverted residual blocks (expand 1x1,
+                 depthwise 3x3, project 1x1; residual Add where shapes allow), final 1x1 conv,
+                 GlobalAveragePool, Flatten, Gemm. ReLU6 is ``Clip(x, 0, 6)``.
+
+Conventions, shared by all models:
+
+* one input ``"input"``: float32 ``[1, 3, S, S]``; one output ``"output"``: float32
+  ``[1, num_classes]``; all dims static; opset 17, IR version 8.
+* every node has a unique, meaningful name (``conv1``, ``bn1``, ``relu1``, ``pool1``,
+  ``block2_conv1``, ``block2_add``, ``inc1_branch3x3_conv``, ``flatten``, ``fc1`` ...), and the
+  tensor a node produces carries the node's name (the last one is renamed ``"output"``), so a
+  split point can be given as a node name. Weights are initializers ``<node>.weight``,
+  ``<node>.bias`` (BatchNormalization: ``.scale``, ``.bias``, ``.mean``, ``.var``).
+* weights are He-scaled (uniform with std = sqrt(2 / fan_in)), biases small, BatchNormalization close to
+  identity, so activations stay O(1) even in deep nets and numerical comparisons are meaningful.
+* ``width`` multiplies every channel count (rounded, at least 1); small variants such as
+  ``make("vgg16", input_size=32, width=0.125)`` build and run in milliseconds.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from tvmsplit.errors import TvmsplitError
+
+OPSET = 17
+IR_VERSION = 8
+
+
+class _Builder:
+    """Accumulates nodes and initializers; each method adds one node and returns its output."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[tuple[str, np.ndarray]] = []
+        self._names: set[str] = set()
+        self._has_relu6_bounds = False
+
+    def _weight(self, name: str, shape: tuple[int, ...], std: float) -> str:
+        # Uniform in [-a, a] with a = std * sqrt(3) has standard deviation ``std`` (He-uniform);
+        # drawing uniform float32 in place is ~4x faster than normal, which matters for VGG16.
+        w = self.rng.random(shape, dtype=np.float32)
+        w -= np.float32(0.5)
+        w *= np.float32(2.0 * math.sqrt(3.0) * std)
+        return self._const(name, w)
+
+    def _const(self, name: str, value: np.ndarray) -> str:
+        self.inits.append((name, value))
+        return name
+
+    def _node(self, op: str, name: str, inputs: list[str], **attrs) -> str:
+        if name in self._names:  # internal bug in a builder below, not user input
+            raise RuntimeError(f"duplicate node name {name!r}")
+        self._names.add(name)
+        self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    def conv(self, name: str, x: str, cin: int, cout: int, k: int = 3, stride: int = 1,
+             group: int = 1, bias: bool = True) -> str:
+        fan_in = cin // group * k * k
+        inputs = [x, self._weight(f"{name}.weight", (cout, cin // group, k, k),
+                                  math.sqrt(2.0 / fan_in))]
+        if bias:
+            inputs.append(self._weight(f"{name}.bias", (cout,), 0.01))
+        return self._node("Conv", name, inputs, kernel_shape=[k, k], strides=[stride, stride],
+                          pads=[k // 2] * 4, group=group)
+
+    def bn(self, name: str, x: str, c: int) -> str:
+        r = self.rng
+        scale = (1.0 + 0.1 * r.standard_normal(c)).astype(np.float32)
+        bias = (0.05 * r.standard_normal(c)).astype(np.float32)
+        mean = (0.05 * r.standard_normal(c)).astype(np.float32)
+        var = r.uniform(0.8, 1.2, c).astype(np.float32)
+        inputs = [x] + [self._const(f"{name}.{k}", v) for k, v in
+                        (("scale", scale), ("bias", bias), ("mean", mean), ("var", var))]
+        return self._node("BatchNormalization", name, inputs, epsilon=1e-5)
+
+    def relu(self, name: str, x: str) -> str:
+        return self._node("Relu", name, [x])
+
+    def relu6(self, name: str, x: str) -> str:
+        if not self._has_relu6_bounds:  # shared scalar bounds, created once
+            self._has_relu6_bounds = True
+            self._const("relu6.min", np.array(0.0, np.float32))
+            self._const("relu6.max", np.array(6.0, np.float32))
+        return self._node("Clip", name, [x, "relu6.min", "relu6.max"])
+
+    def maxpool(self, name: str, x: str, k: int = 2, stride: int = 2, pad: int = 0) -> str:
+        return self._node("MaxPool", name, [x], kernel_shape=[k, k], strides=[stride, stride],
+                          pads=[pad] * 4)
+
+    def add(self, name: str, a: str, b: str) -> str:
+        return self._node("Add", name, [a, b])
+
+    def concat(self, name: str, xs: list[str]) -> str:
+        return self._node("Concat", name, xs, axis=1)
+
+    def gap(self, name: str, x: str) -> str:
+        return self._node("GlobalAveragePool", name, [x])
+
+    def flatten(self, name: str, x: str) -> str:
+        return self._node("Flatten", name, [x], axis=1)
+
+    def gemm(self, name: str, x: str, fin: int, fout: int) -> str:
+        w = self._weight(f"{name}.weight", (fout, fin), math.sqrt(2.0 / fin))
+        b = self._weight(f"{name}.bias", (fout,), 0.01)
+        return self._node("Gemm", name, [x, w, b], transB=1)
+
+    def finish(self, model_name: str, size: int, num_classes: int) -> onnx.ModelProto:
+        self.nodes[-1].output[0] = "output"
+        graph = helper.make_graph(
+            self.nodes, model_name,
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
+            [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, num_classes])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name="tvmsplit.zoo", ir_version=IR_VERSION)
+        model.doc_string = f"tvmsplit zoo model {model_name!r} (random weights)"
+        # Initializers go straight into the final proto: building TensorProtos first and then
+        # extending/copying them would copy VGG16's ~550 MB of weights twice more.
+        for name, value in self.inits:
+            t = model.graph.initializer.add()
+            t.name, t.data_type = name, TensorProto.FLOAT
+            t.dims.extend(value.shape)
+            t.raw_data = value.tobytes()
+        self.inits.clear()
+        return model
+
+
+def _ch(c: int, width: float) -> int:
+    """Channel count ``c`` scaled by ``width``, rounded, at least 1."""
+    return max(1, int(round(c * width)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Models. Each builder gets (builder, input_size, width, num_classes) and adds all nodes.
+
+@dataclass(frozen=True)
+class _Spec:
+    input_size: int       # default input size S
+    num_classes: int      # default number of classes
+    min_input: int        # smallest S (total downsampling of the net)
+    multiple_of: int = 1  # S must be a multiple of this
+
+
+MODELS: dict[str, Callable[[_Builder, int, float, int], None]] = {}
+_SPECS: dict[str, _Spec] = {}
+
+
+def _model(name: str, **spec):
+    def register(fn):
+        MODELS[name] = fn
+        _SPECS[name] = _Spec(**spec)
+        return fn
+    return register
+
+
+@_model("chain", input_size=32, num_classes=10, min_input=8)
+def _chain(g: _Builder, s: int, width: float, num_classes: int) -> None:
+    c1, c2, c3, hidden = _ch(32, width), _ch(64, width), _ch(128, width), _ch(256, width)
+    x = g.relu("relu1", g.conv("conv1", "input", 3, c1))
+    x = g.relu("relu2", g.conv("conv2", x, c1, c1))
+    x = g.maxpool("pool1", x)
+    x = g.relu("relu3", g.conv("conv3", x, c1, c2))
+    x = g.relu("relu4", g.conv("conv4", x, c2, c2))
+    x = g.maxpool("pool2", x)
+    x = g.relu("relu5", g.conv("conv5", x, c2, c3))
+    x = g.maxpool("pool3", x)
+    x = g.flatten("flatten", x)
+    x = g.relu("relu_fc1", g.gemm("fc1", x, c3 * (s // 8) ** 2, hidden))
+    g.gemm("fc2", x, hidden, num_classes)
+
+
+@_model("resnet", input_size=32, num_classes=10, min_input=4)
+def _resnet(g: _Builder, s: int, width: float, num_classes: int) -> None:
+    c0 = _ch(32, width)
+    x = g.relu("relu1", g.bn("bn1", g.conv("conv1", "input", 3, c0, bias=False), c0))
+    cin = c0
+    for i, (cout, stride) in enumerate([(c0, 1), (_ch(64, width), 2), (_ch(128, width), 2),
+                                        (_ch(128, width), 1)], start=1):
+        p = f"block{i}"
+        y = g.conv(f"{p}_conv1", x, cin, cout, stride=stride, bias=False)
+        y = g.relu(f"{p}_relu1", g.bn(f"{p}_bn1", y, cout))
+        y = g.bn(f"{p}_bn2", g.conv(f"{p}_conv2", y, cout, cout, bias=False), cout)
+        skip = x
+        if stride != 1 or cin != cout:
+            skip = g.conv(f"{p}_proj_conv", x, cin, cout, k=1, stride=stride, bias=False)
+            skip = g.bn(f"{p}_proj_bn", skip, cout)
+        x = g.relu(f"{p}_relu", g.add(f"{p}_add", y, skip))
+        cin = cout
+    x = g.flatten("flatten", g.gap("gap", x))
+    g.gemm("fc", x, cin, num_classes)
+
+
+def _inception_module(g: _Builder, p: str, x: str, cin: int,
+                      c1: int, c3r: int, c3: int, c5r: int, c5: int, cp: int) -> tuple[str, int]:
+    """Four parallel branches concatenated on channels; returns (output, channels)."""
+    def conv_relu(name: str, t: str, ci: int, co: int, k: int) -> str:
+        return g.relu(f"{name}_relu", g.conv(f"{name}_conv", t, ci, co, k=k))
+
+    b1 = conv_relu(f"{p}_branch1x1", x, cin, c1, 1)
+    b3 = conv_relu(f"{p}_branch3x3", conv_relu(f"{p}_branch3x3_reduce", x, cin, c3r, 1),
+                   c3r, c3, 3)
+    b5 = conv_relu(f"{p}_branch5x5", conv_relu(f"{p}_branch5x5_reduce", x, cin, c5r, 1),
+                   c5r, c5, 5)
+    bp = g.maxpool(f"{p}_branchpool_pool", x, k=3, stride=1, pad=1)
+    bp = conv_relu(f"{p}_branchpool", bp, cin, cp, 1)
+    return g.concat(f"{p}_concat", [b1, b3, b5, bp]), c1 + c3 + c5 + cp
+
+
+@_model("inception", input_size=32, num_classes=10, min_input=2)
+def _inception(g: _Builder, s: int, width: float, num_classes: int) -> None:
+    w = lambda c: _ch(c, width)  # noqa: E731
+    c0 = w(64)
+    x = g.relu("relu1", g.conv("conv1", "input", 3, c0))
+    x = g.maxpool("pool1", x, k=3, stride=2, pad=1)
+    x, c = _inception_module(g, "inc1", x, c0, w(32), w(48), w(64), w(8), w(16), w(16))
+    x, c = _inception_module(g, "inc2", x, c, w(64), w(64), w(96), w(16), w(32), w(32))
+    x = g.flatten("flatten", g.gap("gap", x))
+    g.gemm("fc", x, c, num_classes)
+
+
+@_model("vgg16", input_size=224, num_classes=1000, min_input=32, multiple_of=32)
+def _vgg16(g: _Builder, s: int, width: float, num_classes: int) -> None:
+    x, cin = "input", 3
+    for i, (c, n) in enumerate([(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)], start=1):
+        cout = _ch(c, width)
+        for j in range(1, n + 1):
+            x = g.relu(f"relu{i}_{j}", g.conv(f"conv{i}_{j}", x, cin, cout))
+            cin = cout
+        x = g.maxpool(f"pool{i}", x)
+    hidden = _ch(4096, width)
+    x = g.flatten("flatten", x)
+    x = g.relu("relu_fc1", g.gemm("fc1", x, cin * (s // 32) ** 2, hidden))
+    x = g.relu("relu_fc2", g.gemm("fc2", x, hidden, hidden))
+    g.gemm("fc3", x, hidden, num_classes)
+
+
+# (expansion t, output channels c, repeats n, first stride s), as in the MobileNetV2 paper
+# but shortened to 8 blocks.
+_MBV2_BLOCKS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 2, 2)]
+
+
+@_model("mobilenetv2", input_size=96, num_classes=10, min_input=16)
+def _mobilenetv2(g: _Builder, s: int, width: float, num_classes: int) -> None:
+    cin = _ch(32, width)
+    x = g.conv("conv1", "input", 3, cin, stride=2, bias=False)
+    x = g.relu6("relu6_1", g.bn("bn1", x, cin))
+    i = 0
+    for t, c, n, first_stride in _MBV2_BLOCKS:
+        cout = _ch(c, width)
+        for r in range(n):
+            i += 1
+            p, stride, hid = f"block{i}", (first_stride if r == 0 else 1), cin * t
+            y = x
+            if t != 1:
+                y = g.conv(f"{p}_expand_conv", y, cin, hid, k=1, bias=False)
+                y = g.relu6(f"{p}_expand_relu6", g.bn(f"{p}_expand_bn", y, hid))
+            y = g.conv(f"{p}_dw_conv", y, hid, hid, stride=stride, group=hid, bias=False)
+            y = g.relu6(f"{p}_dw_relu6", g.bn(f"{p}_dw_bn", y, hid))
+            y = g.conv(f"{p}_project_conv", y, hid, cout, k=1, bias=False)
+            y = g.bn(f"{p}_project_bn", y, cout)
+            x = g.add(f"{p}_add", y, x) if stride == 1 and cin == cout else y
+            cin = cout
+    clast = _ch(1280, width)
+    x = g.conv("conv_last", x, cin, clast, k=1, bias=False)
+    x = g.relu6("relu6_last", g.bn("bn_last", x, clast))
+    x = g.flatten("flatten", g.gap("gap", x))
+    g.gemm("fc", x, clast, num_classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API.
+
+def names() -> list[str]:
+    """Names of all models in the zoo, in registration order."""
+    return list(MODELS)
+
+
+def _spec(name: str) -> _Spec:
+    if name not in _SPECS:
+        raise TvmsplitError(f"unknown zoo model {name!r}; available models: {', '.join(names())}")
+    return _SPECS[name]
+
+
+def _input_size(name: str, input_size: int | None) -> int:
+    spec = _spec(name)
+    if input_size is None:
+        return spec.input_size
+    if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)):
+        raise TvmsplitError(f"input_size for {name!r} must be an integer, got {input_size!r}")
+    if input_size < spec.min_input:
+        raise TvmsplitError(f"input_size {input_size} is too small for {name!r}: its minimum is "
+                            f"{spec.min_input} (the network downsamples by {spec.min_input})")
+    if input_size % spec.multiple_of:
+        raise TvmsplitError(f"input_size {input_size} for {name!r} must be a multiple of "
+                            f"{spec.multiple_of} (minimum {spec.min_input}), e.g. "
+                            f"{max(spec.min_input, input_size // spec.multiple_of * spec.multiple_of)}")
+    return int(input_size)
+
+
+def default_shapes(name: str, input_size: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Input shapes of model ``name``: ``{"input": (1, 3, S, S)}``."""
+    s = _input_size(name, input_size)
+    return {"input": (1, 3, s, s)}
+
+
+def make(name: str, *, input_size: int | None = None, width: float = 1.0,
+         num_classes: int | None = None, seed: int = 0) -> onnx.ModelProto:
+    """Build zoo model ``name`` with random weights drawn from ``numpy.random.default_rng(seed)``.
+
+    ``input_size`` (S of the ``[1, 3, S, S]`` input) and ``num_classes`` default to the model's
+    realistic size; ``width`` multiplies all channel counts (e.g. 0.125 for a tiny variant).
+    """
+    spec = _spec(name)
+    s = _input_size(name, input_size)
+    if (isinstance(width, bool) or not isinstance(width, (int, float, np.floating, np.integer))
+            or not math.isfinite(width) or width <= 0):
+        raise TvmsplitError(f"width must be a finite number > 0 (minimum: any positive value, "
+                            f"e.g. 0.125), got {width!r}")
+    if num_classes is None:
+        num_classes = spec.num_classes
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
+            or num_classes < 1:
+        raise TvmsplitError(f"num_classes must be an integer >= 1 (minimum 1), got {num_classes!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise TvmsplitError(f"seed must be a non-negative integer, got {seed!r}")
+    g = _Builder(int(seed))
+    MODELS[name](g, s, float(width), int(num_classes))
+    return g.finish(name, s, int(num_classes))
+
+
+def save(name: str, path: str | os.PathLike, **kwargs) -> Path:
+    """Build model ``name`` (``kwargs`` as for :func:`make`) and write it atomically to ``path``.
+
+    The model is written to a temporary file in the same directory and renamed into place, so
+    ``path`` never holds a half-written model. Returns ``path`` as a :class:`~pathlib.Path`.
+    """
+    model = make(name, **kwargs)
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise TvmsplitError(f"cannot save zoo model to {str(path)!r}: directory "
+                            f"{str(path.parent)!r} does not exist; create it first")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
