@@ -103,6 +103,12 @@ class Bundle:
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{manifest_path} is malformed (bad or missing field {exc}); "
                               "rebuild the bundle") from None
+        for stage in bundle.stages:
+            target = stage.target
+            if not (isinstance(target.get("target"), dict) and "kind" in target["target"]
+                    and isinstance(target.get("name"), str) and isinstance(target.get("arch"), str)):
+                raise BundleError(f"{manifest_path}: stage {stage.index} has no valid target "
+                                  "(needs name, arch and target.kind); rebuild the bundle")
         if [s.index for s in bundle.stages] != list(range(len(bundle.stages))) or not bundle.stages:
             raise BundleError(f"{manifest_path}: stages must be numbered 0..k-1; rebuild the bundle")
         for stage in bundle.stages:
@@ -119,6 +125,19 @@ class Bundle:
 ProgressFn = Callable[[str], None]
 
 
+def check_output_dir(out_dir: str | os.PathLike) -> None:
+    """Refuse a destination that a bundle must not replace (before any work is done)."""
+    out_dir = Path(out_dir)
+    resolved, cwd = out_dir.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise BundleError(f"cannot write a bundle over {str(out_dir)!r}, the current directory or "
+                          "one above it; give a new subdirectory, e.g. -o build/model")
+    if out_dir.exists() and (not out_dir.is_dir() or
+                             (any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file())):
+        raise BundleError(f"{str(out_dir)!r} exists and is not a bundle; choose an empty or new "
+                          "directory (tvmsplit only replaces its own bundles)")
+
+
 def build_bundle(graph: LayerGraph, plan: Plan, out_dir: str | os.PathLike,
                  progress: ProgressFn | None = None) -> Bundle:
     """Compile every stage of ``plan`` and write the bundle to ``out_dir`` atomically.
@@ -126,10 +145,7 @@ def build_bundle(graph: LayerGraph, plan: Plan, out_dir: str | os.PathLike,
     An existing bundle at ``out_dir`` is replaced; any other non-empty directory is refused.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or
-                             (any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file())):
-        raise BundleError(f"{str(out_dir)!r} exists and is not a bundle; choose an empty or new "
-                          "directory (tvmsplit only replaces its own bundles)")
+    check_output_dir(out_dir)
     specs = [get_target(s.target) for s in plan.stages]  # fail on unknown targets before building
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))

@@ -39,8 +39,11 @@ def _load_graph(model: str, shapes: tuple[str, ...]):
     return load(model, shapes=pinned or None)
 
 
-def _split_list(value: str | None) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
+def _split_list(value: str | None, option: str) -> list[str]:
+    items = [v.strip() for v in (value or "").split(",")]
+    if value and not all(items):
+        raise TvmsplitError(f"{option} {value!r} has an empty entry; separate names with single commas")
+    return [v for v in items if v]
 
 
 def _progress(msg: str) -> None:
@@ -137,18 +140,20 @@ def build(model: str, split_at: str, targets: str, out_dir: str, shapes: tuple[s
           check: bool, tolerance: float) -> None:
     """Split MODEL, compile every stage for its target and write a bundle."""
     g = _load_graph(model, shapes)
-    _build_and_check(g, _split_list(split_at), _split_list(targets), out_dir, check, tolerance)
+    _build_and_check(g, _split_list(split_at, "--split-at"), _split_list(targets, "--targets"),
+                     out_dir, check, tolerance)
 
 
 def _build_and_check(g, split_at: list[str], targets: list[str], out_dir: str, check: bool,
                      tolerance: float) -> None:
-    from .bundle import build_bundle
+    from .bundle import build_bundle, check_output_dir
     from .split import plan_split
     from .targets import get_target
 
     for t in targets:
         get_target(t)  # unknown targets fail before anything is built
     plan = plan_split(g, split_at, targets or ["x86_64"])
+    check_output_dir(out_dir)
     click.echo(f"building {len(plan.stages)} stage(s) of {g.name} into {out_dir}", err=True)
     start = time.perf_counter()
     bundle = build_bundle(g, plan, out_dir, progress=_progress)

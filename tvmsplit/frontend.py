@@ -66,7 +66,9 @@ def _read(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto,
     else:
         path = Path(source)
         if not path.is_file():
-            raise ModelError(f"model file {str(path)!r} does not exist")
+            what = "is a directory" if path.is_dir() else "does not exist"
+            raise ModelError(f"model file {str(path)!r} {what}; MODEL is the path of an .onnx file "
+                             "or zoo:NAME for a built-in model (see `tvmsplit zoo`)")
         try:
             model = onnx.load(str(path))
         except Exception as exc:  # protobuf raises DecodeError / RuntimeWarning-derived errors
@@ -141,6 +143,7 @@ def _pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, Any]) -> onnx.Mo
             dynamic = [f"{k} ({d})" for k, d in enumerate(declared) if not isinstance(d, int)]
             if dynamic or not dims and not vi.type.tensor_type.HasField("shape"):
                 example = ",".join(str(d) if isinstance(d, int) else "N" for d in declared)
+                example += " (N: the size you will feed)"
                 problems.append(f"input {vi.name!r} {_fmt_dims(declared)} has dynamic "
                                 f"dimension(s) {', '.join(dynamic) or 'unknown rank'}; pin it with "
                                 f"--shape {vi.name}={example} (Python: shapes={{'{vi.name}': (...)}})")

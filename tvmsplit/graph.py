@@ -107,11 +107,19 @@ class LayerGraph:
     def _index(self) -> dict[str, int]:
         return {layer.name: i for i, layer in enumerate(self.layers)}
 
+    @cached_property
+    def node_layer(self) -> dict[str, int]:
+        """ONNX node name -> index of the layer that owns it."""
+        return {node: i for i, layer in enumerate(self.layers) for node in layer.nodes}
+
     def index(self, name: str) -> int:
-        """Position of the layer called ``name``; a SplitError lists similar names on a miss."""
+        """Position of the layer called ``name`` (or owning the ONNX node ``name``: a cut can only
+        fall between layers); a SplitError lists similar names on a miss."""
         try:
             return self._index[name]
         except KeyError:
+            if name in self.node_layer:
+                return self.node_layer[name]
             raise SplitError(f"no layer named {name!r} in {self.name}; "
                              f"similar layers: {', '.join(self.similar_names(name))} "
                              f"(run `tvmsplit inspect` to list all {len(self.layers)})") from None
@@ -121,6 +129,12 @@ class LayerGraph:
         names = [layer.name for layer in self.layers]
         close = difflib.get_close_matches(name, names, n=n, cutoff=0.3)
         return close or names[:n]
+
+    def splittable_near(self, k: int, n: int = 4) -> list[str]:
+        """Names of up to ``n`` layers near position ``k`` that a cut may follow."""
+        last = len(self.layers) - 1
+        order = sorted(range(last), key=lambda i: abs(i - k))
+        return [self.layers[i].name for i in order[:n]]
 
     def layer(self, name: str) -> Layer:
         return self.layers[self.index(name)]
@@ -204,7 +218,7 @@ class LayerGraph:
         k = self.index(name_or_index) if isinstance(name_or_index, str) else int(name_or_index)
         if not 0 <= k < len(self.layers) - 1:
             raise SplitError(f"cannot cut after the last layer {self.layers[-1].name!r}; "
-                             "choose a layer before it")
+                             f"choose a layer before it, e.g. {', '.join(self.splittable_near(k))}")
         return Cut(k, self.layers[k].name, self.crossing(range(k + 1)))
 
     @cached_property

@@ -123,11 +123,13 @@ def _assignment_from_split_points(graph: LayerGraph, split_at: Sequence[str]) ->
     if len(set(names)) != len(names):
         raise SplitError(f"split points repeat: {', '.join(names)}")
     points = sorted(graph.index(name) for name in names)
+    if len(set(points)) != len(points):
+        raise SplitError(f"split points {', '.join(names)} name the same layer twice")
     last = len(graph.layers) - 1
     for k in points:
         if k == last:
             raise SplitError(f"cannot split after the last layer {graph.layers[k].name!r}; "
-                             f"nearby layers: {', '.join(graph.similar_names(graph.layers[k].name))}")
+                             f"split after an earlier layer, e.g. {', '.join(graph.splittable_near(k))}")
     stage_of, s = [], 0
     for k in range(len(graph.layers)):
         stage_of.append(s)

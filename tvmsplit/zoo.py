@@ -366,6 +366,9 @@ def save(name: str, path: str | os.PathLike, **kwargs) -> Path:
     os.close(fd)
     try:
         onnx.save(model, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a model file is not
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
