@@ -225,5 +225,23 @@ def test_demo(tmp_path):
     assert result.stdout.startswith("model: zoo resnet")
     assert result.stdout.strip().splitlines()[-1].endswith("OK")
     bundle = tvmsplit.Bundle.load(out)
-    assert [s.target["name"] for s in bundle.stages] == ["x86_64", "rpi4b", "x86_64"]
+    assert [s.target["name"] for s in bundle.stages] == ["x86_64", "x86_64", "x86_64"]
     assert any(len(s.plan.outputs) > 1 for s in bundle.stages[:-1])  # a cut inside a skip connection
+    # the stages really ran as workers: a per-stage/per-hop trace and a streaming throughput line
+    assert "hop stage 0 -> stage 1" in result.stdout and "req/s" in result.stdout
+
+
+def test_run_with_check_and_input_file(tmp_path):
+    import numpy as np
+
+    x = np.random.default_rng(3).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = ok(invoke("run", "zoo:chain", "--split-at", "pool1", "--input", tmp_path / "x.npy",
+                       "--requests", "5", "--check"))
+    assert "stage 1 [x86_64]" in result.stdout and result.stdout.strip().endswith("OK")
+
+
+def test_run_refuses_a_stage_this_machine_cannot_run(tmp_path):
+    result = invoke("run", "zoo:chain", "--split-at", "pool1", "--targets", "x86_64,rpi4b")
+    assert result.exit_code == 1
+    assert "rpi4b" in result.stderr and "Traceback" not in result.output

@@ -9,15 +9,28 @@ Importing tvmsplit does not import TVM; the functions that compile or run do.
 """
 __version__ = "0.1.0"
 
-from .bundle import Bundle, BundleStage, build_bundle  # noqa: E402
-from .errors import TvmsplitError  # noqa: E402
-from .frontend import load  # noqa: E402
-from .graph import Cut, Layer, LayerGraph, TensorSpec  # noqa: E402
-from .split import Plan, StagePlan, plan_split  # noqa: E402
-from .targets import TargetSpec, get_target, known_targets  # noqa: E402
+import importlib
 
-__all__ = [
-    "Bundle", "BundleStage", "Cut", "Layer", "LayerGraph", "Plan", "StagePlan", "TargetSpec",
-    "TensorSpec", "TvmsplitError", "build_bundle", "get_target", "known_targets", "load",
-    "plan_split", "__version__",
-]
+# Public name -> module. Loaded on first use (PEP 562), so a runtime-only stage worker that
+# imports tvmsplit.runtime does not pay for onnx or TVM's compiler.
+_EXPORTS = {
+    "Bundle": "bundle", "BundleStage": "bundle", "build_bundle": "bundle",
+    "TvmsplitError": "errors", "load": "frontend",
+    "Cut": "graph", "Layer": "graph", "LayerGraph": "graph", "TensorSpec": "graph",
+    "Plan": "split", "StagePlan": "split", "plan_split": "split",
+    "TargetSpec": "targets", "get_target": "targets", "known_targets": "targets",
+    "Pipeline": "runtime.pipeline", "PipelineError": "runtime.pipeline", "Trace": "runtime.pipeline",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tvmsplit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -25,17 +25,17 @@ Loading validates the schema, every field and every library checksum.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .compile import build_stage, file_sha256
 from .errors import BundleError
 from .graph import LayerGraph, TensorSpec
 from .split import Plan, StagePlan
@@ -43,6 +43,14 @@ from .targets import get_target, host_arch
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -75,8 +83,12 @@ class Bundle:
     stages: tuple[BundleStage, ...]
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Bundle":
-        """Read and validate a bundle; raise BundleError saying what is wrong and how to fix it."""
+    def load(cls, path: str | os.PathLike, stages: Iterable[int] | None = None) -> "Bundle":
+        """Read and validate a bundle; raise BundleError saying what is wrong and how to fix it.
+
+        ``stages`` limits the library checks (presence and sha256) to those stage indices: a
+        device that holds only its own stage's library loads the bundle with ``stages=[n]``.
+        """
         path = Path(path)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
@@ -92,14 +104,14 @@ class Bundle:
                               f"{SCHEMA_VERSION}; rebuild the bundle")
         try:
             plan = Plan.from_json(m["plan"])
-            stages = []
+            built = []
             for s in m["stages"]:
                 stage_plan = StagePlan.from_json(s)
-                stages.append(BundleStage(stage_plan, dict(s["target"]), path / s["library"],
+                built.append(BundleStage(stage_plan, dict(s["target"]), path / s["library"],
                                           str(s["sha256"]), int(s["library_bytes"])))
             bundle = cls(path, str(m["model"]), str(m["model_sha256"]),
                          tuple(TensorSpec.from_json(t) for t in m["inputs"]),
-                         tuple(TensorSpec.from_json(t) for t in m["outputs"]), plan, tuple(stages))
+                         tuple(TensorSpec.from_json(t) for t in m["outputs"]), plan, tuple(built))
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{manifest_path} is malformed (bad or missing field {exc}); "
                               "rebuild the bundle") from None
@@ -111,7 +123,14 @@ class Bundle:
                                   "(needs name, arch and target.kind); rebuild the bundle")
         if [s.index for s in bundle.stages] != list(range(len(bundle.stages))) or not bundle.stages:
             raise BundleError(f"{manifest_path}: stages must be numbered 0..k-1; rebuild the bundle")
+        wanted = set(range(len(bundle.stages)) if stages is None else stages)
+        unknown = sorted(wanted - set(range(len(bundle.stages))))
+        if unknown:
+            raise BundleError(f"bundle {str(path)!r} has stages 0..{len(bundle.stages) - 1}; "
+                              f"no stage {unknown[0]}")
         for stage in bundle.stages:
+            if stage.index not in wanted:
+                continue
             if not stage.library.is_file():
                 raise BundleError(f"bundle {str(path)!r}: library {stage.library.name} of stage "
                                   f"{stage.index} is missing; rebuild the bundle")
@@ -146,6 +165,8 @@ def build_bundle(graph: LayerGraph, plan: Plan, out_dir: str | os.PathLike,
     """
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
+    from .compile import build_stage
+
     specs = [get_target(s.target) for s in plan.stages]  # fail on unknown targets before building
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))

@@ -187,22 +187,138 @@ def _report_check(bundle, g, tolerance: float) -> None:
         raise SystemExit(1)
 
 
+def _run_pipeline(bundle, g, requests: int, inputs, check: bool, tolerance: float,
+                  endpoints=None) -> None:
+    from .check import compare, random_inputs, reference
+    from .runtime.pipeline import Pipeline
+
+    inputs = inputs if inputs is not None else random_inputs(g.inputs)
+    click.echo(f"starting {len(bundle.stages)} worker(s)" +
+               (" (local processes)" if endpoints is None else ""), err=True)
+    with Pipeline(bundle, endpoints=endpoints) as pipeline:
+        pipeline.run(inputs)  # warm-up: first-call setup in every worker
+        outputs, trace = pipeline.run(inputs)
+        _print_trace(trace, [s.target["name"] for s in bundle.stages])
+        if requests > 1:
+            start = time.perf_counter()
+            results = list(pipeline.stream(inputs for _ in range(requests)))
+            elapsed = time.perf_counter() - start
+            bound = 1000.0 / max(trace.compute_ms)
+            click.echo(f"{len(results)} streamed requests in {elapsed:.2f} s: "
+                       f"{len(results) / elapsed:.1f} req/s (bound 1/max stage compute: {bound:.1f} req/s)")
+    if check:
+        ref = reference(g, inputs)
+        errors = [compare(outputs[t.name], ref[t.name], t.name) for t in g.outputs]
+        worst = max(errors, key=lambda e: e.rel)
+        ok = worst.rel <= tolerance
+        click.echo(f"check vs onnxruntime: max abs err {worst.max_abs:.3g}, max rel err "
+                   f"{worst.rel:.3g} (tolerance {tolerance:g}) {'OK' if ok else 'FAILED'}")
+        if not ok:
+            raise SystemExit(1)
+
+
+def _print_trace(trace, targets: list[str]) -> None:
+    click.echo(f"{'':<24} {'compute ms':>10} {'bytes':>10} {'transfer ms':>11}")
+    for hop in range(len(trace.hop_bytes)):
+        src = "client" if hop == 0 else f"stage {hop - 1}"
+        dst = "client" if hop == len(trace.compute_ms) else f"stage {hop}"
+        click.echo(f"{'hop ' + src + ' -> ' + dst:<24} {'':>10} {trace.hop_bytes[hop]:>10} "
+                   f"{trace.hop_ms[hop]:>11.3f}")
+        if hop < len(trace.compute_ms):
+            click.echo(f"{'stage ' + str(hop) + ' [' + targets[hop] + ']':<24} "
+                       f"{trace.compute_ms[hop]:>10.3f}")
+    click.echo(f"{'total':<24} {sum(trace.compute_ms):>10.3f} {sum(trace.hop_bytes):>10} "
+               f"{trace.transfer_ms:>11.3f}   end to end {trace.total_ms:.3f} ms")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--split-at", default="", metavar="L1,L2,...", help="Cut after these layers.")
+@click.option("--targets", default="x86_64", metavar="T1,T2,...", show_default=True,
+              help="One target per stage, or one for all.")
+@click.option("-o", "--output", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Bundle directory (default: a temporary one).")
+@shape_option
+@click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False),
+              help="Input tensor as .npy (single-input models) or .npz (by input name).")
+@click.option("--workers", default=None, metavar="FILE",
+              help="JSON list of running workers' endpoints ({data, control, out}) instead of local ones.")
+@click.option("--requests", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--check", is_flag=True, help="Compare the output with onnxruntime.")
+@click.option("--tolerance", default=1e-4, show_default=True)
+def run(model, split_at, targets, out_dir, shapes, input_file, workers, requests, check, tolerance):
+    """Build MODEL's stages, run them as a pipeline of workers, print the trace."""
+    import tempfile
+
+    from .bundle import Bundle
+
+    g = _load_graph(model, shapes)
+    inputs = _read_inputs(input_file, g) if input_file else None
+    endpoints = json.loads(Path(workers).read_text()) if workers else None
+    with tempfile.TemporaryDirectory(prefix="tvmsplit-run-") as tmp:
+        out = out_dir or str(Path(tmp) / "bundle")
+        _build_and_check(g, _split_list(split_at, "--split-at"), _split_list(targets, "--targets"),
+                         out, False, tolerance)
+        _run_pipeline(Bundle.load(out), g, requests, inputs, check, tolerance, endpoints)
+
+
+def _read_inputs(path: str, g) -> dict:
+    import numpy as np
+
+    data = np.load(path, allow_pickle=False)
+    if isinstance(data, np.ndarray):
+        if len(g.inputs) != 1:
+            raise ShapeError(f"{path}: the model has {len(g.inputs)} inputs; give an .npz with "
+                             f"arrays named {', '.join(t.name for t in g.inputs)}")
+        return {g.inputs[0].name: data}
+    return {name: data[name] for name in data.files}
+
+
 @cli.command()
 @click.option("-o", "--output", "out_dir", default="build/demo", show_default=True,
               type=click.Path(file_okay=False))
-def demo(out_dir: str) -> None:
-    """The main job on a built-in model: inspect, split 3 ways (x86_64, rpi4b, x86_64), build, check."""
+@click.option("--requests", default=20, show_default=True, type=click.IntRange(min=1))
+def demo(out_dir: str, requests: int) -> None:
+    """The main job on a built-in ResNet-style model: split it 3 ways (one cut inside a skip
+    connection), build each stage with TVM, run the stages as local worker processes over ZeroMQ,
+    print the per-stage/per-hop trace and check the output against onnxruntime."""
     from . import zoo
     from .frontend import load
 
     g = load(zoo.make("resnet"), name="resnet")
-    good = [c for c in g.cut_candidates if g.good_cut(c)]
     inside = next(c for c in g.cut_candidates if len(c.tensors) > 1)  # a cut inside a skip connection
-    first = good[0] if good and good[0].index != inside.index else g.cut_candidates[0]
-    split_at = sorted({first.after, inside.after}, key=g.index)
+    good = [c for c in g.cut_candidates if g.good_cut(c) and c.index > inside.index]
+    second = good[0] if good else g.cut_candidates[-1]
+    split_at = [inside.after, second.after]
     click.echo(f"model: zoo resnet, {len(g.layers)} layers; cutting after {', '.join(split_at)} "
                f"({len(inside.tensors)} tensors cross the cut after {inside.after})")
-    _build_and_check(g, split_at, ["x86_64", "rpi4b", "x86_64"], out_dir, True, 1e-4)
+    _build_and_check(g, split_at, ["x86_64"], out_dir, False, 1e-4)
+    from .bundle import Bundle
+
+    _run_pipeline(Bundle.load(out_dir), g, requests, None, True, 1e-4)
+
+
+@cli.command(context_settings={"show_default": True})
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False),
+              help="Bundle directory (only this stage's library needs to be there).")
+@click.option("--stage", required=True, type=int, help="Index of the stage to run.")
+@click.option("--bind", default="tcp://127.0.0.1:0", help="Data input address (PULL); port 0 = any.")
+@click.option("--next", "next_addr", default=None,
+              help="Where to send results: the next stage's --bind, or the client's result address.")
+@click.option("--out", default=None, help="Without --next: address to bind the output on.")
+@click.option("--control", default="tcp://127.0.0.1:0", help="Control address (health, shutdown).")
+@click.option("--ready-file", default=None, help="Write the bound endpoints here as JSON.")
+def worker(bundle_dir, stage, bind, next_addr, out, control, ready_file) -> None:
+    """Serve one stage of a bundle as a pipeline worker (runtime-only TVM)."""
+    from .runtime.worker import main as worker_main
+
+    argv = ["--bundle", bundle_dir, "--stage", str(stage), "--bind", bind, "--control", control]
+    for flag, value in (("--next", next_addr), ("--out", out), ("--ready-file", ready_file)):
+        if value:
+            argv += [flag, value]
+    code = worker_main(argv)
+    if code:
+        raise SystemExit(code)
 
 
 @cli.command()

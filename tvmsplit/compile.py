@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .bundle import file_sha256
 from .errors import BuildError
 from .graph import LayerGraph
 from .split import StagePlan, stage_onnx, stage_relax
@@ -42,14 +43,6 @@ def cache_dir() -> Path | None:
     if value.lower() in ("off", "0", "none"):
         return None
     return Path(value) if value else Path.home() / ".cache" / "tvmsplit"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_key(graph: LayerGraph, stage: StagePlan, spec: TargetSpec) -> str:

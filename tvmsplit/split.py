@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import onnx
-from onnx import helper
 
 from .errors import SplitError
 from .graph import LayerGraph, TensorSpec
@@ -160,15 +158,18 @@ def _check_assignment(graph: LayerGraph, assignment: Mapping[str, int]) -> list[
     return stage_of
 
 
-def stage_onnx(graph: LayerGraph, stage: StagePlan) -> onnx.ModelProto:
+def stage_onnx(graph: LayerGraph, stage: StagePlan):
     """The ONNX sub-model computing ``stage.library_outputs`` from ``stage.library_inputs``."""
+    import onnx
+    from onnx import helper
+
     model = graph.model
     wanted = {n for name in stage.layers for n in graph.layer(name).nodes}
     nodes = [n for n in model.graph.node if n.name in wanted]
     used = {i for n in nodes for i in n.input if i}
     inits = [init for init in model.graph.initializer if init.name in used]
 
-    def vi(t: TensorSpec) -> onnx.ValueInfoProto:
+    def vi(t: TensorSpec):
         return helper.make_tensor_value_info(t.name, helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)),
                                               list(t.shape))
 

@@ -1,0 +1,420 @@
+"""Runtime tier: real worker processes over tcp://127.0.0.1 on ephemeral ports.
+
+The invariant: a pipeline of stage workers returns what the unsplit TVM build and onnxruntime
+return (1e-4 relative), in order, and every failure comes back as an explicit PipelineError.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+import zmq
+
+import tvmsplit as ts
+from tvmsplit import zoo
+from tvmsplit.check import compare, random_inputs, reference
+from tvmsplit.errors import ShapeError
+from tvmsplit.runtime import wire
+from tvmsplit.runtime.pipeline import Pipeline, PipelineError, Trace
+from tvmsplit.runtime.stage import StageRunner
+
+pytestmark = pytest.mark.timeout(120)
+RTOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Graphs, bundles, one input and its expected outputs (unsplit TVM and onnxruntime)."""
+    with pytest.MonkeyPatch.context() as mp:  # the build cache of this test session, as conftest
+        mp.setenv("TVMSPLIT_CACHE", str(tmp_path_factory.getbasetemp() / "build-cache"))
+        root = tmp_path_factory.mktemp("runtime")
+        chain = ts.load(zoo.make("chain"), name="chain")
+        resnet = ts.load(zoo.make("resnet"), name="resnet")
+        b = {
+            "chain1": ts.build_bundle(chain, ts.plan_split(chain), root / "chain1"),
+            "chain2": ts.build_bundle(chain, ts.plan_split(chain, ["pool1"]), root / "chain2"),
+            "chain3": ts.build_bundle(chain, ts.plan_split(chain, ["pool1", "pool2"]),
+                                      root / "chain3"),
+            "resnet1": ts.build_bundle(resnet, ts.plan_split(resnet), root / "resnet1"),
+            "resnet2": ts.build_bundle(resnet, ts.plan_split(resnet, ["block1_conv1"]),
+                                       root / "resnet2"),
+            # conv1's output skips stage 1 entirely: stage 1 forwards it unchanged
+            "resnet3": ts.build_bundle(resnet, ts.plan_split(resnet, ["conv1", "block1_conv1"]),
+                                       root / "resnet3"),
+        }
+    expected = {}
+    for name, g in (("chain", chain), ("resnet", resnet)):
+        x = random_inputs(g.inputs, seed=1)
+        whole = b[f"{name}1"].stages[0]
+        with StageRunner(whole.library, whole.plan) as runner:
+            expected[name] = (x, runner.run(x), reference(g, x))
+    return {"graphs": {"chain": chain, "resnet": resnet}, "bundles": b, "expected": expected}
+
+
+def _assert_close(got: dict, want: dict, what: str) -> None:
+    assert set(got) == set(want)
+    for key, value in want.items():
+        err = compare(got[key], value, key)
+        assert err.rel <= RTOL, f"{what}: {key} rel err {err.rel:.2e}"
+
+
+def _ort_session(graph):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(graph.model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _inputs(graph, n: int) -> list[dict]:
+    return [random_inputs(graph.inputs, seed=100 + i) for i in range(n)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.parametrize("name", ["chain2", "chain3"])
+def test_pipeline_equals_unsplit_tvm_and_onnxruntime(built, name):
+    bundle = built["bundles"][name]
+    n = len(bundle.stages)
+    x, whole, ort_out = built["expected"]["chain"]
+    with Pipeline(bundle) as p:
+        y, trace = p.run(x)
+        _assert_close(y, whole, f"{name} vs unsplit TVM")
+        _assert_close(y, ort_out, f"{name} vs onnxruntime")
+        assert all(v.flags.writeable for v in y.values())
+        assert isinstance(trace, Trace) and trace.request_id >= 1
+        assert len(trace.compute_ms) == n and all(c > 0 for c in trace.compute_ms)
+        assert len(trace.hop_bytes) == len(trace.hop_ms) == n + 1
+        # each hop carries at least the tensors crossing it (plus one header frame)
+        crossing = [bundle.inputs] + [s.plan.outputs for s in bundle.stages]
+        for hop, specs in enumerate(crossing):
+            assert trace.hop_bytes[hop] > sum(t.nbytes for t in specs)
+        assert all(ms > -50 for ms in trace.hop_ms)  # one host, one clock
+        assert trace.total_ms >= sum(trace.compute_ms)
+        # bad input is refused before anything is sent, and the pipeline keeps working
+        with pytest.raises(ShapeError, match="input"):
+            p.run({"input": np.zeros((1, 3, 16, 16), np.float32)})
+        with pytest.raises(ShapeError, match="float64"):
+            p.run({"input": x["input"].astype(np.float64)})
+        _assert_close(p.run(x)[0], whole, f"{name} after bad input")
+
+
+@pytest.mark.parametrize("name", ["resnet2", "resnet3"])
+def test_dag_cut_carrying_two_tensors(built, name):
+    bundle = built["bundles"][name]
+    assert len(bundle.plan.cuts[-1]) == 2  # main path and skip connection
+    if name == "resnet3":
+        forwarded = {t.name for t in bundle.stages[1].plan.outputs} - \
+            {t.name for t in bundle.stages[1].plan.library_outputs}
+        assert forwarded  # a tensor that skips stage 1 is forwarded by its worker
+    x, whole, ort_out = built["expected"]["resnet"]
+    with Pipeline(bundle) as p:
+        y, trace = p.run(x)
+    _assert_close(y, whole, f"{name} vs unsplit TVM")
+    _assert_close(y, ort_out, f"{name} vs onnxruntime")
+    for hop, cut in enumerate(bundle.plan.cuts, start=1):
+        assert trace.hop_bytes[hop] > sum(t.nbytes for t in cut)
+
+
+def test_stream_200_requests_in_order_none_lost(built):
+    g = built["graphs"]["chain"]
+    xs = _inputs(g, 200)
+    session = _ort_session(g)
+    want = [session.run(None, x)[0] for x in xs]
+    with Pipeline(built["bundles"]["chain3"], max_in_flight=8) as p:
+        got = list(p.stream(iter(xs)))
+        assert len(got) == 200
+        ids = [trace.request_id for _, trace in got]
+        assert ids == sorted(ids) and len(set(ids)) == 200
+        for i, ((y, _), w) in enumerate(zip(got, want)):
+            assert compare(y["output"], w, "output").rel <= RTOL, f"request {i} got another output"
+        # results taken out of order are buffered by request id
+        rids = [p.submit(x) for x in xs[:8]]
+        for rid, w in reversed(list(zip(rids, want))):
+            y, trace = p.result(rid)
+            assert trace.request_id == rid and compare(y["output"], w, "output").rel <= RTOL
+        with pytest.raises(PipelineError, match="unknown request id"):
+            p.result(rids[0])
+        served = [h["served"] for h in p.health()]
+        assert served == [208, 208, 208]
+
+
+def test_killed_worker_fails_in_flight_requests_and_restart_recovers(built):
+    g = built["graphs"]["chain"]
+    x, whole, _ = built["expected"]["chain"]
+    xs = _inputs(g, 200)
+    session = _ort_session(g)
+    with Pipeline(built["bundles"]["chain3"], timeout_s=60, max_in_flight=8) as p:
+        victim = p.endpoints[1]["pid"]
+        got, t0 = [], time.monotonic()
+        with pytest.raises(PipelineError, match="stage 1 worker .* died") as stopped:
+            for item in p.stream(xs, return_exceptions=True):
+                got.append(item)
+                if len(got) == 10:
+                    os.killpg(victim, signal.SIGKILL)
+        assert time.monotonic() - t0 < 30  # detected from the process, not by the 60 s timeout
+        assert stopped.value.code == "worker_died"
+        first_err = next(i for i, item in enumerate(got) if isinstance(item, PipelineError))
+        assert first_err >= 10
+        errors = got[first_err:]
+        assert errors and all(isinstance(e, PipelineError) for e in errors)
+        assert len(errors) <= 8  # only the requests that were in flight
+        for e in errors:
+            assert e.code == "worker_died" and e.stage == 1 and e.request_id is not None
+            assert "SIGKILL" in str(e) and f"request {e.request_id}" in str(e)
+        for i, (y, _) in enumerate(got[:first_err]):
+            assert compare(y["output"], session.run(None, xs[i])[0], "output").rel <= RTOL
+        assert not _alive(victim)
+        with pytest.raises(PipelineError, match="restart"):
+            p.run(x)
+
+        old = [e["pid"] for e in p.endpoints]
+        p.restart()
+        assert not any(_alive(pid) for pid in old)
+        assert all(_alive(e["pid"]) for e in p.endpoints)
+        _assert_close(p.run(x)[0], whole, "after restart")
+
+        # without return_exceptions the stream raises at the first lost request
+        last = p.endpoints[2]["pid"]
+        with pytest.raises(PipelineError) as lost:
+            for i, _ in enumerate(p.stream(xs)):
+                if i == 5:
+                    os.killpg(last, signal.SIGKILL)
+        assert lost.value.stage == 2 and lost.value.code == "worker_died"
+        p.restart()
+        _assert_close(p.run(x)[0], whole, "after second restart")
+
+
+def test_malformed_frames_come_back_as_errors_and_workers_keep_serving(built):
+    bundle = built["bundles"]["chain2"]
+    x, whole, _ = built["expected"]["chain"]
+    good = wire.request(1001, 0, x)
+    header = json.loads(bytes(good[0]))
+    v2 = json.dumps({**header, "id": 1003, "v": 2}).encode()
+    to_stage0 = {
+        1001: ("bad_size", [good[0], bytes(good[1])[:-4]]),
+        1003: ("bad_version", [v2, bytes(good[1])]),
+        1004: ("missing_frames", [json.dumps({**header, "id": 1004}).encode()]),
+        1005: ("wrong_stage", wire.request(1005, 1, x)),
+        1006: ("unknown_tensor", wire.request(1006, 0, {"nope": x["input"]})),
+        1007: ("shape_mismatch", wire.request(1007, 0, {"input": np.zeros((1, 3, 8, 8),
+                                                                           np.float32)})),
+        1008: ("unexpected_kind", wire.reply(1008, 0, x)),
+        1009: ("extra_frames", wire.request(1009, 0, x) + [b"junk"]),
+    }
+    no_id = [[b'{"v": 1, "id": '], [b""], [b"\xff\xfe"]]  # bad JSON, empty, not UTF-8
+    ctx = zmq.Context()
+    try:
+        with Pipeline(bundle) as p:
+            s0, s1 = (ctx.socket(zmq.PUSH) for _ in range(2))
+            for s, ep in ((s0, p.endpoints[0]), (s1, p.endpoints[1])):
+                s.setsockopt(zmq.LINGER, 0)
+                s.connect(ep["data"])
+            for _, frames in to_stage0.values():
+                s0.send_multipart(frames)
+            for frames in no_id:
+                s0.send_multipart(frames)
+            s1.send_multipart(wire.request(1010, 0, x))  # stage 0's request sent to stage 1
+            want = len(to_stage0) + len(no_id) + 1
+            got, deadline = [], time.monotonic() + 30
+            while len(got) < want and time.monotonic() < deadline:
+                got += p.unmatched(timeout_s=0.5)
+            assert len(got) == want, got
+            assert all(isinstance(m, wire.Message) and m.kind == "error" for m in got)
+            by_id = {m.id: m for m in got if m.id}
+            for rid, (code, _) in to_stage0.items():
+                assert by_id[rid].error.code == code, by_id[rid].error
+                assert by_id[rid].stage == 0  # made by stage 0, forwarded unchanged by stage 1
+            assert by_id[1010].error.code == "wrong_stage" and by_id[1010].stage == 1
+            assert sorted(m.error.code for m in got if m.id == 0) == ["bad_header"] * 3
+            # both workers are still serving
+            _assert_close(p.run(x)[0], whole, "after malformed frames")
+            health = p.health()
+            assert [h["errors"] for h in health] == [want - 1, 1]
+            assert [h["served"] for h in health] == [1, 1]
+            # a message id that is not in flight ends up in unmatched, not in a request
+            assert p.unmatched() == []
+            s0.close()
+            s1.close()
+    finally:
+        ctx.term()
+
+
+def test_worker_error_reply_raises_pipeline_error(built):
+    """A wire error message for a request in flight is raised with the worker's code."""
+    bundle = built["bundles"]["chain2"]
+    x, whole, _ = built["expected"]["chain"]
+    with Pipeline(bundle) as p:
+        stage0 = p.endpoints[0]["pid"]
+        ctx = zmq.Context()
+        os.killpg(stage0, signal.SIGSTOP)  # hold the real request in stage 0
+        try:
+            rid = p.submit(x)
+            # the error stage 0 would send, injected at stage 1 (which forwards it unchanged)
+            s = ctx.socket(zmq.PUSH)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(p.endpoints[1]["data"])
+            s.send_multipart(wire.error_reply(rid, 0, "compute_failed", "boom"))
+            with pytest.raises(PipelineError, match=r"failed at stage 0: \[compute_failed\] boom") \
+                    as err:
+                p.result(rid)
+            assert (err.value.code, err.value.stage, err.value.request_id) == \
+                ("compute_failed", 0, rid)
+            s.close()
+        finally:
+            os.killpg(stage0, signal.SIGCONT)
+            ctx.term()
+        late = p.unmatched(timeout_s=10.0)  # the real answer, after the request already failed
+        assert [(m.kind, m.id) for m in late] == [("reply", rid)]
+        _assert_close(p.run(x)[0], whole, "after an error reply")
+
+
+def test_request_timeout_names_request_and_stages(built):
+    bundle = built["bundles"]["chain2"]
+    x, _, _ = built["expected"]["chain"]
+    p = Pipeline(bundle, timeout_s=1.0)
+    try:
+        pids = [e["pid"] for e in p.endpoints]
+        os.killpg(pids[1], signal.SIGSTOP)  # stuck, not dead
+        t0 = time.monotonic()
+        with pytest.raises(PipelineError, match=r"request \d+ got no answer within 1 s") as err:
+            p.run(x)
+        assert time.monotonic() - t0 < 10
+        assert err.value.code == "timeout"
+        assert "stage 0" in str(err.value) and "stage 1" in str(err.value)
+    finally:
+        p.close()  # the stopped worker cannot answer shutdown: it is killed
+    assert not any(_alive(pid) for pid in pids)
+
+
+def test_health_and_close_leave_no_worker_alive(built):
+    bundle = built["bundles"]["chain2"]
+    x, _, _ = built["expected"]["chain"]
+    p = Pipeline(bundle)
+    pids = [e["pid"] for e in p.endpoints]
+    tmp = p._owned.tmp
+    assert all(_alive(pid) for pid in pids) and tmp.is_dir()
+    for stage, h in enumerate(p.health()):
+        assert h["ok"] is True and h["stage"] == stage and h["pid"] == pids[stage]
+        assert isinstance(h["cpu_percent"], float) and 0 <= h["cpu_percent"] <= 100
+        assert isinstance(h["mem_available_bytes"], int) and h["mem_available_bytes"] > 0
+        assert h["served"] == 0
+    p.run(x)
+    assert [h["served"] for h in p.health()] == [1, 1]
+    if os.path.exists(f"/proc/{pids[0]}/maps"):  # workers load the TVM runtime, not the compiler
+        maps = open(f"/proc/{pids[0]}/maps").read()
+        assert "libtvm_runtime" in maps and "libtvm_compiler" not in maps
+    ctx = zmq.Context()
+    try:
+        req = ctx.socket(zmq.REQ)
+        req.setsockopt(zmq.LINGER, 0)
+        req.setsockopt(zmq.RCVTIMEO, 5000)
+        req.connect(p.endpoints[0]["control"])
+        req.send_json({"cmd": "reboot"})
+        answer = req.recv_json()
+        assert answer["ok"] is False and "reboot" in answer["error"]
+        req.send(b"not json")
+        assert req.recv_json()["ok"] is False
+        req.close()
+    finally:
+        ctx.term()
+    p.close()
+    p.close()  # idempotent
+    assert not any(_alive(pid) for pid in pids)
+    assert not any(psutil.pid_exists(pid) for pid in pids)  # reaped, not zombies
+    assert not tmp.exists()
+    with pytest.raises(PipelineError, match="closed"):
+        p.run(x)
+
+
+def _start_worker(bundle, stage, ready, *extra):
+    return subprocess.Popen([sys.executable, "-m", "tvmsplit.runtime.worker", "--bundle",
+                             str(bundle.path), "--stage", str(stage), "--ready-file", str(ready),
+                             *extra], stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _wait_ready(proc, ready, timeout_s=60.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while not ready.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return json.loads(ready.read_text())
+
+
+def test_connect_to_running_workers_and_sigterm_exits_cleanly(built, tmp_path):
+    bundle = built["bundles"]["chain2"]
+    x, whole, _ = built["expected"]["chain"]
+    last = _start_worker(bundle, 1, tmp_path / "r1")  # no --next: binds "out"
+    procs = [last]
+    try:
+        info1 = _wait_ready(last, tmp_path / "r1")
+        assert info1["out"].startswith("tcp://127.0.0.1:") and info1["pid"] == last.pid
+        first = _start_worker(bundle, 0, tmp_path / "r0", "--next", info1["data"])
+        procs.append(first)
+        info0 = _wait_ready(first, tmp_path / "r0")
+        assert info0["out"] is None
+        with Pipeline(bundle, endpoints=[info0, info1]) as p:
+            _assert_close(p.run(x)[0], whole, "connected pipeline")
+        assert first.poll() is None and last.poll() is None  # not ours: still running
+        with pytest.raises(PipelineError, match="runs stage 1"):
+            Pipeline(bundle, endpoints=[info1, {**info1, "stage": 1}])
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        assert [proc.wait(timeout=10) for proc in procs] == [0, 0]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            proc.stderr.close()
+
+
+def test_worker_start_failure_is_reported(built, tmp_path):
+    bundle = built["bundles"]["chain2"]
+    proc = _start_worker(bundle, 5, tmp_path / "ready")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and b"no stage 5" in err
+    assert not (tmp_path / "ready").exists()
+
+
+def test_pipeline_reports_a_worker_that_dies_on_start(built, tmp_path):
+    import shutil
+
+    shutil.copytree(built["bundles"]["chain3"].path, tmp_path / "b")
+    bundle = ts.Bundle.load(tmp_path / "b")
+    with open(bundle.stages[2].library, "ab") as f:  # corrupted after the client loaded it
+        f.write(b"\0")
+    with pytest.raises(PipelineError, match=r"stage 2 worker exited during start with exit code "
+                                            r"2: .*stage 2 fails its checksum") as err:
+        Pipeline(bundle)
+    assert err.value.stage == 2 and err.value.code == "start_failed"
+    assert not [c for c in psutil.Process().children(recursive=True)
+                if "tvmsplit.runtime.worker" in " ".join(c.cmdline()) and _alive(c.pid)]
+
+
+def test_failed_start_stops_the_workers_already_started(built, monkeypatch):
+    started = []
+    original = Pipeline._launch
+
+    def launch(self, index, nxt):
+        if index == 1:
+            raise PipelineError("stage 1 cannot start (simulated)", stage=1, code="start_failed")
+        worker = original(self, index, nxt)
+        started.append(worker.pid)
+        return worker
+
+    monkeypatch.setattr(Pipeline, "_launch", launch)
+    with pytest.raises(PipelineError, match="simulated"):
+        Pipeline(built["bundles"]["chain3"])
+    assert len(started) == 1 and not _alive(started[0])

@@ -1,0 +1,597 @@
+"""The client side of the pipeline: launch (or connect to) one worker per stage and run requests.
+
+    with Pipeline("build/model") as p:              # one local worker process per stage
+        outputs, trace = p.run({"input": x})
+        for outputs, trace in p.stream(inputs):     # up to max_in_flight requests in flight
+            ...
+
+Topology (every socket ``linger=0``)::
+
+    client PUSH ──▶ PULL stage 0 PUSH ──▶ PULL stage 1 PUSH ──▶ ... ──▶ PULL client (results)
+                       REP control          REP control
+
+The client binds its result PULL socket on an ephemeral port and starts the workers from the last
+stage backwards, so each one is told where to send (``--next``): the next stage's data address, or
+the client's result address for the last stage. Each worker reports its bound addresses in a ready
+file. Every failure on a request travels forward as a wire error message with the request id and
+comes out of :meth:`Pipeline.result` as a :class:`PipelineError`. The client checks its worker
+processes while it waits: when one dies, every request in flight fails at once with the stage and
+exit code, later calls fail fast until :meth:`Pipeline.restart`. Not thread-safe: use one
+Pipeline from one thread.
+
+``Pipeline(bundle, endpoints=[...])`` connects to workers that are already running (e.g. on other
+machines) instead: give each stage's ready-file dict (``data``, ``control``); the last worker must
+have been started without ``--next`` so that it binds ``out``, which the client connects to.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from ..bundle import Bundle
+from ..errors import ShapeError, TvmsplitError, WireError
+from . import wire
+from .stage import check_tensors
+
+START_TIMEOUT_S = 60.0
+SHUTDOWN_WAIT_S = 2.0
+_POLL_S = 0.05
+_MAX_UNMATCHED = 1000
+
+
+class PipelineError(TvmsplitError):
+    """A request failed in the pipeline, timed out, or a worker died. ``request_id``, ``stage``
+    and ``code`` (the worker's error code, or ``timeout`` / ``worker_died`` / ``start_failed``
+    / ...) say which and where; each may be None when it does not apply."""
+
+    def __init__(self, message: str, *, request_id: int | None = None, stage: int | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.request_id, self.stage, self.code = request_id, stage, code
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Where one request's time went. ``compute_ms[s]`` is stage s; hop 0 is client -> stage 0,
+    hop s is stage s-1 -> stage s, the last hop is the last stage -> client. ``hop_ms`` is the
+    receiver's receive time minus the sender's send time (wall clocks, so it includes time queued
+    behind earlier requests and any clock offset between hosts)."""
+
+    request_id: int
+    compute_ms: tuple[float, ...]
+    hop_bytes: tuple[int, ...]
+    hop_ms: tuple[float, ...]
+    total_ms: float
+    hosts: tuple[str, ...]
+
+    @property
+    def transfer_ms(self) -> float:
+        return sum(self.hop_ms)
+
+
+@dataclass
+class _Worker:
+    stage: int
+    data: str
+    control: str | None
+    out: str | None = None
+    pid: int | None = None
+    proc: subprocess.Popen | None = None
+    log: Path | None = None
+
+    def describe(self) -> str:
+        where = f"pid {self.pid}, " if self.pid else ""
+        return f"stage {self.stage} ({where}{self.data})"
+
+
+@dataclass
+class _InFlight:
+    send_ts: float
+    sent_bytes: int
+    deadline: float  # time.monotonic()
+
+
+class _Owned:
+    """What a Pipeline started: worker processes and its temporary directory. Released by
+    close(), or by a finalizer when a Pipeline is dropped (or the interpreter exits) unclosed."""
+
+    def __init__(self):
+        self.procs: list[subprocess.Popen] = []
+        self.tmp: Path | None = None
+
+    def release(self) -> None:
+        _kill_groups(self.procs)
+        self.procs.clear()
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+
+def _kill_groups(procs: list[subprocess.Popen]) -> None:
+    """SIGKILL the process group of every worker we started that is still running, and reap it."""
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # pgid == pid: started with start_new_session
+            except ProcessLookupError:
+                pass
+    for proc in procs:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _exit_text(rc: int) -> str:
+    if rc < 0:
+        try:
+            return f"exit code {rc} (killed by {signal.Signals(-rc).name})"
+        except ValueError:
+            pass
+    return f"exit code {rc}"
+
+
+def _tail(path: Path | None, nbytes: int = 2000) -> str:
+    if path is None or not path.exists():
+        return ""
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - nbytes))
+        return f.read().decode("utf-8", "replace").strip()
+
+
+class Pipeline:
+    """One worker per stage of ``bundle`` (a :class:`Bundle` or its directory), as a resource.
+
+    ``timeout_s``: a request with no answer after this long fails with a PipelineError.
+    ``max_in_flight``: requests :meth:`stream` (and :meth:`submit`) keep in flight at most.
+    ``endpoints``: connect to running workers instead of launching local ones (see module doc).
+    """
+
+    def __init__(self, bundle: Bundle | str | os.PathLike, *, timeout_s: float = 30.0,
+                 max_in_flight: int = 8, start_timeout_s: float = START_TIMEOUT_S,
+                 endpoints: Sequence[Mapping[str, Any]] | None = None):
+        problems = []
+        if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
+            problems.append(f"timeout_s must be a number > 0, got {timeout_s!r}")
+        if (isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int)
+                or max_in_flight < 1):
+            problems.append(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
+        if problems:
+            raise PipelineError("; ".join(problems), code="bad_argument")
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        self.timeout_s = float(timeout_s)
+        self.max_in_flight = max_in_flight
+        self.start_timeout_s = float(start_timeout_s)
+        self._given_endpoints = [dict(e) for e in endpoints] if endpoints is not None else None
+        self._ids = itertools.count(1)
+        self._inflight: dict[int, _InFlight] = {}
+        self._done: dict[int, tuple[dict[str, np.ndarray], Trace] | PipelineError] = {}
+        self._abandoned: set[int] = set()
+        self._unmatched: deque[wire.Message | WireError] = deque(maxlen=_MAX_UNMATCHED)
+        self._dead: str | None = None  # why the pipeline is broken (a worker died)
+        self._workers: list[_Worker] = []
+        self._owned = _Owned()
+        self._closed = False
+        self._ctx = zmq.Context()
+        self._send: zmq.Socket | None = None
+        self._recv: zmq.Socket | None = None
+        self._finalizer = weakref.finalize(self, self._owned.release)
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    # ----------------------------------------------------------------------------- lifecycle
+    @property
+    def num_stages(self) -> int:
+        return len(self.bundle.stages)
+
+    @property
+    def endpoints(self) -> list[dict[str, Any]]:
+        """Per stage: ``stage``, ``data``, ``control``, ``out`` addresses and the worker ``pid``."""
+        return [{"stage": w.stage, "data": w.data, "control": w.control, "out": w.out, "pid": w.pid}
+                for w in self._workers]
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]):
+        return self.run(inputs)
+
+    def _socket(self, kind: int) -> zmq.Socket:
+        s = self._ctx.socket(kind)
+        s.setsockopt(zmq.LINGER, 0)
+        return s
+
+    def _start(self) -> None:
+        self._recv = self._socket(zmq.PULL)
+        self._send = self._socket(zmq.PUSH)
+        self._send.setsockopt(zmq.SNDTIMEO, int(self.timeout_s * 1000))
+        if self._given_endpoints is not None:
+            self._connect_endpoints(self._given_endpoints)
+            return
+        off_host = [f"stage {s.index} ({s.target.get('name')}, {s.target.get('arch')})"
+                    for s in self.bundle.stages if not s.runs_on_host]
+        if off_host:
+            raise PipelineError(f"cannot run {', '.join(off_host)} on this machine; start those "
+                                "workers on their devices and pass endpoints=[...]",
+                                code="start_failed")
+        self._recv.bind("tcp://127.0.0.1:0")
+        result_addr = self._recv.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._owned.tmp = Path(tempfile.mkdtemp(prefix="tvmsplit-pipeline-"))
+        workers: list[_Worker] = []
+        nxt = result_addr
+        for index in reversed(range(self.num_stages)):
+            w = self._launch(index, nxt)
+            workers.insert(0, w)
+            self._workers = workers  # so that a failure below stops the ones already started
+            nxt = w.data
+        self._send.connect(workers[0].data)
+
+    def _launch(self, index: int, nxt: str) -> _Worker:
+        ready = self._owned.tmp / f"stage{index}.ready.json"
+        log = self._owned.tmp / f"stage{index}.log"
+        cmd = [sys.executable, "-m", "tvmsplit.runtime.worker", "--bundle", str(self.bundle.path),
+               "--stage", str(index), "--bind", "tcp://127.0.0.1:0", "--next", nxt,
+               "--control", "tcp://127.0.0.1:0", "--ready-file", str(ready),
+               "--parent-pid", str(os.getpid())]
+        env = dict(os.environ)
+        env.setdefault("TVM_USE_RUNTIME_LIB", "1")
+        with open(log, "wb") as logf:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                    start_new_session=True, env=env)
+        self._owned.procs.append(proc)
+        deadline = time.monotonic() + self.start_timeout_s
+        while not ready.exists():
+            rc = proc.poll()
+            if rc is not None:
+                raise PipelineError(f"stage {index} worker exited during start with "
+                                    f"{_exit_text(rc)}: {_tail(log) or '(no output)'}",
+                                    stage=index, code="start_failed")
+            if time.monotonic() > deadline:
+                _kill_groups([proc])
+                raise PipelineError(f"stage {index} worker was not ready within "
+                                    f"{self.start_timeout_s:g} s: {_tail(log) or '(no output)'}",
+                                    stage=index, code="start_failed")
+            time.sleep(0.01)
+        info = json.loads(ready.read_text())
+        return _Worker(index, info["data"], info.get("control"), info.get("out"), proc.pid, proc,
+                       log)
+
+    def _connect_endpoints(self, endpoints: list[dict[str, Any]]) -> None:
+        n = self.num_stages
+        problems = []
+        if len(endpoints) != n:
+            problems.append(f"{len(endpoints)} endpoint(s) given for {n} stage(s)")
+        for i, e in enumerate(endpoints):
+            if not isinstance(e.get("data"), str):
+                problems.append(f"endpoint {i} has no 'data' address")
+        if endpoints and not isinstance(endpoints[-1].get("out"), str):
+            problems.append("the last endpoint has no 'out' address: start the last worker "
+                            "without --next so that it binds one")
+        if problems:
+            raise PipelineError("; ".join(problems), code="bad_endpoints")
+        self._workers = [_Worker(i, e["data"], e.get("control"), e.get("out"), e.get("pid"))
+                         for i, e in enumerate(endpoints)]
+        for w, h in zip(self._workers, self.health()):  # check them all, report all at once
+            if not h.get("ok"):
+                problems.append(f"{w.describe()}: {h.get('error')}")
+            elif h.get("stage") != w.stage:
+                problems.append(f"{w.describe()} runs stage {h.get('stage')}")
+        if problems:
+            raise PipelineError("; ".join(problems), code="bad_endpoints")
+        self._send.connect(self._workers[0].data)
+        self._recv.connect(self._workers[-1].out)
+
+    def _stop_workers(self) -> None:
+        """Ask our workers to shut down, wait briefly, SIGKILL the groups still alive."""
+        ours = [w for w in self._workers if w.proc is not None and w.proc.poll() is None]
+        socks = []
+        for w in ours:
+            if w.control:
+                s = self._socket(zmq.REQ)
+                s.connect(w.control)
+                s.send(b'{"cmd": "shutdown"}')
+                socks.append(s)
+        deadline = time.monotonic() + SHUTDOWN_WAIT_S
+        for s in socks:
+            s.poll(max(0, int((deadline - time.monotonic()) * 1000)), zmq.POLLIN)
+            s.close(linger=0)
+        for w in ours:
+            try:
+                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        _kill_groups([w.proc for w in self._workers if w.proc is not None])
+
+    def _close_sockets(self) -> None:
+        for s in (self._send, self._recv):
+            if s is not None:
+                s.close(linger=0)
+        self._send = self._recv = None
+
+    def restart(self) -> None:
+        """Stop all workers and launch them again (or reconnect, with ``endpoints``). Requests
+        in flight fail with code ``restarted``."""
+        if self._closed:
+            raise PipelineError("the pipeline is closed; create a new one", code="closed")
+        self._stop_workers()
+        self._fail_all(lambda rid: PipelineError(f"request {rid} was in flight when the pipeline "
+                                                 "restarted", request_id=rid, code="restarted"))
+        self._close_sockets()
+        self._owned.release()
+        self._workers = []
+        self._abandoned.clear()
+        self._dead = None
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Shut the workers down (SIGKILL those that do not exit), close sockets, remove files."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._stop_workers()
+        finally:
+            self._close_sockets()
+            self._ctx.term()
+            self._finalizer()  # kills what is left, removes the temporary directory; runs once
+
+    # ---------------------------------------------------------------------------------- control
+    def health(self, timeout_s: float = 2.0) -> list[dict[str, Any]]:
+        """Each worker's answer to ``{"cmd": "health"}`` (asked in parallel), in stage order;
+        ``{"ok": False, "stage", "error"}`` for a worker that does not answer in time."""
+        if self._closed:
+            raise PipelineError("the pipeline is closed; create a new one", code="closed")
+        socks = []
+        for w in self._workers:
+            s = None
+            if w.control:
+                s = self._socket(zmq.REQ)
+                s.connect(w.control)
+                s.send(b'{"cmd": "health"}')
+            socks.append(s)
+        deadline = time.monotonic() + timeout_s
+        answers = []
+        for w, s in zip(self._workers, socks):
+            if s is None:
+                answers.append({"ok": False, "stage": w.stage, "error": "no control address"})
+                continue
+            if s.poll(max(0, int((deadline - time.monotonic()) * 1000)), zmq.POLLIN):
+                try:
+                    answers.append(json.loads(s.recv()))
+                except ValueError as exc:
+                    answers.append({"ok": False, "stage": w.stage, "error": f"bad answer: {exc}"})
+            else:
+                answers.append({"ok": False, "stage": w.stage,
+                                "error": f"no answer on {w.control} within {timeout_s:g} s"})
+            s.close(linger=0)
+        return answers
+
+    # --------------------------------------------------------------------------------- requests
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise PipelineError("the pipeline is closed; create a new one", code="closed")
+        if self._dead is not None:
+            raise PipelineError(f"{self._dead}; call restart()", code="worker_died")
+
+    def submit(self, inputs: Mapping[str, np.ndarray]) -> int:
+        """Send one request without waiting for it; returns its id for :meth:`result`. Waits
+        while ``max_in_flight`` requests are already in flight."""
+        self._check_usable()
+        check_tensors(self.bundle.inputs, inputs, f"pipeline input of {self.bundle.model}")
+        while len(self._inflight) >= self.max_in_flight:
+            self._pump(_POLL_S)
+            self._check_usable()
+        rid = next(self._ids)
+        frames = wire.request(rid, 0, [(t.name, np.asarray(inputs[t.name]))
+                                       for t in self.bundle.inputs])
+        send_ts = time.time()
+        try:
+            # copy=True: the caller may reuse its arrays as soon as submit returns
+            self._send.send_multipart(frames, copy=True)
+        except zmq.Again:
+            raise PipelineError(f"request {rid}: stage 0 did not accept it within "
+                                f"{self.timeout_s:g} s ({self._workers[0].describe()})",
+                                request_id=rid, stage=0, code="timeout") from None
+        self._inflight[rid] = _InFlight(send_ts, sum(len(f) for f in frames),
+                                        time.monotonic() + self.timeout_s)
+        return rid
+
+    def result(self, request_id: int) -> tuple[dict[str, np.ndarray], Trace]:
+        """Wait for request ``request_id``; its outputs and trace, or a PipelineError."""
+        if self._closed:
+            raise PipelineError("the pipeline is closed; create a new one", code="closed")
+        if request_id not in self._done and request_id not in self._inflight:
+            raise PipelineError(f"unknown request id {request_id} (never submitted, abandoned, or "
+                                "its result was already taken)", request_id=request_id)
+        while request_id not in self._done:
+            self._pump(_POLL_S)
+        got = self._done.pop(request_id)
+        if isinstance(got, PipelineError):
+            raise got
+        return got
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Trace]:
+        """Run one request through all stages: ``(outputs, trace)``."""
+        return self.result(self.submit(inputs))
+
+    def stream(self, inputs: Iterable[Mapping[str, np.ndarray]], *,
+               return_exceptions: bool = False) -> Iterator[Any]:
+        """``(outputs, trace)`` for each input, in input order, with up to ``max_in_flight``
+        requests in flight. A failed request raises its PipelineError (the requests behind it
+        are abandoned), or with ``return_exceptions=True`` is yielded as the PipelineError
+        instance in its place. When a worker dies, every request in flight fails; the stream
+        then stops submitting and (after yielding those errors) raises."""
+        source: Iterator | None = iter(inputs)
+        window: deque[int] = deque()
+        try:
+            while True:
+                while (source is not None and self._dead is None
+                       and len(window) < self.max_in_flight):
+                    try:
+                        item = next(source)
+                    except StopIteration:
+                        source = None
+                        break
+                    window.append(self.submit(item))
+                if not window:
+                    if source is not None:  # stopped because a worker died
+                        self._check_usable()
+                    return
+                rid = window.popleft()
+                try:
+                    got = self.result(rid)
+                except PipelineError as exc:
+                    if not return_exceptions:
+                        raise
+                    got = exc
+                yield got
+        finally:
+            for rid in window:
+                self._abandon(rid)
+
+    def unmatched(self, timeout_s: float = 0.0) -> list[wire.Message | WireError]:
+        """Messages that reached the client but belong to no request in flight (e.g. errors for
+        frames someone else sent to a worker; id 0 when the worker could not read the id), or
+        WireErrors for undecodable ones. Receives for up to ``timeout_s`` (returning early when
+        something arrived), then returns and forgets them."""
+        deadline = time.monotonic() + timeout_s
+        while not self._unmatched and time.monotonic() < deadline:
+            self._pump(min(_POLL_S, max(0.0, deadline - time.monotonic())))
+        if not self._unmatched:
+            self._pump(0.0)
+        out = list(self._unmatched)
+        self._unmatched.clear()
+        return out
+
+    # ---------------------------------------------------------------------------------- receive
+    def _abandon(self, rid: int) -> None:
+        if self._inflight.pop(rid, None) is not None:
+            self._abandoned.add(rid)
+        self._done.pop(rid, None)
+
+    def _fail_all(self, make_error) -> None:
+        for rid in list(self._inflight):
+            self._done[rid] = make_error(rid)
+        self._abandoned.update(self._inflight)
+        self._inflight.clear()
+
+    def _pump(self, timeout_s: float) -> None:
+        """Receive what arrives within ``timeout_s``, then check workers and deadlines."""
+        if self._recv is not None and self._recv.poll(int(timeout_s * 1000), zmq.POLLIN):
+            self._drain()
+        self._check_workers()
+        self._expire()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                frames = self._recv.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._accept(frames, time.time())
+
+    def _check_workers(self) -> None:
+        if self._dead is not None:
+            return
+        dead = [(w, w.proc.returncode) for w in self._workers
+                if w.proc is not None and w.proc.poll() is not None]
+        if not dead:
+            return
+        self._drain()  # results that made it out before the death still count
+        self._dead = "; ".join(f"stage {w.stage} worker (pid {w.pid}) died with {_exit_text(rc)}"
+                               + (f": {_tail(w.log, 500)}" if _tail(w.log, 500) else "")
+                               for w, rc in dead)
+        first = dead[0][0].stage
+        self._fail_all(lambda rid: PipelineError(
+            f"request {rid} was lost: {self._dead} while it was in flight; call restart()",
+            request_id=rid, stage=first, code="worker_died"))
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for rid, f in list(self._inflight.items()):
+            if now > f.deadline:
+                stages = ", ".join(w.describe() for w in self._workers)
+                self._inflight.pop(rid)
+                self._abandoned.add(rid)
+                self._done[rid] = PipelineError(
+                    f"request {rid} got no answer within {self.timeout_s:g} s from the "
+                    f"{self.num_stages}-stage pipeline [{stages}]; a stage is stuck, overloaded or "
+                    "unreachable: check health(), or raise timeout_s", request_id=rid,
+                    code="timeout")
+
+    def _accept(self, frames: list[Any], recv_ts: float) -> None:
+        try:
+            msg = wire.decode(frames)
+        except WireError as exc:
+            self._unmatched.append(exc)
+            return
+        pending = self._inflight.pop(msg.id, None)
+        if pending is None:
+            if msg.id in self._abandoned:
+                self._abandoned.discard(msg.id)  # a late answer nobody waits for
+            else:
+                self._unmatched.append(msg)
+            return
+        self._done[msg.id] = self._result(msg, pending, recv_ts, sum(len(f) for f in frames))
+
+    def _result(self, msg: wire.Message, pending: _InFlight, recv_ts: float, nbytes: int):
+        rid, last = msg.id, self.num_stages - 1
+        if msg.kind == "error":
+            return PipelineError(f"request {rid} failed at stage {msg.stage}: [{msg.error.code}] "
+                                 f"{msg.error.message}", request_id=rid, stage=msg.stage,
+                                 code=msg.error.code)
+        outputs = {name: np.array(a) for name, a in msg.tensors}  # own, writable copies
+        try:
+            if msg.kind != "reply" or msg.stage != last:
+                raise ShapeError(f"expected a reply from stage {last}, got a {msg.kind!r} from "
+                                 f"stage {msg.stage}")
+            check_tensors(self.bundle.outputs, outputs, f"reply of stage {last}")
+        except ShapeError as exc:
+            return PipelineError(f"request {rid}: bad reply: {exc}", request_id=rid,
+                                 stage=msg.stage, code="bad_reply")
+        outputs = {t.name: outputs[t.name] for t in self.bundle.outputs}
+        return outputs, _make_trace(rid, msg.trace, pending, recv_ts, nbytes)
+
+
+def _make_trace(rid: int, entries: Sequence[dict], pending: _InFlight, recv_ts: float,
+                reply_bytes: int) -> Trace:
+    def num(e: dict, key: str) -> float:
+        v = e.get(key)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+    send_ts = [pending.send_ts] + [num(e, "send_ts") for e in entries]
+    recv = [num(e, "recv_ts") for e in entries] + [recv_ts]
+    bytes_in = [e.get("bytes_in") for e in entries]
+    hop_bytes = [b if isinstance(b, int) else -1 for b in bytes_in]
+    if hop_bytes and hop_bytes[0] < 0:
+        hop_bytes[0] = pending.sent_bytes
+    return Trace(rid, tuple(num(e, "compute_ms") for e in entries), (*hop_bytes, reply_bytes),
+                 tuple((r - s) * 1e3 for s, r in zip(send_ts, recv)),
+                 (recv_ts - pending.send_ts) * 1e3, tuple(str(e.get("host", "")) for e in entries))

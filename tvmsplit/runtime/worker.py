@@ -1,0 +1,361 @@
+"""A stage worker: one process that runs one stage of a bundle and passes the result on.
+
+    python -m tvmsplit.runtime.worker --bundle DIR --stage N --bind tcp://127.0.0.1:0 \\
+        [--next tcp://HOST:PORT] [--control tcp://127.0.0.1:0] [--ready-file PATH]
+
+Sockets (all ``linger=0``)
+    data in   PULL, bound on ``--bind``: requests for this stage (wire format v1, see wire.py).
+    data out  PUSH, connected to ``--next`` (the next stage's data address, or for the last stage
+              the client's result address). Without ``--next`` it is *bound* on ``--out``
+              (default: an ephemeral port on the ``--bind`` host) and a client connects to it.
+    control   REP, bound on ``--control`` (default ``tcp://127.0.0.1:0``). JSON requests:
+              ``{"cmd": "health"}`` -> ``{"ok": true, "stage", "pid", "host", "cpu_percent",
+              "mem_available_bytes", "served", "errors"}``; ``{"cmd": "shutdown"}`` ->
+              ``{"ok": true}``, then the worker exits; anything else -> ``{"ok": false, "error"}``.
+
+One ``zmq.Poller`` watches the control socket and the data path. At most one outgoing message is
+held: while it cannot be sent (the next hop is full or absent) the worker reads no new input, so
+back-pressure travels upstream instead of memory growing.
+
+Per message: decode (wire.decode) -> kind "error" is forwarded unchanged -> the header's stage
+must be this stage (``wrong_stage``) -> kind must be "request" (``unexpected_kind``) -> tensor
+names (``unknown_tensor`` / ``missing_tensor``) -> dtypes and shapes (``shape_mismatch``) ->
+compute (``compute_failed``). Every failure is sent *forward* as a wire error message carrying
+the request id (0 when the id cannot be read from the header), so it reaches the client. A
+successful stage appends ``{"stage", "host", "compute_ms", "recv_ts", "send_ts", "bytes_in"}`` to
+the header's trace and sends a request for stage N+1 (or, from the last stage, a reply).
+
+On start the bound endpoints are written to ``--ready-file`` atomically as JSON
+``{"data", "control", "out", "pid", "stage"}`` (``out`` is null when ``--next`` is given).
+SIGTERM / SIGINT / ``shutdown`` exit cleanly with code 0; so does the worker when ``--parent-pid``
+is given and that process is gone (no orphans when a client dies without closing). Start-up
+failures (bad bundle, stage out of range, a stage for another machine) print one line to stderr
+and exit with code 2.
+"""
+from __future__ import annotations
+
+import os
+
+# Runtime-only TVM (libtvm_runtime.so, no compiler): smaller and about twice as fast to import.
+# StageRunner needs only tvm.runtime.load_module and tvm.runtime.vm.VirtualMachine, which it has.
+os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import zmq  # noqa: E402
+
+from ..errors import TvmsplitError, WireError  # noqa: E402
+from . import wire  # noqa: E402
+from .stage import check_tensors  # noqa: E402
+
+POLL_MS = 200           # how often the loop wakes up to check the stop flag and the parent
+MAX_ERROR_MESSAGE = 4000  # characters of an exception kept in an error message
+
+
+class WorkerStartError(TvmsplitError):
+    """The worker cannot start: bad bundle, stage index, or a stage built for another machine."""
+
+
+def _peek_id(frames: Sequence[Any]) -> int:
+    """The request id from a header that failed validation, or 0 when it cannot be read."""
+    try:
+        head = json.loads(bytes(memoryview(getattr(frames[0], "buffer", frames[0]))))
+        rid = head.get("id") if isinstance(head, dict) else None
+        return rid if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**63 else 0
+    except Exception:  # noqa: BLE001 - anything unreadable means "unknown id"
+        return 0
+
+
+def _nbytes(frames: Sequence[Any]) -> int:
+    return sum(len(f) for f in frames)
+
+
+class StageWorker:
+    """Sockets and a loaded stage; :meth:`serve` runs the loop. A context manager."""
+
+    def __init__(self, bundle_dir: str | os.PathLike, stage: int, bind: str,
+                 next_addr: str | None = None, control: str | None = "tcp://127.0.0.1:0",
+                 out: str | None = None, parent_pid: int | None = None):
+        from ..bundle import Bundle
+        from .stage import StageRunner
+
+        # validates the manifest and this stage's library only: a device holds just its own stage
+        bundle = Bundle.load(bundle_dir, stages=[stage] if stage >= 0 else [])
+        if not 0 <= stage < len(bundle.stages):
+            raise WorkerStartError(f"stage {stage} is out of range: bundle {str(bundle_dir)!r} has "
+                                   f"stages 0..{len(bundle.stages) - 1}")
+        self.bundle_stage = bundle.stages[stage]
+        if not self.bundle_stage.runs_on_host:
+            t = self.bundle_stage.target
+            raise WorkerStartError(f"stage {stage} is built for {t.get('name')} ({t.get('arch')}, "
+                                   f"{t['target']['kind']}); run its worker on such a device")
+        self.plan = self.bundle_stage.plan
+        self.index = stage
+        self.is_last = stage == len(bundle.stages) - 1
+        self.parent_pid = parent_pid
+        self.host = socket.gethostname()
+        self.served = 0
+        self.errors = 0
+        self._input_names = [t.name for t in self.plan.inputs]
+        self.runner = StageRunner(self.bundle_stage.library, self.plan)
+        self.ctx = zmq.Context()
+        self.sockets: list[zmq.Socket] = []
+        try:
+            self.data_in = self._socket(zmq.PULL)
+            self.data_in.bind(bind)
+            self.data_out = self._socket(zmq.PUSH)
+            self.out_bound = not next_addr
+            if next_addr:
+                self.data_out.connect(next_addr)
+            else:
+                self.data_out.bind(out or _ephemeral_like(bind))
+            self.control = None
+            if control:
+                self.control = self._socket(zmq.REP)
+                self.control.bind(control)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise WorkerStartError(f"stage {stage}: cannot open sockets ({exc}); check --bind, "
+                                   "--next, --control and --out") from None
+        _prime_cpu_percent()
+
+    def _socket(self, kind: int) -> zmq.Socket:
+        s = self.ctx.socket(kind)
+        s.setsockopt(zmq.LINGER, 0)
+        self.sockets.append(s)
+        return s
+
+    @property
+    def endpoints(self) -> dict[str, Any]:
+        last = lambda s: s.getsockopt_string(zmq.LAST_ENDPOINT)  # noqa: E731
+        return {"data": last(self.data_in), "control": last(self.control) if self.control else None,
+                "out": last(self.data_out) if self.out_bound else None,
+                "pid": os.getpid(), "stage": self.index}
+
+    def __enter__(self) -> "StageWorker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for s in getattr(self, "sockets", []):
+            s.close(linger=0)
+        self.sockets = []
+        if getattr(self, "ctx", None) is not None:
+            self.ctx.term()
+            self.ctx = None
+        if getattr(self, "runner", None) is not None:
+            self.runner.close()
+            self.runner = None
+
+    # ------------------------------------------------------------------------------ one message
+    def handle(self, frames: Sequence[Any]) -> list[Any]:
+        """The frames to send on for one received message (a result or an error)."""
+        recv_ts = time.time()
+        try:
+            msg = wire.decode(frames)
+        except WireError as exc:
+            text = str(exc).removeprefix(f"[{exc.code}] ")
+            return self._error(_peek_id(frames), exc.code, text)
+        if msg.kind == "error":
+            return list(frames)  # someone upstream failed: pass it on unchanged
+        if msg.stage != self.index:
+            return self._error(msg.id, "wrong_stage", f"message for stage {msg.stage} arrived at "
+                               f"stage {self.index}", msg.trace)
+        if msg.kind != "request":
+            return self._error(msg.id, "unexpected_kind", f"stage {self.index} takes requests, "
+                               f"got a {msg.kind!r}", msg.trace)
+        names = [n for n, _ in msg.tensors]
+        extra = [n for n in names if n not in self._input_names]
+        if extra:
+            return self._error(msg.id, "unknown_tensor", f"unexpected tensor(s) {extra}; stage "
+                               f"{self.index} expects {sorted(self._input_names)}", msg.trace)
+        absent = sorted(set(self._input_names) - set(names))
+        if absent:
+            return self._error(msg.id, "missing_tensor", f"missing tensor(s) {absent}; stage "
+                               f"{self.index} expects {sorted(self._input_names)}", msg.trace)
+        tensors = msg.arrays()
+        try:
+            check_tensors(self.plan.inputs, tensors, f"stage {self.index}")
+        except TvmsplitError as exc:
+            return self._error(msg.id, "shape_mismatch", str(exc), msg.trace)
+        t0 = time.perf_counter()
+        try:
+            outputs = self.runner.run(tensors)
+        except Exception as exc:  # noqa: BLE001 - a TVM failure must not kill the worker
+            return self._error(msg.id, "compute_failed",
+                               f"stage {self.index}: {type(exc).__name__}: {exc}", msg.trace)
+        compute_ms = (time.perf_counter() - t0) * 1e3
+        entry = {"stage": self.index, "host": self.host, "compute_ms": compute_ms,
+                 "recv_ts": recv_ts, "bytes_in": _nbytes(frames), "send_ts": time.time()}
+        trace = (*msg.trace, entry)
+        try:
+            if self.is_last:
+                out = wire.reply(msg.id, self.index, outputs, trace)
+            else:
+                out = wire.request(msg.id, self.index + 1, outputs, trace)
+        except WireError as exc:
+            return self._error(msg.id, exc.code, f"stage {self.index} cannot encode its outputs: "
+                               f"{exc}", msg.trace)
+        self.served += 1
+        return out
+
+    def _error(self, rid: int, code: str, message: str, trace=()) -> list[bytes]:
+        self.errors += 1
+        if len(message) > MAX_ERROR_MESSAGE:
+            message = message[:MAX_ERROR_MESSAGE] + "..."
+        return wire.error_reply(rid, self.index, code, message, trace)
+
+    # ---------------------------------------------------------------------------------- control
+    def _control(self) -> bool:
+        """Answer one control request; True when the worker must stop."""
+        frames = self.control.recv_multipart()
+        try:
+            req = json.loads(frames[0].decode("utf-8"))
+            cmd = req.get("cmd") if isinstance(req, dict) else None
+        except (UnicodeDecodeError, ValueError):
+            cmd, req = None, None
+        stop = False
+        if cmd == "health":
+            import psutil
+
+            answer = {"ok": True, "stage": self.index, "pid": os.getpid(), "host": self.host,
+                      "cpu_percent": psutil.cpu_percent(None),
+                      "mem_available_bytes": psutil.virtual_memory().available,
+                      "served": self.served, "errors": self.errors}
+        elif cmd == "shutdown":
+            answer, stop = {"ok": True}, True
+        elif req is None:
+            answer = {"ok": False, "error": "control requests are JSON objects like "
+                                            '{"cmd": "health"}'}
+        else:
+            answer = {"ok": False, "error": f"unknown cmd {cmd!r}; known: health, shutdown"}
+        self.control.send(json.dumps(answer).encode("utf-8"))
+        return stop
+
+    # ------------------------------------------------------------------------------------- loop
+    def serve(self, stop: threading.Event | None = None) -> None:
+        """Serve until ``stop`` is set, a shutdown request arrives or the parent process is gone."""
+        stop = stop or threading.Event()
+        poller = zmq.Poller()
+        if self.control is not None:
+            poller.register(self.control, zmq.POLLIN)
+        pending: list[Any] | None = None
+        while not stop.is_set():
+            poller.register(self.data_in, 0 if pending else zmq.POLLIN)
+            poller.register(self.data_out, zmq.POLLOUT if pending else 0)
+            events = dict(poller.poll(POLL_MS))
+            if self.control is not None and events.get(self.control, 0) & zmq.POLLIN:
+                if self._control():
+                    return
+            if pending and events.get(self.data_out, 0) & zmq.POLLOUT:
+                pending = self._send(pending)
+            elif not pending and events.get(self.data_in, 0) & zmq.POLLIN:
+                frames = self.data_in.recv_multipart(copy=False)
+                pending = self._send(self.handle(frames))
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                return  # the client that started us is gone
+
+    def _send(self, frames: list[Any]) -> list[Any] | None:
+        """Send without blocking; the frames back when the next hop cannot take them yet."""
+        try:
+            self.data_out.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            return None
+        except zmq.Again:
+            return frames
+
+
+def _prime_cpu_percent() -> None:
+    """The first ``cpu_percent(None)`` call only starts the measurement; make it now."""
+    try:
+        import psutil
+
+        psutil.cpu_percent(None)
+    except Exception:  # noqa: BLE001 - health still works without the priming call
+        pass
+
+
+def _ephemeral_like(bind: str) -> str:
+    """``tcp://HOST:0`` on the host of ``bind`` (for the bound output socket)."""
+    if bind.startswith("tcp://") and ":" in bind[6:]:
+        return bind[: bind.rindex(":")] + ":0"
+    return "tcp://127.0.0.1:0"
+
+
+def write_ready_file(path: str | os.PathLike, info: dict[str, Any]) -> None:
+    """Write ``info`` as JSON to ``path`` atomically (temporary file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tvmsplit.runtime.worker",
+        description="Run one stage of a tvmsplit bundle as a pipeline worker.")
+    p.add_argument("--bundle", required=True, help="bundle directory (manifest.json + libraries)")
+    p.add_argument("--stage", required=True, type=int, help="index of the stage to run")
+    p.add_argument("--bind", default="tcp://127.0.0.1:0",
+                   help="data input address to bind (PULL); port 0 picks a free port")
+    p.add_argument("--next", default=None,
+                   help="address to send results to (PUSH connect): the next stage's --bind, or "
+                        "the client's result address for the last stage")
+    p.add_argument("--out", default=None,
+                   help="without --next: address to bind the output on (default: port 0 on the "
+                        "--bind host); a client connects its PULL socket there")
+    p.add_argument("--control", default="tcp://127.0.0.1:0",
+                   help="control address to bind (REP: health, shutdown); '' disables it")
+    p.add_argument("--ready-file", default=None,
+                   help="write the bound endpoints here as JSON once ready (atomically)")
+    p.add_argument("--parent-pid", type=int, default=None,
+                   help="exit when this process (the launcher) is no longer the parent")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a worker until shutdown; returns the process exit code (0 clean, 2 start failure)."""
+    args = build_parser().parse_args(argv)
+    stop = threading.Event()
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            handlers[sig] = signal.signal(sig, lambda *_: stop.set())
+    try:
+        try:
+            worker = StageWorker(args.bundle, args.stage, args.bind, args.next,
+                                 args.control or None, args.out, args.parent_pid)
+        except TvmsplitError as exc:
+            print(f"tvmsplit worker: {exc}", file=sys.stderr, flush=True)
+            return 2
+        except Exception as exc:  # noqa: BLE001 - e.g. TVM cannot load the library
+            print(f"tvmsplit worker: stage {args.stage} failed to start: {type(exc).__name__}: "
+                  f"{exc}", file=sys.stderr, flush=True)
+            return 2
+        with worker:
+            if args.ready_file:
+                try:
+                    write_ready_file(args.ready_file, worker.endpoints)
+                except OSError as exc:
+                    print(f"tvmsplit worker: cannot write --ready-file: {exc}", file=sys.stderr,
+                          flush=True)
+                    return 2
+            worker.serve(stop)
+        return 0
+    finally:
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
