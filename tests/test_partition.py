@@ -1,0 +1,186 @@
+"""Unit tier: every exact planner equals the brute-force oracle on random small chains and DAGs."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import tvmsplit as ts
+from tvmsplit import zoo
+from tvmsplit.graph import Layer, LayerGraph, TensorSpec
+from tvmsplit.links import Link
+from tvmsplit.partition import PLANNERS, CostTable, PlanningError, Problem, evaluate, plan
+from tvmsplit.partition.chain import cut_bytes
+from tvmsplit.partition.oracle import plan_oracle
+
+
+def random_graph(draw, n: int, chain: bool) -> LayerGraph:
+    """n layers; layer i reads layer i-1 (chain) or a random non-empty set of earlier tensors."""
+    x = TensorSpec("x", "float32", (draw(st.integers(1, 4000)),))
+    specs = [TensorSpec(f"t{i}", "float32", (draw(st.integers(1, 4000)),)) for i in range(n)]
+    reads: list[list[TensorSpec]] = []
+    for i in range(n):
+        earlier = [x, *specs[:i]]
+        if chain:
+            picks = {i} | set(draw(st.sets(st.integers(0, i), max_size=2)))  # skips allowed
+        else:
+            picks = draw(st.sets(st.integers(0, i), min_size=1, max_size=3))
+        reads.append([earlier[p] for p in sorted(picks)])
+    consumed = {t.name for r in reads for t in r}
+    for i in range(n - 1):  # every tensor is read by someone: dangling ones feed the last layer
+        if specs[i].name not in consumed:
+            reads[-1].append(specs[i])
+    layers = tuple(Layer(f"L{i}", "Op", (f"L{i}",), ("Op",), tuple(reads[i]), (specs[i],), 0,
+                         0, draw(st.integers(0, 5000))) for i in range(n))
+    return LayerGraph("random", layers, (x,), (specs[-1],), "", None)
+
+
+@st.composite
+def problems(draw, chain: bool = False, max_devices: int = 3, objective: str | None = None,
+             caps: bool = True, pins: bool = True):
+    n = draw(st.integers(1, 7))
+    g = random_graph(draw, n, chain)
+    k = draw(st.integers(2, max_devices))
+    ms = st.floats(0, 50, allow_nan=False, allow_infinity=False)
+    table = {layer.name: {f"d{d}": draw(ms) for d in range(k)} for layer in g.layers}
+    links = tuple(Link(f"l{h}", draw(st.floats(1e6, 1e9)), draw(st.floats(1e6, 1e9)),
+                       draw(st.sampled_from([0.0, 0.001, 0.02]))) for h in range(k - 1))
+    mem = ()
+    if caps and draw(st.booleans()):
+        mem = tuple(draw(st.sampled_from([None, 10_000, 30_000])) for _ in range(k))
+    pinned = ()
+    if pins and draw(st.booleans()):
+        pinned = ((g.layers[0].name, 0),)
+    return Problem(g, CostTable.from_mapping([f"d{d}" for d in range(k)], table), links,
+                   objective=objective or draw(st.sampled_from(["latency", "throughput"])),
+                   input_bytes=draw(st.sampled_from([None, 100])), mem_cap_bytes=mem, pins=pinned)
+
+
+def _same_optimum(problem: Problem, method: str) -> None:
+    try:
+        expected = plan_oracle(problem)
+    except PlanningError:
+        with pytest.raises(PlanningError):
+            plan(problem, method)
+        return
+    _, got = plan(problem, method)
+    want, have = expected.objective(problem.objective), got.objective(problem.objective)
+    assert math.isclose(have, want, rel_tol=1e-6, abs_tol=1e-6), (method, got, expected)
+
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(problems(chain=True))
+def test_chain_dp_is_optimal_on_chains(problem):
+    _same_optimum(problem, "chain-dp")
+
+
+@SETTINGS
+@given(problems(max_devices=2, objective="latency", caps=False))
+def test_mincut_is_optimal_on_dags_with_two_devices(problem):
+    _same_optimum(problem, "dag-mincut")
+
+
+@SETTINGS
+@given(problems())
+def test_ilp_is_optimal_on_dags(problem):
+    _same_optimum(problem, "dag-ilp")
+
+
+@SETTINGS
+@given(problems())
+def test_auto_is_optimal_and_chain_dp_is_never_better_than_optimal(problem):
+    _same_optimum(problem, "auto")
+    try:
+        best = plan_oracle(problem).objective(problem.objective)
+        heuristic = PLANNERS["chain-dp"](problem).objective(problem.objective)
+    except PlanningError:
+        return
+    assert heuristic >= best - 1e-6
+
+
+def test_cut_bytes_match_the_graph_cuts():
+    g = ts.load(zoo.make("inception"))
+    costs = CostTable.from_flops(g, {"end": 1.0, "edge": 10.0})
+    problem = Problem(g, costs, (Link.profile("4g"),))
+    cuts = cut_bytes(problem)
+    assert cuts[0] == g.input_bytes
+    for cut in g.cut_candidates:
+        assert cuts[cut.index + 1] == cut.nbytes
+
+
+def test_evaluate_prices_a_split_by_hand():
+    g = ts.load(zoo.make("chain"))
+    table = {layer.name: {"end": 1.0, "edge": 0.5} for layer in g.layers}
+    link = Link("l", up_bps=8e6, down_bps=16e6, rtt_s=0.01)
+    problem = Problem(g, CostTable.from_mapping(["end", "edge"], table), (link,))
+    k = g.index("pool1")
+    b = evaluate(problem, [0] * (k + 1) + [1] * (len(g.layers) - k - 1))
+    cut = g.cut_after("pool1").nbytes
+    out = g.outputs[0].nbytes
+    assert b.compute_ms == pytest.approx(((k + 1) * 1.0, (len(g.layers) - k - 1) * 0.5))
+    assert b.hop_bytes == (cut,)
+    assert b.hop_ms[0] == pytest.approx(1e3 * (cut * 8 / 8e6 + 0.005))
+    assert b.return_ms == pytest.approx(1e3 * (out * 8 / 16e6 + 0.005))
+    assert b.latency_ms == pytest.approx(sum(b.compute_ms) + b.hop_ms[0] + b.return_ms)
+    assert b.bottleneck_ms == pytest.approx(max(*b.compute_ms, b.hop_ms[0]))
+
+
+def test_slow_link_keeps_everything_on_the_end_device_and_fast_link_offloads():
+    g = ts.load(zoo.make("resnet"))
+    costs = CostTable.from_flops(g, {"end": 1.0, "edge": 100.0})
+    slow = plan(Problem(g, costs, (Link("slow", 1e4, 1e4, 0.1),)))[1]
+    fast = plan(Problem(g, costs, (Link("fast", 1e10, 1e10, 0.0),)))[1]
+    assert set(slow.assignment) == {0}
+    assert set(fast.assignment) == {1}
+
+
+def test_bad_problems_name_the_culprit():
+    g = ts.load(zoo.make("chain"))
+    costs = CostTable.from_flops(g, {"end": 1.0, "edge": 10.0})
+    with pytest.raises(PlanningError, match="need 1 link"):
+        Problem(g, costs, ())
+    with pytest.raises(PlanningError, match="objective"):
+        Problem(g, costs, (Link.profile("4g"),), objective="fastest")
+    with pytest.raises(PlanningError, match="pinned layer 'nope'"):
+        Problem(g, costs, (Link.profile("4g"),), pins=(("nope", 0),))
+    partial = CostTable.from_mapping(["end", "edge"], {"conv1": {"end": 1, "edge": 1}})
+    with pytest.raises(PlanningError, match="no times for layer"):
+        Problem(g, partial, (Link.profile("4g"),))
+    tiny = Problem(g, costs, (Link.profile("4g"),), mem_cap_bytes=(1000, 1000))
+    with pytest.raises(PlanningError, match="memory caps"):
+        plan(tiny)
+    with pytest.raises(ts.TvmsplitError, match="unknown link profile"):
+        Link.profile("5g")
+
+
+def test_cost_table_files(tmp_path):
+    (tmp_path / "c.csv").write_text("layer,end,edge\nconv1,1.5,0.2\nfc,3,0.1\n")
+    t = CostTable.from_file(tmp_path / "c.csv")
+    assert t.devices == ("end", "edge") and t.compute_ms == ((1.5, 0.2), (3.0, 0.1))
+    (tmp_path / "c.json").write_text('{"devices": ["end", "edge"], "compute_ms": '
+                                     '{"conv1": {"end": 1.5, "edge": 0.2}, "fc": {"end": 3, "edge": 0.1}}}')
+    assert CostTable.from_file(tmp_path / "c.json") == t
+    (tmp_path / "bad.csv").write_text("layer,end\nconv1,abc\n")
+    with pytest.raises(PlanningError, match="bad.csv"):
+        CostTable.from_file(tmp_path / "bad.csv")
+
+
+def test_three_devices_on_a_path_and_memory_caps_force_splits():
+    g = ts.load(zoo.make("vgg16", input_size=32, width=0.25))
+    costs = CostTable.from_flops(g, {"end": 1.0, "edge": 10.0, "cloud": 100.0})
+    links = (Link.profile("wifi"), Link("wan", 1e8, 1e8, 0.02))
+    fc1 = g.layer("fc1").param_bytes
+    cap = int(g.param_bytes - fc1 / 2)  # nothing holds the whole model
+    problem = Problem(g, costs, links, mem_cap_bytes=(cap, cap, cap))
+    name, b = plan(problem)
+    assert name == "chain-dp" and len(set(b.assignment)) >= 2
+    assert all(m <= cap for m in b.memory_bytes)
+    _, ilp = plan(problem, "dag-ilp")
+    assert ilp.latency_ms == pytest.approx(b.latency_ms, rel=1e-6)
+    assert np.all(np.diff(b.assignment) >= 0)

@@ -1,0 +1,78 @@
+"""Partition planners: pure functions ``Problem -> Breakdown``, registered by name.
+
+- ``chain-dp``: Neurosurgeon's DP over consecutive segments, k devices on a path; exact for chains.
+- ``dag-mincut``: DADS, one min s-t cut; exact for DAGs on 2 devices, latency objective.
+- ``dag-ilp``: a MILP; exact for DAGs on k devices, both objectives, memory caps, pins, ceilings.
+- ``oracle``: brute force over every monotone assignment (small graphs; the tests' reference).
+- ``all-on-end`` / ``all-on-edge``: baselines.
+``plan(problem)`` picks the fastest exact one for the problem (``method="auto"``).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .chain import plan_chain
+from .ilp import plan_ilp
+from .mincut import plan_mincut
+from .oracle import plan_oracle
+from .problem import (Breakdown, CostTable, PlanningError, Problem, evaluate, feasible)
+
+Planner = Callable[[Problem], Breakdown]
+
+
+def plan_all_on_end(problem: Problem) -> Breakdown:
+    return evaluate(problem, [0] * len(problem.graph.layers))
+
+
+def plan_all_on_edge(problem: Problem) -> Breakdown:
+    return evaluate(problem, [problem.n_devices - 1] * len(problem.graph.layers))
+
+
+PLANNERS: dict[str, Planner] = {}
+
+
+def register(name: str, planner: Planner) -> None:
+    if name in PLANNERS:
+        raise ValueError(f"planner {name!r} is already registered")
+    PLANNERS[name] = planner
+
+
+for _name, _fn in (("chain-dp", plan_chain), ("dag-mincut", plan_mincut), ("dag-ilp", plan_ilp),
+                   ("oracle", plan_oracle), ("all-on-end", plan_all_on_end),
+                   ("all-on-edge", plan_all_on_edge)):
+    register(_name, _fn)
+
+BASELINES = ("all-on-end", "all-on-edge", "chain-dp", "dag-mincut")
+
+
+def is_chain(problem: Problem) -> bool:
+    """Every layer reads its predecessor in the order (skip edges allowed): then every monotone
+    assignment is a run of consecutive segments, and the chain DP is exact."""
+    preds = problem.graph.predecessors
+    return all(i - 1 in preds[i] for i in range(1, len(preds)))
+
+
+def choose(problem: Problem) -> str:
+    """The fastest exact planner for this problem."""
+    if problem.latency_ceiling_ms is None and is_chain(problem):
+        return "chain-dp"
+    if (problem.n_devices == 2 and problem.objective == "latency" and problem.latency_ceiling_ms is None
+            and all(c == float("inf") for c in problem.cap)):
+        return "dag-mincut"
+    return "dag-ilp"
+
+
+def plan(problem: Problem, method: str = "auto") -> tuple[str, Breakdown]:
+    """Run a planner by name (``auto``: the fastest exact one); returns (name, breakdown)."""
+    name = choose(problem) if method == "auto" else method
+    if name not in PLANNERS:
+        raise PlanningError(f"unknown planner {name!r}; known: auto, {', '.join(PLANNERS)}")
+    result = PLANNERS[name](problem)
+    if not feasible(problem, result):
+        raise PlanningError(f"planner {name} found no plan that satisfies the memory caps, pins "
+                            "and latency ceiling")
+    return name, result
+
+
+__all__ = ["BASELINES", "PLANNERS", "Breakdown", "CostTable", "PlanningError", "Problem", "choose",
+           "evaluate", "feasible", "plan", "register"]

@@ -1,0 +1,59 @@
+"""DADS: the latency-optimal split of a DAG between two devices by one minimum s-t cut.
+
+Source side = the end device (d0), sink side = the edge (d1). For layer v: edge s->v costs v's
+time on the edge (paid when v is on the sink side), v->t its time on the end device. Each tensor
+gets an auxiliary node a: producer->a with capacity = its transfer time, a->consumer infinite, so
+a tensor read by several edge layers is paid once. Infinite consumer->producer edges forbid
+sending data back down. The link's rtt/2 is paid once if anything crosses: the optimum is the
+better of "all on the end device" and "min cut + rtt/2".
+"""
+from __future__ import annotations
+
+import networkx as nx
+
+from .problem import Breakdown, PlanningError, Problem, evaluate
+
+INF = float("inf")
+
+
+def plan_mincut(problem: Problem) -> Breakdown:
+    if problem.n_devices != 2 or problem.objective != "latency":
+        raise PlanningError("the min-cut planner handles 2 devices and the latency objective")
+    if any(c != float("inf") for c in problem.cap) or problem.latency_ceiling_ms is not None:
+        raise PlanningError("the min-cut planner has no memory caps or latency ceiling; use dag-ilp")
+    g = problem.graph
+    link = problem.links[0]
+    bps_up = link.up_bps
+    G = nx.DiGraph()
+    s, t = "s", "t"
+    outputs = {o.name for o in g.outputs}
+    for i, layer in enumerate(g.layers):
+        end_ms, edge_ms = problem.compute[i]
+        # returning an output produced on the edge back to the end device
+        edge_ms += sum(link.down_ms(o.nbytes) for o in layer.outputs if o.name in outputs)
+        G.add_edge(s, i, capacity=edge_ms)
+        G.add_edge(i, t, capacity=end_ms)
+    readers: dict[str, set[int]] = {}
+    for _, j, tensor in g.edges:
+        readers.setdefault(tensor.name, set()).add(j)
+    producer = g.producer
+    for name, consumers in readers.items():
+        a = ("tensor", name)
+        src = s if producer[name] < 0 else producer[name]
+        G.add_edge(src, a, capacity=1e3 * problem.tensor_bytes(name) * 8 / bps_up)
+        for j in consumers:
+            G.add_edge(a, j, capacity=INF)
+            if producer[name] >= 0:
+                G.add_edge(j, producer[name], capacity=INF)
+    for i, d in problem.pinned().items():
+        G.add_edge(s, i, capacity=INF) if d == 0 else G.add_edge(i, t, capacity=INF)
+    try:
+        _, (source_side, _) = nx.minimum_cut(G, s, t)
+    except nx.NetworkXUnbounded:
+        raise PlanningError("the pins contradict each other (a layer pinned to the end device reads "
+                            "from one pinned to the edge)") from None
+    cut = evaluate(problem, [0 if i in source_side else 1 for i in range(len(g.layers))])
+    candidates = [cut]
+    if all(d == 0 for d in problem.pinned().values()):
+        candidates.append(evaluate(problem, [0] * len(g.layers)))
+    return min(candidates, key=lambda b: b.latency_ms)

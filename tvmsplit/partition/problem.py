@@ -1,0 +1,232 @@
+"""The partitioning problem and its cost model — the one place that prices an assignment.
+
+Devices form a path ``d0 -> d1 -> ... -> d(k-1)`` (end -> edge -> cloud); link ``h`` joins d(h) and
+d(h+1). The model input is on d0 and the model outputs return to d0. An *assignment* gives every
+layer a device index and is monotone: a layer's device is >= the devices of its producers (data
+only flows up the path; a pipeline never sends tensors back down except the final outputs).
+
+Cost of an assignment (``evaluate``):
+- compute: sum over layers of ``compute_ms[layer][device]``;
+- hop ``h`` (up): the tensors produced on devices <= h (the input counts as produced on d0) and
+  read on a device > h, ``bytes x 8 / up_bps + rtt / 2`` (the rtt term once per hop used);
+  the input's size is ``input_bytes`` when the end device sends it encoded (e.g. JPEG);
+- return: the model outputs, from the device that produced each, down to d0;
+- latency = compute + hops + return; the pipelined *bottleneck* = max(per-device compute, per-hop
+  transfer) — throughput is 1 / bottleneck;
+- memory per device: its layers' weights + the largest activation working set of one layer
+  (inputs + outputs), checked against ``mem_cap_bytes``.
+
+Planners (``tvmsplit.partition``) minimise ``latency`` or ``bottleneck`` subject to the memory caps
+and pins; tests check every exact planner against the brute-force oracle using this function.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import TvmsplitError
+from ..graph import LayerGraph
+from ..links import Link
+
+OBJECTIVES = ("latency", "throughput")
+
+
+class PlanningError(TvmsplitError):
+    """The problem is inconsistent or infeasible; the message names the culprit."""
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """Per-layer compute time on each device, in ms: ``compute_ms[i][d]`` for layer i, device d."""
+
+    devices: tuple[str, ...]
+    layers: tuple[str, ...]
+    compute_ms: tuple[tuple[float, ...], ...]
+
+    def __post_init__(self):
+        bad = [(layer, row) for layer, row in zip(self.layers, self.compute_ms)
+               if len(row) != len(self.devices) or any(not math.isfinite(v) or v < 0 for v in row)]
+        if len(self.layers) != len(self.compute_ms) or bad:
+            raise PlanningError(f"cost table: every layer needs one finite, non-negative time per "
+                                f"device {list(self.devices)}; bad rows: {bad[:3]}")
+
+    @classmethod
+    def from_mapping(cls, devices: Sequence[str], table: Mapping[str, Mapping[str, float]]) -> "CostTable":
+        layers = tuple(table)
+        missing = [(layer, d) for layer in layers for d in devices if d not in table[layer]]
+        if missing:
+            raise PlanningError(f"cost table has no time for {missing[:5]}")
+        return cls(tuple(devices), layers,
+                   tuple(tuple(float(table[layer][d]) for d in devices) for layer in layers))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "CostTable":
+        """JSON ``{"devices": [...], "compute_ms": {layer: {device: ms}}}`` or CSV with a header
+        ``layer,<device>,<device>...`` and one row per layer (times in ms)."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise PlanningError(f"cannot read cost table {str(path)!r}: {exc}") from None
+        if path.suffix.lower() == ".csv":
+            rows = list(csv.reader(line for line in text.splitlines() if line.strip()))
+            if not rows or rows[0][0].strip() != "layer" or len(rows[0]) < 2:
+                raise PlanningError(f"{path}: CSV header must be layer,<device>,<device>,...")
+            devices = [d.strip() for d in rows[0][1:]]
+            try:
+                table = {r[0].strip(): {d: float(v) for d, v in zip(devices, r[1:], strict=True)}
+                         for r in rows[1:]}
+            except ValueError as exc:
+                raise PlanningError(f"{path}: {exc}") from None
+            return cls.from_mapping(devices, table)
+        try:
+            data = json.loads(text)
+            return cls.from_mapping(data["devices"], data["compute_ms"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise PlanningError(f"{path}: not a cost table ({exc}); expected "
+                                '{"devices": [...], "compute_ms": {layer: {device: ms}}}') from None
+
+    @classmethod
+    def from_flops(cls, graph: LayerGraph, gflops_per_device: Mapping[str, float]) -> "CostTable":
+        """A rough table from FLOPs and a device's effective GFLOP/s (for demos, not for decisions)."""
+        devices = tuple(gflops_per_device)
+        return cls(devices, tuple(layer.name for layer in graph.layers),
+                   tuple(tuple(layer.flops / (gflops_per_device[d] * 1e6) for d in devices)
+                         for layer in graph.layers))
+
+    def to_json(self) -> dict:
+        return {"devices": list(self.devices),
+                "compute_ms": {layer: dict(zip(self.devices, row))
+                               for layer, row in zip(self.layers, self.compute_ms)}}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Everything a planner needs. ``links[h]`` joins device h and h+1."""
+
+    graph: LayerGraph
+    costs: CostTable
+    links: tuple[Link, ...]
+    objective: str = "latency"
+    input_bytes: int | None = None                 # the input as the end device sends it
+    mem_cap_bytes: tuple[int | None, ...] = ()     # per device; None = unlimited
+    pins: tuple[tuple[str, int], ...] = ()         # (layer, device) fixed placements
+    latency_ceiling_ms: float | None = None
+    compute: tuple[tuple[float, ...], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        g, c = self.graph, self.costs
+        problems = []
+        if self.objective not in OBJECTIVES:
+            problems.append(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        if len(self.links) != len(c.devices) - 1:
+            problems.append(f"{len(c.devices)} devices on a path need {len(c.devices) - 1} link(s), "
+                            f"got {len(self.links)}")
+        missing = [layer.name for layer in g.layers if layer.name not in c.layers]
+        if missing:
+            problems.append(f"the cost table has no times for layer(s) {', '.join(missing[:6])}")
+        if self.mem_cap_bytes and len(self.mem_cap_bytes) != len(c.devices):
+            problems.append(f"mem_cap_bytes needs one entry per device ({len(c.devices)})")
+        for layer, d in self.pins:
+            if layer not in g._index and layer not in g.node_layer:
+                problems.append(f"pinned layer {layer!r} does not exist")
+            if not 0 <= d < len(c.devices):
+                problems.append(f"layer {layer!r} pinned to device {d}, which does not exist")
+        if problems:
+            raise PlanningError("; ".join(problems))
+        row = {name: k for k, name in enumerate(c.layers)}
+        object.__setattr__(self, "compute", tuple(c.compute_ms[row[layer.name]] for layer in g.layers))
+
+    @property
+    def n_devices(self) -> int:
+        return len(self.costs.devices)
+
+    @property
+    def cap(self) -> tuple[float, ...]:
+        caps = self.mem_cap_bytes or (None,) * self.n_devices
+        return tuple(math.inf if c is None else float(c) for c in caps)
+
+    def pinned(self) -> dict[int, int]:
+        return {self.graph.index(layer): d for layer, d in self.pins}
+
+    def tensor_bytes(self, name: str) -> int:
+        if self.input_bytes is not None and name in {t.name for t in self.graph.inputs}:
+            return self.input_bytes
+        return self.graph.tensors[name].nbytes
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """The predicted cost of one assignment."""
+
+    assignment: tuple[int, ...]
+    compute_ms: tuple[float, ...]     # per device
+    hop_bytes: tuple[int, ...]        # per link, upwards
+    hop_ms: tuple[float, ...]
+    return_ms: float
+    memory_bytes: tuple[int, ...]     # per device
+    latency_ms: float
+    bottleneck_ms: float
+
+    def objective(self, name: str) -> float:
+        return self.latency_ms if name == "latency" else self.bottleneck_ms
+
+
+def layer_activation_bytes(graph: LayerGraph, i: int) -> int:
+    layer = graph.layers[i]
+    return sum(t.nbytes for t in layer.inputs) + sum(t.nbytes for t in layer.outputs)
+
+
+def evaluate(problem: Problem, assignment: Sequence[int]) -> Breakdown:
+    """Price ``assignment`` (device index per layer); raises PlanningError when it is not monotone."""
+    g, k = problem.graph, problem.n_devices
+    dev = tuple(int(d) for d in assignment)
+    if len(dev) != len(g.layers) or any(not 0 <= d < k for d in dev):
+        raise PlanningError(f"an assignment needs one device in 0..{k - 1} per layer")
+    for i, j, _ in g.edges:
+        if i >= 0 and dev[i] > dev[j]:
+            raise PlanningError(f"layer {g.layers[j].name!r} on device {dev[j]} reads from "
+                                f"{g.layers[i].name!r} on device {dev[i]}: data only flows up the path")
+    compute = [0.0] * k
+    for i, d in enumerate(dev):
+        compute[d] += problem.compute[i][d]
+    # where each tensor is produced, and the furthest device that reads it
+    made = {t.name: 0 for t in g.inputs}
+    for i, layer in enumerate(g.layers):
+        for t in layer.outputs:
+            made[t.name] = dev[i]
+    last_read: dict[str, int] = {}
+    for i, j, t in g.edges:
+        last_read[t.name] = max(last_read.get(t.name, 0), dev[j])
+    hop_bytes = [0] * (k - 1)
+    for name, reader in last_read.items():
+        for h in range(made[name], reader):
+            hop_bytes[h] += problem.tensor_bytes(name)
+    hop_ms = tuple(problem.links[h].up_ms(b) for h, b in enumerate(hop_bytes))
+    return_ms = 0.0
+    for t in g.outputs:
+        for h in range(made[t.name]):
+            return_ms += problem.links[h].down_ms(t.nbytes)
+    memory = [0] * k
+    peak = [0] * k
+    for i, d in enumerate(dev):
+        memory[d] += g.layers[i].param_bytes
+        peak[d] = max(peak[d], layer_activation_bytes(g, i))
+    memory = [m + p for m, p in zip(memory, peak)]
+    latency = sum(compute) + sum(hop_ms) + return_ms
+    bottleneck = max([*compute, *hop_ms])
+    return Breakdown(dev, tuple(compute), tuple(hop_bytes), hop_ms, return_ms, tuple(memory),
+                     latency, bottleneck)
+
+
+def feasible(problem: Problem, b: Breakdown) -> bool:
+    """Memory caps, pins and the latency ceiling hold."""
+    if any(m > cap for m, cap in zip(b.memory_bytes, problem.cap)):
+        return False
+    if any(b.assignment[i] != d for i, d in problem.pinned().items()):
+        return False
+    return problem.latency_ceiling_ms is None or b.latency_ms <= problem.latency_ceiling_ms + 1e-9
