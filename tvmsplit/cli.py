@@ -134,25 +134,35 @@ def _graph_json(g, cuts) -> dict:
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Bundle directory to write (replaced if it holds a bundle).")
 @shape_option
+@click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False),
+              help="A plan saved by `tvmsplit plan --save` (instead of --split-at/--targets).")
 @click.option("--check", is_flag=True, help="Run host-runnable stages and compare with onnxruntime.")
 @click.option("--tolerance", default=1e-4, show_default=True, help="Max relative error for --check.")
 def build(model: str, split_at: str, targets: str, out_dir: str, shapes: tuple[str, ...],
-          check: bool, tolerance: float) -> None:
+          plan_file: str | None, check: bool, tolerance: float) -> None:
     """Split MODEL, compile every stage for its target and write a bundle."""
     g = _load_graph(model, shapes)
+    if plan_file:
+        if split_at:
+            raise TvmsplitError("give either --plan or --split-at, not both")
+        saved = json.loads(Path(plan_file).read_text())["plan"]
+        assignment = {layer: s["index"] for s in saved["stages"] for layer in s["layers"]}
+        _build_and_check(g, [], [s["target"] for s in saved["stages"]], out_dir, check, tolerance,
+                         assignment=assignment)
+        return
     _build_and_check(g, _split_list(split_at, "--split-at"), _split_list(targets, "--targets"),
                      out_dir, check, tolerance)
 
 
 def _build_and_check(g, split_at: list[str], targets: list[str], out_dir: str, check: bool,
-                     tolerance: float) -> None:
+                     tolerance: float, assignment: dict | None = None) -> None:
     from .bundle import build_bundle, check_output_dir
     from .split import plan_split
     from .targets import get_target
 
     for t in targets:
         get_target(t)  # unknown targets fail before anything is built
-    plan = plan_split(g, split_at, targets or ["x86_64"])
+    plan = plan_split(g, split_at, targets or ["x86_64"], assignment=assignment)
     check_output_dir(out_dir)
     click.echo(f"building {len(plan.stages)} stage(s) of {g.name} into {out_dir}", err=True)
     start = time.perf_counter()
@@ -337,6 +347,107 @@ def zoo(name: str | None, output: str | None, input_size: int | None, width: flo
         raise TvmsplitError("give the output file with -o, e.g. -o model.onnx")
     path = zoo_models.save(name, output, input_size=input_size, width=width)
     click.echo(f"wrote {path} ({Path(path).stat().st_size / 1e6:.1f} MB)")
+
+
+def _parse_pairs(values: str | tuple[str, ...], option: str) -> list[tuple[str, str]]:
+    items = values if isinstance(values, tuple) else tuple(_split_list(values, option))
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise TvmsplitError(f"{option} {item!r} is not NAME=VALUE")
+        pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_bytes(text: str) -> int:
+    import re
+
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise TvmsplitError(f"size {text!r} is not a number with an optional unit "
+                            "(B, KB, MB, GB, KiB, MiB, GiB)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+@cli.command(name="plan")
+@click.argument("model")
+@click.option("--devices", required=True, metavar="NAME=TARGET,...",
+              help="The device path, end first: e.g. end=rpi4b,edge=x86_64 (target names or .toml files).")
+@click.option("--link", "links", default="4g", show_default=True, metavar="PROFILE,...",
+              help="One link per hop: 3g, 4g, wifi or NAME:UP_MBPS/DOWN_MBPS[/RTT_MS].")
+@click.option("--costs", "costs_file", type=click.Path(exists=True, dir_okay=False),
+              help="Per-layer compute times (JSON or CSV, see README).")
+@click.option("--objective", type=click.Choice(["latency", "throughput"]), default="latency",
+              show_default=True)
+@click.option("--method", default="auto", show_default=True, help="Planner name (see README).")
+@click.option("--mem-cap", "mem_caps", default="", metavar="NAME=SIZE,...",
+              help="Memory cap per device, e.g. end=1GiB (weights + peak activations).")
+@click.option("--pin", "pins", multiple=True, metavar="LAYER=DEVICE", help="Keep a layer on a device.")
+@click.option("--input-bytes", type=int, default=None,
+              help="Size of the input as the end device sends it (e.g. a JPEG); default: raw tensor.")
+@shape_option
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--save", type=click.Path(dir_okay=False), help="Write the plan JSON here (for build --plan).")
+def plan_cmd(model, devices, links, costs_file, objective, method, mem_caps, pins, input_bytes,
+             shapes, as_json, save) -> None:
+    """Choose where to split MODEL across a path of devices, with the baselines side by side."""
+    from .links import Link
+    from .partition import CostTable
+    from .planning import Device, plan_partition
+
+    g = _load_graph(model, shapes)
+    if not costs_file:
+        raise TvmsplitError("give --costs FILE with per-layer times per device (JSON or CSV, see "
+                            "README); learned predictors will fill them in once trained")
+    caps = {name: parse_bytes(size) for name, size in _parse_pairs(mem_caps, "--mem-cap")}
+    devs = [Device(name, target, caps.pop(name, None))
+            for name, target in _parse_pairs(devices, "--devices")]
+    if caps:
+        raise TvmsplitError(f"--mem-cap for unknown device(s) {', '.join(caps)}")
+    link_list = [Link.profile(p) for p in _split_list(links, "--link")]
+    result = plan_partition(g, devs, link_list, CostTable.from_file(costs_file),
+                            objective=objective, method=method, pins=dict(_parse_pairs(pins, "--pin")),
+                            input_bytes=input_bytes)
+    if save:
+        Path(save).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    _print_plan(g, result, link_list, objective)
+
+
+def _print_plan(g, result, links, objective: str) -> None:
+    b = result.predicted
+    click.echo(f"{g.name}: {len(g.layers)} layers over {' -> '.join(d.name for d in result.devices)}"
+               f", objective {objective}, planner {result.method}")
+    click.echo(f"{'stage':<6} {'device':<10} {'target':<12} {'layers':>6}  {'first..last':<34} "
+               f"{'compute ms':>10} {'memory MB':>9}")
+    used = sorted(set(b.assignment))
+    for s, d in enumerate(used):
+        layers = result.plan.stages[s].layers
+        click.echo(f"{s:<6} {result.devices[d].name:<10} {result.devices[d].target:<12} "
+                   f"{len(layers):>6}  {(layers[0] + '..' + layers[-1])[:34]:<34} "
+                   f"{b.compute_ms[d]:>10.3f} {b.memory_bytes[d] / 1e6:>9.2f}")
+    for h, link in enumerate(links):
+        if b.hop_bytes[h]:
+            click.echo(f"link {h} ({link.name}, {link.up_bps / 1e6:g} Mbit/s up): "
+                       f"{b.hop_bytes[h] / 1024:.1f} KB, {b.hop_ms[h]:.3f} ms")
+    click.echo(f"return of outputs: {b.return_ms:.3f} ms")
+    click.echo(f"predicted: latency {b.latency_ms:.3f} ms, throughput "
+               f"{1000.0 / b.bottleneck_ms if b.bottleneck_ms else float('inf'):.1f} req/s")
+    click.echo(f"{'baseline':<14} {'latency ms':>11} {'vs plan':>8} {'req/s':>8}")
+    for name, base in result.baselines:
+        if base is None:
+            click.echo(f"{name:<14} {'n/a':>11}  (infeasible under the caps/pins, or not for this objective)")
+            continue
+        ratio = base.objective(objective) / max(b.objective(objective), 1e-12)
+        click.echo(f"{name:<14} {base.latency_ms:>11.3f} {ratio:>7.2f}x "
+                   f"{1000.0 / base.bottleneck_ms if base.bottleneck_ms else float('inf'):>8.1f}")
 
 
 @cli.command(name="targets")

@@ -1,0 +1,72 @@
+"""CLI tier: `tvmsplit plan` chooses a split from a cost table; `build --plan` builds exactly it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import tvmsplit as ts
+from tvmsplit import zoo
+from tvmsplit.cli import cli, parse_bytes
+from tvmsplit.errors import TvmsplitError
+
+
+@pytest.fixture()
+def costs(tmp_path):
+    """The end device is 20x slower than the edge; per-layer times proportional to FLOPs."""
+    g = ts.load(zoo.make("inception"))
+    table = {"devices": ["end", "edge"],
+             "compute_ms": {l.name: {"end": l.flops / 2e6, "edge": l.flops / 4e7} for l in g.layers}}
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps(table))
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_plan_prints_stages_and_baselines_and_build_follows_it(costs, tmp_path):
+    result = invoke("plan", "zoo:inception", "--devices", "end=x86_64,edge=x86_64", "--link",
+                    "lan:1000/1000/0.1", "--costs", costs, "--save", tmp_path / "plan.json")
+    assert result.exit_code == 0, result.output
+    for word in ("planner dag-mincut", "all-on-end", "all-on-edge", "chain-dp", "predicted: latency"):
+        assert word in result.output
+    saved = json.loads((tmp_path / "plan.json").read_text())
+    assert saved["predicted"]["latency_ms"] <= min(
+        b["latency_ms"] for b in saved["baselines"].values() if b) + 1e-9
+    built = invoke("build", "zoo:inception", "--plan", tmp_path / "plan.json", "-o", tmp_path / "b",
+                   "--check")
+    assert built.exit_code == 0, built.output
+    bundle = ts.Bundle.load(tmp_path / "b")
+    assert [list(s.plan.layers) for s in bundle.stages] == [s["layers"] for s in saved["plan"]["stages"]]
+
+
+def test_plan_json_pins_and_memory_caps(costs):
+    result = invoke("plan", "zoo:inception", "--devices", "end=rpi4b,edge=x86_64", "--link", "wifi",
+                    "--costs", costs, "--pin", "conv1=end", "--mem-cap", "end=1GiB,edge=16GiB",
+                    "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["predicted"]["assignment"][0] == 0
+    assert data["devices"][0]["mem_cap_bytes"] == 2**30
+
+
+def test_plan_errors_are_one_line(costs):
+    no_costs = invoke("plan", "zoo:chain", "--devices", "end=rpi4b,edge=x86_64")
+    assert no_costs.exit_code == 1 and "--costs" in no_costs.output
+    wrong = invoke("plan", "zoo:inception", "--devices", "end=rpi4b,cloud=x86_64", "--costs", costs)
+    assert wrong.exit_code == 1 and "cloud" in wrong.output
+    cap = invoke("plan", "zoo:inception", "--devices", "end=rpi4b,edge=x86_64", "--costs", costs,
+                 "--mem-cap", "end=1KB,edge=1KB")
+    assert cap.exit_code == 1 and "memory caps" in cap.output
+    for result in (no_costs, wrong, cap):
+        assert "Traceback" not in result.output
+
+
+def test_parse_bytes():
+    assert parse_bytes("1GiB") == 2**30 and parse_bytes("512 MB") == 512 * 10**6
+    assert parse_bytes("100") == 100
+    with pytest.raises(TvmsplitError, match="not a number"):
+        parse_bytes("lots")

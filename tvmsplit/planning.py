@@ -1,0 +1,96 @@
+"""From a partitioning problem to a buildable Plan: devices, links, costs -> stages with targets.
+
+``plan_partition`` runs a planner (``tvmsplit.partition``) and turns its assignment into a
+``split.Plan``: the devices that received layers become the stages, in path order, each compiled
+for its device's target. The predicted breakdown and the baselines travel with it.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .graph import LayerGraph
+from .links import Link
+from .partition import BASELINES, PLANNERS, Breakdown, CostTable, PlanningError, Problem, plan
+from .split import Plan, plan_split
+from .targets import get_target
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device on the path: its name (as in the cost table) and the target its stage is built for."""
+
+    name: str
+    target: str
+    mem_cap_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class PlannedSplit:
+    plan: Plan
+    method: str
+    predicted: Breakdown
+    devices: tuple[Device, ...]
+    baselines: tuple[tuple[str, Breakdown | None], ...]  # None: the baseline is infeasible
+
+    def to_json(self) -> dict:
+        def breakdown(b: Breakdown | None):
+            if b is None:
+                return None
+            return {"assignment": list(b.assignment), "compute_ms": list(b.compute_ms),
+                    "hop_bytes": list(b.hop_bytes), "hop_ms": list(b.hop_ms),
+                    "return_ms": b.return_ms, "memory_bytes": list(b.memory_bytes),
+                    "latency_ms": b.latency_ms, "bottleneck_ms": b.bottleneck_ms}
+
+        return {"plan": self.plan.to_json(), "method": self.method,
+                "devices": [{"name": d.name, "target": d.target, "mem_cap_bytes": d.mem_cap_bytes}
+                            for d in self.devices],
+                "predicted": breakdown(self.predicted),
+                "baselines": {name: breakdown(b) for name, b in self.baselines}}
+
+
+def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence[Link],
+                   costs: CostTable, *, objective: str = "latency", method: str = "auto",
+                   pins: Mapping[str, str] | None = None, input_bytes: int | None = None,
+                   latency_ceiling_ms: float | None = None) -> PlannedSplit:
+    """Choose where to cut ``graph`` across ``devices`` (a path: end -> edge -> ...)."""
+    names = [d.name for d in devices]
+    if len(set(names)) != len(names):
+        raise PlanningError(f"device names repeat: {', '.join(names)}")
+    for d in devices:
+        get_target(d.target)
+    if tuple(costs.devices) != tuple(names):
+        missing = [n for n in names if n not in costs.devices]
+        if missing:
+            raise PlanningError(f"the cost table has devices {', '.join(costs.devices)}; no times "
+                                f"for {', '.join(missing)}")
+        costs = CostTable(tuple(names), costs.layers, tuple(
+            tuple(row[costs.devices.index(n)] for n in names) for row in costs.compute_ms))
+    pin_list = []
+    for layer, device in (pins or {}).items():
+        if device not in names:
+            raise PlanningError(f"layer {layer!r} pinned to unknown device {device!r}; "
+                                f"devices: {', '.join(names)}")
+        pin_list.append((layer, names.index(device)))
+    problem = Problem(graph, costs, tuple(links), objective=objective, input_bytes=input_bytes,
+                      mem_cap_bytes=tuple(d.mem_cap_bytes for d in devices), pins=tuple(pin_list),
+                      latency_ceiling_ms=latency_ceiling_ms)
+    method, best = plan(problem, method)
+    baselines = []
+    for name in BASELINES:
+        if name == "dag-mincut" and len(devices) != 2:
+            continue
+        try:
+            baselines.append((name, PLANNERS[name](problem)))
+        except PlanningError:
+            baselines.append((name, None))
+    return PlannedSplit(to_plan(graph, best, devices), method, best, tuple(devices), tuple(baselines))
+
+
+def to_plan(graph: LayerGraph, breakdown: Breakdown, devices: Sequence[Device]) -> Plan:
+    """The stages of an assignment: devices that run layers, in path order."""
+    used = sorted(set(breakdown.assignment))
+    stage_of_device = {d: s for s, d in enumerate(used)}
+    assignment = {layer.name: stage_of_device[d]
+                  for layer, d in zip(graph.layers, breakdown.assignment)}
+    return plan_split(graph, assignment=assignment, targets=[devices[d].target for d in used])
