@@ -191,3 +191,12 @@ def stage_relax(graph: LayerGraph, stage: StagePlan):
                     dtype_dict={t.name: t.dtype for t in stage.library_inputs},
                     keep_params_in_input=False)
     return relax.transform.FoldConstant()(mod)
+
+
+def layer_stage(graph: LayerGraph, index: int, target: str) -> StagePlan:
+    """A stage holding only layer ``index``: what the profiler compiles and times."""
+    layer = graph.layers[index]
+    return StagePlan(index=0, target=target, layers=(layer.name,), inputs=layer.inputs,
+                     outputs=layer.outputs, library_inputs=layer.inputs,
+                     library_outputs=layer.outputs, param_bytes=layer.param_bytes,
+                     flops=layer.flops)
