@@ -184,3 +184,32 @@ def test_three_devices_on_a_path_and_memory_caps_force_splits():
     _, ilp = plan(problem, "dag-ilp")
     assert ilp.latency_ms == pytest.approx(b.latency_ms, rel=1e-6)
     assert np.all(np.diff(b.assignment) >= 0)
+
+
+@pytest.mark.timeout(600)
+def test_hyps_splits_an_oversized_fc_and_the_pipeline_equals_the_unsplit_model(tmp_path):
+    """VGG16-shaped (width 1/4, 224x224): fc1 holds 25.7 MB; with 24 MB per device it fits nowhere,
+    so it becomes the fewest H-parts that fit (2), placed on both devices; output unchanged."""
+    from tvmsplit.check import check_bundle, compare, random_inputs, reference
+    from tvmsplit.hsplit import fewest_parts
+    from tvmsplit.planning import Device, plan_partition
+
+    g = ts.load(zoo.make("vgg16", width=0.25), name="vgg16")
+    cap = 24_000_000
+    assert g.layer("fc1").param_bytes > cap
+    assert fewest_parts(g, "fc1", cap) == 2
+    assert fewest_parts(g, "fc1", cap // 2) == 3
+    costs = CostTable.from_flops(g, {"end": 1.0, "edge": 10.0})
+    devices = [Device("end", "x86_64", cap), Device("edge", "x86_64", cap)]
+    with pytest.raises(PlanningError, match=r"layer 'fc1' needs \d+ bytes .* largest memory cap is 24000000"):
+        plan_partition(g, devices, [Link.profile("wifi")], costs, horizontal=False)
+    result = plan_partition(g, devices, [Link.profile("wifi")], costs)
+    assert result.horizontal == (("fc1", 2),)
+    parts = {name: d for name, d in zip((l.name for l in result.graph.layers), result.predicted.assignment)}
+    assert {parts["fc1_h0"], parts["fc1_h1"]} == {0, 1}  # the H-parts run on both devices
+    assert all(m <= cap for m in result.predicted.memory_bytes)
+    bundle = ts.build_bundle(result.graph, result.plan, tmp_path / "b")
+    x = random_inputs(g.inputs)
+    report = check_bundle(bundle, result.graph, x)
+    assert report.ok
+    assert compare(report.outputs["output"], reference(g, x)["output"], "output").rel <= 1e-4

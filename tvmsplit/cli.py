@@ -145,7 +145,12 @@ def build(model: str, split_at: str, targets: str, out_dir: str, shapes: tuple[s
     if plan_file:
         if split_at:
             raise TvmsplitError("give either --plan or --split-at, not both")
-        saved = json.loads(Path(plan_file).read_text())["plan"]
+        data = json.loads(Path(plan_file).read_text())
+        if data.get("horizontal"):
+            from .hsplit import split_horizontally
+
+            g = split_horizontally(g, data["horizontal"])
+        saved = data["plan"]
         assignment = {layer: s["index"] for s in saved["stages"] for layer in s["layers"]}
         _build_and_check(g, [], [s["target"] for s in saved["stages"]], out_dir, check, tolerance,
                          assignment=assignment)
@@ -418,13 +423,15 @@ def plan_cmd(model, devices, links, costs_file, objective, method, mem_caps, pin
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
-    _print_plan(g, result, link_list, objective)
+    _print_plan(result.graph, result, link_list, objective)
 
 
 def _print_plan(g, result, links, objective: str) -> None:
     b = result.predicted
     click.echo(f"{g.name}: {len(g.layers)} layers over {' -> '.join(d.name for d in result.devices)}"
                f", objective {objective}, planner {result.method}")
+    for layer, parts in result.horizontal:
+        click.echo(f"layer {layer} fits no device: split horizontally into {parts} parts (HyPS)")
     click.echo(f"{'stage':<6} {'device':<10} {'target':<12} {'layers':>6}  {'first..last':<34} "
                f"{'compute ms':>10} {'memory MB':>9}")
     used = sorted(set(b.assignment))

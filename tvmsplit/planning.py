@@ -7,7 +7,7 @@ for its device's target. The predicted breakdown and the baselines travel with i
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .graph import LayerGraph
 from .links import Link
@@ -27,11 +27,16 @@ class Device:
 
 @dataclass(frozen=True)
 class PlannedSplit:
+    """A chosen plan. ``graph`` is what to build: the input graph, or its rewrite when layers were
+    split horizontally (``horizontal``: layer -> number of H-parts)."""
+
     plan: Plan
     method: str
     predicted: Breakdown
     devices: tuple[Device, ...]
     baselines: tuple[tuple[str, Breakdown | None], ...]  # None: the baseline is infeasible
+    graph: LayerGraph = field(repr=False, compare=False, default=None)
+    horizontal: tuple[tuple[str, int], ...] = ()
 
     def to_json(self) -> dict:
         def breakdown(b: Breakdown | None):
@@ -43,6 +48,7 @@ class PlannedSplit:
                     "latency_ms": b.latency_ms, "bottleneck_ms": b.bottleneck_ms}
 
         return {"plan": self.plan.to_json(), "method": self.method,
+                "horizontal": dict(self.horizontal),
                 "devices": [{"name": d.name, "target": d.target, "mem_cap_bytes": d.mem_cap_bytes}
                             for d in self.devices],
                 "predicted": breakdown(self.predicted),
@@ -52,8 +58,13 @@ class PlannedSplit:
 def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence[Link],
                    costs: CostTable, *, objective: str = "latency", method: str = "auto",
                    pins: Mapping[str, str] | None = None, input_bytes: int | None = None,
-                   latency_ceiling_ms: float | None = None) -> PlannedSplit:
-    """Choose where to cut ``graph`` across ``devices`` (a path: end -> edge -> ...)."""
+                   latency_ceiling_ms: float | None = None, horizontal: bool = True) -> PlannedSplit:
+    """Choose where to cut ``graph`` across ``devices`` (a path: end -> edge -> ...).
+
+    With memory caps, a layer that fits no device is first split horizontally (HyPS) into the
+    fewest parts that fit the largest cap; each part is predicted to take its share of the
+    layer's time. ``horizontal=False`` reports such a layer as infeasible instead.
+    """
     names = [d.name for d in devices]
     if len(set(names)) != len(names):
         raise PlanningError(f"device names repeat: {', '.join(names)}")
@@ -66,6 +77,16 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
                                 f"for {', '.join(missing)}")
         costs = CostTable(tuple(names), costs.layers, tuple(
             tuple(row[costs.devices.index(n)] for n in names) for row in costs.compute_ms))
+    hparts: dict[str, int] = {}
+    caps = [d.mem_cap_bytes for d in devices if d.mem_cap_bytes is not None]
+    if horizontal and len(caps) == len(devices):
+        from .hsplit import plan_horizontal_parts, split_horizontally
+
+        hparts = plan_horizontal_parts(graph, max(caps))
+        if hparts:
+            split_graph = split_horizontally(graph, hparts)
+            costs = _split_costs(costs, split_graph, hparts)
+            graph = split_graph
     pin_list = []
     for layer, device in (pins or {}).items():
         if device not in names:
@@ -84,7 +105,19 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
             baselines.append((name, PLANNERS[name](problem)))
         except PlanningError:
             baselines.append((name, None))
-    return PlannedSplit(to_plan(graph, best, devices), method, best, tuple(devices), tuple(baselines))
+    return PlannedSplit(to_plan(graph, best, devices), method, best, tuple(devices), tuple(baselines),
+                        graph, tuple(sorted(hparts.items())))
+
+
+def _split_costs(costs: CostTable, graph: LayerGraph, hparts: dict[str, int]) -> CostTable:
+    """Rows for H-parts (an equal share of the layer's time) and merges (free)."""
+    rows = dict(zip(costs.layers, costs.compute_ms))
+    for name, parts in hparts.items():
+        for h in range(parts):
+            rows[f"{name}_h{h}"] = tuple(t / parts for t in rows[name])
+        rows[f"{name}_merge"] = tuple(0.0 for _ in costs.devices)
+    names = tuple(layer.name for layer in graph.layers)
+    return CostTable(costs.devices, names, tuple(rows[n] for n in names))
 
 
 def to_plan(graph: LayerGraph, breakdown: Breakdown, devices: Sequence[Device]) -> Plan:

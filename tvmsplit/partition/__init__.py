@@ -15,7 +15,8 @@ from .chain import plan_chain
 from .ilp import plan_ilp
 from .mincut import plan_mincut
 from .oracle import plan_oracle
-from .problem import (Breakdown, CostTable, PlanningError, Problem, evaluate, feasible)
+from .problem import (Breakdown, CostTable, PlanningError, Problem, evaluate, feasible,
+                      layer_activation_bytes)
 
 Planner = Callable[[Problem], Breakdown]
 
@@ -62,8 +63,29 @@ def choose(problem: Problem) -> str:
     return "dag-ilp"
 
 
+def check_memory(problem: Problem) -> None:
+    """Name the layer that fits no device, or the shortfall of the whole model, before planning."""
+    caps = problem.cap
+    if all(c == float("inf") for c in caps):
+        return
+    g = problem.graph
+    biggest = max(caps)
+    where = problem.costs.devices[caps.index(biggest)]
+    for i, layer in enumerate(g.layers):
+        need = layer.param_bytes + layer_activation_bytes(g, i)
+        if need > biggest:
+            raise PlanningError(f"layer {layer.name!r} needs {need} bytes (weights {layer.param_bytes} "
+                                f"+ activations) but the largest memory cap is {int(biggest)} bytes "
+                                f"({where}); split it horizontally (HyPS) or raise the cap")
+    total = sum(layer.param_bytes for layer in g.layers)
+    if total > sum(caps):
+        raise PlanningError(f"the model's weights need {total} bytes but the devices' caps add up "
+                            f"to {int(sum(caps))} bytes; add a device or raise the caps")
+
+
 def plan(problem: Problem, method: str = "auto") -> tuple[str, Breakdown]:
     """Run a planner by name (``auto``: the fastest exact one); returns (name, breakdown)."""
+    check_memory(problem)
     name = choose(problem) if method == "auto" else method
     if name not in PLANNERS:
         raise PlanningError(f"unknown planner {name!r}; known: auto, {', '.join(PLANNERS)}")
