@@ -41,7 +41,7 @@ from tvmsplit.split import stage_onnx
 RTOL = 1e-4
 
 # TVM's ONNX importer renames Paddle2ONNX tensor names such as "p2o.Add.229"; harmless.
-pytestmark = pytest.mark.filterwarnings("ignore:Renaming name:UserWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Renaming name:UserWarning")]
 
 
 @dataclass(frozen=True)
@@ -64,14 +64,13 @@ MODELS = {m.id: m for m in [
 ]}
 
 # (model, cut layers). Layer names are the ONNX node names the exporter (Paddle2ONNX) gave the
-# anchors. ``multi`` marks cuts that carry several tensors (a skip or SE branch, FPN scales).
+# anchors; the comments say how many tensors cross each cut (an SE branch, FPN scales).
 # Each 3-way split starts at the same first cut as a 2-way split of the same model, so its stage 0
 # comes from the build cache; the second cut is late, so the new stages are small. The OCR models
 # take 15 s per full build on a 2-core VM, hence only two cut candidates each.
 SPLITS = [
     ("orientation", ("Conv.13",)),                          # 1 tensor, 1/3 of the way in
-    ("orientation", ("GlobalAveragePool.1",)),              # 2 tensors: SE squeeze + its input
-    ("orientation", ("Conv.13", "GlobalAveragePool.1")),
+    ("orientation", ("Conv.13", "GlobalAveragePool.1")),    # then 2 tensors: SE squeeze + input
     ("ocr_cls", ("Conv@44",)),                              # 3 tensors (SE block)
     ("ocr_cls", ("Conv@44", "Conv@48")),                    # 3 tensors, 2 tensors
     ("ocr_det", ("p2o.Conv.32",)),                          # 4 tensors: backbone | FPN neck
@@ -123,6 +122,7 @@ class _Memo:
         self.cache = root / "build-cache"
         self.graphs: dict[str, ts.LayerGraph] = {}
         self.unsplit: dict[str, tuple[ts.Bundle, dict[str, np.ndarray]]] = {}
+        self.failed: dict[str, str] = {}
 
     def graph(self, model_id: str) -> ts.LayerGraph:
         if model_id not in self.graphs:
@@ -134,13 +134,17 @@ class _Memo:
         return {"x": document_image(MODELS[model_id])}
 
     def unsplit_build(self, model_id: str) -> tuple[ts.Bundle, dict[str, np.ndarray]]:
+        if model_id in self.failed:  # do not rebuild a failing model in every test
+            pytest.fail(f"unsplit build of {model_id} failed earlier: {self.failed[model_id]}")
         if model_id not in self.unsplit:
+            self.failed[model_id] = "see the first test of this model"
             g = self.graph(model_id)
             bundle = ts.build_bundle(g, ts.plan_split(g, targets=["x86_64"]),
                                      self.root / f"{model_id}-unsplit")
             report = check_bundle(bundle, g, self.inputs(model_id), tolerance=RTOL)
             assert report.ok and report.rel <= RTOL, f"unsplit {model_id}: rel {report.rel:.2e}"
             self.unsplit[model_id] = (bundle, report.outputs)
+            del self.failed[model_id]
         return self.unsplit[model_id]
 
 
@@ -212,10 +216,16 @@ def test_split_chain_matches_onnxruntime_and_unsplit(env, split):
     assert sum(s.plan.param_bytes for s in stages) == g.param_bytes
     assert sum(s.plan.param_bytes for s in stages) == unsplit_bundle.stages[0].plan.param_bytes
     libs = [s.library.read_bytes() for s in stages]
-    for s in stages:
-        blobs = _weight_blobs(g, s.plan)
-        assert blobs or s.plan.param_bytes < 64 * 1024, f"stage {s.index}: no weights to look for"
-        for name, blob in blobs.items():
+    blobs = [_weight_blobs(g, s.plan) for s in stages]
+    owners: dict[bytes, int] = {}
+    for b in blobs:
+        for blob in b.values():
+            owners[blob] = owners.get(blob, 0) + 1
+    for s, own in zip(stages, blobs):
+        assert own or s.plan.param_bytes < 64 * 1024, f"stage {s.index}: no weights to look for"
+        for name, blob in own.items():
+            if owners[blob] > 1:  # the same bytes are a weight of two stages: not telling
+                continue
             where = [k for k, lib in enumerate(libs) if blob in lib]
             assert where == [s.index], f"weight {name} of stage {s.index} found in stages {where}"
 
@@ -224,7 +234,8 @@ def test_split_chain_matches_onnxruntime_and_unsplit(env, split):
     unsplit_lib = unsplit_bundle.stages[0].library_bytes
     code_all = unsplit_lib - g.param_bytes
     for s in stages:
-        assert s.plan.param_bytes <= s.library_bytes <= s.plan.param_bytes + 1.25 * code_all + 2**18, \
+        limit = s.plan.param_bytes + 1.25 * code_all + 2**18
+        assert s.plan.param_bytes <= s.library_bytes <= limit, \
             (s.index, s.plan.param_bytes, s.library_bytes, code_all)
     heaviest = max(stages, key=lambda s: s.plan.param_bytes)
     if heaviest.plan.param_bytes > code_all:  # weights dominate: the heaviest is the biggest
