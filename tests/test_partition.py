@@ -14,6 +14,7 @@ from tvmsplit.graph import Layer, LayerGraph, TensorSpec
 from tvmsplit.links import Link
 from tvmsplit.partition import PLANNERS, CostTable, PlanningError, Problem, evaluate, plan
 from tvmsplit.partition.chain import cut_bytes
+from tvmsplit.partition.problem import PowerModel
 from tvmsplit.partition.oracle import plan_oracle
 
 
@@ -54,8 +55,12 @@ def problems(draw, chain: bool = False, max_devices: int = 3, objective: str | N
     pinned = ()
     if pins and draw(st.booleans()):
         pinned = ((g.layers[0].name, 0),)
+    objective = objective or draw(st.sampled_from(["latency", "throughput", "energy"]))
+    watts = st.floats(0, 5, allow_nan=False)
+    power = tuple(PowerModel(draw(watts), draw(watts), draw(watts)) for _ in range(k)) \
+        if objective == "energy" else ()
     return Problem(g, CostTable.from_mapping([f"d{d}" for d in range(k)], table), links,
-                   objective=objective or draw(st.sampled_from(["latency", "throughput"])),
+                   objective=objective, power=power,
                    input_bytes=draw(st.sampled_from([None, 100])), mem_cap_bytes=mem, pins=pinned)
 
 
@@ -213,3 +218,18 @@ def test_hyps_splits_an_oversized_fc_and_the_pipeline_equals_the_unsplit_model(t
     report = check_bundle(bundle, result.graph, x)
     assert report.ok
     assert compare(report.outputs["output"], reference(g, x)["output"], "output").rel <= 1e-4
+
+
+def test_energy_prefers_offloading_when_the_end_device_burns_power():
+    """A battery-powered end device (5 W busy, 0.5 W idle, 2 W radio) and a free edge: on a fast
+    link the energy-optimal plan offloads even where latency would not."""
+    g = ts.load(zoo.make("chain"))
+    costs = CostTable.from_flops(g, {"end": 5.0, "edge": 6.0})  # edge barely faster
+    link = Link("fast", 1e9, 1e9, 0.0)
+    power = (PowerModel(busy_w=5.0, idle_w=0.5, tx_w=2.0), PowerModel())
+    by_latency = plan(Problem(g, costs, (link,), objective="latency", power=power))[1]
+    by_energy = plan(Problem(g, costs, (link,), objective="energy", power=power))[1]
+    assert by_energy.energy_mj <= by_latency.energy_mj
+    assert set(by_energy.assignment) == {1}
+    with pytest.raises(PlanningError, match="power model"):
+        Problem(g, costs, (link,), objective="energy")

@@ -387,8 +387,10 @@ def parse_bytes(text: str) -> int:
               help="One link per hop: 3g, 4g, wifi or NAME:UP_MBPS/DOWN_MBPS[/RTT_MS].")
 @click.option("--costs", "costs_file", type=click.Path(exists=True, dir_okay=False),
               help="Per-layer compute times (JSON or CSV, see README).")
-@click.option("--objective", type=click.Choice(["latency", "throughput"]), default="latency",
-              show_default=True)
+@click.option("--objective", type=click.Choice(["latency", "throughput", "energy"]),
+              default="latency", show_default=True)
+@click.option("--power", "powers", default="", metavar="NAME=BUSY/IDLE/TX,...",
+              help="Watts per device for --objective energy, e.g. end=5/0.5/2 (others: 0).")
 @click.option("--method", default="auto", show_default=True, help="Planner name (see README).")
 @click.option("--mem-cap", "mem_caps", default="", metavar="NAME=SIZE,...",
               help="Memory cap per device, e.g. end=1GiB (weights + peak activations).")
@@ -398,11 +400,11 @@ def parse_bytes(text: str) -> int:
 @shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--save", type=click.Path(dir_okay=False), help="Write the plan JSON here (for build --plan).")
-def plan_cmd(model, devices, links, costs_file, objective, method, mem_caps, pins, input_bytes,
-             shapes, as_json, save) -> None:
+def plan_cmd(model, devices, links, costs_file, objective, powers, method, mem_caps, pins,
+             input_bytes, shapes, as_json, save) -> None:
     """Choose where to split MODEL across a path of devices, with the baselines side by side."""
     from .links import Link
-    from .partition import CostTable
+    from .partition import CostTable, PowerModel
     from .planning import Device, plan_partition
 
     g = _load_graph(model, shapes)
@@ -415,9 +417,15 @@ def plan_cmd(model, devices, links, costs_file, objective, method, mem_caps, pin
     if caps:
         raise TvmsplitError(f"--mem-cap for unknown device(s) {', '.join(caps)}")
     link_list = [Link.profile(p) for p in _split_list(links, "--link")]
+    power = {}
+    for name, watts in _parse_pairs(powers, "--power"):
+        try:
+            power[name] = PowerModel(*(float(w) for w in watts.split("/")))
+        except (TypeError, ValueError):
+            raise TvmsplitError(f"--power {name}={watts} is not BUSY/IDLE/TX watts, e.g. 5/0.5/2") from None
     result = plan_partition(g, devs, link_list, CostTable.from_file(costs_file),
                             objective=objective, method=method, pins=dict(_parse_pairs(pins, "--pin")),
-                            input_bytes=input_bytes)
+                            input_bytes=input_bytes, power=power)
     if save:
         Path(save).write_text(json.dumps(result.to_json(), indent=2) + "\n")
     if as_json:
@@ -446,8 +454,9 @@ def _print_plan(g, result, links, objective: str) -> None:
                        f"{b.hop_bytes[h] / 1024:.1f} KB, {b.hop_ms[h]:.3f} ms")
     click.echo(f"return of outputs: {b.return_ms:.3f} ms")
     click.echo(f"predicted: latency {b.latency_ms:.3f} ms, throughput "
-               f"{1000.0 / b.bottleneck_ms if b.bottleneck_ms else float('inf'):.1f} req/s")
-    click.echo(f"{'baseline':<14} {'latency ms':>11} {'vs plan':>8} {'req/s':>8}")
+               f"{1000.0 / b.bottleneck_ms if b.bottleneck_ms else float('inf'):.1f} req/s"
+               + (f", energy {b.energy_mj:.2f} mJ" if objective == "energy" else ""))
+    click.echo(f"{'baseline':<14} {'latency ms':>11} {'vs plan':>8} {'req/s':>8}   (vs plan: by the objective, {objective})")
     for name, base in result.baselines:
         if base is None:
             click.echo(f"{name:<14} {'n/a':>11}  (infeasible under the caps/pins, or not for this objective)")

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from .graph import LayerGraph
 from .links import Link
-from .partition import BASELINES, PLANNERS, Breakdown, CostTable, PlanningError, Problem, plan
+from .partition import (BASELINES, PLANNERS, Breakdown, CostTable, PlanningError, PowerModel,
+                        Problem, plan)
 from .split import Plan, plan_split
 from .targets import get_target
 
@@ -45,7 +46,8 @@ class PlannedSplit:
             return {"assignment": list(b.assignment), "compute_ms": list(b.compute_ms),
                     "hop_bytes": list(b.hop_bytes), "hop_ms": list(b.hop_ms),
                     "return_ms": b.return_ms, "memory_bytes": list(b.memory_bytes),
-                    "latency_ms": b.latency_ms, "bottleneck_ms": b.bottleneck_ms}
+                    "latency_ms": b.latency_ms, "bottleneck_ms": b.bottleneck_ms,
+                    "energy_mj": b.energy_mj}
 
         return {"plan": self.plan.to_json(), "method": self.method,
                 "horizontal": dict(self.horizontal),
@@ -58,7 +60,8 @@ class PlannedSplit:
 def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence[Link],
                    costs: CostTable, *, objective: str = "latency", method: str = "auto",
                    pins: Mapping[str, str] | None = None, input_bytes: int | None = None,
-                   latency_ceiling_ms: float | None = None, horizontal: bool = True) -> PlannedSplit:
+                   latency_ceiling_ms: float | None = None, horizontal: bool = True,
+                   power: Mapping[str, PowerModel] | None = None) -> PlannedSplit:
     """Choose where to cut ``graph`` across ``devices`` (a path: end -> edge -> ...).
 
     With memory caps, a layer that fits no device is first split horizontally (HyPS) into the
@@ -95,7 +98,9 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
         pin_list.append((layer, names.index(device)))
     problem = Problem(graph, costs, tuple(links), objective=objective, input_bytes=input_bytes,
                       mem_cap_bytes=tuple(d.mem_cap_bytes for d in devices), pins=tuple(pin_list),
-                      latency_ceiling_ms=latency_ceiling_ms)
+                      latency_ceiling_ms=latency_ceiling_ms,
+                      power=tuple((power or {}).get(n, PowerModel()) for n in names)
+                      if objective == "energy" else ())
     method, best = plan(problem, method)
     baselines = []
     for name in BASELINES:

@@ -2,7 +2,7 @@
 
 - ``chain-dp``: Neurosurgeon's DP over consecutive segments, k devices on a path; exact for chains.
 - ``dag-mincut``: DADS, one min s-t cut; exact for DAGs on 2 devices, latency objective.
-- ``dag-ilp``: a MILP; exact for DAGs on k devices, both objectives, memory caps, pins, ceilings.
+- ``dag-ilp``: a MILP; exact for DAGs on k devices, every objective, memory caps, pins, ceilings.
 - ``oracle``: brute force over every monotone assignment (small graphs; the tests' reference).
 - ``all-on-end`` / ``all-on-edge``: baselines.
 ``plan(problem)`` picks the fastest exact one for the problem (``method="auto"``).
@@ -15,7 +15,7 @@ from .chain import plan_chain
 from .ilp import plan_ilp
 from .mincut import plan_mincut
 from .oracle import plan_oracle
-from .problem import (Breakdown, CostTable, PlanningError, Problem, evaluate, feasible,
+from .problem import (Breakdown, CostTable, PlanningError, PowerModel, Problem, evaluate, feasible,
                       layer_activation_bytes)
 
 Planner = Callable[[Problem], Breakdown]
@@ -96,5 +96,5 @@ def plan(problem: Problem, method: str = "auto") -> tuple[str, Breakdown]:
     return name, result
 
 
-__all__ = ["BASELINES", "PLANNERS", "Breakdown", "CostTable", "PlanningError", "Problem", "choose",
+__all__ = ["BASELINES", "PLANNERS", "Breakdown", "CostTable", "PlanningError", "PowerModel", "Problem", "choose",
            "evaluate", "feasible", "plan", "register"]

@@ -37,6 +37,9 @@ def plan_chain(problem: Problem) -> Breakdown:
     g, k = problem.graph, problem.n_devices
     n = len(g.layers)
     throughput = problem.objective == "throughput"
+    # latency and energy are both weighted sums (weights 1 for latency)
+    wc, wh, w_ret = problem.energy_weights() if problem.objective == "energy" else \
+        ((1.0,) * k, (1.0,) * (k - 1), 1.0)
     cut = cut_bytes(problem)
     comp = np.array(problem.compute, dtype=float).reshape(n, k)
     ret = np.zeros((n, k))  # returning model outputs produced by layer i on device d to d0
@@ -70,13 +73,15 @@ def plan_chain(problem: Problem) -> Breakdown:
     for d in range(k):
         prev = best[d - 1] if d > 0 else np.zeros(n + 1)
         link_ms = hop(d - 1) if d > 0 else np.zeros(n + 1)
+        link_w = wh[d - 1] if d > 0 else 0.0
         for p in range(n + 1):
             q = q_all[: p + 1] if d > 0 else np.array([0])
             seg = comp_pre[p, d] - comp_pre[q, d]
             if throughput:
                 cost = np.maximum.reduce([prev[q] if d > 0 else np.zeros(len(q)), link_ms[q], seg])
             else:
-                cost = (prev[q] if d > 0 else 0.0) + link_ms[q] + seg + ret_pre[p, d] - ret_pre[q, d]
+                cost = ((prev[q] if d > 0 else 0.0) + link_w * link_ms[q] + wc[d] * seg
+                        + w_ret * (ret_pre[p, d] - ret_pre[q, d]))
             # memory: weights of [q, p) + the largest single-layer working set among them
             if np.isfinite(caps[d]) and p > 0:
                 rev_max = np.maximum.accumulate(act[:p][::-1])[::-1]  # max(act[q:p]) for q < p

@@ -51,19 +51,24 @@ def plan_ilp(problem: Problem) -> Breakdown:
     def compute_terms(d: int) -> dict[int, float]:
         return {X(l, d): problem.compute[l][d] for l in range(n)}
 
-    latency: dict[int, float] = {}
-    for d in range(k):
-        for v, c in compute_terms(d).items():
-            latency[v] = latency.get(v, 0.0) + c
-    for h in range(H):
-        for v, c in hop_terms(h).items():
-            latency[v] = latency.get(v, 0.0) + c
-    for l, layer in enumerate(g.layers):
-        for t in layer.outputs:
-            if t.name in outputs:
-                for d in range(k):
-                    back = sum(problem.links[h].down_ms(t.nbytes) for h in range(d))
-                    latency[X(l, d)] = latency.get(X(l, d), 0.0) + back
+    def weighted(wc, wh, w_ret) -> dict[int, float]:
+        """sum_d wc[d] * compute_d + sum_h wh[h] * hop_h + w_ret * return, as variable weights."""
+        terms: dict[int, float] = {}
+        for d in range(k):
+            for v, c in compute_terms(d).items():
+                terms[v] = terms.get(v, 0.0) + wc[d] * c
+        for h in range(H):
+            for v, c in hop_terms(h).items():
+                terms[v] = terms.get(v, 0.0) + wh[h] * c
+        for l, layer in enumerate(g.layers):
+            for t in layer.outputs:
+                if t.name in outputs:
+                    for d in range(k):
+                        back = sum(problem.links[h].down_ms(t.nbytes) for h in range(d))
+                        terms[X(l, d)] = terms.get(X(l, d), 0.0) + w_ret * back
+        return terms
+
+    latency = weighted((1.0,) * k, (1.0,) * H, 1.0)
 
     rows, cols, vals, lo, hi = [], [], [], [], []
 
@@ -119,7 +124,8 @@ def plan_ilp(problem: Problem) -> Breakdown:
         scale = 1e-6
     else:
         scale = 1.0
-    for v, w in latency.items():
+    objective = weighted(*problem.energy_weights()) if problem.objective == "energy" else latency
+    for v, w in objective.items():
         c[v] += scale * w
 
     integrality = np.zeros(nvar)

@@ -13,6 +13,9 @@ Cost of an assignment (``evaluate``):
 - return: the model outputs, from the device that produced each, down to d0;
 - latency = compute + hops + return; the pipelined *bottleneck* = max(per-device compute, per-hop
   transfer) — throughput is 1 / bottleneck;
+- energy (mJ) from a per-device power model (``PowerModel``: watts busy, idle, transmitting):
+  every device is busy for its compute, transmits while sending up its link, and idles for the
+  rest of the request's latency;
 - memory per device: its layers' weights + the largest activation working set of one layer
   (inputs + outputs), checked against ``mem_cap_bytes``.
 
@@ -32,7 +35,21 @@ from ..errors import TvmsplitError
 from ..graph import LayerGraph
 from ..links import Link
 
-OBJECTIVES = ("latency", "throughput")
+OBJECTIVES = ("latency", "throughput", "energy")
+
+
+@dataclass(frozen=True)
+class PowerModel:
+    """Watts a device draws computing, idling and transmitting (set all to 0 to ignore a device,
+    e.g. a mains-powered edge server when only the end device's battery matters)."""
+
+    busy_w: float = 0.0
+    idle_w: float = 0.0
+    tx_w: float = 0.0
+
+    def __post_init__(self):
+        if min(self.busy_w, self.idle_w, self.tx_w) < 0:
+            raise PlanningError(f"power model watts must be >= 0, got {self}")
 
 
 class PlanningError(TvmsplitError):
@@ -116,6 +133,7 @@ class Problem:
     mem_cap_bytes: tuple[int | None, ...] = ()     # per device; None = unlimited
     pins: tuple[tuple[str, int], ...] = ()         # (layer, device) fixed placements
     latency_ceiling_ms: float | None = None
+    power: tuple[PowerModel, ...] = ()            # per device, for the energy objective
     compute: tuple[tuple[float, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -129,6 +147,9 @@ class Problem:
         missing = [layer.name for layer in g.layers if layer.name not in c.layers]
         if missing:
             problems.append(f"the cost table has no times for layer(s) {', '.join(missing[:6])}")
+        if self.objective == "energy" and len(self.power) != len(c.devices):
+            problems.append(f"the energy objective needs a power model for each of the "
+                            f"{len(c.devices)} devices, got {len(self.power)}")
         if self.mem_cap_bytes and len(self.mem_cap_bytes) != len(c.devices):
             problems.append(f"mem_cap_bytes needs one entry per device ({len(c.devices)})")
         for layer, d in self.pins:
@@ -149,6 +170,16 @@ class Problem:
     def cap(self) -> tuple[float, ...]:
         caps = self.mem_cap_bytes or (None,) * self.n_devices
         return tuple(math.inf if c is None else float(c) for c in caps)
+
+    def energy_weights(self) -> tuple[tuple[float, ...], tuple[float, ...], float]:
+        """Energy (mJ) is linear: sum_d wc[d] * compute_d + sum_h wh[h] * hop_h + idle * return,
+        with idle = total idle watts (everyone idles while the others work)."""
+        if not self.power:
+            return (1.0,) * self.n_devices, (1.0,) * (self.n_devices - 1), 1.0
+        idle = sum(p.idle_w for p in self.power)
+        wc = tuple(p.busy_w - p.idle_w + idle for p in self.power)
+        wh = tuple(self.power[h].tx_w - self.power[h].idle_w + idle for h in range(self.n_devices - 1))
+        return wc, wh, idle
 
     def pinned(self) -> dict[int, int]:
         return {self.graph.index(layer): d for layer, d in self.pins}
@@ -171,9 +202,11 @@ class Breakdown:
     memory_bytes: tuple[int, ...]     # per device
     latency_ms: float
     bottleneck_ms: float
+    energy_mj: float = 0.0
 
     def objective(self, name: str) -> float:
-        return self.latency_ms if name == "latency" else self.bottleneck_ms
+        return {"latency": self.latency_ms, "throughput": self.bottleneck_ms,
+                "energy": self.energy_mj}[name]
 
 
 def layer_activation_bytes(graph: LayerGraph, i: int) -> int:
@@ -219,8 +252,11 @@ def evaluate(problem: Problem, assignment: Sequence[int]) -> Breakdown:
     memory = [m + p for m, p in zip(memory, peak)]
     latency = sum(compute) + sum(hop_ms) + return_ms
     bottleneck = max([*compute, *hop_ms])
+    wc, wh, idle = problem.energy_weights()
+    energy = (sum(w * c for w, c in zip(wc, compute)) + sum(w * h for w, h in zip(wh, hop_ms))
+              + idle * return_ms) if problem.power else 0.0
     return Breakdown(dev, tuple(compute), tuple(hop_bytes), hop_ms, return_ms, tuple(memory),
-                     latency, bottleneck)
+                     latency, bottleneck, energy)
 
 
 def feasible(problem: Problem, b: Breakdown) -> bool:
