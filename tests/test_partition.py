@@ -233,3 +233,42 @@ def test_energy_prefers_offloading_when_the_end_device_burns_power():
     assert set(by_energy.assignment) == {1}
     with pytest.raises(PlanningError, match="power model"):
         Problem(g, costs, (link,), objective="energy")
+
+
+def test_several_end_devices_share_one_edge():
+    """Three phones share one edge: shares sum to <= 1, the plan's worst latency equals a brute
+    force over the share grid, and a phone fast enough alone leaves the edge alone."""
+    import itertools
+
+    from tvmsplit.partition.multi import EndDevice, plan_shared_edge, with_shares
+
+    g = ts.load(zoo.make("chain"))
+    link = Link("wifi", 20e6, 50e6, 0.005)
+    devices = []
+    for name, end_gflops, deadline in (("slow", 0.5, None), ("mid", 2.0, None), ("fast", 50.0, 100.0)):
+        costs = CostTable.from_flops(g, {"end": end_gflops, "edge": 40.0})
+        devices.append(EndDevice(name, Problem(g, costs, (link,)), deadline))
+    steps = 6
+    shared = plan_shared_edge(devices, steps=steps)
+    assert sum(shared.compute_share) <= 1 + 1e-9 and sum(shared.bandwidth_share) <= 1 + 1e-9
+    assert shared.compute_share[2] == 0 and shared.bandwidth_share[2] == 0  # "fast" stays alone
+    assert set(shared.plans[2].assignment) == {0}
+    assert any(set(p.assignment) != {0} for p in shared.plans[:2])  # someone offloads
+
+    def best(problem):
+        try:
+            return plan(problem)[1].latency_ms
+        except PlanningError:
+            return math.inf
+
+    grid = [(c, b) for c in range(steps + 1) for b in range(steps + 1)
+            if (c == 0) == (b == 0)]
+    brute = math.inf
+    table = {(i, pair): best(with_shares(d.problem, pair[0] / steps, pair[1] / steps))
+             for i, d in enumerate(devices) for pair in grid}
+    for pairs in itertools.product(grid, repeat=3):
+        if sum(p[0] for p in pairs) <= steps and sum(p[1] for p in pairs) <= steps:
+            if devices[2].deadline_ms and pairs[2] != (0, 0):
+                continue  # the rule: a device fast enough alone does not take edge shares
+            brute = min(brute, max(table[(i, p)] for i, p in enumerate(pairs)))
+    assert shared.worst_latency_ms == pytest.approx(brute, rel=1e-9)
