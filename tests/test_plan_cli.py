@@ -70,3 +70,15 @@ def test_parse_bytes():
     assert parse_bytes("100") == 100
     with pytest.raises(TvmsplitError, match="not a number"):
         parse_bytes("lots")
+
+
+def test_plan_energy_and_plot(costs, tmp_path):
+    out = tmp_path / "plan.png"
+    result = invoke("plan", "zoo:inception", "--devices", "end=rpi4b,edge=x86_64", "--link", "wifi",
+                    "--costs", costs, "--objective", "energy", "--power", "end=5/0.5/2",
+                    "--plot", out)
+    assert result.exit_code == 0, result.output
+    assert "energy" in result.output and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = invoke("plan", "zoo:inception", "--devices", "end=rpi4b,edge=x86_64", "--costs", costs,
+                 "--objective", "energy", "--power", "end=lots")
+    assert bad.exit_code == 1 and "BUSY/IDLE/TX" in bad.output

@@ -400,8 +400,10 @@ def parse_bytes(text: str) -> int:
 @shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--save", type=click.Path(dir_okay=False), help="Write the plan JSON here (for build --plan).")
+@click.option("--plot", type=click.Path(dir_okay=False),
+              help="Draw per-layer compute and cut sizes with the cuts marked (PNG).")
 def plan_cmd(model, devices, links, costs_file, objective, powers, method, mem_caps, pins,
-             input_bytes, shapes, as_json, save) -> None:
+             input_bytes, shapes, as_json, save, plot) -> None:
     """Choose where to split MODEL across a path of devices, with the baselines side by side."""
     from .links import Link
     from .partition import CostTable, PowerModel
@@ -428,6 +430,10 @@ def plan_cmd(model, devices, links, costs_file, objective, powers, method, mem_c
                             input_bytes=input_bytes, power=power)
     if save:
         Path(save).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    if plot:
+        from .plot import plot_plan
+
+        click.echo(f"plot: {plot_plan(result, plot)}", err=True)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return

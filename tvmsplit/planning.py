@@ -38,6 +38,7 @@ class PlannedSplit:
     baselines: tuple[tuple[str, Breakdown | None], ...]  # None: the baseline is infeasible
     graph: LayerGraph = field(repr=False, compare=False, default=None)
     horizontal: tuple[tuple[str, int], ...] = ()
+    plan_costs: CostTable | None = field(repr=False, compare=False, default=None)
 
     def to_json(self) -> dict:
         def breakdown(b: Breakdown | None):
@@ -111,7 +112,7 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
         except PlanningError:
             baselines.append((name, None))
     return PlannedSplit(to_plan(graph, best, devices), method, best, tuple(devices), tuple(baselines),
-                        graph, tuple(sorted(hparts.items())))
+                        graph, tuple(sorted(hparts.items())), problem.costs)
 
 
 def _split_costs(costs: CostTable, graph: LayerGraph, hparts: dict[str, int]) -> CostTable:
