@@ -203,14 +203,15 @@ def _report_check(bundle, g, tolerance: float) -> None:
 
 
 def _run_pipeline(bundle, g, requests: int, inputs, check: bool, tolerance: float,
-                  endpoints=None) -> None:
+                  endpoints=None, secure=None) -> None:
     from .check import compare, random_inputs, reference
     from .runtime.pipeline import Pipeline
 
     inputs = inputs if inputs is not None else random_inputs(g.inputs)
     click.echo(f"starting {len(bundle.stages)} worker(s)" +
-               (" (local processes)" if endpoints is None else ""), err=True)
-    with Pipeline(bundle, endpoints=endpoints) as pipeline:
+               (" (local processes)" if endpoints is None else "") +
+               (", CurveZMQ" if secure else ""), err=True)
+    with Pipeline(bundle, endpoints=endpoints, secure=secure) as pipeline:
         pipeline.run(inputs)  # warm-up: first-call setup in every worker
         outputs, trace = pipeline.run(inputs)
         _print_trace(trace, [s.target["name"] for s in bundle.stages])
@@ -261,7 +262,11 @@ def _print_trace(trace, targets: list[str]) -> None:
 @click.option("--requests", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--check", is_flag=True, help="Compare the output with onnxruntime.")
 @click.option("--tolerance", default=1e-4, show_default=True)
-def run(model, split_at, targets, out_dir, shapes, input_file, workers, requests, check, tolerance):
+@click.option("--secure", default=None, type=click.Path(file_okay=False), metavar="KEYS_DIR",
+              help="Run every link over CurveZMQ with the keys in KEYS_DIR (`tvmsplit keys`); "
+                   "off by default, plain TCP is fine on loopback.")
+def run(model, split_at, targets, out_dir, shapes, input_file, workers, requests, check, tolerance,
+        secure):
     """Build MODEL's stages, run them as a pipeline of workers, print the trace."""
     import tempfile
 
@@ -274,7 +279,7 @@ def run(model, split_at, targets, out_dir, shapes, input_file, workers, requests
         out = out_dir or str(Path(tmp) / "bundle")
         _build_and_check(g, _split_list(split_at, "--split-at"), _split_list(targets, "--targets"),
                          out, False, tolerance)
-        _run_pipeline(Bundle.load(out), g, requests, inputs, check, tolerance, endpoints)
+        _run_pipeline(Bundle.load(out), g, requests, inputs, check, tolerance, endpoints, secure)
 
 
 def _read_inputs(path: str, g) -> dict:
@@ -323,11 +328,18 @@ def demo(out_dir: str, requests: int) -> None:
 @click.option("--out", default=None, help="Without --next: address to bind the output on.")
 @click.option("--control", default="tcp://127.0.0.1:0", help="Control address (health, shutdown).")
 @click.option("--ready-file", default=None, help="Write the bound endpoints here as JSON.")
-def worker(bundle_dir, stage, bind, next_addr, out, control, ready_file) -> None:
+@click.option("--secure", default=None, type=click.Path(file_okay=False), metavar="KEYS_DIR",
+              help="Encrypt and authenticate all sockets with CurveZMQ (own key "
+                   "KEYS_DIR/worker.key_secret; accepts the public keys KEYS_DIR/*.key).")
+@click.option("--next-key", default="worker", metavar="NAME|FILE",
+              help="With --secure: public key of the --next server (worker, client, or a .key file).")
+def worker(bundle_dir, stage, bind, next_addr, out, control, ready_file, secure, next_key) -> None:
     """Serve one stage of a bundle as a pipeline worker (runtime-only TVM)."""
     from .runtime.worker import main as worker_main
 
     argv = ["--bundle", bundle_dir, "--stage", str(stage), "--bind", bind, "--control", control]
+    if secure:
+        argv += ["--secure", secure, "--next-key", next_key]
     for flag, value in (("--next", next_addr), ("--out", out), ("--ready-file", ready_file)):
         if value:
             argv += [flag, value]
@@ -470,6 +482,20 @@ def _print_plan(g, result, links, objective: str) -> None:
         ratio = base.objective(objective) / max(b.objective(objective), 1e-12)
         click.echo(f"{name:<14} {base.latency_ms:>11.3f} {ratio:>7.2f}x "
                    f"{1000.0 / base.bottleneck_ms if base.bottleneck_ms else float('inf'):>8.1f}")
+
+
+@cli.command()
+@click.argument("keys_dir", type=click.Path(file_okay=False))
+@click.option("--names", default="client,worker", show_default=True, metavar="N1,N2,...")
+@click.option("--force", is_flag=True,
+              help="Overwrite existing keys (peers holding the old public keys are locked out).")
+def keys(keys_dir, names, force):
+    """Create CurveZMQ keypairs (<name>.key public, <name>.key_secret 0600) for --secure."""
+    from .runtime.security import generate_keys
+
+    for name, (pub, sec) in generate_keys(keys_dir, _split_list(names, "--names"),
+                                          overwrite=force).items():
+        click.echo(f"{name}: {pub} (public), {sec} (secret)")
 
 
 @cli.command(name="targets")

@@ -22,6 +22,14 @@ Pipeline from one thread.
 ``Pipeline(bundle, endpoints=[...])`` connects to workers that are already running (e.g. on other
 machines) instead: give each stage's ready-file dict (``data``, ``control``); the last worker must
 have been started without ``--next`` so that it binds ``out``, which the client connects to.
+
+``Pipeline(bundle, secure=KEYS_DIR)`` encrypts and authenticates every link with CurveZMQ (see
+security.py; default None: plain TCP, fine on loopback). The client's keypair is
+``KEYS_DIR/client.key_secret``; it connects to the workers' data and control sockets as a CURVE
+client of ``KEYS_DIR/worker.key``. Launched workers get ``--secure KEYS_DIR`` (the same directory,
+so it must also hold ``worker.key_secret``), and the last one ``--next-key client``: the client's
+result socket is a CURVE server that admits only the public keys in ``KEYS_DIR/*.key``. With
+``endpoints`` the workers must run with ``--secure`` and a keys directory holding ``client.key``.
 """
 from __future__ import annotations
 
@@ -48,6 +56,7 @@ import zmq
 from ..bundle import Bundle
 from ..errors import ShapeError, TvmsplitError, WireError
 from . import wire
+from .security import CLIENT, WORKER, SecureConfig, SecurityError
 from .stage import check_tensors
 
 START_TIMEOUT_S = 60.0
@@ -162,11 +171,13 @@ class Pipeline:
     ``timeout_s``: a request with no answer after this long fails with a PipelineError.
     ``max_in_flight``: requests :meth:`stream` (and :meth:`submit`) keep in flight at most.
     ``endpoints``: connect to running workers instead of launching local ones (see module doc).
+    ``secure``: a keys directory (or :class:`SecureConfig`) to run every link over CurveZMQ.
     """
 
     def __init__(self, bundle: Bundle | str | os.PathLike, *, timeout_s: float = 30.0,
                  max_in_flight: int = 8, start_timeout_s: float = START_TIMEOUT_S,
-                 endpoints: Sequence[Mapping[str, Any]] | None = None):
+                 endpoints: Sequence[Mapping[str, Any]] | None = None,
+                 secure: SecureConfig | str | os.PathLike | None = None):
         problems = []
         if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
             problems.append(f"timeout_s must be a number > 0, got {timeout_s!r}")
@@ -176,6 +187,8 @@ class Pipeline:
         if problems:
             raise PipelineError("; ".join(problems), code="bad_argument")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        self._secure = SecureConfig.of(secure, CLIENT)
+        self._worker_key = self._secure.peer_key(WORKER) if self._secure else None
         self.timeout_s = float(timeout_s)
         self.max_in_flight = max_in_flight
         self.start_timeout_s = float(start_timeout_s)
@@ -192,6 +205,7 @@ class Pipeline:
         self._ctx = zmq.Context()
         self._send: zmq.Socket | None = None
         self._recv: zmq.Socket | None = None
+        self._auth = None  # the ZAP handler of a secure result socket
         self._finalizer = weakref.finalize(self, self._owned.release)
         try:
             self._start()
@@ -219,13 +233,29 @@ class Pipeline:
     def __call__(self, inputs: Mapping[str, np.ndarray]):
         return self.run(inputs)
 
-    def _socket(self, kind: int) -> zmq.Socket:
+    def _socket(self, kind: int, server: bool = False) -> zmq.Socket:
+        """A socket; when secure a CURVE server (``server``, to bind) or else a CURVE client of
+        the workers' key (to connect to a worker)."""
         s = self._ctx.socket(kind)
         s.setsockopt(zmq.LINGER, 0)
+        if self._secure is not None:
+            if server:
+                self._secure.server(s)
+            else:
+                self._secure.client(s, self._worker_key)
         return s
 
+    @property
+    def secure(self) -> SecureConfig | None:
+        """The client's keys when links use CurveZMQ, else None."""
+        return self._secure
+
     def _start(self) -> None:
-        self._recv = self._socket(zmq.PULL)
+        launch = self._given_endpoints is None
+        if launch and self._secure is not None:
+            self._check_launch_keys()
+            self._auth = self._secure.authenticator(self._ctx)  # before the result socket binds
+        self._recv = self._socket(zmq.PULL, server=launch)
         self._send = self._socket(zmq.PUSH)
         self._send.setsockopt(zmq.SNDTIMEO, int(self.timeout_s * 1000))
         if self._given_endpoints is not None:
@@ -249,6 +279,19 @@ class Pipeline:
             nxt = w.data
         self._send.connect(workers[0].data)
 
+    def _check_launch_keys(self) -> None:
+        """The workers we launch share our keys directory: it must let them and us in."""
+        keys = self._secure
+        worker = SecureConfig(keys.keys_dir, WORKER)  # worker.key_secret present and sound
+        if worker.public_key != self._worker_key:
+            raise SecurityError(f"{keys.keys_dir / 'worker.key'} does not match "
+                                f"{keys.keys_dir / 'worker.key_secret'}; recreate the keys")
+        keys.peer_key(CLIENT)  # client.key: the last worker's --next-key
+        if keys.public_key not in worker.authorized:
+            raise SecurityError(f"the public key of {keys.keys_dir / 'client.key_secret'} is in "
+                                f"no {keys.keys_dir}/*.key file, so the workers would refuse the "
+                                "client; put the matching client.key there or recreate the keys")
+
     def _launch(self, index: int, nxt: str) -> _Worker:
         ready = self._owned.tmp / f"stage{index}.ready.json"
         log = self._owned.tmp / f"stage{index}.log"
@@ -256,6 +299,10 @@ class Pipeline:
                "--stage", str(index), "--bind", "tcp://127.0.0.1:0", "--next", nxt,
                "--control", "tcp://127.0.0.1:0", "--ready-file", str(ready),
                "--parent-pid", str(os.getpid())]
+        if self._secure is not None:
+            cmd += ["--secure", str(self._secure.keys_dir.resolve())]
+            if index == self.num_stages - 1:
+                cmd += ["--next-key", CLIENT]  # it connects to our result socket
         env = dict(os.environ)
         env.setdefault("TVM_USE_RUNTIME_LIB", "1")
         with open(log, "wb") as logf:
@@ -330,6 +377,9 @@ class Pipeline:
             if s is not None:
                 s.close(linger=0)
         self._send = self._recv = None
+        if self._auth is not None:
+            self._auth.stop()  # before ctx.term(); restart() starts a new one
+            self._auth = None
 
     def restart(self) -> None:
         """Stop all workers and launch them again (or reconnect, with ``endpoints``). Requests

@@ -1,7 +1,8 @@
 """A stage worker: one process that runs one stage of a bundle and passes the result on.
 
     python -m tvmsplit.runtime.worker --bundle DIR --stage N --bind tcp://127.0.0.1:0 \\
-        [--next tcp://HOST:PORT] [--control tcp://127.0.0.1:0] [--ready-file PATH]
+        [--next tcp://HOST:PORT] [--control tcp://127.0.0.1:0] [--ready-file PATH] \\
+        [--secure KEYS_DIR [--next-key worker|client|FILE]]
 
 Sockets (all ``linger=0``)
     data in   PULL, bound on ``--bind``: requests for this stage (wire format v1, see wire.py).
@@ -12,6 +13,15 @@ Sockets (all ``linger=0``)
               ``{"cmd": "health"}`` -> ``{"ok": true, "stage", "pid", "host", "cpu_percent",
               "mem_available_bytes", "served", "errors"}``; ``{"cmd": "shutdown"}`` ->
               ``{"ok": true}``, then the worker exits; anything else -> ``{"ok": false, "error"}``.
+
+With ``--secure KEYS_DIR`` every socket uses CurveZMQ (see security.py): the worker's keypair is
+``KEYS_DIR/worker.key_secret``; its bound sockets (data in, control, a bound data out) are CURVE
+servers that admit only the public keys in ``KEYS_DIR/*.key`` (a ZAP handler thread); its connected
+data out is a CURVE client of the server whose public key is ``--next-key`` (``worker``: the next
+stage, the default; ``client``: a Pipeline's result socket; or a path to a ``.key`` file). A peer
+that is not authorized is dropped during the handshake: its messages never reach the worker.
+Without ``--secure`` the sockets are plain TCP (a warning is printed when an address is not
+loopback).
 
 One ``zmq.Poller`` watches the control socket and the data path. At most one outgoing message is
 held: while it cannot be sent (the next hop is full or absent) the worker reads no new input, so
@@ -29,8 +39,8 @@ On start the bound endpoints are written to ``--ready-file`` atomically as JSON
 ``{"data", "control", "out", "pid", "stage"}`` (``out`` is null when ``--next`` is given).
 SIGTERM / SIGINT / ``shutdown`` exit cleanly with code 0; so does the worker when ``--parent-pid``
 is given and that process is gone (no orphans when a client dies without closing). Start-up
-failures (bad bundle, stage out of range, a stage for another machine) print one line to stderr
-and exit with code 2.
+failures (bad bundle, stage out of range, a stage for another machine, missing or corrupt keys)
+print one line to stderr and exit with code 2.
 """
 from __future__ import annotations
 
@@ -55,6 +65,7 @@ import zmq  # noqa: E402
 
 from ..errors import TvmsplitError, WireError  # noqa: E402
 from . import wire  # noqa: E402
+from .security import WORKER, SecureConfig  # noqa: E402
 from .stage import check_tensors  # noqa: E402
 
 POLL_MS = 200           # how often the loop wakes up to check the stop flag and the parent
@@ -84,10 +95,15 @@ class StageWorker:
 
     def __init__(self, bundle_dir: str | os.PathLike, stage: int, bind: str,
                  next_addr: str | None = None, control: str | None = "tcp://127.0.0.1:0",
-                 out: str | None = None, parent_pid: int | None = None):
+                 out: str | None = None, parent_pid: int | None = None,
+                 secure: SecureConfig | str | os.PathLike | None = None,
+                 next_key: str | os.PathLike = WORKER):
         from ..bundle import Bundle
         from .stage import StageRunner
 
+        # keys first: a missing key fails fast, before the stage library is loaded
+        self.secure = SecureConfig.of(secure, WORKER)
+        next_server_key = self.secure.peer_key(next_key) if self.secure and next_addr else None
         # validates the manifest and this stage's library only: a device holds just its own stage
         bundle = Bundle.load(bundle_dir, stages=[stage] if stage >= 0 else [])
         if not 0 <= stage < len(bundle.stages):
@@ -109,29 +125,44 @@ class StageWorker:
         self.runner = StageRunner(self.bundle_stage.library, self.plan)
         self.ctx = zmq.Context()
         self.sockets: list[zmq.Socket] = []
+        self.auth = None
         try:
-            self.data_in = self._socket(zmq.PULL)
+            if self.secure is not None:  # the ZAP handler must run before anything is bound
+                self.auth = self.secure.authenticator(self.ctx)
+            self.data_in = self._socket(zmq.PULL, server=True)
             self.data_in.bind(bind)
-            self.data_out = self._socket(zmq.PUSH)
             self.out_bound = not next_addr
             if next_addr:
+                self.data_out = self._socket(zmq.PUSH, server_key=next_server_key)
                 self.data_out.connect(next_addr)
             else:
+                self.data_out = self._socket(zmq.PUSH, server=True)
                 self.data_out.bind(out or _ephemeral_like(bind))
             self.control = None
             if control:
-                self.control = self._socket(zmq.REP)
+                self.control = self._socket(zmq.REP, server=True)
                 self.control.bind(control)
         except zmq.ZMQError as exc:
             self.close()
             raise WorkerStartError(f"stage {stage}: cannot open sockets ({exc}); check --bind, "
                                    "--next, --control and --out") from None
+        except BaseException:
+            self.close()
+            raise
         _prime_cpu_percent()
 
-    def _socket(self, kind: int) -> zmq.Socket:
+    def _socket(self, kind: int, server: bool = False, server_key: bytes | None = None
+                ) -> zmq.Socket:
+        """A socket; with --secure a CURVE server (``server``) or a CURVE client of
+        ``server_key``."""
         s = self.ctx.socket(kind)
         s.setsockopt(zmq.LINGER, 0)
         self.sockets.append(s)
+        if self.secure is not None:
+            if server:
+                self.secure.server(s)
+            else:
+                self.secure.client(s, server_key)
         return s
 
     @property
@@ -151,6 +182,9 @@ class StageWorker:
         for s in getattr(self, "sockets", []):
             s.close(linger=0)
         self.sockets = []
+        if getattr(self, "auth", None) is not None:
+            self.auth.stop()  # before ctx.term(), which would wait for its sockets
+            self.auth = None
         if getattr(self, "ctx", None) is not None:
             self.ctx.term()
             self.ctx = None
@@ -320,7 +354,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the bound endpoints here as JSON once ready (atomically)")
     p.add_argument("--parent-pid", type=int, default=None,
                    help="exit when this process (the launcher) is no longer the parent")
+    p.add_argument("--secure", default=None, metavar="KEYS_DIR",
+                   help="encrypt and authenticate every socket with CurveZMQ: own keypair "
+                        "KEYS_DIR/worker.key_secret, accepted peers = public keys KEYS_DIR/*.key")
+    p.add_argument("--next-key", default=WORKER, metavar="NAME|FILE",
+                   help="with --secure and --next: the public key of the --next server, as a "
+                        "name in KEYS_DIR ('worker': the next stage; 'client': a Pipeline's "
+                        "result socket) or a .key file")
     return p
+
+
+def _loopback(addr: str | None) -> bool:
+    """True for addresses only this machine can reach (loopback TCP, ipc, inproc)."""
+    if not addr or not addr.startswith("tcp://"):
+        return True
+    host = addr[6:].rsplit(":", 1)[0].strip("[]")
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -334,7 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             worker = StageWorker(args.bundle, args.stage, args.bind, args.next,
-                                 args.control or None, args.out, args.parent_pid)
+                                 args.control or None, args.out, args.parent_pid,
+                                 secure=args.secure, next_key=args.next_key)
         except TvmsplitError as exc:
             print(f"tvmsplit worker: {exc}", file=sys.stderr, flush=True)
             return 2
@@ -343,6 +393,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{exc}", file=sys.stderr, flush=True)
             return 2
         with worker:
+            exposed = [a for a in worker.endpoints.values() if isinstance(a, str)
+                       and not _loopback(a)] + ([args.next] if not _loopback(args.next) else [])
+            if worker.secure is None and exposed:
+                print(f"tvmsplit worker: warning: --secure is off on non-loopback address(es) "
+                      f"{', '.join(exposed)}: anyone who can reach them can send requests or shut "
+                      "this worker down, and data travels unencrypted; use --secure KEYS_DIR",
+                      file=sys.stderr, flush=True)
             if args.ready_file:
                 try:
                     write_ready_file(args.ready_file, worker.endpoints)

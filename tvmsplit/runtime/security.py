@@ -1,0 +1,246 @@
+"""CurveZMQ encryption and authentication for pipeline links (``--secure KEYS_DIR``).
+
+Off by default: plain TCP is fine on loopback (``tcp://127.0.0.1``), where only local users can
+connect. Between machines, give every process the same kind of keys directory and ``--secure``:
+every link is then encrypted (CurveZMQ), every binding socket refuses peers whose public key is
+not authorized, and every connecting socket checks that its server holds the expected key.
+
+Key scheme (one flat directory, ZeroMQ's standard certificate files)
+    ``KEYS_DIR/<name>.key``         public key  (``zmq.auth.create_certificates`` format)
+    ``KEYS_DIR/<name>.key_secret``  secret key, mode 0600 (a looser mode is refused)
+
+    Two identities: ``client`` (the process running :class:`~tvmsplit.runtime.pipeline.Pipeline`)
+    and ``worker`` (shared by all stage workers). Create both with :func:`generate_keys`
+    (``tvmsplit keys KEYS_DIR``).
+
+    * A process's own keypair is ``<its name>.key_secret`` (``client`` or ``worker``).
+    * **Every public ``*.key`` file in KEYS_DIR is authorized**: a binding socket accepts exactly
+      the peers whose public key is in one of them (ZAP, ``configure_curve(location=KEYS_DIR)``).
+      To add a peer, copy its ``.key`` in; to revoke one, delete its ``.key`` and restart.
+      Secret files (``*.key_secret``) never count as authorizations.
+    * A connecting socket uses the server's public key from ``KEYS_DIR/<server name>.key``:
+      ``worker.key`` for stage data and control sockets, ``client.key`` for the last stage's
+      link to a launching Pipeline's result socket (the worker's ``--next-key client``).
+
+    Distributing: a worker machine needs ``worker.key_secret``, ``worker.key`` and
+    ``client.key``; the client machine needs ``client.key_secret``, ``client.key`` and
+    ``worker.key``. Never copy a ``.key_secret`` to a machine that does not act as that name.
+
+Sockets: the binding side of each link is a CURVE server (its own secret key) and runs a
+``zmq.auth.thread.ThreadAuthenticator`` on its context; the connecting side is a CURVE client (its
+own keypair plus the server's public key). A peer without CURVE, with a key that is not
+authorized, or that expects another server key fails the handshake: ZeroMQ drops the connection
+before any message is delivered.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.auth
+from zmq.utils import z85
+
+from ..errors import TvmsplitError
+
+CLIENT = "client"
+WORKER = "worker"
+DEFAULT_NAMES = (CLIENT, WORKER)
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+class SecurityError(TvmsplitError):
+    """Keys are missing, corrupt, too readable, or CURVE is not available."""
+
+
+def _make_keys_hint(keys_dir: Path | str) -> str:
+    return f"create them with `tvmsplit keys {keys_dir}`"
+
+
+def _require_curve() -> None:
+    if not zmq.has("curve"):
+        raise SecurityError("this libzmq has no CURVE support (zmq.has('curve') is False); "
+                            "install pyzmq wheels, which bundle libsodium, or build libzmq with it")
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.endswith((".key", ".")):
+        raise SecurityError(f"key name {name!r} is not valid: use letters, digits, '_', '-', "
+                            "'.' (not first), like 'client' or 'worker'")
+    return name
+
+
+def _valid_key(key: bytes | None) -> bool:
+    if not isinstance(key, bytes) or len(key) != 40:
+        return False
+    try:
+        return len(z85.decode(key)) == 32
+    except Exception:  # noqa: BLE001 - any decoding failure means "not a key"
+        return False
+
+
+def generate_keys(directory: str | os.PathLike, names: Iterable[str] = DEFAULT_NAMES, *,
+                  overwrite: bool = False) -> dict[str, tuple[Path, Path]]:
+    """Create a CURVE keypair per name in ``directory`` (made with mode 0700 if absent):
+    ``<name>.key`` (public, 0644) and ``<name>.key_secret`` (secret, 0600). Refuses to replace
+    existing key files unless ``overwrite``. Returns ``{name: (public_path, secret_path)}``."""
+    _require_curve()
+    names = [_check_name(n) for n in names]
+    if not names or len(set(names)) != len(names):
+        raise SecurityError(f"key names must be distinct and at least one, got {names}")
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise SecurityError(f"{directory} exists and is not a directory")
+    if not overwrite:
+        existing = [str(p) for n in names
+                    for p in (directory / f"{n}.key", directory / f"{n}.key_secret") if p.exists()]
+        if existing:
+            raise SecurityError(f"key file(s) already exist: {', '.join(existing)}; refusing to "
+                                "overwrite them (peers holding the old public keys would be "
+                                "locked out). Use another directory, or --force / overwrite=True")
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # written in a private (0700) directory, then moved in: a secret is never readable by others
+        tmp = Path(tempfile.mkdtemp(prefix=".keys-", dir=directory))
+    except OSError as exc:
+        raise SecurityError(f"cannot create keys in {directory}: {exc}") from None
+    out = {}
+    try:
+        for name in names:
+            pub, sec = (Path(p) for p in zmq.auth.create_certificates(tmp, name))
+            os.chmod(sec, 0o600)
+            os.chmod(pub, 0o644)
+            out[name] = (directory / pub.name, directory / sec.name)
+        for name, (pub, sec) in out.items():
+            os.replace(tmp / sec.name, sec)
+            os.replace(tmp / pub.name, pub)
+    except OSError as exc:
+        raise SecurityError(f"cannot write keys to {directory}: {exc}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _load_public(path: Path, keys_dir: Path) -> bytes:
+    try:
+        public, _ = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        if not path.exists():
+            raise SecurityError(f"public key file {path} is missing; copy it from the machine "
+                                f"that holds it, or {_make_keys_hint(keys_dir)}") from None
+        raise SecurityError(f"public key file {path} is not a ZeroMQ certificate ({exc}); "
+                            f"replace it, or {_make_keys_hint(keys_dir)} --force") from None
+    if not _valid_key(public):
+        raise SecurityError(f"public key file {path} is corrupt (public-key is not a 40-character "
+                            f"Z85 CURVE key); replace it, or {_make_keys_hint(keys_dir)} --force")
+    return public
+
+
+def _load_secret(path: Path, keys_dir: Path) -> tuple[bytes, bytes]:
+    if not path.is_file():
+        raise SecurityError(f"secret key file {path} is missing; {_make_keys_hint(keys_dir)} "
+                            "(or copy it there from where the keys were made)")
+    if os.name == "posix":
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise SecurityError(f"secret key file {path} is readable by others (mode "
+                                f"{mode:04o}); run `chmod 600 {path}`")
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise SecurityError(f"secret key file {path} is not a ZeroMQ certificate ({exc}); "
+                            f"{_make_keys_hint(keys_dir)} --force") from None
+    if not (_valid_key(secret) and _valid_key(public)) or zmq.curve_public(secret) != public:
+        raise SecurityError(f"secret key file {path} is corrupt (its secret-key is not a valid "
+                            "Z85 CURVE key or does not match its public-key); "
+                            f"{_make_keys_hint(keys_dir)} --force")
+    return public, secret
+
+
+@dataclass(frozen=True)
+class SecureConfig:
+    """The keys of one process: ``SecureConfig(keys_dir, name)`` loads ``<name>.key_secret`` as
+    this side's keypair and every ``*.key`` in ``keys_dir`` as the authorized public keys. Raises
+    :class:`SecurityError` naming the file when something is missing or corrupt."""
+
+    keys_dir: Path
+    name: str = WORKER
+    public_key: bytes = field(init=False)
+    secret_key: bytes = field(init=False, repr=False)
+    authorized: frozenset[bytes] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        _require_curve()
+        keys_dir = Path(self.keys_dir)
+        object.__setattr__(self, "keys_dir", keys_dir)
+        _check_name(self.name)
+        if not keys_dir.is_dir():
+            raise SecurityError(f"keys directory {keys_dir} does not exist; "
+                                f"{_make_keys_hint(keys_dir)}")
+        public, secret = _load_secret(keys_dir / f"{self.name}.key_secret", keys_dir)
+        authorized = frozenset(_load_public(p, keys_dir) for p in sorted(keys_dir.glob("*.key")))
+        if not authorized:
+            raise SecurityError(f"keys directory {keys_dir} has no public key (*.key) files, so "
+                                f"no peer could connect; {_make_keys_hint(keys_dir)}")
+        object.__setattr__(self, "public_key", public)
+        object.__setattr__(self, "secret_key", secret)
+        object.__setattr__(self, "authorized", authorized)
+
+    @classmethod
+    def of(cls, secure: "SecureConfig | str | os.PathLike | None", name: str
+           ) -> "SecureConfig | None":
+        """``secure`` as the config of identity ``name`` (a path is loaded; None stays None)."""
+        if secure is None or isinstance(secure, SecureConfig) and secure.name == name:
+            return secure
+        return cls(secure.keys_dir if isinstance(secure, SecureConfig) else secure, name)
+
+    def peer_key(self, peer: str | os.PathLike) -> bytes:
+        """The public key of the server ``peer``: a name (``KEYS_DIR/<peer>.key``) or a path to
+        a ``.key`` file."""
+        path = Path(peer)
+        if isinstance(peer, str) and _NAME.fullmatch(peer) and not peer.endswith(".key"):
+            path = self.keys_dir / f"{peer}.key"
+        return _load_public(path, self.keys_dir)
+
+    def is_authorized(self, public_key: bytes) -> bool:
+        return public_key in self.authorized
+
+    def server(self, sock: zmq.Socket) -> zmq.Socket:
+        """Make ``sock`` a CURVE server (call before bind)."""
+        sock.curve_secretkey = self.secret_key
+        sock.curve_publickey = self.public_key
+        sock.curve_server = True
+        return sock
+
+    def client(self, sock: zmq.Socket, server_key: bytes) -> zmq.Socket:
+        """Make ``sock`` a CURVE client of the server holding ``server_key`` (call before
+        connect)."""
+        sock.curve_secretkey = self.secret_key
+        sock.curve_publickey = self.public_key
+        sock.curve_serverkey = server_key
+        return sock
+
+    def authenticator(self, ctx: zmq.Context) -> Any:
+        """Start a ZAP handler on ``ctx`` that admits only the authorized public keys. Start it
+        before binding a server socket; ``stop()`` it before ``ctx.term()``."""
+        from zmq.auth.thread import ThreadAuthenticator
+
+        auth = ThreadAuthenticator(ctx)
+        auth.start()
+        try:
+            auth.configure_curve(domain="*", location=str(self.keys_dir))
+            loaded = set(auth.certs.get("*", {}))
+            if loaded != set(self.authorized):  # fail closed if the directory changed under us
+                raise SecurityError(f"the public keys in {self.keys_dir} changed while loading "
+                                    "them; try again")
+        except BaseException:
+            auth.stop()
+            raise
+        return auth
