@@ -268,7 +268,7 @@ class Pipeline:
                                 "workers on their devices and pass endpoints=[...]",
                                 code="start_failed")
         self._recv.bind("tcp://127.0.0.1:0")
-        result_addr = self._recv.getsockopt_string(zmq.LAST_ENDPOINT)
+        result_addr = self._result_addr = self._recv.getsockopt_string(zmq.LAST_ENDPOINT)
         self._owned.tmp = Path(tempfile.mkdtemp(prefix="tvmsplit-pipeline-"))
         workers: list[_Worker] = []
         nxt = result_addr
@@ -293,8 +293,9 @@ class Pipeline:
                                 "client; put the matching client.key there or recreate the keys")
 
     def _launch(self, index: int, nxt: str) -> _Worker:
-        ready = self._owned.tmp / f"stage{index}.ready.json"
-        log = self._owned.tmp / f"stage{index}.log"
+        self._launches = getattr(self, "_launches", 0) + 1  # unique files across swaps
+        ready = self._owned.tmp / f"stage{index}-{self._launches}.ready.json"
+        log = self._owned.tmp / f"stage{index}-{self._launches}.log"
         cmd = [sys.executable, "-m", "tvmsplit.runtime.worker", "--bundle", str(self.bundle.path),
                "--stage", str(index), "--bind", "tcp://127.0.0.1:0", "--next", nxt,
                "--control", "tcp://127.0.0.1:0", "--ready-file", str(ready),
@@ -399,6 +400,47 @@ class Pipeline:
         except BaseException:
             self.close()
             raise
+
+    def swap(self, bundle: Bundle | str | os.PathLike) -> None:
+        """Replace the running stages with ``bundle``'s — a new plan of the same model — without
+        losing a request: the new workers start beside the old ones, the requests in flight finish
+        on the old ones (their results stay available), new requests go to the new workers, then
+        the old workers stop. With ``endpoints`` (remote workers) start the new workers yourself
+        and create a new Pipeline instead."""
+        self._check_usable()
+        new = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        if (new.model_sha256, new.inputs, new.outputs) != (self.bundle.model_sha256,
+                                                          self.bundle.inputs, self.bundle.outputs):
+            raise PipelineError(f"bundle {new.path} is not a plan of the running model "
+                                f"{self.bundle.model} (different model or inputs/outputs)",
+                                code="bad_swap")
+        if self._given_endpoints is not None:
+            raise PipelineError("swap launches local workers; for remote workers start the new "
+                                "ones and create a new Pipeline", code="bad_swap")
+        off_host = [s.index for s in new.stages if not s.runs_on_host]
+        if off_host:
+            raise PipelineError(f"cannot run stage(s) {off_host} of {new.path} on this machine",
+                                code="bad_swap")
+        old_bundle, old_workers = self.bundle, self._workers
+        self.bundle, started = new, []
+        try:
+            nxt = self._result_addr
+            for index in reversed(range(len(new.stages))):
+                worker = self._launch(index, nxt)
+                started.insert(0, worker)
+                nxt = worker.data
+        except BaseException:
+            self.bundle = old_bundle
+            _kill_groups([w.proc for w in started])
+            raise
+        self.bundle = old_bundle  # requests in flight still belong to the old plan
+        while self._inflight:
+            self._pump(_POLL_S)
+            self._check_usable()
+        self._send.disconnect(old_workers[0].data)
+        self._send.connect(started[0].data)
+        self._stop_workers()
+        self.bundle, self._workers = new, started
 
     def close(self) -> None:
         """Shut the workers down (SIGKILL those that do not exit), close sockets, remove files."""
