@@ -498,6 +498,16 @@ def keys(keys_dir, names, force):
         click.echo(f"{name}: {pub} (public), {sec} (secret)")
 
 
+@cli.command("testbed", context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def testbed_cmd(args):
+    """Emulated testbed (root): ARM device under qemu + x86 edge over a shaped 3G/4G/WiFi link;
+    up|down|status|sysroot (see `tvmsplit testbed --help`)."""
+    from .testbed.__main__ import main as testbed_main
+
+    raise SystemExit(testbed_main(list(args), prog="tvmsplit testbed"))
+
+
 @cli.command(name="targets")
 def targets_cmd() -> None:
     """List the known targets (device kinds)."""

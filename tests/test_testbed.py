@@ -1,0 +1,260 @@
+"""Testbed tier: an ARM end device emulated by qemu-user and an x86 edge in network namespaces,
+joined by a shaped 4G link (tvmsplit.testbed).
+
+The first tests need nothing special (profiles, names, the delay emulator on socket pairs). The
+others need root, network namespaces, tc tbf, /dev/net/tun, qemu-user-static and (for the first
+build of the cached ARM sysroot) mmdebstrap and the network; where any of that is missing they
+are skipped and the reason is printed (a warning in the summary and the skip reason), never
+passed silently.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import psutil
+import pytest
+
+import tvmsplit as ts
+from tvmsplit import zoo
+from tvmsplit.check import compare, random_inputs, reference
+from tvmsplit.testbed import PROFILES, TestbedError, get_profile, unavailable_reason
+from tvmsplit.testbed.linkemu import Forwarder
+from tvmsplit.testbed.net import Layout
+from tvmsplit.testbed.profiles import wire_rate_bps
+
+pytestmark = pytest.mark.timeout(600)
+RTOL = 1e-4
+TRANSFER_TOL = 0.15
+
+
+class TestbedSkipped(UserWarning):
+    """Shown in pytest's warnings summary, so a skipped testbed tier is always visible."""
+
+    __test__ = False
+
+
+def _require(device: bool = True, delay: bool = True, cross: bool = False) -> None:
+    reason = unavailable_reason(device=device, delay=delay)
+    if reason is None and cross and not shutil.which("aarch64-linux-gnu-g++"):
+        reason = "the aarch64 cross-compiler is missing (apt-get install -y g++-aarch64-linux-gnu)"
+    if reason:
+        warnings.warn(f"testbed tier skipped: {reason}", TestbedSkipped, stacklevel=2)
+        print(f"\ntestbed tier skipped: {reason}", file=sys.stderr)
+        pytest.skip(f"testbed tier: {reason}")
+
+
+# ------------------------------------------------------------------ no root needed
+def test_profiles_and_expected_times():
+    assert set(PROFILES) == {"3g", "4g", "wifi"}
+    assert (PROFILES["3g"].up_bps, PROFILES["4g"].up_bps, PROFILES["wifi"].up_bps) == \
+        (1.1e6, 8.8e6, 18.88e6)
+    assert (PROFILES["3g"].down_bps, PROFILES["4g"].down_bps, PROFILES["wifi"].down_bps) == \
+        (4.6e6, 29.1e6, 54.97e6)
+    p = get_profile("4g", delay_ms=0)
+    assert not p.needs_emulator and p.expected_s(1_100_000) == pytest.approx(1.0)
+    assert get_profile("4g").expected_s(1_100_000) == pytest.approx(1.025)
+    assert get_profile("4g").expected_s(291_000, "down") == pytest.approx(0.105)
+    c = get_profile("custom", up_mbps=2, down_mbps=10, delay_ms=40, loss=0.01)
+    assert (c.up_bps, c.down_bps, c.delay_ms, c.loss, c.needs_emulator) == \
+        (2e6, 10e6, 40, 0.01, True)
+    assert get_profile("WiFi", up_mbps=5).up_bps == 5e6
+    with pytest.raises(TestbedError, match="custom.*needs up_mbps"):
+        get_profile("custom", up_mbps=1)
+    with pytest.raises(TestbedError, match="unknown link profile '5g'.*3g, 4g, wifi, custom"):
+        get_profile("5g")
+    with pytest.raises(TestbedError, match="loss must be in"):
+        get_profile("4g", loss=1.5)
+    # the shaper pays for the headers: 1448 payload bytes cost 1514 on a veth
+    assert wire_rate_bps(1448e3, 1500, 14) == pytest.approx(1514e3)
+
+
+def test_layout_names_and_private_addresses(monkeypatch):
+    monkeypatch.delenv("TVMSPLIT_TESTBED_NET", raising=False)
+    lay = Layout.for_index(3)
+    assert (lay.ns_dev, lay.ns_edge) == ("tvmsplit-tb3-dev", "tvmsplit-tb3-edge")
+    assert (lay.host_ip, lay.device_ip, lay.device_link_ip, lay.edge_ip) == \
+        ("10.77.6.1", "10.77.6.2", "10.77.7.1", "10.77.7.2")
+    assert all(len(n) <= 15 for n in (lay.if_host, lay.if_host_dev, lay.if_up, lay.if_down))
+    assert len(Layout.for_index(63).if_host_dev) <= 15
+    with pytest.raises(TestbedError, match="index must be 0..63"):
+        Layout.for_index(64)
+    monkeypatch.setenv("TVMSPLIT_TESTBED_NET", "8.8")
+    with pytest.raises(TestbedError, match="not a private range"):
+        Layout.for_index(0)
+
+
+def test_link_emulator_delays_each_direction_and_drops():
+    """The forwarder on socket pairs standing in for the two TUN devices."""
+    a_dev, a_emu = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    b_dev, b_emu = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for s in (a_emu, b_emu):
+        s.setblocking(False)
+    fwd = Forwarder(a_emu.fileno(), b_emu.fileno(), delay_ab_s=0.08, delay_ba_s=0.02)
+    deadline = [time.monotonic() + 3.0]
+    import threading
+
+    th = threading.Thread(target=fwd.serve, args=(lambda: time.monotonic() > deadline[0],))
+    th.start()
+    try:
+        t0 = time.monotonic()
+        a_dev.send(b"a->b")
+        b_dev.send(b"b->a")
+        got = {}
+        while len(got) < 2 and time.monotonic() - t0 < 2.5:
+            ready, _, _ = select.select([a_dev, b_dev], [], [], 0.5)
+            for s in ready:
+                got[s.recv(100)] = time.monotonic() - t0
+    finally:
+        deadline[0] = 0
+        th.join()
+    assert set(got) == {b"a->b", b"b->a"}
+    # never early; late only by scheduling (generous bounds: the machine may be busy)
+    assert 0.08 <= got[b"a->b"] <= 0.5 and 0.02 <= got[b"b->a"] <= 0.4, got
+    assert fwd.stats == {"ab": [1, 0, 0], "ba": [1, 0, 0]}
+    lossy = Forwarder(a_emu.fileno(), b_emu.fileno(), 0.0, 0.0, loss=0.5, seed=1)
+    for _ in range(200):
+        a_dev.send(b"x")
+    lossy._read(a_emu.fileno(), time.monotonic())
+    forwarded = len(lossy.queues[b_emu.fileno()])
+    assert lossy.stats["ab"][1] + forwarded == 200 and 60 < forwarded < 140
+    for s in (a_dev, a_emu, b_dev, b_emu):
+        s.close()
+
+
+def test_cli_help():
+    out = subprocess.run([sys.executable, "-m", "tvmsplit.testbed", "up", "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--profile" in out.stdout and "custom" in out.stdout
+
+
+# ---------------------------------------------------------------- namespaces and qemu
+CUT_AFTER = "conv1"   # chain at 48x48: conv1's output is 1x32x48x48 float32 = 288 KB
+
+
+@pytest.fixture(scope="module")
+def split_bundles(tmp_path_factory):
+    """chain (48x48) cut after conv1: stage 0 for rpi4b (aarch64), stage 1 for x86_64."""
+    _require(cross=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TVMSPLIT_CACHE", str(tmp_path_factory.getbasetemp() / "build-cache"))
+        root = tmp_path_factory.mktemp("testbed")
+        g = ts.load(zoo.make("chain", input_size=48), name="chain48")
+        arm = ts.build_bundle(g, ts.plan_split(g, [CUT_AFTER], targets=["rpi4b", "x86_64"]),
+                              root / "arm-x86")
+    assert [s.target["arch"] for s in arm.stages] == ["aarch64", "x86_64"]
+    assert sum(t.nbytes for t in arm.plan.cuts[0]) >= 200_000
+    return g, arm
+
+
+@pytest.fixture(scope="module")
+def testbed():
+    _require()
+    from tvmsplit.testbed import Testbed
+
+    tb = Testbed("4g", rpc=True, log=lambda m: print(m, file=sys.stderr))
+    tb.up()
+    try:
+        yield tb
+    finally:
+        lay, pids = tb.lay, [r["pid"] for r in tb.procs]
+        tb.down()
+        from tvmsplit.testbed import net
+
+        assert not ({lay.ns_dev, lay.ns_edge} & net.namespaces()), "namespaces left behind"
+        assert not net.link_exists(lay.if_host)
+        assert not [p for p in pids if psutil.pid_exists(p)
+                    and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def test_arm_stage_on_qemu_device_then_x86_edge_over_4g(testbed, split_bundles):
+    from tvmsplit.runtime.pipeline import Pipeline
+
+    g, bundle = split_bundles
+    eps = testbed.start_workers(bundle.path, ["device", "edge"])
+    # stage 0 really runs on the emulated aarch64 device: its process is qemu
+    exe = os.path.basename(psutil.Process(eps[0]["pid"]).exe())
+    assert exe.startswith("qemu-aarch64"), exe
+    assert os.path.basename(psutil.Process(eps[1]["pid"]).exe()).startswith("python")
+    x = random_inputs(g.inputs, seed=1)
+    want = reference(g, x)
+    cut_bytes = sum(t.nbytes for t in bundle.plan.cuts[0])
+    with Pipeline(bundle, endpoints=eps, timeout_s=180) as p:
+        assert [h["ok"] for h in p.health()] == [True, True]
+        p.run(x)  # warm-up: the first transfer also grows the TCP window
+        hops = []
+        for _ in range(3):
+            y, trace = p.run(x)
+            for name, value in want.items():
+                err = compare(y[name], value, name)
+                assert err.rel <= RTOL, f"{name}: rel err {err.rel:.2e} vs onnxruntime"
+            assert trace.hop_bytes[1] > cut_bytes
+            hops.append((trace.hop_bytes[1], trace.hop_ms[1]))
+    nbytes = hops[0][0]
+    measured_ms = statistics.median(ms for _, ms in hops)
+    expected_ms = testbed.profile.expected_s(nbytes, "up") * 1e3
+    print(f"\n4G uplink, cut {nbytes} B: measured {measured_ms:.1f} ms, expected "
+          f"{expected_ms:.1f} ms (bytes*8/{testbed.profile.up_bps / 1e6:g} Mbit/s + "
+          f"{testbed.profile.delay_ms:g} ms); all {[round(ms, 1) for _, ms in hops]}",
+          file=sys.stderr)
+    assert abs(measured_ms / expected_ms - 1) <= TRANSFER_TOL, (measured_ms, expected_ms)
+
+
+def test_tvm_rpc_to_the_qemu_device(testbed, split_bundles):
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    g, bundle = split_bundles
+    stage = bundle.stages[0]
+    assert stage.target["arch"] == "aarch64"
+    sess = testbed.rpc_connect()
+    sess.upload(str(stage.library))
+    lib = sess.load_module(stage.library.name)
+    dev = sess.cpu()
+    vm = VirtualMachine(lib, dev)
+    x = random_inputs(g.inputs, seed=2)
+    (inp,) = stage.plan.library_inputs
+    (out,) = stage.plan.library_outputs
+    arg = tvm.runtime.tensor(x[inp.name], dev)
+    y = vm["main"](arg).numpy()
+    want = reference(g, x, [out.name])[out.name]
+    assert compare(y, want, out.name).rel <= RTOL
+    timer = vm.time_evaluator("main", dev, number=3, repeat=3)(arg)
+    assert len(timer.results) == 3 and all(t > 0 for t in timer.results)
+    print(f"\nRPC on the qemu device: stage 0 ({stage.target['name']}) {timer.mean * 1e3:.1f} ms "
+          f"mean of {timer.results}", file=sys.stderr)
+
+
+def test_cli_up_status_down():
+    _require(delay=False)
+    from tvmsplit.testbed.core import indices_in_use
+
+    k = min(set(range(40, 64)) - set(indices_in_use()))
+    me = [sys.executable, "-m", "tvmsplit.testbed"]
+    run = lambda *a: subprocess.run([*me, *a], capture_output=True, text=True,  # noqa: E731
+                                    timeout=300)
+    try:
+        up = run("up", "--index", str(k), "--profile", "wifi", "--delay-ms", "0", "--no-rpc",
+                 "--json")
+        assert up.returncode == 0, up.stderr
+        state = json.loads(up.stdout)
+        assert state["up"] and state["link"] == "veth"
+        assert "tbf" in state["qdisc"]["up"] and "tbf" in state["qdisc"]["down"]
+        again = run("up", "--index", str(k), "--no-rpc")
+        assert again.returncode == 1 and "exist" in again.stderr
+        st = run("status", "--index", str(k), "--json")
+        assert st.returncode == 0 and json.loads(st.stdout)[0]["up"]
+    finally:
+        down = run("down", "--index", str(k))
+    assert down.returncode == 0 and "removed" in down.stdout
+    st = run("status", "--index", str(k), "--json")
+    assert not json.loads(st.stdout)[0]["up"] and not json.loads(st.stdout)[0]["namespaces_present"]
