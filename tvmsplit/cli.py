@@ -333,13 +333,18 @@ def demo(out_dir: str, requests: int) -> None:
                    "KEYS_DIR/worker.key_secret; accepts the public keys KEYS_DIR/*.key).")
 @click.option("--next-key", default="worker", metavar="NAME|FILE",
               help="With --secure: public key of the --next server (worker, client, or a .key file).")
-def worker(bundle_dir, stage, bind, next_addr, out, control, ready_file, secure, next_key) -> None:
+@click.option("--await-library", is_flag=True,
+              help="Start with only manifest.json; the client pushes this stage's library.")
+def worker(bundle_dir, stage, bind, next_addr, out, control, ready_file, secure, next_key,
+           await_library) -> None:
     """Serve one stage of a bundle as a pipeline worker (runtime-only TVM)."""
     from .runtime.worker import main as worker_main
 
     argv = ["--bundle", bundle_dir, "--stage", str(stage), "--bind", bind, "--control", control]
     if secure:
         argv += ["--secure", secure, "--next-key", next_key]
+    if await_library:
+        argv.append("--await-library")
     for flag, value in (("--next", next_addr), ("--out", out), ("--ready-file", ready_file)):
         if value:
             argv += [flag, value]

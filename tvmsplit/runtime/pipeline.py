@@ -485,6 +485,37 @@ class Pipeline:
             s.close(linger=0)
         return answers
 
+    def deploy(self, stages: Sequence[int] | None = None, timeout_s: float = 60.0) -> None:
+        """Push stage libraries from this bundle to the workers' control sockets (workers started
+        with ``--await-library`` hold only ``manifest.json``: each device receives just the
+        layers it runs). Raises PipelineError naming every stage that refused or did not answer."""
+        if self._closed:
+            raise PipelineError("the pipeline is closed; create a new one", code="closed")
+        wanted = range(self.num_stages) if stages is None else stages
+        problems = []
+        for index in wanted:
+            w = self._workers[index]
+            if not w.control:
+                problems.append(f"stage {index}: no control address")
+                continue
+            stage = self.bundle.stages[index]
+            sock = self._socket(zmq.REQ)
+            try:
+                sock.connect(w.control)
+                sock.send_multipart([json.dumps({"cmd": "deploy"}).encode(),
+                                     stage.library.read_bytes()])
+                if not sock.poll(int(timeout_s * 1000), zmq.POLLIN):
+                    problems.append(f"stage {index}: no answer on {w.control} within {timeout_s:g} s")
+                    continue
+                answer = json.loads(sock.recv())
+                if not answer.get("ok"):
+                    problems.append(f"stage {index}: {answer.get('error')}")
+            finally:
+                sock.close(linger=0)
+        if problems:
+            raise PipelineError("deploying stage libraries failed: " + "; ".join(problems),
+                                code="deploy_failed")
+
     # --------------------------------------------------------------------------------- requests
     def _check_usable(self) -> None:
         if self._closed:

@@ -12,7 +12,11 @@ Sockets (all ``linger=0``)
     control   REP, bound on ``--control`` (default ``tcp://127.0.0.1:0``). JSON requests:
               ``{"cmd": "health"}`` -> ``{"ok": true, "stage", "pid", "host", "cpu_percent",
               "mem_available_bytes", "served", "errors"}``; ``{"cmd": "shutdown"}`` ->
-              ``{"ok": true}``, then the worker exits; anything else -> ``{"ok": false, "error"}``.
+              ``{"ok": true}``, then the worker exits; ``{"cmd": "deploy"}`` + one frame holding the
+              stage library -> installs it after checking size and sha256 against the manifest
+              (``--await-library`` starts a worker whose device holds only ``manifest.json``:
+              ITU-T F.748.20 9.1, deploy only the layers this device runs; until then requests
+              get ``not_deployed``); anything else -> ``{"ok": false, "error"}``.
 
 With ``--secure KEYS_DIR`` every socket uses CurveZMQ (see security.py): the worker's keypair is
 ``KEYS_DIR/worker.key_secret``; its bound sockets (data in, control, a bound data out) are CURVE
@@ -97,7 +101,7 @@ class StageWorker:
                  next_addr: str | None = None, control: str | None = "tcp://127.0.0.1:0",
                  out: str | None = None, parent_pid: int | None = None,
                  secure: SecureConfig | str | os.PathLike | None = None,
-                 next_key: str | os.PathLike = WORKER):
+                 next_key: str | os.PathLike = WORKER, await_library: bool = False):
         from ..bundle import Bundle
         from .stage import StageRunner
 
@@ -105,7 +109,8 @@ class StageWorker:
         self.secure = SecureConfig.of(secure, WORKER)
         next_server_key = self.secure.peer_key(next_key) if self.secure and next_addr else None
         # validates the manifest and this stage's library only: a device holds just its own stage
-        bundle = Bundle.load(bundle_dir, stages=[stage] if stage >= 0 else [])
+        # (with await_library the library comes later, pushed over the control socket)
+        bundle = Bundle.load(bundle_dir, stages=[] if await_library or stage < 0 else [stage])
         if not 0 <= stage < len(bundle.stages):
             raise WorkerStartError(f"stage {stage} is out of range: bundle {str(bundle_dir)!r} has "
                                    f"stages 0..{len(bundle.stages) - 1}")
@@ -122,7 +127,7 @@ class StageWorker:
         self.served = 0
         self.errors = 0
         self._input_names = [t.name for t in self.plan.inputs]
-        self.runner = StageRunner(self.bundle_stage.library, self.plan)
+        self.runner = None if await_library else StageRunner(self.bundle_stage.library, self.plan)
         self.ctx = zmq.Context()
         self.sockets: list[zmq.Socket] = []
         self.auth = None
@@ -209,6 +214,9 @@ class StageWorker:
         if msg.kind != "request":
             return self._error(msg.id, "unexpected_kind", f"stage {self.index} takes requests, "
                                f"got a {msg.kind!r}", msg.trace)
+        if self.runner is None:
+            return self._error(msg.id, "not_deployed", f"stage {self.index} has no library yet; "
+                               "push it with the control command 'deploy'", msg.trace)
         names = [n for n, _ in msg.tensors]
         extra = [n for n in names if n not in self._input_names]
         if extra:
@@ -266,16 +274,48 @@ class StageWorker:
             answer = {"ok": True, "stage": self.index, "pid": os.getpid(), "host": self.host,
                       "cpu_percent": psutil.cpu_percent(None),
                       "mem_available_bytes": psutil.virtual_memory().available,
-                      "served": self.served, "errors": self.errors}
+                      "served": self.served, "errors": self.errors,
+                      "deployed": self.runner is not None}
+        elif cmd == "deploy":
+            answer = self._deploy(frames[1:])
         elif cmd == "shutdown":
             answer, stop = {"ok": True}, True
         elif req is None:
             answer = {"ok": False, "error": "control requests are JSON objects like "
                                             '{"cmd": "health"}'}
         else:
-            answer = {"ok": False, "error": f"unknown cmd {cmd!r}; known: health, shutdown"}
+            answer = {"ok": False, "error": f"unknown cmd {cmd!r}; known: health, deploy, shutdown"}
         self.control.send(json.dumps(answer).encode("utf-8"))
         return stop
+
+    def _deploy(self, payload: Sequence[Any]) -> dict[str, Any]:
+        """Install this stage's library, pushed by the client ("deploy only the layers this
+        device runs"): it must match the manifest's size and sha256; written atomically."""
+        import hashlib
+
+        from .stage import StageRunner
+
+        stage = self.bundle_stage
+        if len(payload) != 1:
+            return {"ok": False, "error": "deploy takes one frame after the JSON: the library"}
+        data = bytes(payload[0])
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != stage.library_bytes or digest != stage.sha256:
+            return {"ok": False, "error": f"library for stage {self.index} does not match the "
+                                          f"manifest (got {len(data)} bytes, sha256 {digest[:12]}; "
+                                          f"expected {stage.library_bytes}, {stage.sha256[:12]})"}
+        tmp = stage.library.with_name(f".{stage.library.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, stage.library)
+            runner = StageRunner(stage.library, self.plan)
+        except Exception as exc:  # noqa: BLE001 - a bad write or load is an answer, not a crash
+            tmp.unlink(missing_ok=True)
+            return {"ok": False, "error": f"cannot install the library: {type(exc).__name__}: {exc}"}
+        if self.runner is not None:
+            self.runner.close()
+        self.runner = runner
+        return {"ok": True, "stage": self.index, "sha256": digest}
 
     # ------------------------------------------------------------------------------------- loop
     def serve(self, stop: threading.Event | None = None) -> None:
@@ -352,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="control address to bind (REP: health, shutdown); '' disables it")
     p.add_argument("--ready-file", default=None,
                    help="write the bound endpoints here as JSON once ready (atomically)")
+    p.add_argument("--await-library", action="store_true",
+                   help="start without this stage's library (only manifest.json is needed) and "
+                        "wait for the client to push it with the control command 'deploy'")
     p.add_argument("--parent-pid", type=int, default=None,
                    help="exit when this process (the launcher) is no longer the parent")
     p.add_argument("--secure", default=None, metavar="KEYS_DIR",
@@ -384,7 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             worker = StageWorker(args.bundle, args.stage, args.bind, args.next,
                                  args.control or None, args.out, args.parent_pid,
-                                 secure=args.secure, next_key=args.next_key)
+                                 secure=args.secure, next_key=args.next_key,
+                                 await_library=args.await_library)
         except TvmsplitError as exc:
             print(f"tvmsplit worker: {exc}", file=sys.stderr, flush=True)
             return 2
