@@ -403,7 +403,8 @@ def parse_bytes(text: str) -> int:
 @click.option("--link", "links", default="4g", show_default=True, metavar="PROFILE,...",
               help="One link per hop: 3g, 4g, wifi or NAME:UP_MBPS/DOWN_MBPS[/RTT_MS].")
 @click.option("--costs", "costs_file", type=click.Path(exists=True, dir_okay=False),
-              help="Per-layer compute times (JSON or CSV, see README).")
+              help="Per-layer compute times (JSON or CSV, see README); default: each device's "
+                   "trained predictor (`tvmsplit train`).")
 @click.option("--objective", type=click.Choice(["latency", "throughput", "energy"]),
               default="latency", show_default=True)
 @click.option("--power", "powers", default="", metavar="NAME=BUSY/IDLE/TX,...",
@@ -427,9 +428,6 @@ def plan_cmd(model, devices, links, costs_file, objective, powers, method, mem_c
     from .planning import Device, plan_partition
 
     g = _load_graph(model, shapes)
-    if not costs_file:
-        raise TvmsplitError("give --costs FILE with per-layer times per device (JSON or CSV, see "
-                            "README); learned predictors will fill them in once trained")
     caps = {name: parse_bytes(size) for name, size in _parse_pairs(mem_caps, "--mem-cap")}
     devs = [Device(name, target, caps.pop(name, None))
             for name, target in _parse_pairs(devices, "--devices")]
@@ -442,7 +440,13 @@ def plan_cmd(model, devices, links, costs_file, objective, powers, method, mem_c
             power[name] = PowerModel(*(float(w) for w in watts.split("/")))
         except (TypeError, ValueError):
             raise TvmsplitError(f"--power {name}={watts} is not BUSY/IDLE/TX watts, e.g. 5/0.5/2") from None
-    result = plan_partition(g, devs, link_list, CostTable.from_file(costs_file),
+    if costs_file:
+        costs = CostTable.from_file(costs_file)
+    else:  # each device's trained predictor, under this machine's live load
+        from .predict import cost_table, predict_model
+
+        costs = cost_table(g, {d.name: predict_model(g, d.target) for d in devs})
+    result = plan_partition(g, devs, link_list, costs,
                             objective=objective, method=method, pins=dict(_parse_pairs(pins, "--pin")),
                             input_bytes=input_bytes, power=power)
     if save:
@@ -511,6 +515,48 @@ def testbed_cmd(args):
     from .testbed.__main__ import main as testbed_main
 
     raise SystemExit(testbed_main(list(args), prog="tvmsplit testbed"))
+
+
+@cli.command()
+@click.option("--device", required=True, help="Target name (targets/) of the device to profile.")
+@click.option("--rpc", default=None, metavar="HOST:PORT",
+              help="Measure on a remote device running `python -m tvm.exec.rpc_server`.")
+@click.option("--count", default=12, show_default=True, help="Sweep configurations per layer kind.")
+@click.option("--loads", default="none", show_default=True, metavar="L1,L2,...",
+              help="Background load levels to measure under (none, cpu1x50, cpu2x100+mem2g).")
+@click.option("--append", is_flag=True, help="Add to the device's existing profile.")
+def profile(device, rpc, count, loads, append):
+    """Measure layers (a sweep of configurations + the zoo) on a device; long runs show progress."""
+    from .sweep import profile_device
+
+    dataset, path = profile_device(device, rpc=rpc, count=count, append=append,
+                                   loads=_split_list(loads, "--loads"),
+                                   progress=lambda m: click.echo(m, err=True))
+    click.echo(f"profiled {len(dataset.rows)} layer measurements -> {path}")
+
+
+@cli.command()
+@click.option("--device", required=True, help="Target name whose profile to train on.")
+def train(device):
+    """Train the device's latency predictor (XGBoost per layer type) from its profile."""
+    from .predict import train_device
+
+    predictor, path = train_device(device)
+    click.echo(predictor.summary())
+    click.echo(f"saved -> {path}")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--device", required=True, help="Target name whose predictor to use.")
+@shape_option
+@click.option("--json", "as_json", is_flag=True)
+def predict(model, device, shapes, as_json):
+    """Predict MODEL's per-layer and total latency on a device under its live load now."""
+    from .predict import predict_model
+
+    result = predict_model(_load_graph(model, shapes), device)
+    click.echo(json.dumps(result.to_json(), indent=2) if as_json else result.format())
 
 
 @cli.command(name="targets")

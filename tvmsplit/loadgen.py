@@ -60,11 +60,15 @@ class BackgroundLoad:
         self._procs.append(proc)
 
     def start(self) -> None:
-        if self.duty > 0:
-            for _ in range(self.cpu_workers):
-                self._spawn(_BURN, str(self.duty))
-        if self.mem_bytes:
-            self._spawn(_HOLD, str(self.mem_bytes))
+        try:
+            if self.duty > 0:
+                for _ in range(self.cpu_workers):
+                    self._spawn(_BURN, str(self.duty))
+            if self.mem_bytes:
+                self._spawn(_HOLD, str(self.mem_bytes))
+        except BaseException:
+            self.stop()  # never leave a burner behind
+            raise
         time.sleep(0.3 if self._procs else 0)  # let the load settle before measuring
 
     def stop(self) -> None:

@@ -1,0 +1,328 @@
+"""Sweep generator, datasets, the load-aware latency predictor and the regressor comparison.
+
+Most tests use a *synthetic* dataset (``_synthetic``): the layers are real (sweep models loaded
+with ``tvmsplit.load``, so every static feature is what a real profile would give), but the
+latencies come from a documented formula, so the ML plumbing is tested fast and without the noise
+of a shared 2-core machine. The formula: time per FLOP depends on the layer's shape (a conv with
+few channels per group or a 1x1 kernel runs less efficiently; elementwise layers carry a ~2 us call
+overhead) and is multiplied by a *nonlinear* function of the CPU load,
+``1 + 1.5 / (1 + exp(-(cpu - 55) / 8))`` (a step around 55 % busy, as when background work starts
+competing for both cores), plus 3 % lognormal noise. A FLOPs-only model cannot express either.
+
+``test_profile_and_predict_real_layers`` measures a few real layers on this machine (LocalSession)
+to check the profile -> dataset -> train -> predict path end to end.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+
+import tvmsplit as ts
+from tvmsplit import zoo
+from tvmsplit.errors import TargetError, TvmsplitError
+from tvmsplit.monitor import DeviceState
+from tvmsplit.predict import (
+    ABLATIONS, LAYER_TYPES, REGRESSORS, Dataset, LiveState, Predictor, PredictorCorruptError, PredictorError,
+    PredictorMissingError, PredictorTargetError, PredictorVersionError, Row, compare_regressors,
+    config_id, dynamic_features, layer_type, live_snapshot, metrics, predict_graph, predict_model, split_by_config, split_by_model,
+    state_from_json, static_features, train_device,
+)
+from tvmsplit.sweep import KINDS, SweepError, make_model, sweep_configs, sweep_models
+
+EXPECTED_TYPE = {"conv": "conv", "depthwise_conv": "depthwise_conv", "pool": "pool",
+                 "dense": "dense", "activation": "elementwise", "batchnorm": "elementwise",
+                 "add": "elementwise", "concat": "concat"}
+
+
+# ---- sweep ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_sweep_models_are_valid_single_layers(kind):
+    models = sweep_models(kind, 6, seed=1)
+    assert len(models) == 6
+    assert len({m.graph.name for m in models}) == 6            # distinct configurations
+    for m in models:
+        onnx.checker.check_model(m, full_check=True)
+        g = ts.load(m)
+        assert len(g.layers) == 1, [(layer.name, layer.ops) for layer in g.layers]
+        assert layer_type(g.layers[0]) == EXPECTED_TYPE[kind]
+        assert all(d > 0 for t in (*g.inputs, *g.outputs) for d in t.shape)
+
+
+def test_sweep_fuses_followers_into_one_layer():
+    cfg = {"kind": "conv", "cin": 16, "cout": 32, "h": 14, "w": 14, "k": 3, "stride": 1, "pad": 1,
+           "groups": 1, "bias": True, "followers": "BN+Relu"}
+    layer = ts.load(make_model(cfg)).layers[0]
+    assert layer.ops == ("Conv", "BatchNormalization", "Relu")
+    f = static_features(layer)
+    assert (f["in_c"], f["out_c"], f["kernel_h"], f["pad_h"], f["fused_bn"], f["fused_relu"]) == \
+        (16, 32, 3, 2, 1, 1)
+    add = ts.load(make_model({"kind": "add", "c": 8, "h": 4, "w": 4, "relu": True})).layers[0]
+    assert add.ops == ("Add", "Relu") and len(add.inputs) == 2
+
+
+def test_sweep_is_seeded_and_checks_its_arguments():
+    a = [m.SerializeToString() for m in sweep_models("conv", 3, seed=5)]
+    b = [m.SerializeToString() for m in sweep_models("conv", 3, seed=5)]
+    c = [m.SerializeToString() for m in sweep_models("conv", 3, seed=6)]
+    assert a == b and a != c
+    with pytest.raises(SweepError, match="unknown sweep kind 'lstm'; known: conv"):
+        sweep_configs("lstm", 3)
+    with pytest.raises(SweepError, match="count must be"):
+        sweep_configs("conv", -1)
+
+
+def test_layer_types_of_zoo_models():
+    g = ts.load(zoo.make("mobilenetv2", input_size=32, width=0.25))
+    types = {layer.name: layer_type(layer) for layer in g.layers}
+    assert types["block1_dw_conv"] == "depthwise_conv"
+    assert types["block1_project_conv"] == "conv"
+    assert types["block3_add"] == "elementwise"
+    assert types["gap"] == "pool" and types["fc"] == "dense"
+    inc = ts.load(zoo.make("inception", input_size=16, width=0.25))
+    assert layer_type(inc.layer("inc1_concat")) == "concat"
+
+
+# ---- synthetic data ---------------------------------------------------------------------------
+def _state(cpu: float, rng: np.random.Generator) -> DeviceState:
+    return LiveState(cpu_percent=float(cpu), system_cpu_percent=float(cpu) * 0.05,
+                     mem_available_bytes=int(rng.uniform(14, 20) * 2 ** 30),
+                     mem_used_percent=float(rng.uniform(15, 35)), load_avg_1m=float(cpu) / 100,
+                     cores=2, runnable_per_core=float(rng.uniform(0, 2)))
+
+
+def _synthetic_ms(layer, cpu: float, rng: np.random.Generator) -> float:
+    f = static_features(layer)
+    t = layer_type(layer)
+    per_gflop = {"conv": 1.0, "depthwise_conv": 4.0, "dense": 2.0, "pool": 3.0,
+                 "elementwise": 1.5, "concat": 2.5}.get(t, 2.0)
+    if t in ("conv", "depthwise_conv"):
+        per_gflop *= (1 + 4.0 / f["cin_per_group"]) * (1.6 if f["kernel_h"] == 1 else 1.0)
+    ms = 0.002 * (t in ("elementwise", "concat", "pool")) + layer.flops / 1e9 * per_gflop * 1e3
+    load = 1 + 1.5 / (1 + math.exp(-(cpu - 55) / 8))
+    return ms * load * float(rng.lognormal(0, 0.03))
+
+
+def _synthetic(kinds=("conv", "depthwise_conv", "dense", "add"), count=24, cpus=(5, 30, 60, 95),
+               seed=0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    ds = Dataset(target="x86_64")
+    for kind in kinds:
+        for m in sweep_models(kind, count, seed=seed):
+            layer = ts.load(m).layers[0]
+            for cpu in cpus:
+                c = float(np.clip(cpu + rng.normal(0, 5), 0, 100))
+                ds.rows.append(Row(layer, _state(c, rng), _synthetic_ms(layer, c, rng), 0.0,
+                                   f"sweep:{m.graph.name}", config_id(layer), f"cpu{cpu}"))
+    return ds
+
+
+@pytest.fixture(scope="module")
+def synthetic() -> Dataset:
+    return _synthetic()
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic) -> Predictor:
+    return Predictor.train(synthetic, "x86_64", rounds=300)
+
+
+# ---- datasets ---------------------------------------------------------------------------------
+def test_dataset_round_trip_and_errors(tmp_path, synthetic):
+    path = synthetic.save(tmp_path / "x86_64.dataset.json")
+    back = Dataset.load(path, target="x86_64")
+    assert len(back) == len(synthetic) and back.sha256() == synthetic.sha256()
+    assert back.rows[3].features() == synthetic.rows[3].features()
+    with pytest.raises(PredictorTargetError, match=r"measured for x86_64, you asked for rpi4b; "
+                                                   r"run `tvmsplit profile --device rpi4b`"):
+        Dataset.load(path, target="rpi4b")
+    with pytest.raises(PredictorMissingError, match="run `tvmsplit profile --device x86_64`"):
+        Dataset.load(tmp_path / "nope.json", target="x86_64")
+    bad = tmp_path / "bad.json"
+    bad.write_text(path.read_text()[:1000])
+    with pytest.raises(PredictorCorruptError, match="not a readable profile dataset"):
+        Dataset.load(bad, target="x86_64")
+
+
+def test_splits_never_share_configurations_or_models(synthetic):
+    train, test = split_by_config(synthetic, 0.25, seed=3)
+    assert len(train) and len(test)
+    assert not {r.config_id for r in train} & {r.config_id for r in test}
+    assert set(test.types()) == set(synthetic.types())     # every type is tested
+    models = synthetic.models()[:5]
+    train, test = split_by_model(synthetic, models)
+    assert {r.model_id for r in test} == set(models)
+    assert not {r.model_id for r in train} & set(models)
+    assert not {r.config_id for r in train} & {r.config_id for r in test}
+    with pytest.raises(PredictorError, match="no rows of model"):
+        split_by_model(synthetic, ["zoo:nothing"])
+
+
+# ---- the predictor ----------------------------------------------------------------------------
+def test_predictor_beats_flops_baseline_on_held_out_configurations(synthetic):
+    """Synthetic data (see the module docstring): nonlinear in the CPU load and the shape."""
+    train, test = split_by_config(synthetic, 0.3, seed=0)
+    comp = compare_regressors(train, test, regressors=["FLOPs-only", "XGBoost"])
+    xgb, base = comp.get("XGBoost"), comp.get("FLOPs-only")
+    assert xgb["mape_pct"] < 0.5 * base["mape_pct"], (xgb, base)
+    assert xgb["within10_pct"] > base["within10_pct"] + 20, (xgb, base)
+    assert xgb["r2"] > 0.9
+    for t in test.types():
+        assert comp.get("XGBoost", t)["mape_pct"] < comp.get("FLOPs-only", t)["mape_pct"], t
+    # The saved-predictor path gives the same quality as the comparison's XGBoost.
+    p = Predictor.train(train, "x86_64")
+    m = metrics([r.ms for r in test], p.predict_rows(test))
+    assert m["mape_pct"] < 0.5 * base["mape_pct"]
+
+
+def test_predictor_round_trips_to_disk(tmp_path, trained, synthetic):
+    path = trained.save(tmp_path / "p.json")
+    back = Predictor.load(path, target="x86_64")
+    assert np.array_equal(trained.predict_rows(synthetic), back.predict_rows(synthetic))
+    g = ts.load(zoo.make("resnet", input_size=16, width=0.25))
+    state = _state(70, np.random.default_rng(0))
+    a, b = predict_graph(trained, g, state), predict_graph(back, g, state)
+    assert a.to_json() == b.to_json()
+    assert a.total_ms == pytest.approx(sum(p.ms for p in a.layers)) and a.total_ms > 0
+    # resnet has pool and dense-less types the synthetic set lacks -> fallback, never a crash
+    sources = {p.layer_type: p.source for p in a.layers}
+    assert sources["conv"] == "xgboost" and sources["pool"] == "fallback"
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == 1 and data["target"]["name"] == "x86_64"
+    assert data["target"]["spec"]["target"] == {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}
+    assert set(data["types"]) == {"conv", "depthwise_conv", "dense", "elementwise"}
+    assert data["types"]["conv"]["features"][-6:] == ["cpu_percent", "system_cpu_percent",
+                                                      "mem_available_gib", "mem_used_percent",
+                                                      "load_avg_1m", "runnable_per_core"]
+    json.loads(data["types"]["conv"]["booster_json"])          # xgboost's own JSON model
+    # more load -> predicted slower (the load dependence was learned)
+    quiet = predict_graph(back, g, _state(10, np.random.default_rng(0))).total_ms
+    busy = predict_graph(back, g, _state(95, np.random.default_rng(0))).total_ms
+    assert busy > 1.5 * quiet
+    # an unknown state (a remote device without the helper) still predicts
+    assert predict_graph(back, g, None).total_ms > 0
+
+
+def test_predictor_load_errors_say_what_to_run(tmp_path, trained, monkeypatch):
+    monkeypatch.setenv("TVMSPLIT_PREDICTORS", str(tmp_path))
+    path = trained.save(tmp_path / "x86_64.predictor.json")
+    with pytest.raises(PredictorTargetError) as e:
+        Predictor.load(path, target="rpi4b")
+    assert str(e.value).endswith("was trained for x86_64, you asked for rpi4b; run `tvmsplit profile "
+                                 "--device rpi4b` then `tvmsplit train --device rpi4b`")
+    with pytest.raises(PredictorMissingError, match=r"no predictor for rpi4b at .*rpi4b.predictor.json"
+                                                    r"'; run `tvmsplit profile --device rpi4b` then "
+                                                    r"`tvmsplit train --device rpi4b`"):
+        predict_model(ts.load(zoo.make("chain", width=0.25)), "rpi4b")
+    (tmp_path / "rpi4b.dataset.json").write_text("{}")          # profiled but not trained
+    with pytest.raises(PredictorMissingError, match=r"run `tvmsplit train --device rpi4b`"):
+        Predictor.load(tmp_path / "rpi4b.predictor.json", target="rpi4b")
+    text = path.read_text()
+    for name, content, err, msg in [
+        ("truncated", text[: len(text) // 2], PredictorCorruptError, "not a readable predictor"),
+        ("binary", "\x00\xff garbage", PredictorCorruptError, "not a readable predictor"),
+        ("other", json.dumps({"format": "something"}), PredictorCorruptError, "not a readable"),
+        ("tampered", text.replace('"base_score', '"base_scorX', 1), PredictorCorruptError,
+         "damaged predictor"),
+        ("version", text.replace('"schema_version": 1', '"schema_version": 99', 1),
+         PredictorVersionError, "schema version 99; this tvmsplit reads version 1"),
+    ]:
+        p = tmp_path / f"{name}.json"
+        p.write_text(content)
+        with pytest.raises(err, match=msg) as e:
+            Predictor.load(p, target="x86_64")
+        assert "`tvmsplit train --device x86_64`" in str(e.value), name
+        assert isinstance(e.value, TvmsplitError)
+    # the same device name, but its target definition changed since training
+    changed = json.loads(text)
+    changed["target"]["spec"]["target"]["mcpu"] = "skylake"
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    with pytest.raises(PredictorTargetError, match="but x86_64 is now"):
+        Predictor.load(tmp_path / "changed.json", target="x86_64")
+    with pytest.raises(TargetError, match="unknown target 'toaster'"):
+        Predictor.load(path, target="toaster")
+
+
+def test_train_device_writes_the_default_file(tmp_path, monkeypatch, synthetic):
+    monkeypatch.setenv("TVMSPLIT_PREDICTORS", str(tmp_path))
+    with pytest.raises(PredictorMissingError, match="run `tvmsplit profile --device x86_64`"):
+        train_device("x86_64")
+    synthetic.save(tmp_path / "x86_64.dataset.json")
+    predictor, path = train_device("x86_64", rounds=50)
+    assert path == tmp_path / "x86_64.predictor.json"
+    g = ts.load(zoo.make("chain", width=0.25))
+    pred = predict_model(g, "x86_64", state=_state(20, np.random.default_rng(0)))
+    assert [p.name for p in pred.layers] == [layer.name for layer in g.layers]
+    assert "total" in pred.format() and pred.to_json()["target"] == "x86_64"
+
+
+def test_compare_regressors_reports_every_regressor_and_type():
+    ds = _synthetic(kinds=("conv", "add"), count=12, cpus=(10, 80), seed=2)
+    train, test = split_by_config(ds, 0.3, seed=1)
+    comp = compare_regressors(train, test, regressors=[*REGRESSORS, *ABLATIONS], split="configs")
+    regs = {r["regressor"] for r in comp.rows}
+    assert regs == {*REGRESSORS, *ABLATIONS}
+    assert {r["layer_type"] for r in comp.rows} == {"conv", "elementwise", "all"}
+    for r in comp.rows:
+        assert r["n"] > 0 and math.isfinite(r["mae_ms"]) and math.isfinite(r["mape_pct"])
+        assert 0 <= r["within10_pct"] <= 100
+    md = comp.to_markdown()
+    assert "| XGBoost |" in md and "within ±10 %" in md and "RANSAC" in md
+    assert set(LAYER_TYPES) >= set(test.types())
+
+
+def test_live_state_round_trips_and_degrades_to_unknown():
+    s = live_snapshot(interval_s=0.05, reads=2)
+    assert isinstance(s, LiveState) and s.runnable_per_core >= 0 and s.cores >= 1
+    assert state_from_json(json.loads(json.dumps(s.to_json()))) == s
+    plain = DeviceState(50.0, 2.0, 8 << 30, 40.0, 0.5, 2)       # e.g. from a remote device
+    assert state_from_json(plain.to_json()) == plain
+    f = dynamic_features(plain)
+    assert math.isnan(f["runnable_per_core"]) and f["mem_available_gib"] == 8.0
+    assert all(math.isnan(v) for v in dynamic_features(None).values())
+
+
+def test_metrics():
+    m = metrics([1.0, 2.0, 4.0], [1.05, 2.5, 4.0])
+    assert m["mae_ms"] == pytest.approx(0.55 / 3)
+    assert m["mape_pct"] == pytest.approx(100 * (0.05 + 0.25) / 3)
+    assert m["within10_pct"] == pytest.approx(200 / 3)
+
+
+# ---- real measurements ------------------------------------------------------------------------
+def test_profile_and_predict_real_layers(tmp_path):
+    """A few real layers measured on this machine: profile -> dataset -> train -> predict."""
+    from tvmsplit.profile import LocalSession
+    from tvmsplit.sweep import profile_sweep
+
+    with LocalSession() as session:
+        ds = profile_sweep("x86_64", session, count={"conv": 3, "add": 3}, zoo=(), seed=4,
+                           loads=("none",))
+    assert len(ds) == 6 and ds.target == "x86_64"
+    assert all(r.ms > 0 and isinstance(r.state, LiveState) and r.load == "none" for r in ds)
+    assert {r.layer_type for r in ds} == {"conv", "elementwise"}
+    path = ds.save(tmp_path / "d.json")
+    predictor = Predictor.train(Dataset.load(path, target="x86_64"))
+    assert {m.kind for m in predictor.types.values()} == {"flops"}   # < MIN_ROWS rows per type
+    g = ts.load(zoo.make("chain", width=0.25))
+    pred = predict_graph(predictor, g, ds.rows[0].state)
+    assert len(pred.layers) == len(g.layers) and pred.total_ms > 0
+
+
+def test_profile_device_checks_its_arguments_before_measuring(tmp_path):
+    from tvmsplit.sweep import profile_device
+
+    with pytest.raises(SweepError, match=r"rpi4b \(aarch64, llvm\) cannot run on this x86_64 machine; "
+                                         r"start `python -m tvm.exec.rpc_server"):
+        profile_device("rpi4b", out=str(tmp_path / "d.json"))
+    with pytest.raises(SweepError, match="background load runs on this machine"):
+        profile_device("rpi4b", rpc="127.0.0.1:1", loads=("none", "cpu1x50"))
+    with pytest.raises(SweepError, match="unknown load level 'heavy'; known: none, cpu1x50"):
+        profile_device("x86_64", loads=("heavy",))
+    with pytest.raises(SweepError, match="--rpc must be HOST:PORT"):
+        profile_device("rpi4b", rpc="localhost")
+    with pytest.raises(TargetError, match="unknown target 'toaster'"):
+        profile_device("toaster")
