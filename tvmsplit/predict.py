@@ -111,52 +111,19 @@ class PredictorTargetError(PredictorError):
 
 
 # ---- live state -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LiveState(DeviceState):
-    """A DeviceState plus the run-queue length, the one reading that still tells how contended
-    the CPU is once it is saturated (cpu_percent then sits at 100 % however many tasks compete).
-
-    ``runnable_per_core``: mean number of runnable tasks (``procs_running`` in /proc/stat, the
-    reader itself excluded) per core over a few reads 10 ms apart; NaN where unavailable.
-    """
-
-    runnable_per_core: float = float("nan")
+# DeviceState carries the run-queue length itself now; these names stay for callers.
+LiveState = DeviceState
 
 
-def _procs_running() -> int | None:
-    try:
-        with open("/proc/stat") as fh:
-            for line in fh:
-                if line.startswith("procs_running"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def live_snapshot(interval_s: float = 0.1, reads: int = 5) -> LiveState:
-    """``monitor.snapshot()`` plus the run-queue length (see LiveState)."""
+def live_snapshot(interval_s: float = 0.1) -> DeviceState:
     from .monitor import snapshot
 
-    base = snapshot(interval_s)
-    vals = []
-    for i in range(reads):
-        v = _procs_running()
-        if v is not None:
-            vals.append(max(v - 1, 0))
-        if i < reads - 1:
-            time.sleep(0.01)
-    run = float(np.mean(vals)) / base.cores if vals else float("nan")
-    return LiveState(**base.to_json(), runnable_per_core=round(run, 3))
+    return snapshot(interval_s)
 
 
 def state_from_json(d: Mapping[str, Any] | None) -> DeviceState | None:
     if not d:
         return None
-    if "runnable_per_core" in d:
-        extra = d["runnable_per_core"]
-        return LiveState(**{k: d[k] for k in DeviceState.__dataclass_fields__},
-                         runnable_per_core=float("nan") if extra is None else float(extra))
     return DeviceState.from_json(dict(d))
 
 

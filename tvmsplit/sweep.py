@@ -423,13 +423,7 @@ def zoo_graphs(specs: Iterable[tuple[str, int, float]] = DEFAULT_ZOO) -> list[tu
     return out
 
 
-class LiveLocalSession(LocalSession):
-    """This machine, with ``predict.live_snapshot`` (DeviceState + run-queue length) as its state."""
-
-    def state(self):
-        from .predict import live_snapshot
-
-        return live_snapshot()
+LiveLocalSession = LocalSession  # its DeviceState includes the run-queue length now
 
 
 def _background(level: str | dict[str, Any]):
