@@ -451,9 +451,15 @@ def why_short(ds, pairs, comp_c, comp_m, errs, errs_sum) -> str:
     if none:
         busy = statistics.fmean(r.state.cpu_percent for r in none)
         la = statistics.fmean(r.state.load_avg_1m for r in none)
-        out.append(f"2. **'none' is not idle.** Without any background load of ours the CPU was "
-                   f"{busy:.0f} % busy on average (load average {la:.2f} per core): other jobs on this "
-                   "shared VM come and go, unrecorded by the load level and only partly by the state.")
+        if busy >= 20:
+            out.append(f"2. **'none' is not idle.** Without any background load of ours the CPU was "
+                       f"{busy:.0f} % busy on average (load average {la:.2f} per core): other jobs on "
+                       "this shared VM come and go, unrecorded by the load level and only partly by "
+                       "the state.")
+        else:
+            out.append(f"2. **'none' was idle** ({busy:.0f} % CPU when each sample's state was read; "
+                       f"load average {la:.2f} per core, which counts the profiling itself), yet its "
+                       "repeatability is the ceiling above: timing noise of a shared VM, not load.")
         sat = 100 * np.mean([r.state.cpu_percent >= 98 for r in ds if r.state is not None])
         out.append(f"3. **CPU utilisation saturates.** {sat:.0f} % of all rows were taken at ≥ 98 % CPU, "
                    "where `cpu_percent` no longer says how many tasks compete for the two cores; the "
