@@ -50,6 +50,11 @@ def _progress(msg: str) -> None:
     click.echo(f"  {msg}", err=True)
 
 
+split_at_option = click.option("--split-at", default="", metavar="L1,L2,...",
+                               help="Cut after these layers (names from `tvmsplit inspect`).")
+targets_option = click.option("--targets", default="x86_64", metavar="T1,T2,...", show_default=True,
+                              help="One target per stage, or one for all (names from "
+                                   "`tvmsplit targets`, or .toml files).")
 shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=D1,D2,...",
                             help="Pin an input's shape (repeatable), e.g. x=1,3,224,224.")
 
@@ -127,10 +132,8 @@ def _graph_json(g, cuts) -> dict:
 
 @cli.command()
 @click.argument("model")
-@click.option("--split-at", default="", metavar="L1,L2,...",
-              help="Cut after these layers (names from `tvmsplit inspect`).")
-@click.option("--targets", default="x86_64", metavar="T1,T2,...", show_default=True,
-              help="One target per stage, or one for all (names from `tvmsplit targets`, or .toml files).")
+@split_at_option
+@targets_option
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Bundle directory to write (replaced if it holds a bundle).")
 @shape_option
@@ -249,9 +252,8 @@ def _print_trace(trace, targets: list[str]) -> None:
 
 @cli.command()
 @click.argument("model")
-@click.option("--split-at", default="", metavar="L1,L2,...", help="Cut after these layers.")
-@click.option("--targets", default="x86_64", metavar="T1,T2,...", show_default=True,
-              help="One target per stage, or one for all.")
+@split_at_option
+@targets_option
 @click.option("-o", "--output", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Bundle directory (default: a temporary one).")
 @shape_option
