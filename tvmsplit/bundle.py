@@ -1,17 +1,18 @@
 """Bundle: a directory with ``manifest.json`` and one compiled library per stage.
 
-``manifest.json`` (schema version 1)::
+``manifest.json`` (schema version 2: version 1 had no routes)::
 
     {
-      "schema_version": 1,
+      "schema_version": 2,
       "tvmsplit_version": "0.1.0", "tvm_version": "0.27.0.post1",
       "model": "resnet", "model_sha256": "<sha256 of the original ONNX bytes>",
       "inputs":  [{"name", "dtype", "shape"}, ...],        # the model's inputs
       "outputs": [{"name", "dtype", "shape"}, ...],        # the model's outputs
-      "plan": {...},                                       # Plan.to_json()
+      "plan": {...},                                       # Plan.to_json(), incl. "entry" routes
       "stages": [{
         "index": 0, "layers": [...],
         "inputs": [...], "outputs": [...],                 # what the stage receives / sends
+        "sends": [{"to": 1, "tensors": [names]}, ...],     # where it sends them (-1: the client)
         "library_inputs": [...], "library_outputs": [...], # what its library takes / returns
         "target": {...},                                   # TargetSpec.to_json()
         "library": "stage0-<sha12>.so", "sha256": "<sha256 of the library>",
@@ -41,7 +42,7 @@ from .graph import LayerGraph, TensorSpec
 from .split import Plan, StagePlan
 from .targets import get_target, host_arch
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 
 
@@ -115,6 +116,13 @@ class Bundle:
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{manifest_path} is malformed (bad or missing field {exc}); "
                               "rebuild the bundle") from None
+        problems = plan.route_problems([t.name for t in bundle.inputs],
+                                       [t.name for t in bundle.outputs])
+        if [(s.plan.inputs, s.plan.sends) for s in bundle.stages] != [
+                (s.inputs, s.sends) for s in plan.stages]:
+            problems.append("its stages' inputs or routes differ from its plan's")
+        if problems:
+            raise BundleError(f"{manifest_path}: {'; '.join(problems)}; rebuild the bundle")
         for stage in bundle.stages:
             target = stage.target
             if not (isinstance(target.get("target"), dict) and "kind" in target["target"]

@@ -1,11 +1,20 @@
 """Plan -> one ONNX sub-model and one Relax module per stage.
 
-A plan assigns every layer to a stage; stages form a chain (stage s sends to stage s+1). Between
-stage s and s+1 travel the tensors produced in stages <= s (or model inputs) that are read in a
-later stage, plus model outputs already produced. A stage therefore *receives* ``inputs``, *sends*
-``outputs``, and its compiled library computes ``library_outputs`` from ``library_inputs``; every
-output it does not compute is forwarded unchanged from its inputs (a skip connection jumping over
-a whole stage).
+A plan assigns every layer to a stage, numbered so that data only flows to higher numbers. A
+stage *receives* ``inputs``, *sends* ``outputs``, and its compiled library computes
+``library_outputs`` from ``library_inputs``; every output it does not compute is forwarded
+unchanged from its inputs. Where tensors go is explicit: ``StagePlan.sends`` lists one
+:class:`Route` per destination (another stage, or ``CLIENT`` for the model outputs) and
+``Plan.entry`` the routes of the model inputs from the client. Two routings:
+
+- ``"chain"`` (default): stage s sends to s+1 only. Between them travel the tensors produced in
+  stages <= s (or model inputs) that are read in a later stage, plus model outputs already
+  produced, so a skip connection jumping over a whole stage is forwarded through it. This is what
+  a path of devices (end -> edge -> cloud) does, and what the partition cost model prices.
+- ``"direct"``: every tensor goes straight from the stage that produces it to each stage that
+  reads it, and model outputs straight to the client. The stages form a DAG: stages with no path
+  between them run at the same time (HyPS H-parts on two devices), and a stage with several
+  senders gathers their messages by request id before it runs.
 
 The split is done on the normalised ONNX graph: each stage's nodes with only the initializers they
 use, imported into Relax on its own (``from_onnx(keep_params_in_input=False)`` inlines them), so
@@ -22,6 +31,24 @@ import numpy as np
 from .errors import SplitError
 from .graph import LayerGraph, TensorSpec
 
+CLIENT = -1  # the end of a route that is not a stage: model inputs come from it, outputs go to it
+ROUTINGS = ("chain", "direct")
+
+
+@dataclass(frozen=True)
+class Route:
+    """Tensors (by name, in message order) sent to stage ``to`` (``CLIENT``: back to the client)."""
+
+    to: int
+    tensors: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"to": self.to, "tensors": list(self.tensors)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Route":
+        return cls(int(d["to"]), tuple(str(n) for n in d["tensors"]))
+
 
 @dataclass(frozen=True)
 class StagePlan:
@@ -36,6 +63,7 @@ class StagePlan:
     library_outputs: tuple[TensorSpec, ...]
     param_bytes: int
     flops: int
+    sends: tuple[Route, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -45,6 +73,7 @@ class StagePlan:
             "library_inputs": [t.to_json() for t in self.library_inputs],
             "library_outputs": [t.to_json() for t in self.library_outputs],
             "param_bytes": self.param_bytes, "flops": self.flops,
+            "sends": [r.to_json() for r in self.sends],
         }
 
     @classmethod
@@ -52,40 +81,113 @@ class StagePlan:
         specs = lambda key: tuple(TensorSpec.from_json(t) for t in d[key])  # noqa: E731
         return cls(int(d["index"]), str(d["target"]), tuple(d["layers"]), specs("inputs"),
                    specs("outputs"), specs("library_inputs"), specs("library_outputs"),
-                   int(d["param_bytes"]), int(d["flops"]))
+                   int(d["param_bytes"]), int(d["flops"]),
+                   tuple(Route.from_json(r) for r in d.get("sends", ())))
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Stages in pipeline order. ``cuts[s]`` are the tensors sent from stage s to stage s+1."""
+    """Stages in topological order; ``entry``: what the client sends to which stage. For a chain,
+    ``cuts[s]`` are the tensors sent from stage s to stage s+1."""
 
     model: str
     model_sha256: str
     stages: tuple[StagePlan, ...]
+    entry: tuple[Route, ...] = ()
+
+    def __post_init__(self):
+        if not self.entry and self.stages and not any(s.sends for s in self.stages):
+            # a plan saved before routes existed: the chain it always was
+            object.__setattr__(self, "stages", _chain_routes(self.stages))
+            object.__setattr__(self, "entry", (Route(0, tuple(t.name for t in self.stages[0].inputs)),))
+
+    @property
+    def is_chain(self) -> bool:
+        """True when every stage sends only to the next one (and the last only to the client)."""
+        last = len(self.stages) - 1
+        return (tuple(r.to for r in self.entry) == (0,)
+                and all(tuple(r.to for r in s.sends) == ((s.index + 1,) if s.index < last else (CLIENT,))
+                        for s in self.stages))
 
     @property
     def cuts(self) -> tuple[tuple[TensorSpec, ...], ...]:
+        if not self.is_chain:
+            raise SplitError("a plan with direct routes has no chain of cuts; see each stage's sends")
         return tuple(s.outputs for s in self.stages[:-1])
+
+    def senders(self, index: int) -> tuple[tuple[int, Route], ...]:
+        """``(source, route)`` for every route into stage ``index`` (source ``CLIENT``: the
+        client's entry), in source order."""
+        into = [(CLIENT, r) for r in self.entry if r.to == index]
+        into += [(s.index, r) for s in self.stages for r in s.sends if r.to == index]
+        return tuple(into)
+
+    def route_problems(self, inputs: Sequence[str], outputs: Sequence[str]) -> list[str]:
+        """Why the routes cannot carry a request from the model ``inputs`` to its ``outputs``
+        (empty when they can): every stage must receive each of its inputs exactly once, from an
+        earlier stage or the client, and send exactly its outputs; the client sends only model
+        inputs and receives each model output exactly once."""
+        problems, n = [], len(self.stages)
+        for src, routes in [(CLIENT, self.entry)] + [(s.index, s.sends) for s in self.stages]:
+            for r in routes:
+                if not (r.to == CLIENT or src < r.to < n) or (src == CLIENT and r.to == CLIENT):
+                    problems.append(f"{_who(src)} sends to {_who(r.to)}: routes go to a later "
+                                    "stage or to the client")
+        sent = [n for r in self.entry for n in r.tensors]
+        if not set(sent) <= set(inputs):
+            problems.append(f"the client sends {sorted(set(sent) - set(inputs))}, which are not "
+                            "model inputs")
+        for s in self.stages:
+            got = [name for _, r in self.senders(s.index) for name in r.tensors]
+            want = [t.name for t in s.inputs]
+            if sorted(got) != sorted(want):
+                problems.append(f"stage {s.index} receives {sorted(got)} but takes {sorted(want)}")
+            if {n for r in s.sends for n in r.tensors} != {t.name for t in s.outputs}:
+                problems.append(f"stage {s.index} sends other tensors than its outputs")
+        back = [name for _, r in self.senders(CLIENT) for name in r.tensors]
+        if sorted(back) != sorted(outputs):
+            problems.append(f"the client receives {sorted(back)}, the model outputs are "
+                            f"{sorted(outputs)}")
+        return problems
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "model_sha256": self.model_sha256,
-                "stages": [s.to_json() for s in self.stages]}
+                "stages": [s.to_json() for s in self.stages],
+                "entry": [r.to_json() for r in self.entry]}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Plan":
         return cls(str(d["model"]), str(d["model_sha256"]),
-                   tuple(StagePlan.from_json(s) for s in d["stages"]))
+                   tuple(StagePlan.from_json(s) for s in d["stages"]),
+                   tuple(Route.from_json(r) for r in d.get("entry", ())))
+
+
+def _who(index: int) -> str:
+    return "the client" if index == CLIENT else f"stage {index}"
+
+
+def _chain_routes(stages: Sequence[StagePlan]) -> tuple[StagePlan, ...]:
+    """Each stage sends all its outputs to the next one, the last to the client."""
+    from dataclasses import replace
+
+    last = len(stages) - 1
+    return tuple(replace(s, sends=(Route(s.index + 1 if s.index < last else CLIENT,
+                                         tuple(t.name for t in s.outputs)),))
+                 for s in stages)
 
 
 def plan_split(graph: LayerGraph, split_at: Sequence[str] = (), targets: Sequence[str] = ("x86_64",),
-               assignment: Mapping[str, int] | None = None) -> Plan:
+               assignment: Mapping[str, int] | None = None, routing: str = "chain") -> Plan:
     """A plan from user-chosen cuts (after each named layer, in topological order) or from an
     explicit layer -> stage assignment (any downward-closed split, e.g. inside a branch).
 
-    ``targets`` names one target for every stage, or one for all of them.
+    ``targets`` names one target for every stage, or one for all of them. ``routing`` is
+    ``"chain"`` or ``"direct"`` (see the module doc).
     """
     if assignment is not None and split_at:
         raise SplitError("give either split points or a layer assignment, not both")
+    if routing not in ROUTINGS:
+        raise SplitError(f"unknown routing {routing!r}; choose one of {', '.join(ROUTINGS)}")
     if assignment is None:
         stage_of = _assignment_from_split_points(graph, split_at)
     else:
@@ -97,6 +199,8 @@ def plan_split(graph: LayerGraph, split_at: Sequence[str] = (), targets: Sequenc
     if len(targets) != n_stages:
         raise SplitError(f"{n_stages} stage(s) need {n_stages} target(s) (or one for all); "
                          f"got {len(targets)}: {', '.join(targets)}")
+    if routing == "direct":
+        return _direct_plan(graph, stage_of, targets)
     stages = []
     for s in range(n_stages):
         members = [k for k, st in enumerate(stage_of) if st == s]
@@ -113,7 +217,40 @@ def plan_split(graph: LayerGraph, split_at: Sequence[str] = (), targets: Sequenc
             library_outputs=tuple(t for t in outputs if t.name in produced),
             param_bytes=sum(graph.layers[k].param_bytes for k in members),
             flops=sum(graph.layers[k].flops for k in members)))
-    return Plan(graph.name, graph.model_sha256, tuple(stages))
+    return Plan(graph.name, graph.model_sha256, _chain_routes(stages),
+                (Route(0, tuple(t.name for t in stages[0].inputs)),))
+
+
+def _direct_plan(graph: LayerGraph, stage_of: Sequence[int], targets: Sequence[str]) -> Plan:
+    """Every tensor from its producer's stage (``CLIENT`` for model inputs) straight to each stage
+    that reads it; model outputs straight to the client."""
+    stage_of_producer = lambda i: CLIENT if i < 0 else stage_of[i]  # noqa: E731
+    routes: dict[tuple[int, int], dict[str, TensorSpec]] = {}  # (source, destination) -> tensors
+    for i, j, t in sorted(graph.edges, key=lambda e: (e[0], e[1])):
+        src, dst = stage_of_producer(i), stage_of[j]
+        if src != dst:
+            routes.setdefault((src, dst), {}).setdefault(t.name, t)
+    for t in graph.outputs:
+        routes.setdefault((stage_of_producer(graph.producer[t.name]), CLIENT), {}).setdefault(t.name, t)
+
+    def sends(src: int) -> tuple[Route, ...]:
+        dests = sorted((d for s, d in routes if s == src), key=lambda d: (d == CLIENT, d))
+        return tuple(Route(d, tuple(routes[src, d])) for d in dests)
+
+    stages = []
+    for s in range(max(stage_of) + 1):
+        members = [k for k, st in enumerate(stage_of) if st == s]
+        inputs = {n: t for (src, dst), ts in sorted(routes.items()) if dst == s for n, t in ts.items()}
+        outputs = {n: t for (src, dst), ts in routes.items() if src == s for n, t in ts.items()}
+        order = {layer_out.name: k for k in members for layer_out in graph.layers[k].outputs}
+        outputs = tuple(sorted(outputs.values(), key=lambda t: order[t.name]))
+        stages.append(StagePlan(
+            index=s, target=targets[s], layers=tuple(graph.layers[k].name for k in members),
+            inputs=tuple(inputs.values()), outputs=outputs, library_inputs=tuple(inputs.values()),
+            library_outputs=outputs,
+            param_bytes=sum(graph.layers[k].param_bytes for k in members),
+            flops=sum(graph.layers[k].flops for k in members), sends=sends(s)))
+    return Plan(graph.name, graph.model_sha256, tuple(stages), sends(CLIENT))
 
 
 def _assignment_from_split_points(graph: LayerGraph, split_at: Sequence[str]) -> list[int]:

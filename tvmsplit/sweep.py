@@ -1,6 +1,6 @@
 """Single-layer ONNX models that sweep layer configurations, and profiling them into a Dataset.
 
-The latency predictor (``predict.py``) needs training data that covers more than the zoo's layers:
+The latency predictor (``predict/``) needs training data that covers more than the zoo's layers:
 ``sweep_models(kind, count, seed)`` draws ``count`` distinct configurations of one layer kind and
 builds each as a one-layer ONNX model (``onnx.helper``, seeded weights, static shapes, opset 17).
 After ``tvmsplit.load`` every one of them is a 1-layer ``LayerGraph``: the anchor (Conv, Gemm,
