@@ -213,11 +213,26 @@ def test_hyps_splits_an_oversized_fc_and_the_pipeline_equals_the_unsplit_model(t
     parts = {name: d for name, d in zip((l.name for l in result.graph.layers), result.predicted.assignment)}
     assert {parts["fc1_h0"], parts["fc1_h1"]} == {0, 1}  # the H-parts run on both devices
     assert all(m <= cap for m in result.predicted.memory_bytes)
+    # the H-parts get stages of their own, fed by the same stage, merged by another: they run
+    # in parallel on the two devices (a stage DAG)
+    stage_of = {name: s.index for s in result.plan.stages for name in s.layers}
+    h0, h1 = stage_of["fc1_h0"], stage_of["fc1_h1"]
+    assert {result.stage_devices[h0], result.stage_devices[h1]} == {0, 1}
+    assert not result.plan.is_chain
+    assert [src for src, _ in result.plan.senders(h0)] == [src for src, _ in result.plan.senders(h1)]
     bundle = ts.build_bundle(result.graph, result.plan, tmp_path / "b")
     x = random_inputs(g.inputs)
     report = check_bundle(bundle, result.graph, x)
     assert report.ok
-    assert compare(report.outputs["output"], reference(g, x)["output"], "output").rel <= 1e-4
+    want = reference(g, x)["output"]
+    assert compare(report.outputs["output"], want, "output").rel <= 1e-4
+    from tvmsplit.runtime.pipeline import Pipeline
+
+    with Pipeline(bundle, timeout_s=120) as p:
+        y, trace = p.run(x)
+    assert compare(y["output"], want, "output").rel <= 1e-4
+    assert {(h.src, h.dst) for h in trace.hops} >= {(h0 - 1, h0), (h0 - 1, h1), (h0, stage_of["fc1_merge"]),
+                                                   (h1, stage_of["fc1_merge"])}
 
 
 def test_energy_prefers_offloading_when_the_end_device_burns_power():

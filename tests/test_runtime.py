@@ -274,8 +274,8 @@ def test_worker_error_reply_raises_pipeline_error(built):
         finally:
             os.killpg(stage0, signal.SIGCONT)
             ctx.term()
-        late = p.unmatched(timeout_s=10.0)  # the real answer, after the request already failed
-        assert [(m.kind, m.id) for m in late] == [("reply", rid)]
+        # the real answer arrives after the request failed: dropped, like any late answer
+        assert p.unmatched(timeout_s=2.0) == []
         _assert_close(p.run(x)[0], whole, "after an error reply")
 
 
@@ -407,10 +407,10 @@ def test_failed_start_stops_the_workers_already_started(built, monkeypatch):
     started = []
     original = Pipeline._launch
 
-    def launch(self, index, nxt):
+    def launch(self, bundle, index, nxt):
         if index == 1:
             raise PipelineError("stage 1 cannot start (simulated)", stage=1, code="start_failed")
-        worker = original(self, index, nxt)
+        worker = original(self, bundle, index, nxt)
         started.append(worker.pid)
         return worker
 

@@ -121,13 +121,13 @@ def test_secure_pipeline_equals_plain_and_onnxruntime(built, keys, secure):
     with Pipeline(bundle) as plain:
         want, _ = plain.run(x)
         assert plain.secure is None
-        assert plain._send.getsockopt(zmq.MECHANISM) == zmq.NULL
+        assert plain._entry[0][1].getsockopt(zmq.MECHANISM) == zmq.NULL
     got, trace = secure.run(x)
     _assert_close(got, want, "secure vs plain")
     _assert_close(got, ort_out, "secure vs onnxruntime")
     assert len(trace.compute_ms) == 2
     assert secure.secure.name == "client"
-    for s in (secure._send, secure._recv):
+    for s in (secure._entry[0][1], secure._recv):
         assert s.getsockopt(zmq.MECHANISM) == zmq.CURVE
     assert secure._recv.getsockopt(zmq.CURVE_SERVER) == 1  # the client binds the result socket
     for y, _ in secure.stream([x] * 20):

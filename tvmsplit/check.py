@@ -132,6 +132,6 @@ def check_bundle(bundle: Bundle, graph: LayerGraph, inputs: Mapping[str, np.ndar
         errors = tuple(compare(out[t.name], ref[t.name], t.name) for t in stage.plan.outputs)
         checks.append(StageCheck(stage.index, stage.target["name"], True, live is not None, errors))
         if live is not None:
-            live = out
+            live.update(out)  # a later stage may read any earlier stage's outputs (a stage DAG)
     final = {t.name: live[t.name] for t in graph.outputs} if live is not None else {}
     return CheckReport(tuple(checks), final, tolerance)

@@ -57,6 +57,9 @@ targets_option = click.option("--targets", default="x86_64", metavar="T1,T2,..."
                                    "`tvmsplit targets`, or .toml files).")
 shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=D1,D2,...",
                             help="Pin an input's shape (repeatable), e.g. x=1,3,224,224.")
+plan_file_option = click.option(
+    "--plan", "plan_file", type=click.Path(exists=True, dir_okay=False),
+    help="A plan saved by `tvmsplit plan --save` (instead of --split-at/--targets).")
 
 
 class UserError(click.ClickException):
@@ -137,40 +140,51 @@ def _graph_json(g, cuts) -> dict:
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Bundle directory to write (replaced if it holds a bundle).")
 @shape_option
-@click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False),
-              help="A plan saved by `tvmsplit plan --save` (instead of --split-at/--targets).")
+@plan_file_option
 @click.option("--check", is_flag=True, help="Run host-runnable stages and compare with onnxruntime.")
 @click.option("--tolerance", default=1e-4, show_default=True, help="Max relative error for --check.")
 def build(model: str, split_at: str, targets: str, out_dir: str, shapes: tuple[str, ...],
           plan_file: str | None, check: bool, tolerance: float) -> None:
     """Split MODEL, compile every stage for its target and write a bundle."""
     g = _load_graph(model, shapes)
-    if plan_file:
-        if split_at:
-            raise TvmsplitError("give either --plan or --split-at, not both")
+    g, how = _split_how(g, split_at, targets, plan_file)
+    _build_and_check(g, *how, out_dir, check, tolerance)
+
+
+def _split_how(g, split_at: str, targets: str, plan_file: str | None):
+    """``(graph, (split_at, targets, assignment, routing))`` from --split-at/--targets, or from a
+    plan saved by `tvmsplit plan --save` (its graph rewritten by the saved horizontal splits)."""
+    if not plan_file:
+        return g, (_split_list(split_at, "--split-at"), _split_list(targets, "--targets"), None,
+                   "chain")
+    if split_at:
+        raise TvmsplitError("give either --plan or --split-at, not both")
+    from .split import Plan
+
+    try:
         data = json.loads(Path(plan_file).read_text())
-        if data.get("horizontal"):
-            from .hsplit import split_horizontally
+        saved = Plan.from_json(data["plan"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TvmsplitError(f"--plan {plan_file}: not a plan saved by `tvmsplit plan --save` "
+                            f"({type(exc).__name__}: {exc})") from None
+    if data.get("horizontal"):
+        from .hsplit import split_horizontally
 
-            g = split_horizontally(g, data["horizontal"])
-        saved = data["plan"]
-        assignment = {layer: s["index"] for s in saved["stages"] for layer in s["layers"]}
-        _build_and_check(g, [], [s["target"] for s in saved["stages"]], out_dir, check, tolerance,
-                         assignment=assignment)
-        return
-    _build_and_check(g, _split_list(split_at, "--split-at"), _split_list(targets, "--targets"),
-                     out_dir, check, tolerance)
+        g = split_horizontally(g, data["horizontal"])
+    assignment = {layer: s.index for s in saved.stages for layer in s.layers}
+    return g, ([], [s.target for s in saved.stages], assignment,
+               "chain" if saved.is_chain else "direct")
 
 
-def _build_and_check(g, split_at: list[str], targets: list[str], out_dir: str, check: bool,
-                     tolerance: float, assignment: dict | None = None) -> None:
+def _build_and_check(g, split_at: list[str], targets: list[str], assignment: dict | None,
+                     routing: str, out_dir: str, check: bool, tolerance: float) -> None:
     from .bundle import build_bundle, check_output_dir
     from .split import plan_split
     from .targets import get_target
 
     for t in targets:
         get_target(t)  # unknown targets fail before anything is built
-    plan = plan_split(g, split_at, targets or ["x86_64"], assignment=assignment)
+    plan = plan_split(g, split_at, targets or ["x86_64"], assignment=assignment, routing=routing)
     check_output_dir(out_dir)
     click.echo(f"building {len(plan.stages)} stage(s) of {g.name} into {out_dir}", err=True)
     start = time.perf_counter()
@@ -237,15 +251,24 @@ def _run_pipeline(bundle, g, requests: int, inputs, check: bool, tolerance: floa
 
 
 def _print_trace(trace, targets: list[str]) -> None:
+    """Each stage after the hops into it, then the hops back to the client (a chain reads top
+    to bottom; in a stage DAG, hops into one stage came along parallel branches)."""
+    def who(index: int) -> str:
+        return "client" if index < 0 else f"stage {index}"
+
+    def hop_line(h) -> None:
+        click.echo(f"{'hop ' + who(h.src) + ' -> ' + who(h.dst):<24} {'':>10} {h.nbytes:>10} "
+                   f"{h.ms:>11.3f}")
+
     click.echo(f"{'':<24} {'compute ms':>10} {'bytes':>10} {'transfer ms':>11}")
-    for hop in range(len(trace.hop_bytes)):
-        src = "client" if hop == 0 else f"stage {hop - 1}"
-        dst = "client" if hop == len(trace.compute_ms) else f"stage {hop}"
-        click.echo(f"{'hop ' + src + ' -> ' + dst:<24} {'':>10} {trace.hop_bytes[hop]:>10} "
-                   f"{trace.hop_ms[hop]:>11.3f}")
-        if hop < len(trace.compute_ms):
-            click.echo(f"{'stage ' + str(hop) + ' [' + targets[hop] + ']':<24} "
-                       f"{trace.compute_ms[hop]:>10.3f}")
+    for stage, ms in enumerate(trace.compute_ms):
+        for h in trace.hops:
+            if h.dst == stage:
+                hop_line(h)
+        click.echo(f"{'stage ' + str(stage) + ' [' + targets[stage] + ']':<24} {ms:>10.3f}")
+    for h in trace.hops:
+        if h.dst < 0:
+            hop_line(h)
     click.echo(f"{'total':<24} {sum(trace.compute_ms):>10.3f} {sum(trace.hop_bytes):>10} "
                f"{trace.transfer_ms:>11.3f}   end to end {trace.total_ms:.3f} ms")
 
@@ -257,6 +280,7 @@ def _print_trace(trace, targets: list[str]) -> None:
 @click.option("-o", "--output", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Bundle directory (default: a temporary one).")
 @shape_option
+@plan_file_option
 @click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False),
               help="Input tensor as .npy (single-input models) or .npz (by input name).")
 @click.option("--workers", default=None, metavar="FILE",
@@ -267,8 +291,8 @@ def _print_trace(trace, targets: list[str]) -> None:
 @click.option("--secure", default=None, type=click.Path(file_okay=False), metavar="KEYS_DIR",
               help="Run every link over CurveZMQ with the keys in KEYS_DIR (`tvmsplit keys`); "
                    "off by default, plain TCP is fine on loopback.")
-def run(model, split_at, targets, out_dir, shapes, input_file, workers, requests, check, tolerance,
-        secure):
+def run(model, split_at, targets, out_dir, shapes, plan_file, input_file, workers, requests, check,
+        tolerance, secure):
     """Build MODEL's stages, run them as a pipeline of workers, print the trace."""
     import tempfile
 
@@ -279,8 +303,8 @@ def run(model, split_at, targets, out_dir, shapes, input_file, workers, requests
     endpoints = json.loads(Path(workers).read_text()) if workers else None
     with tempfile.TemporaryDirectory(prefix="tvmsplit-run-") as tmp:
         out = out_dir or str(Path(tmp) / "bundle")
-        _build_and_check(g, _split_list(split_at, "--split-at"), _split_list(targets, "--targets"),
-                         out, False, tolerance)
+        g, how = _split_how(g, split_at, targets, plan_file)
+        _build_and_check(g, *how, out, False, tolerance)
         _run_pipeline(Bundle.load(out), g, requests, inputs, check, tolerance, endpoints, secure)
 
 
@@ -314,7 +338,7 @@ def demo(out_dir: str, requests: int) -> None:
     split_at = [inside.after, second.after]
     click.echo(f"model: zoo resnet, {len(g.layers)} layers; cutting after {', '.join(split_at)} "
                f"({len(inside.tensors)} tensors cross the cut after {inside.after})")
-    _build_and_check(g, split_at, ["x86_64"], out_dir, False, 1e-4)
+    _build_and_check(g, split_at, ["x86_64"], None, "chain", out_dir, False, 1e-4)
     from .bundle import Bundle
 
     _run_pipeline(Bundle.load(out_dir), g, requests, None, True, 1e-4)
@@ -471,12 +495,19 @@ def _print_plan(g, result, links, objective: str) -> None:
         click.echo(f"layer {layer} fits no device: split horizontally into {parts} parts (HyPS)")
     click.echo(f"{'stage':<6} {'device':<10} {'target':<12} {'layers':>6}  {'first..last':<34} "
                f"{'compute ms':>10} {'memory MB':>9}")
-    used = sorted(set(b.assignment))
-    for s, d in enumerate(used):
-        layers = result.plan.stages[s].layers
-        click.echo(f"{s:<6} {result.devices[d].name:<10} {result.devices[d].target:<12} "
+    costs = dict(zip(result.plan_costs.layers, result.plan_costs.compute_ms))
+    for stage, d in zip(result.plan.stages, result.stage_devices):
+        layers = stage.layers
+        click.echo(f"{stage.index:<6} {result.devices[d].name:<10} {result.devices[d].target:<12} "
                    f"{len(layers):>6}  {(layers[0] + '..' + layers[-1])[:34]:<34} "
-                   f"{b.compute_ms[d]:>10.3f} {b.memory_bytes[d] / 1e6:>9.2f}")
+                   f"{sum(costs[name][d] for name in layers):>10.3f} "
+                   f"{b.memory_bytes[d] / 1e6:>9.2f}")
+    if not result.plan.is_chain:
+        edges = ", ".join(f"{s.index} -> {'/'.join('client' if r.to < 0 else str(r.to) for r in s.sends)}"
+                          for s in result.plan.stages)
+        click.echo(f"stage DAG ({edges}): stages with no path between them run in parallel; "
+                   f"predicted latency {result.critical_path_ms:.3f} ms (the serial figure below "
+                   "is an upper bound)")
     for h, link in enumerate(links):
         if b.hop_bytes[h]:
             click.echo(f"link {h} ({link.name}, {link.up_bps / 1e6:g} Mbit/s up): "

@@ -3,6 +3,15 @@
 ``plan_partition`` runs a planner (``tvmsplit.partition``) and turns its assignment into a
 ``split.Plan``: the devices that received layers become the stages, in path order, each compiled
 for its device's target. The predicted breakdown and the baselines travel with it.
+
+Parallel stages. When layers on different devices could run at the same time (HyPS H-parts of
+one layer placed on two devices, or two branches of a block), one stage per device would run
+them one after another: a stage sends only when its last layer is done, and starts only when all
+its inputs are there. ``parallel_stages`` cuts a device's layers into several stages where that
+would serialise work, and the plan is then a stage DAG with direct routes (``split.py``), which
+the runtime executes with the independent stages in parallel. The predicted breakdown stays the
+cost model's (``partition/problem.py``: compute summed over layers, i.e. serial), so it is an
+upper bound for such plans; ``PlannedSplit.critical_path_ms`` estimates the parallel latency.
 """
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ from .graph import LayerGraph
 from .links import Link
 from .partition import (BASELINES, PLANNERS, Breakdown, CostTable, PlanningError, PowerModel,
                         Problem, plan)
+from .partition.problem import feasible
 from .split import Plan, plan_split
 from .targets import get_target
 
@@ -39,6 +49,8 @@ class PlannedSplit:
     graph: LayerGraph = field(repr=False, compare=False, default=None)
     horizontal: tuple[tuple[str, int], ...] = ()
     plan_costs: CostTable | None = field(repr=False, compare=False, default=None)
+    stage_devices: tuple[int, ...] = ()  # the device (index into devices) of each stage
+    critical_path_ms: float | None = None  # a stage DAG's predicted latency, branches in parallel
 
     def to_json(self) -> dict:
         def breakdown(b: Breakdown | None):
@@ -51,7 +63,8 @@ class PlannedSplit:
                     "energy_mj": b.energy_mj}
 
         return {"plan": self.plan.to_json(), "method": self.method,
-                "horizontal": dict(self.horizontal),
+                "horizontal": dict(self.horizontal), "stage_devices": list(self.stage_devices),
+                "critical_path_ms": self.critical_path_ms,
                 "devices": [{"name": d.name, "target": d.target, "mem_cap_bytes": d.mem_cap_bytes}
                             for d in self.devices],
                 "predicted": breakdown(self.predicted),
@@ -62,12 +75,15 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
                    costs: CostTable, *, objective: str = "latency", method: str = "auto",
                    pins: Mapping[str, str] | None = None, input_bytes: int | None = None,
                    latency_ceiling_ms: float | None = None, horizontal: bool = True,
-                   power: Mapping[str, PowerModel] | None = None) -> PlannedSplit:
+                   power: Mapping[str, PowerModel] | None = None,
+                   parallel: bool = True) -> PlannedSplit:
     """Choose where to cut ``graph`` across ``devices`` (a path: end -> edge -> ...).
 
     With memory caps, a layer that fits no device is first split horizontally (HyPS) into the
     fewest parts that fit the largest cap; each part is predicted to take its share of the
     layer's time. ``horizontal=False`` reports such a layer as infeasible instead.
+    ``parallel=False`` keeps one stage per device (a chain) even where stages could run in
+    parallel (see the module doc).
     """
     names = [d.name for d in devices]
     if len(set(names)) != len(names):
@@ -108,11 +124,15 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
         if name == "dag-mincut" and len(devices) != 2:
             continue
         try:
-            baselines.append((name, PLANNERS[name](problem)))
+            base = PLANNERS[name](problem)
         except PlanningError:
-            baselines.append((name, None))
-    return PlannedSplit(to_plan(graph, best, devices), method, best, tuple(devices), tuple(baselines),
-                        graph, tuple(sorted(hparts.items())), problem.costs)
+            base = None
+        # all-on-end/-edge evaluate a fixed assignment: it may break a cap or a pin
+        baselines.append((name, base if base is not None and feasible(problem, base) else None))
+    plan_, stage_devices = to_plan(graph, best, devices, parallel=parallel)
+    return PlannedSplit(plan_, method, best, tuple(devices), tuple(baselines), graph,
+                        tuple(sorted(hparts.items())), problem.costs, stage_devices,
+                        critical_path_ms(problem, plan_, stage_devices) if not plan_.is_chain else None)
 
 
 def _split_costs(costs: CostTable, graph: LayerGraph, hparts: dict[str, int]) -> CostTable:
@@ -126,10 +146,101 @@ def _split_costs(costs: CostTable, graph: LayerGraph, hparts: dict[str, int]) ->
     return CostTable(costs.devices, names, tuple(rows[n] for n in names))
 
 
-def to_plan(graph: LayerGraph, breakdown: Breakdown, devices: Sequence[Device]) -> Plan:
-    """The stages of an assignment: devices that run layers, in path order."""
-    used = sorted(set(breakdown.assignment))
-    stage_of_device = {d: s for s, d in enumerate(used)}
-    assignment = {layer.name: stage_of_device[d]
-                  for layer, d in zip(graph.layers, breakdown.assignment)}
-    return plan_split(graph, assignment=assignment, targets=[devices[d].target for d in used])
+def to_plan(graph: LayerGraph, breakdown: Breakdown, devices: Sequence[Device], *,
+            parallel: bool = True) -> tuple[Plan, tuple[int, ...]]:
+    """The stages of an assignment and the device of each: one stage per device that runs
+    layers, in path order (a chain); with ``parallel``, more where a device's layers must be cut
+    for stages on different devices to run at the same time (a stage DAG, direct routes)."""
+    device_of = list(breakdown.assignment)
+    stage_of = parallel_stages(graph, device_of) if parallel else None
+    if stage_of is None or max(stage_of) + 1 == len(set(device_of)):
+        used = sorted(set(device_of))
+        stage_of_device = {d: s for s, d in enumerate(used)}
+        assignment = {layer.name: stage_of_device[d] for layer, d in zip(graph.layers, device_of)}
+        return (plan_split(graph, assignment=assignment, targets=[devices[d].target for d in used]),
+                tuple(used))
+    stage_device = [0] * (max(stage_of) + 1)
+    for k, s in enumerate(stage_of):
+        stage_device[s] = device_of[k]
+    plan_ = plan_split(graph, assignment={layer.name: s for layer, s in zip(graph.layers, stage_of)},
+                       targets=[devices[d].target for d in stage_device], routing="direct")
+    return plan_, tuple(stage_device)
+
+
+def parallel_stages(graph: LayerGraph, device_of: Sequence[int]) -> list[int]:
+    """A stage for every layer of a monotone device assignment, such that no stage holds work
+    that another device's stage could overlap with. Each device's layers (in topological order)
+    are cut before layer ``x`` when
+
+    - the stage so far produced a tensor that a layer ``z`` on another device reads, and ``z``
+      does not depend on ``x`` (so ``z`` need not wait for ``x``: send before computing ``x``); or
+    - ``x`` reads a tensor from another device's stage that the stage so far does not receive
+      from (that stage finishes later: start the layers before ``x`` without it).
+
+    Stages are numbered by (device, position on the device), which is topological because data
+    only flows up the path. With one stage per device the result is the plain chain's.
+    """
+    n = len(graph.layers)
+    succ: list[set[int]] = [set() for _ in range(n)]
+    for i, j, _ in graph.edges:
+        if i >= 0:
+            succ[i].add(j)
+    desc = [0] * n  # bitmask of the layers that depend on layer k (k included)
+    for k in reversed(range(n)):
+        desc[k] = 1 << k
+        for j in succ[k]:
+            desc[k] |= desc[j]
+    readers: dict[int, set[int]] = {k: {j for j in succ[k] if device_of[j] != device_of[k]}
+                                    for k in range(n)}
+    preds = graph.predecessors
+    segment = [0] * n  # position of each layer's stage on its device
+    for d in sorted(set(device_of)):
+        current: list[int] = []
+        sources: set[tuple[int, int]] = set()  # (device, segment) stages the current stage reads
+        seg = 0
+        for x in (k for k in range(n) if device_of[k] == d):
+            x_sources = {(device_of[i], segment[i]) for i in preds[x] if device_of[i] != d}
+            overlaps = any(not desc[x] >> z & 1 for k in current for z in readers[k])
+            if current and (overlaps or not x_sources <= sources):
+                seg, current, sources = seg + 1, [], set()
+            current.append(x)
+            sources |= x_sources
+            segment[x] = seg
+    keys = sorted({(device_of[k], segment[k]) for k in range(n)})
+    number = {key: s for s, key in enumerate(keys)}
+    return [number[device_of[k], segment[k]] for k in range(n)]
+
+
+def critical_path_ms(problem: Problem, plan_: Plan, stage_devices: Sequence[int]) -> float:
+    """A stage DAG's latency with independent stages in parallel: the longest path of stage
+    compute (the cost table's times on the stage's device) plus each route's transfer
+    (``bytes x 8 / up_bps + rtt / 2`` per link crossed, free within a device), ending with the
+    outputs' return to the end device."""
+    from .split import CLIENT
+
+    costs = dict(zip(problem.costs.layers, problem.costs.compute_ms))
+    tensors = problem.graph.tensors
+    links = problem.links
+
+    def transfer_ms(names, src_dev: int, dst_dev: int) -> float:
+        nbytes = sum(tensors[n].nbytes for n in names)
+        lo, hi = sorted((src_dev, dst_dev))
+        up = src_dev < dst_dev
+        return sum(1e3 * (nbytes * 8 / (links[h].up_bps if up else links[h].down_bps)
+                          + links[h].rtt_s / 2) for h in range(lo, hi))
+
+    ready = {s.index: 0.0 for s in plan_.stages}  # when each stage has all its inputs
+    for route in plan_.entry:
+        ready[route.to] = max(ready[route.to], transfer_ms(route.tensors, 0, stage_devices[route.to]))
+    done = 0.0
+    for s in plan_.stages:
+        dev = stage_devices[s.index]
+        finish = ready[s.index] + sum(costs[name][dev] for name in s.layers)
+        for route in s.sends:
+            dst = 0 if route.to == CLIENT else stage_devices[route.to]
+            arrive = finish + transfer_ms(route.tensors, dev, dst)
+            if route.to == CLIENT:
+                done = max(done, arrive)
+            else:
+                ready[route.to] = max(ready[route.to], arrive)
+    return done

@@ -5,29 +5,36 @@
         for outputs, trace in p.stream(inputs):     # up to max_in_flight requests in flight
             ...
 
-Topology (every socket ``linger=0``)::
+Topology of a chain (every socket ``linger=0``)::
 
     client PUSH ──▶ PULL stage 0 PUSH ──▶ PULL stage 1 PUSH ──▶ ... ──▶ PULL client (results)
                        REP control          REP control
 
+A plan with direct routes is a DAG of stages (``split.plan_split(routing="direct")``): the client
+sends each entry stage its model inputs (one PUSH per entry route), a stage sends each of its
+routes' destinations their tensors (one PUSH each), a stage with several senders gathers their
+parts by request id, and so does the client when several stages send model outputs. Stages with
+no path between them run at the same time.
+
 The client binds its result PULL socket on an ephemeral port and starts the workers from the last
-stage backwards, so each one is told where to send (``--next``): the next stage's data address, or
-the client's result address for the last stage. Each worker reports its bound addresses in a ready
-file. Every failure on a request travels forward as a wire error message with the request id and
+stage backwards (stages are numbered so that routes go to higher numbers), so each one is told
+where to send (``--next`` per route): a later stage's data address, or the client's result
+address. Each worker reports its bound addresses in a ready file. Every failure on a request travels forward as a wire error message with the request id and
 comes out of :meth:`Pipeline.result` as a :class:`PipelineError`. The client checks its worker
 processes while it waits: when one dies, every request in flight fails at once with the stage and
 exit code, later calls fail fast until :meth:`Pipeline.restart`. Not thread-safe: use one
 Pipeline from one thread.
 
 ``Pipeline(bundle, endpoints=[...])`` connects to workers that are already running (e.g. on other
-machines) instead: give each stage's ready-file dict (``data``, ``control``); the last worker must
-have been started without ``--next`` so that it binds ``out``, which the client connects to.
+machines) instead: give each stage's ready-file dict (``data``, ``control``); a worker that sends
+to the client must have been started without ``--next`` for that route so that it binds ``out``,
+which the client connects to.
 
 ``Pipeline(bundle, secure=KEYS_DIR)`` encrypts and authenticates every link with CurveZMQ (see
 security.py; default None: plain TCP, fine on loopback). The client's keypair is
 ``KEYS_DIR/client.key_secret``; it connects to the workers' data and control sockets as a CURVE
 client of ``KEYS_DIR/worker.key``. Launched workers get ``--secure KEYS_DIR`` (the same directory,
-so it must also hold ``worker.key_secret``), and the last one ``--next-key client``: the client's
+so it must also hold ``worker.key_secret``), and ``--next-key client`` for a route to the client: the client's
 result socket is a CURVE server that admits only the public keys in ``KEYS_DIR/*.key``. With
 ``endpoints`` the workers must run with ``--secure`` and a keys directory holding ``client.key``.
 """
@@ -55,9 +62,15 @@ import zmq
 
 from ..bundle import Bundle
 from ..errors import ShapeError, TvmsplitError, WireError
+from ..split import CLIENT as TO_CLIENT
+from ..split import Route
 from . import wire
+from .gather import Gather, GatherError, Part, merge_traces
 from .security import CLIENT, WORKER, SecureConfig, SecurityError
 from .stage import check_tensors
+from .trace import Hop, Trace, make_trace
+
+__all__ = ["Pipeline", "PipelineError", "Trace", "Hop"]
 
 START_TIMEOUT_S = 60.0
 SHUTDOWN_WAIT_S = 2.0
@@ -74,25 +87,6 @@ class PipelineError(TvmsplitError):
                  code: str | None = None):
         super().__init__(message)
         self.request_id, self.stage, self.code = request_id, stage, code
-
-
-@dataclass(frozen=True)
-class Trace:
-    """Where one request's time went. ``compute_ms[s]`` is stage s; hop 0 is client -> stage 0,
-    hop s is stage s-1 -> stage s, the last hop is the last stage -> client. ``hop_ms`` is the
-    receiver's receive time minus the sender's send time (wall clocks, so it includes time queued
-    behind earlier requests and any clock offset between hosts)."""
-
-    request_id: int
-    compute_ms: tuple[float, ...]
-    hop_bytes: tuple[int, ...]
-    hop_ms: tuple[float, ...]
-    total_ms: float
-    hosts: tuple[str, ...]
-
-    @property
-    def transfer_ms(self) -> float:
-        return sum(self.hop_ms)
 
 
 @dataclass
@@ -113,7 +107,7 @@ class _Worker:
 @dataclass
 class _InFlight:
     send_ts: float
-    sent_bytes: int
+    sent_bytes: dict[int, int]  # entry stage -> bytes
     deadline: float  # time.monotonic()
 
 
@@ -196,14 +190,14 @@ class Pipeline:
         self._ids = itertools.count(1)
         self._inflight: dict[int, _InFlight] = {}
         self._done: dict[int, tuple[dict[str, np.ndarray], Trace] | PipelineError] = {}
-        self._abandoned: set[int] = set()
+        self._replies = self._reply_gather(self.bundle)  # reply parts by request id
         self._unmatched: deque[wire.Message | WireError] = deque(maxlen=_MAX_UNMATCHED)
         self._dead: str | None = None  # why the pipeline is broken (a worker died)
         self._workers: list[_Worker] = []
         self._owned = _Owned()
         self._closed = False
         self._ctx = zmq.Context()
-        self._send: zmq.Socket | None = None
+        self._entry: list[tuple[Route, zmq.Socket]] = []  # one PUSH per entry route
         self._recv: zmq.Socket | None = None
         self._auth = None  # the ZAP handler of a secure result socket
         self._finalizer = weakref.finalize(self, self._owned.release)
@@ -233,6 +227,12 @@ class Pipeline:
     def __call__(self, inputs: Mapping[str, np.ndarray]):
         return self.run(inputs)
 
+    @staticmethod
+    def _reply_gather(bundle: Bundle) -> Gather:
+        """Where replies come from: every stage with a route to the client. Completed and failed
+        ids are remembered, so that a branch's part arriving after another failed is dropped."""
+        return Gather(bundle.plan.senders(TO_CLIENT), "the client", max_open=1 << 30)
+
     def _socket(self, kind: int, server: bool = False) -> zmq.Socket:
         """A socket; when secure a CURVE server (``server``, to bind) or else a CURVE client of
         the workers' key (to connect to a worker)."""
@@ -256,8 +256,6 @@ class Pipeline:
             self._check_launch_keys()
             self._auth = self._secure.authenticator(self._ctx)  # before the result socket binds
         self._recv = self._socket(zmq.PULL, server=launch)
-        self._send = self._socket(zmq.PUSH)
-        self._send.setsockopt(zmq.SNDTIMEO, int(self.timeout_s * 1000))
         if self._given_endpoints is not None:
             self._connect_endpoints(self._given_endpoints)
             return
@@ -270,14 +268,31 @@ class Pipeline:
         self._recv.bind("tcp://127.0.0.1:0")
         result_addr = self._result_addr = self._recv.getsockopt_string(zmq.LAST_ENDPOINT)
         self._owned.tmp = Path(tempfile.mkdtemp(prefix="tvmsplit-pipeline-"))
-        workers: list[_Worker] = []
-        nxt = result_addr
-        for index in reversed(range(self.num_stages)):
-            w = self._launch(index, nxt)
-            workers.insert(0, w)
-            self._workers = workers  # so that a failure below stops the ones already started
-            nxt = w.data
-        self._send.connect(workers[0].data)
+        self._workers = []  # filled as they start, so that a failure stops those already started
+        self._launch_all(self.bundle, self._workers)
+        self._connect_entry(self.bundle, self._workers)
+
+    def _launch_all(self, bundle: Bundle, workers: list[_Worker]) -> None:
+        """Start ``bundle``'s workers, last stage first: each needs its destinations' addresses."""
+        by_stage: dict[int, _Worker] = {}
+        for index in reversed(range(len(bundle.stages))):
+            nxt = [self._result_addr if r.to == TO_CLIENT else by_stage[r.to].data
+                   for r in bundle.stages[index].plan.sends]
+            by_stage[index] = self._launch(bundle, index, nxt)
+            workers.insert(0, by_stage[index])
+
+    def _connect_entry(self, bundle: Bundle, workers: Sequence[_Worker]) -> None:
+        """One PUSH per entry route (a PUSH with several peers would share requests out)."""
+        for route in bundle.plan.entry:
+            sock = self._socket(zmq.PUSH)
+            sock.setsockopt(zmq.SNDTIMEO, int(self.timeout_s * 1000))
+            sock.connect(workers[route.to].data)
+            self._entry.append((route, sock))
+
+    def _close_entry(self) -> None:
+        for _, sock in self._entry:
+            sock.close(linger=0)
+        self._entry = []
 
     def _check_launch_keys(self) -> None:
         """The workers we launch share our keys directory: it must let them and us in."""
@@ -292,18 +307,20 @@ class Pipeline:
                                 f"no {keys.keys_dir}/*.key file, so the workers would refuse the "
                                 "client; put the matching client.key there or recreate the keys")
 
-    def _launch(self, index: int, nxt: str) -> _Worker:
+    def _launch(self, bundle: Bundle, index: int, nxt: Sequence[str]) -> _Worker:
         self._launches = getattr(self, "_launches", 0) + 1  # unique files across swaps
         ready = self._owned.tmp / f"stage{index}-{self._launches}.ready.json"
         log = self._owned.tmp / f"stage{index}-{self._launches}.log"
-        cmd = [sys.executable, "-m", "tvmsplit.runtime.worker", "--bundle", str(self.bundle.path),
-               "--stage", str(index), "--bind", "tcp://127.0.0.1:0", "--next", nxt,
+        cmd = [sys.executable, "-m", "tvmsplit.runtime.worker", "--bundle", str(bundle.path),
+               "--stage", str(index), "--bind", "tcp://127.0.0.1:0",
                "--control", "tcp://127.0.0.1:0", "--ready-file", str(ready),
                "--parent-pid", str(os.getpid())]
+        for addr in nxt:
+            cmd += ["--next", addr]
         if self._secure is not None:
             cmd += ["--secure", str(self._secure.keys_dir.resolve())]
-            if index == self.num_stages - 1:
-                cmd += ["--next-key", CLIENT]  # it connects to our result socket
+            for route in bundle.stages[index].plan.sends:  # the client's result socket or a stage
+                cmd += ["--next-key", CLIENT if route.to == TO_CLIENT else WORKER]
         env = dict(os.environ)
         env.setdefault("TVM_USE_RUNTIME_LIB", "1")
         with open(log, "wb") as logf:
@@ -335,9 +352,11 @@ class Pipeline:
         for i, e in enumerate(endpoints):
             if not isinstance(e.get("data"), str):
                 problems.append(f"endpoint {i} has no 'data' address")
-        if endpoints and not isinstance(endpoints[-1].get("out"), str):
-            problems.append("the last endpoint has no 'out' address: start the last worker "
-                            "without --next so that it binds one")
+        replying = [src for src, _ in self.bundle.plan.senders(TO_CLIENT)]
+        for i in replying:
+            if i < len(endpoints) and not isinstance(endpoints[i].get("out"), str):
+                problems.append(f"endpoint {i} has no 'out' address: stage {i} sends to the client, "
+                                "so start its worker without --next for that route (it binds one)")
         if problems:
             raise PipelineError("; ".join(problems), code="bad_endpoints")
         self._workers = [_Worker(i, e["data"], e.get("control"), e.get("out"), e.get("pid"))
@@ -349,8 +368,9 @@ class Pipeline:
                 problems.append(f"{w.describe()} runs stage {h.get('stage')}")
         if problems:
             raise PipelineError("; ".join(problems), code="bad_endpoints")
-        self._send.connect(self._workers[0].data)
-        self._recv.connect(self._workers[-1].out)
+        self._connect_entry(self.bundle, self._workers)
+        for i in replying:
+            self._recv.connect(self._workers[i].out)
 
     def _stop_workers(self) -> None:
         """Ask our workers to shut down, wait briefly, SIGKILL the groups still alive."""
@@ -374,10 +394,10 @@ class Pipeline:
         _kill_groups([w.proc for w in self._workers if w.proc is not None])
 
     def _close_sockets(self) -> None:
-        for s in (self._send, self._recv):
-            if s is not None:
-                s.close(linger=0)
-        self._send = self._recv = None
+        self._close_entry()
+        if self._recv is not None:
+            self._recv.close(linger=0)
+        self._recv = None
         if self._auth is not None:
             self._auth.stop()  # before ctx.term(); restart() starts a new one
             self._auth = None
@@ -393,7 +413,6 @@ class Pipeline:
         self._close_sockets()
         self._owned.release()
         self._workers = []
-        self._abandoned.clear()
         self._dead = None
         try:
             self._start()
@@ -421,26 +440,20 @@ class Pipeline:
         if off_host:
             raise PipelineError(f"cannot run stage(s) {off_host} of {new.path} on this machine",
                                 code="bad_swap")
-        old_bundle, old_workers = self.bundle, self._workers
-        self.bundle, started = new, []
+        started: list[_Worker] = []
         try:
-            nxt = self._result_addr
-            for index in reversed(range(len(new.stages))):
-                worker = self._launch(index, nxt)
-                started.insert(0, worker)
-                nxt = worker.data
+            self._launch_all(new, started)
         except BaseException:
-            self.bundle = old_bundle
             _kill_groups([w.proc for w in started])
             raise
-        self.bundle = old_bundle  # requests in flight still belong to the old plan
-        while self._inflight:
+        while self._inflight:  # requests in flight finish on the old plan
             self._pump(_POLL_S)
             self._check_usable()
-        self._send.disconnect(old_workers[0].data)
-        self._send.connect(started[0].data)
+        self._close_entry()
+        self._connect_entry(new, started)
         self._stop_workers()
         self.bundle, self._workers = new, started
+        self._replies = self._reply_gather(new)
 
     def close(self) -> None:
         """Shut the workers down (SIGKILL those that do not exit), close sockets, remove files."""
@@ -532,17 +545,20 @@ class Pipeline:
             self._pump(_POLL_S)
             self._check_usable()
         rid = next(self._ids)
-        frames = wire.request(rid, 0, [(t.name, np.asarray(inputs[t.name]))
-                                       for t in self.bundle.inputs])
+        messages = [(route.to, sock, wire.request(rid, route.to, [
+            (name, np.asarray(inputs[name])) for name in route.tensors])) for route, sock in self._entry]
         send_ts = time.time()
-        try:
-            # copy=True: the caller may reuse its arrays as soon as submit returns
-            self._send.send_multipart(frames, copy=True)
-        except zmq.Again:
-            raise PipelineError(f"request {rid}: stage 0 did not accept it within "
-                                f"{self.timeout_s:g} s ({self._workers[0].describe()})",
-                                request_id=rid, stage=0, code="timeout") from None
-        self._inflight[rid] = _InFlight(send_ts, sum(len(f) for f in frames),
+        for stage, sock, frames in messages:
+            try:
+                # copy=True: the caller may reuse its arrays as soon as submit returns
+                sock.send_multipart(frames, copy=True)
+            except zmq.Again:
+                self._replies.fail(rid)  # a part already sent to another entry stage is dropped
+                raise PipelineError(f"request {rid}: stage {stage} did not accept it within "
+                                    f"{self.timeout_s:g} s ({self._workers[stage].describe()})",
+                                    request_id=rid, stage=stage, code="timeout") from None
+        self._inflight[rid] = _InFlight(send_ts, {stage: sum(len(f) for f in frames)
+                                                  for stage, _, frames in messages},
                                         time.monotonic() + self.timeout_s)
         return rid
 
@@ -616,14 +632,18 @@ class Pipeline:
     # ---------------------------------------------------------------------------------- receive
     def _abandon(self, rid: int) -> None:
         if self._inflight.pop(rid, None) is not None:
-            self._abandoned.add(rid)
+            self._replies.fail(rid)  # its answer, when it comes, is dropped
         self._done.pop(rid, None)
+
+    def _finish(self, rid: int, result) -> None:
+        """Request ``rid`` is over: its outputs and trace, or a PipelineError."""
+        self._inflight.pop(rid, None)
+        self._replies.fail(rid)
+        self._done[rid] = result
 
     def _fail_all(self, make_error) -> None:
         for rid in list(self._inflight):
-            self._done[rid] = make_error(rid)
-        self._abandoned.update(self._inflight)
-        self._inflight.clear()
+            self._finish(rid, make_error(rid))
 
     def _pump(self, timeout_s: float) -> None:
         """Receive what arrives within ``timeout_s``, then check workers and deadlines."""
@@ -661,13 +681,11 @@ class Pipeline:
         for rid, f in list(self._inflight.items()):
             if now > f.deadline:
                 stages = ", ".join(w.describe() for w in self._workers)
-                self._inflight.pop(rid)
-                self._abandoned.add(rid)
-                self._done[rid] = PipelineError(
+                self._finish(rid, PipelineError(
                     f"request {rid} got no answer within {self.timeout_s:g} s from the "
                     f"{self.num_stages}-stage pipeline [{stages}]; a stage is stuck, overloaded or "
                     "unreachable: check health(), or raise timeout_s", request_id=rid,
-                    code="timeout")
+                    code="timeout"))
 
     def _accept(self, frames: list[Any], recv_ts: float) -> None:
         try:
@@ -675,46 +693,36 @@ class Pipeline:
         except WireError as exc:
             self._unmatched.append(exc)
             return
-        pending = self._inflight.pop(msg.id, None)
+        rid = msg.id
+        pending = self._inflight.get(rid)
         if pending is None:
-            if msg.id in self._abandoned:
-                self._abandoned.discard(msg.id)  # a late answer nobody waits for
-            else:
+            if not self._replies.is_closed(rid):
                 self._unmatched.append(msg)
-            return
-        self._done[msg.id] = self._result(msg, pending, recv_ts, sum(len(f) for f in frames))
-
-    def _result(self, msg: wire.Message, pending: _InFlight, recv_ts: float, nbytes: int):
-        rid, last = msg.id, self.num_stages - 1
+            return  # else a late answer nobody waits for (timed out, abandoned, failed elsewhere)
         if msg.kind == "error":
-            return PipelineError(f"request {rid} failed at stage {msg.stage}: [{msg.error.code}] "
-                                 f"{msg.error.message}", request_id=rid, stage=msg.stage,
-                                 code=msg.error.code)
-        outputs = {name: np.array(a) for name, a in msg.tensors}  # own, writable copies
+            self._finish(rid, PipelineError(
+                f"request {rid} failed at stage {msg.stage}: [{msg.error.code}] "
+                f"{msg.error.message}", request_id=rid, stage=msg.stage, code=msg.error.code))
+            return
         try:
-            if msg.kind != "reply" or msg.stage != last:
-                raise ShapeError(f"expected a reply from stage {last}, got a {msg.kind!r} from "
-                                 f"stage {msg.stage}")
-            check_tensors(self.bundle.outputs, outputs, f"reply of stage {last}")
-        except ShapeError as exc:
-            return PipelineError(f"request {rid}: bad reply: {exc}", request_id=rid,
-                                 stage=msg.stage, code="bad_reply")
+            names = [name for name, _ in msg.tensors]
+            if msg.kind != "reply" or self._replies.source_of(names) != msg.stage:
+                raise ShapeError(f"expected a reply with {self._expected_reply()}, got a "
+                                 f"{msg.kind!r} from stage {msg.stage} with {sorted(names)}")
+            parts = self._replies.add(rid, Part(msg.stage, {n: np.array(a) for n, a in msg.tensors},
+                                                msg.trace, recv_ts, sum(len(f) for f in frames)))
+            if parts is None:
+                return  # other stages' parts still to come
+            outputs = {name: a for part in parts for name, a in part.tensors.items()}
+            check_tensors(self.bundle.outputs, outputs, "the replies")
+        except (ShapeError, GatherError) as exc:
+            self._finish(rid, PipelineError(f"request {rid}: bad reply: {exc}", request_id=rid,
+                                            stage=msg.stage, code="bad_reply"))
+            return
         outputs = {t.name: outputs[t.name] for t in self.bundle.outputs}
-        return outputs, _make_trace(rid, msg.trace, pending, recv_ts, nbytes)
+        self._finish(rid, (outputs, make_trace(rid, pending.send_ts, pending.sent_bytes, parts,
+                                               merge_traces(parts))))
 
-
-def _make_trace(rid: int, entries: Sequence[dict], pending: _InFlight, recv_ts: float,
-                reply_bytes: int) -> Trace:
-    def num(e: dict, key: str) -> float:
-        v = e.get(key)
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
-
-    send_ts = [pending.send_ts] + [num(e, "send_ts") for e in entries]
-    recv = [num(e, "recv_ts") for e in entries] + [recv_ts]
-    bytes_in = [e.get("bytes_in") for e in entries]
-    hop_bytes = [b if isinstance(b, int) else -1 for b in bytes_in]
-    if hop_bytes and hop_bytes[0] < 0:
-        hop_bytes[0] = pending.sent_bytes
-    return Trace(rid, tuple(num(e, "compute_ms") for e in entries), (*hop_bytes, reply_bytes),
-                 tuple((r - s) * 1e3 for s, r in zip(send_ts, recv)),
-                 (recv_ts - pending.send_ts) * 1e3, tuple(str(e.get("host", "")) for e in entries))
+    def _expected_reply(self) -> str:
+        return "; ".join(f"{sorted(names)} from stage {src}"
+                         for names, src in self._replies.sources.items())

@@ -1,14 +1,22 @@
-"""A stage worker: one process that runs one stage of a bundle and passes the result on.
+"""A stage worker: one process that runs one stage of a bundle and passes the results on.
 
     python -m tvmsplit.runtime.worker --bundle DIR --stage N --bind tcp://127.0.0.1:0 \\
-        [--next tcp://HOST:PORT] [--control tcp://127.0.0.1:0] [--ready-file PATH] \\
-        [--secure KEYS_DIR [--next-key worker|client|FILE]]
+        [--next tcp://HOST:PORT ...] [--control tcp://127.0.0.1:0] [--ready-file PATH] \\
+        [--secure KEYS_DIR [--next-key worker|client|FILE ...]]
+
+Routes. The bundle's plan says where this stage sends its outputs (``StagePlan.sends``: one route
+per destination, another stage or the client) and who sends to it (``Plan.senders``). In a chain
+each stage has one sender and one destination; in a stage DAG (``routing="direct"``) a stage may
+send to several stages (fan-out) and receive from several (fan-in).
 
 Sockets (all ``linger=0``)
-    data in   PULL, bound on ``--bind``: requests for this stage (wire format v1, see wire.py).
-    data out  PUSH, connected to ``--next`` (the next stage's data address, or for the last stage
-              the client's result address). Without ``--next`` it is *bound* on ``--out``
-              (default: an ephemeral port on the ``--bind`` host) and a client connects to it.
+    data in   PULL, bound on ``--bind``: every sender's messages for this stage (wire format v1,
+              see wire.py).
+    data out  one PUSH per route, connected to the ``--next`` address given for it (``--next`` is
+              repeated, one per route, in the order of ``sends``). A route to the client may be
+              left without an address when it is the last one: its socket is then *bound* on
+              ``--out`` (default: an ephemeral port on the ``--bind`` host) and a client connects
+              to it.
     control   REP, bound on ``--control`` (default ``tcp://127.0.0.1:0``). JSON requests:
               ``{"cmd": "health"}`` -> ``{"ok": true, "stage", "pid", "host", "cpu_percent",
               "mem_available_bytes", "served", "errors"}``; ``{"cmd": "shutdown"}`` ->
@@ -20,31 +28,36 @@ Sockets (all ``linger=0``)
 
 With ``--secure KEYS_DIR`` every socket uses CurveZMQ (see security.py): the worker's keypair is
 ``KEYS_DIR/worker.key_secret``; its bound sockets (data in, control, a bound data out) are CURVE
-servers that admit only the public keys in ``KEYS_DIR/*.key`` (a ZAP handler thread); its connected
-data out is a CURVE client of the server whose public key is ``--next-key`` (``worker``: the next
-stage, the default; ``client``: a Pipeline's result socket; or a path to a ``.key`` file). A peer
-that is not authorized is dropped during the handshake: its messages never reach the worker.
-Without ``--secure`` the sockets are plain TCP (a warning is printed when an address is not
-loopback).
+servers that admit only the public keys in ``KEYS_DIR/*.key`` (a ZAP handler thread); each
+connected data out is a CURVE client of the server whose public key is its ``--next-key``
+(``worker``: a stage, the default; ``client``: a Pipeline's result socket; or a path to a ``.key``
+file), given once for all ``--next`` addresses or once per address. A peer that is not authorized
+is dropped during the handshake: its messages never reach the worker. Without ``--secure`` the
+sockets are plain TCP (a warning is printed when an address is not loopback).
 
-One ``zmq.Poller`` watches the control socket and the data path. At most one outgoing message is
-held: while it cannot be sent (the next hop is full or absent) the worker reads no new input, so
+One ``zmq.Poller`` watches the control socket and the data path. Outgoing messages are held
+until sent: while any is held (a next hop is full or absent) the worker reads no new input, so
 back-pressure travels upstream instead of memory growing.
 
-Per message: decode (wire.decode) -> kind "error" is forwarded unchanged -> the header's stage
-must be this stage (``wrong_stage``) -> kind must be "request" (``unexpected_kind``) -> tensor
-names (``unknown_tensor`` / ``missing_tensor``) -> dtypes and shapes (``shape_mismatch``) ->
-compute (``compute_failed``). Every failure is sent *forward* as a wire error message carrying
-the request id (0 when the id cannot be read from the header), so it reaches the client. A
-successful stage appends ``{"stage", "host", "compute_ms", "recv_ts", "send_ts", "bytes_in"}`` to
-the header's trace and sends a request for stage N+1 (or, from the last stage, a reply).
+Per message: decode (wire.decode) -> kind "error": passed on to every route, once per request
+(a fan-in stage hears it from several branches) -> the header's stage must be this stage
+(``wrong_stage``) -> kind must be "request" (``unexpected_kind``) -> with one sender: tensor names
+(``unknown_tensor`` / ``missing_tensor``); with several: the names must be one sender's route
+(``bad_route``), heard once per request (``duplicate_part``), and the request waits until every
+sender's part is there (gather.py; at most 64 requests wait, the oldest beyond that fails with
+``incomplete``) -> dtypes and shapes (``shape_mismatch``) -> compute (``compute_failed``). Every
+failure is sent *forward* as a wire error message carrying the request id (0 when the id cannot
+be read from the header), so it reaches the client. A successful stage appends ``{"stage",
+"host", "compute_ms", "recv_ts", "send_ts", "bytes_in", "parts": [{"from", "recv_ts",
+"bytes"}]}`` to the (merged) trace and sends each route its tensors: a request for the next
+stage, or a reply to the client.
 
 On start the bound endpoints are written to ``--ready-file`` atomically as JSON
-``{"data", "control", "out", "pid", "stage"}`` (``out`` is null when ``--next`` is given).
+``{"data", "control", "out", "pid", "stage"}`` (``out`` is null unless a client route is bound).
 SIGTERM / SIGINT / ``shutdown`` exit cleanly with code 0; so does the worker when ``--parent-pid``
 is given and that process is gone (no orphans when a client dies without closing). Start-up
-failures (bad bundle, stage out of range, a stage for another machine, missing or corrupt keys)
-print one line to stderr and exit with code 2.
+failures (bad bundle, stage out of range, a stage for another machine, missing or corrupt keys,
+a wrong number of ``--next``) print one line to stderr and exit with code 2.
 """
 from __future__ import annotations
 
@@ -68,7 +81,9 @@ from typing import Any  # noqa: E402
 import zmq  # noqa: E402
 
 from ..errors import TvmsplitError, WireError  # noqa: E402
+from ..split import CLIENT as TO_CLIENT  # noqa: E402
 from . import wire  # noqa: E402
+from .gather import Gather, GatherError, Part, merge_traces  # noqa: E402
 from .security import WORKER, SecureConfig  # noqa: E402
 from .stage import check_tensors  # noqa: E402
 
@@ -98,16 +113,25 @@ class StageWorker:
     """Sockets and a loaded stage; :meth:`serve` runs the loop. A context manager."""
 
     def __init__(self, bundle_dir: str | os.PathLike, stage: int, bind: str,
-                 next_addr: str | None = None, control: str | None = "tcp://127.0.0.1:0",
-                 out: str | None = None, parent_pid: int | None = None,
+                 next_addr: str | Sequence[str] | None = None,
+                 control: str | None = "tcp://127.0.0.1:0", out: str | None = None,
+                 parent_pid: int | None = None,
                  secure: SecureConfig | str | os.PathLike | None = None,
-                 next_key: str | os.PathLike = WORKER, await_library: bool = False):
+                 next_key: str | os.PathLike | Sequence[str | os.PathLike] = WORKER,
+                 await_library: bool = False):
         from ..bundle import Bundle
         from .stage import StageRunner
 
+        next_addrs = [next_addr] if isinstance(next_addr, str) else list(next_addr or [])
+        next_keys = [next_key] if isinstance(next_key, (str, os.PathLike)) else list(next_key)
         # keys first: a missing key fails fast, before the stage library is loaded
         self.secure = SecureConfig.of(secure, WORKER)
-        next_server_key = self.secure.peer_key(next_key) if self.secure and next_addr else None
+        if len(next_keys) not in (1, len(next_addrs)) and self.secure is not None:
+            raise WorkerStartError(f"{len(next_keys)} --next-key for {len(next_addrs)} --next; "
+                                   "give one for all or one per --next")
+        next_keys = next_keys * len(next_addrs) if len(next_keys) == 1 else next_keys
+        server_keys = ([self.secure.peer_key(k) for k in next_keys] if self.secure
+                       else [None] * len(next_addrs))
         # validates the manifest and this stage's library only: a device holds just its own stage
         # (with await_library the library comes later, pushed over the control socket)
         bundle = Bundle.load(bundle_dir, stages=[] if await_library or stage < 0 else [stage])
@@ -115,18 +139,27 @@ class StageWorker:
             raise WorkerStartError(f"stage {stage} is out of range: bundle {str(bundle_dir)!r} has "
                                    f"stages 0..{len(bundle.stages) - 1}")
         self.bundle_stage = bundle.stages[stage]
+        routes = self.bundle_stage.plan.sends
+        bind_last = (len(next_addrs) == len(routes) - 1 and routes[-1].to == TO_CLIENT)
+        if len(next_addrs) != len(routes) and not bind_last:
+            raise WorkerStartError(
+                f"stage {stage} sends to {', '.join(_dest(r.to) for r in routes)}: give one "
+                f"--next per destination in that order (a last route to the client may be left "
+                f"out to bind it on --out); got {len(next_addrs)} --next")
         if not self.bundle_stage.runs_on_host:
             t = self.bundle_stage.target
             raise WorkerStartError(f"stage {stage} is built for {t.get('name')} ({t.get('arch')}, "
                                    f"{t['target']['kind']}); run its worker on such a device")
         self.plan = self.bundle_stage.plan
         self.index = stage
-        self.is_last = stage == len(bundle.stages) - 1
+        senders = bundle.plan.senders(stage)
+        self.gather = Gather(senders, f"stage {stage}") if len(senders) > 1 else None
         self.parent_pid = parent_pid
         self.host = socket.gethostname()
         self.served = 0
         self.errors = 0
         self._input_names = [t.name for t in self.plan.inputs]
+        self._senders_one = senders[0][0] if senders else TO_CLIENT
         self.runner = None if await_library else StageRunner(self.bundle_stage.library, self.plan)
         self.ctx = zmq.Context()
         self.sockets: list[zmq.Socket] = []
@@ -136,13 +169,14 @@ class StageWorker:
                 self.auth = self.secure.authenticator(self.ctx)
             self.data_in = self._socket(zmq.PULL, server=True)
             self.data_in.bind(bind)
-            self.out_bound = not next_addr
-            if next_addr:
-                self.data_out = self._socket(zmq.PUSH, server_key=next_server_key)
-                self.data_out.connect(next_addr)
-            else:
-                self.data_out = self._socket(zmq.PUSH, server=True)
-                self.data_out.bind(out or _ephemeral_like(bind))
+            self.outs: list[zmq.Socket] = []  # one per route, in the order of plan.sends
+            for addr, key in zip(next_addrs, server_keys):
+                self.outs.append(self._socket(zmq.PUSH, server_key=key))
+                self.outs[-1].connect(addr)
+            self.out_bound = bind_last
+            if bind_last:
+                self.outs.append(self._socket(zmq.PUSH, server=True))
+                self.outs[-1].bind(out or _ephemeral_like(bind))
             self.control = None
             if control:
                 self.control = self._socket(zmq.REP, server=True)
@@ -174,7 +208,7 @@ class StageWorker:
     def endpoints(self) -> dict[str, Any]:
         last = lambda s: s.getsockopt_string(zmq.LAST_ENDPOINT)  # noqa: E731
         return {"data": last(self.data_in), "control": last(self.control) if self.control else None,
-                "out": last(self.data_out) if self.out_bound else None,
+                "out": last(self.outs[-1]) if self.out_bound else None,
                 "pid": os.getpid(), "stage": self.index}
 
     def __enter__(self) -> "StageWorker":
@@ -198,16 +232,20 @@ class StageWorker:
             self.runner = None
 
     # ------------------------------------------------------------------------------ one message
-    def handle(self, frames: Sequence[Any]) -> list[Any]:
-        """The frames to send on for one received message (a result or an error)."""
+    def handle(self, frames: Sequence[Any]) -> list[tuple[zmq.Socket, list[Any]]]:
+        """What to send for one received message: ``(socket, frames)`` pairs, none while a
+        request still waits for other senders' parts."""
         recv_ts = time.time()
         try:
             msg = wire.decode(frames)
         except WireError as exc:
             text = str(exc).removeprefix(f"[{exc.code}] ")
             return self._error(_peek_id(frames), exc.code, text)
-        if msg.kind == "error":
-            return list(frames)  # someone upstream failed: pass it on unchanged
+        if msg.kind == "error":  # someone upstream failed: pass it on, once per request
+            if self.gather is not None and not self.gather.fail(msg.id):
+                return []
+            header = bytes(memoryview(getattr(frames[0], "buffer", frames[0])))
+            return [(sock, [header]) for sock in self.outs]
         if msg.stage != self.index:
             return self._error(msg.id, "wrong_stage", f"message for stage {msg.stage} arrived at "
                                f"stage {self.index}", msg.trace)
@@ -218,45 +256,77 @@ class StageWorker:
             return self._error(msg.id, "not_deployed", f"stage {self.index} has no library yet; "
                                "push it with the control command 'deploy'", msg.trace)
         names = [n for n, _ in msg.tensors]
-        extra = [n for n in names if n not in self._input_names]
-        if extra:
-            return self._error(msg.id, "unknown_tensor", f"unexpected tensor(s) {extra}; stage "
-                               f"{self.index} expects {sorted(self._input_names)}", msg.trace)
-        absent = sorted(set(self._input_names) - set(names))
-        if absent:
-            return self._error(msg.id, "missing_tensor", f"missing tensor(s) {absent}; stage "
-                               f"{self.index} expects {sorted(self._input_names)}", msg.trace)
-        tensors = msg.arrays()
+        if self.gather is None:
+            extra = [n for n in names if n not in self._input_names]
+            if extra:
+                return self._error(msg.id, "unknown_tensor", f"unexpected tensor(s) {extra}; stage "
+                                   f"{self.index} expects {sorted(self._input_names)}", msg.trace)
+            absent = sorted(set(self._input_names) - set(names))
+            if absent:
+                return self._error(msg.id, "missing_tensor", f"missing tensor(s) {absent}; stage "
+                                   f"{self.index} expects {sorted(self._input_names)}", msg.trace)
+            source = self._senders_one
+            parts = [Part(source, msg.arrays(), msg.trace, recv_ts, _nbytes(frames))]
+        else:
+            try:
+                part = Part(self.gather.source_of(names), msg.arrays(), msg.trace, recv_ts,
+                            _nbytes(frames))
+                parts = self.gather.add(msg.id, part)
+            except GatherError as exc:
+                return self._error(msg.id, exc.code, str(exc), msg.trace)
+            out = [m for rid in self.gather.overflow() for m in self._error(
+                rid, "incomplete", f"stage {self.index} gave up request {rid}: more than "
+                f"{self.gather.max_open} requests were waiting for parts")]
+            if parts is None:
+                return out
+            return out + self._run(msg.id, parts)
+        return self._run(msg.id, parts)
+
+    def _run(self, rid: int, parts: list[Part]) -> list[tuple[zmq.Socket, list[Any]]]:
+        """Compute the stage on the gathered parts and address the results to every route."""
+        trace = merge_traces(parts) if len(parts) > 1 else parts[0].trace
+        tensors = {name: a for part in parts for name, a in part.tensors.items()}
         try:
             check_tensors(self.plan.inputs, tensors, f"stage {self.index}")
         except TvmsplitError as exc:
-            return self._error(msg.id, "shape_mismatch", str(exc), msg.trace)
+            return self._error(rid, "shape_mismatch", str(exc), trace)
         t0 = time.perf_counter()
         try:
             outputs = self.runner.run(tensors)
         except Exception as exc:  # noqa: BLE001 - a TVM failure must not kill the worker
-            return self._error(msg.id, "compute_failed",
-                               f"stage {self.index}: {type(exc).__name__}: {exc}", msg.trace)
+            return self._error(rid, "compute_failed",
+                               f"stage {self.index}: {type(exc).__name__}: {exc}", trace)
         compute_ms = (time.perf_counter() - t0) * 1e3
         entry = {"stage": self.index, "host": self.host, "compute_ms": compute_ms,
-                 "recv_ts": recv_ts, "bytes_in": _nbytes(frames), "send_ts": time.time()}
-        trace = (*msg.trace, entry)
+                 "recv_ts": max(p.recv_ts for p in parts),
+                 "bytes_in": sum(p.nbytes for p in parts),
+                 "parts": [{"from": p.source, "recv_ts": p.recv_ts, "bytes": p.nbytes}
+                           for p in parts],
+                 "send_ts": time.time()}
+        trace = (*trace, entry)
+        sends = []
         try:
-            if self.is_last:
-                out = wire.reply(msg.id, self.index, outputs, trace)
-            else:
-                out = wire.request(msg.id, self.index + 1, outputs, trace)
+            for route, sock in zip(self.plan.sends, self.outs):
+                tensors = [(name, outputs[name]) for name in route.tensors]
+                if route.to == TO_CLIENT:
+                    sends.append((sock, wire.reply(rid, self.index, tensors, trace)))
+                else:
+                    sends.append((sock, wire.request(rid, route.to, tensors, trace)))
         except WireError as exc:
-            return self._error(msg.id, exc.code, f"stage {self.index} cannot encode its outputs: "
-                               f"{exc}", msg.trace)
+            return self._error(rid, exc.code, f"stage {self.index} cannot encode its outputs: "
+                               f"{exc}", trace)
         self.served += 1
-        return out
+        return sends
 
-    def _error(self, rid: int, code: str, message: str, trace=()) -> list[bytes]:
+    def _error(self, rid: int, code: str, message: str, trace=()) -> list[tuple[zmq.Socket, list[Any]]]:
+        """The error message for request ``rid``, addressed to every route."""
         self.errors += 1
+        if self.gather is not None:
+            self.gather.fail(rid)
         if len(message) > MAX_ERROR_MESSAGE:
             message = message[:MAX_ERROR_MESSAGE] + "..."
-        return wire.error_reply(rid, self.index, code, message, trace)
+        frames = wire.error_reply(rid, self.index, code, message, trace)
+        return [(sock, frames) for sock in self.outs]
 
     # ---------------------------------------------------------------------------------- control
     def _control(self) -> bool:
@@ -324,29 +394,38 @@ class StageWorker:
         poller = zmq.Poller()
         if self.control is not None:
             poller.register(self.control, zmq.POLLIN)
-        pending: list[Any] | None = None
+        pending: list[tuple[zmq.Socket, list[Any]]] = []
         while not stop.is_set():
             poller.register(self.data_in, 0 if pending else zmq.POLLIN)
-            poller.register(self.data_out, zmq.POLLOUT if pending else 0)
+            waiting = {sock for sock, _ in pending}
+            for sock in self.outs:
+                poller.register(sock, zmq.POLLOUT if sock in waiting else 0)
             events = dict(poller.poll(POLL_MS))
             if self.control is not None and events.get(self.control, 0) & zmq.POLLIN:
                 if self._control():
                     return
-            if pending and events.get(self.data_out, 0) & zmq.POLLOUT:
-                pending = self._send(pending)
-            elif not pending and events.get(self.data_in, 0) & zmq.POLLIN:
+            if pending:
+                if any(events.get(sock, 0) & zmq.POLLOUT for sock in waiting):
+                    pending = self._send(pending)
+            elif events.get(self.data_in, 0) & zmq.POLLIN:
                 frames = self.data_in.recv_multipart(copy=False)
                 pending = self._send(self.handle(frames))
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
                 return  # the client that started us is gone
 
-    def _send(self, frames: list[Any]) -> list[Any] | None:
-        """Send without blocking; the frames back when the next hop cannot take them yet."""
-        try:
-            self.data_out.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-            return None
-        except zmq.Again:
-            return frames
+    @staticmethod
+    def _send(messages: list[tuple[zmq.Socket, list[Any]]]) -> list[tuple[zmq.Socket, list[Any]]]:
+        """Send without blocking; the messages a next hop cannot take yet (in order per socket)."""
+        held, blocked = [], set()
+        for sock, frames in messages:
+            if sock not in blocked:
+                try:
+                    sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                    continue
+                except zmq.Again:
+                    blocked.add(sock)
+            held.append((sock, frames))
+        return held
 
 
 def _prime_cpu_percent() -> None:
@@ -382,12 +461,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", required=True, type=int, help="index of the stage to run")
     p.add_argument("--bind", default="tcp://127.0.0.1:0",
                    help="data input address to bind (PULL); port 0 picks a free port")
-    p.add_argument("--next", default=None,
+    p.add_argument("--next", action="append", default=None,
                    help="address to send results to (PUSH connect): the next stage's --bind, or "
-                        "the client's result address for the last stage")
+                        "the client's result address; repeat it once per route of the stage, in "
+                        "the order of the manifest's 'sends'")
     p.add_argument("--out", default=None,
-                   help="without --next: address to bind the output on (default: port 0 on the "
-                        "--bind host); a client connects its PULL socket there")
+                   help="when the last route (to the client) has no --next: address to bind it on "
+                        "(default: port 0 on the --bind host); a client connects its PULL socket "
+                        "there")
     p.add_argument("--control", default="tcp://127.0.0.1:0",
                    help="control address to bind (REP: health, shutdown); '' disables it")
     p.add_argument("--ready-file", default=None,
@@ -400,11 +481,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secure", default=None, metavar="KEYS_DIR",
                    help="encrypt and authenticate every socket with CurveZMQ: own keypair "
                         "KEYS_DIR/worker.key_secret, accepted peers = public keys KEYS_DIR/*.key")
-    p.add_argument("--next-key", default=WORKER, metavar="NAME|FILE",
+    p.add_argument("--next-key", action="append", default=None, metavar="NAME|FILE",
                    help="with --secure and --next: the public key of the --next server, as a "
-                        "name in KEYS_DIR ('worker': the next stage; 'client': a Pipeline's "
-                        "result socket) or a .key file")
+                        "name in KEYS_DIR ('worker': a stage, the default; 'client': a Pipeline's "
+                        "result socket) or a .key file; once for all --next or once per --next")
     return p
+
+
+def _dest(to: int) -> str:
+    return "the client" if to == TO_CLIENT else f"stage {to}"
 
 
 def _loopback(addr: str | None) -> bool:
@@ -427,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             worker = StageWorker(args.bundle, args.stage, args.bind, args.next,
                                  args.control or None, args.out, args.parent_pid,
-                                 secure=args.secure, next_key=args.next_key,
+                                 secure=args.secure, next_key=args.next_key or WORKER,
                                  await_library=args.await_library)
         except TvmsplitError as exc:
             print(f"tvmsplit worker: {exc}", file=sys.stderr, flush=True)
@@ -437,8 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{exc}", file=sys.stderr, flush=True)
             return 2
         with worker:
-            exposed = [a for a in worker.endpoints.values() if isinstance(a, str)
-                       and not _loopback(a)] + ([args.next] if not _loopback(args.next) else [])
+            exposed = [a for a in [*worker.endpoints.values(), *(args.next or [])]
+                       if isinstance(a, str) and not _loopback(a)]
             if worker.secure is None and exposed:
                 print(f"tvmsplit worker: warning: --secure is off on non-loopback address(es) "
                       f"{', '.join(exposed)}: anyone who can reach them can send requests or shut "
