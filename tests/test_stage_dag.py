@@ -219,6 +219,20 @@ def test_client_fans_out_and_gathers_outputs_of_two_stages(dag):
     assert sorted((h.src, h.dst) for h in trace.hops) == [(-1, 0), (-1, 1), (0, -1), (1, -1)]
 
 
+def test_secure_dag_pipeline(dag, tmp_path):
+    """CurveZMQ on every route: a fan-out stage connects to two workers, two stages to the
+    client's result socket (each route with its own server key)."""
+    from tvmsplit.runtime.security import generate_keys
+
+    generate_keys(tmp_path / "keys")
+    for graph, bundle, x, want in ((dag["graph"], dag["bundle"], dag["x"], dag["ref"]),
+                                   (*dag["two"], None, None)):
+        x = x if x is not None else random_inputs(graph.inputs, seed=9)
+        with Pipeline(bundle, secure=tmp_path / "keys") as p:
+            y, _ = p.run(x)
+        _assert_close(y, want if want is not None else reference(graph, x), "secure DAG")
+
+
 def test_independent_stage_runs_while_its_sibling_is_stopped(dag):
     """Stage 2 computes request r although stage 1 (its sibling) is frozen: they do not wait
     for each other; stage 3 waits for both, and the answer is right once stage 1 resumes."""
