@@ -6,7 +6,6 @@ A MODEL argument is a path to an .onnx file or ``zoo:NAME`` for a built-in model
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 

@@ -191,7 +191,6 @@ class LayerGraph:
         """
         first = set(before)
         self._check_closed(first)
-        out_names = {t.name for t in self.outputs}
         seen: dict[str, TensorSpec] = {}
         for i, j, t in sorted(self.edges, key=lambda e: e[0]):
             if (i < 0 or i in first) and j not in first:

@@ -297,7 +297,6 @@ def _check_assignment(graph: LayerGraph, assignment: Mapping[str, int]) -> list[
 
 def stage_onnx(graph: LayerGraph, stage: StagePlan):
     """The ONNX sub-model computing ``stage.library_outputs`` from ``stage.library_inputs``."""
-    import onnx
     from onnx import helper
 
     model = graph.model

@@ -44,8 +44,6 @@ import itertools
 import json
 import math
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -66,6 +64,7 @@ from ..split import CLIENT as TO_CLIENT
 from ..split import Route
 from . import wire
 from .gather import Gather, GatherError, Part, merge_traces
+from .procs import Owned, WorkerInfo, exit_text, kill_groups, log_tail
 from .security import CLIENT, WORKER, SecureConfig, SecurityError
 from .stage import check_tensors
 from .trace import Hop, Trace, make_trace
@@ -90,73 +89,10 @@ class PipelineError(TvmsplitError):
 
 
 @dataclass
-class _Worker:
-    stage: int
-    data: str
-    control: str | None
-    out: str | None = None
-    pid: int | None = None
-    proc: subprocess.Popen | None = None
-    log: Path | None = None
-
-    def describe(self) -> str:
-        where = f"pid {self.pid}, " if self.pid else ""
-        return f"stage {self.stage} ({where}{self.data})"
-
-
-@dataclass
 class _InFlight:
     send_ts: float
     sent_bytes: dict[int, int]  # entry stage -> bytes
     deadline: float  # time.monotonic()
-
-
-class _Owned:
-    """What a Pipeline started: worker processes and its temporary directory. Released by
-    close(), or by a finalizer when a Pipeline is dropped (or the interpreter exits) unclosed."""
-
-    def __init__(self):
-        self.procs: list[subprocess.Popen] = []
-        self.tmp: Path | None = None
-
-    def release(self) -> None:
-        _kill_groups(self.procs)
-        self.procs.clear()
-        if self.tmp is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            self.tmp = None
-
-
-def _kill_groups(procs: list[subprocess.Popen]) -> None:
-    """SIGKILL the process group of every worker we started that is still running, and reap it."""
-    for proc in procs:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # pgid == pid: started with start_new_session
-            except ProcessLookupError:
-                pass
-    for proc in procs:
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-
-
-def _exit_text(rc: int) -> str:
-    if rc < 0:
-        try:
-            return f"exit code {rc} (killed by {signal.Signals(-rc).name})"
-        except ValueError:
-            pass
-    return f"exit code {rc}"
-
-
-def _tail(path: Path | None, nbytes: int = 2000) -> str:
-    if path is None or not path.exists():
-        return ""
-    with open(path, "rb") as f:
-        f.seek(max(0, path.stat().st_size - nbytes))
-        return f.read().decode("utf-8", "replace").strip()
 
 
 class Pipeline:
@@ -193,8 +129,8 @@ class Pipeline:
         self._replies = self._reply_gather(self.bundle)  # reply parts by request id
         self._unmatched: deque[wire.Message | WireError] = deque(maxlen=_MAX_UNMATCHED)
         self._dead: str | None = None  # why the pipeline is broken (a worker died)
-        self._workers: list[_Worker] = []
-        self._owned = _Owned()
+        self._workers: list[WorkerInfo] = []
+        self._owned = Owned()
         self._closed = False
         self._ctx = zmq.Context()
         self._entry: list[tuple[Route, zmq.Socket]] = []  # one PUSH per entry route
@@ -266,22 +202,22 @@ class Pipeline:
                                 "workers on their devices and pass endpoints=[...]",
                                 code="start_failed")
         self._recv.bind("tcp://127.0.0.1:0")
-        result_addr = self._result_addr = self._recv.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._result_addr = self._recv.getsockopt_string(zmq.LAST_ENDPOINT)
         self._owned.tmp = Path(tempfile.mkdtemp(prefix="tvmsplit-pipeline-"))
         self._workers = []  # filled as they start, so that a failure stops those already started
         self._launch_all(self.bundle, self._workers)
         self._connect_entry(self.bundle, self._workers)
 
-    def _launch_all(self, bundle: Bundle, workers: list[_Worker]) -> None:
+    def _launch_all(self, bundle: Bundle, workers: list[WorkerInfo]) -> None:
         """Start ``bundle``'s workers, last stage first: each needs its destinations' addresses."""
-        by_stage: dict[int, _Worker] = {}
+        by_stage: dict[int, WorkerInfo] = {}
         for index in reversed(range(len(bundle.stages))):
             nxt = [self._result_addr if r.to == TO_CLIENT else by_stage[r.to].data
                    for r in bundle.stages[index].plan.sends]
             by_stage[index] = self._launch(bundle, index, nxt)
             workers.insert(0, by_stage[index])
 
-    def _connect_entry(self, bundle: Bundle, workers: Sequence[_Worker]) -> None:
+    def _connect_entry(self, bundle: Bundle, workers: Sequence[WorkerInfo]) -> None:
         """One PUSH per entry route (a PUSH with several peers would share requests out)."""
         for route in bundle.plan.entry:
             sock = self._socket(zmq.PUSH)
@@ -307,7 +243,7 @@ class Pipeline:
                                 f"no {keys.keys_dir}/*.key file, so the workers would refuse the "
                                 "client; put the matching client.key there or recreate the keys")
 
-    def _launch(self, bundle: Bundle, index: int, nxt: Sequence[str]) -> _Worker:
+    def _launch(self, bundle: Bundle, index: int, nxt: Sequence[str]) -> WorkerInfo:
         self._launches = getattr(self, "_launches", 0) + 1  # unique files across swaps
         ready = self._owned.tmp / f"stage{index}-{self._launches}.ready.json"
         log = self._owned.tmp / f"stage{index}-{self._launches}.log"
@@ -332,16 +268,16 @@ class Pipeline:
             rc = proc.poll()
             if rc is not None:
                 raise PipelineError(f"stage {index} worker exited during start with "
-                                    f"{_exit_text(rc)}: {_tail(log) or '(no output)'}",
+                                    f"{exit_text(rc)}: {log_tail(log) or '(no output)'}",
                                     stage=index, code="start_failed")
             if time.monotonic() > deadline:
-                _kill_groups([proc])
+                kill_groups([proc])
                 raise PipelineError(f"stage {index} worker was not ready within "
-                                    f"{self.start_timeout_s:g} s: {_tail(log) or '(no output)'}",
+                                    f"{self.start_timeout_s:g} s: {log_tail(log) or '(no output)'}",
                                     stage=index, code="start_failed")
             time.sleep(0.01)
         info = json.loads(ready.read_text())
-        return _Worker(index, info["data"], info.get("control"), info.get("out"), proc.pid, proc,
+        return WorkerInfo(index, info["data"], info.get("control"), info.get("out"), proc.pid, proc,
                        log)
 
     def _connect_endpoints(self, endpoints: list[dict[str, Any]]) -> None:
@@ -359,7 +295,7 @@ class Pipeline:
                                 "so start its worker without --next for that route (it binds one)")
         if problems:
             raise PipelineError("; ".join(problems), code="bad_endpoints")
-        self._workers = [_Worker(i, e["data"], e.get("control"), e.get("out"), e.get("pid"))
+        self._workers = [WorkerInfo(i, e["data"], e.get("control"), e.get("out"), e.get("pid"))
                          for i, e in enumerate(endpoints)]
         for w, h in zip(self._workers, self.health()):  # check them all, report all at once
             if not h.get("ok"):
@@ -391,7 +327,7 @@ class Pipeline:
                 w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-        _kill_groups([w.proc for w in self._workers if w.proc is not None])
+        kill_groups([w.proc for w in self._workers if w.proc is not None])
 
     def _close_sockets(self) -> None:
         self._close_entry()
@@ -440,11 +376,11 @@ class Pipeline:
         if off_host:
             raise PipelineError(f"cannot run stage(s) {off_host} of {new.path} on this machine",
                                 code="bad_swap")
-        started: list[_Worker] = []
+        started: list[WorkerInfo] = []
         try:
             self._launch_all(new, started)
         except BaseException:
-            _kill_groups([w.proc for w in started])
+            kill_groups([w.proc for w in started])
             raise
         while self._inflight:  # requests in flight finish on the old plan
             self._pump(_POLL_S)
@@ -668,8 +604,8 @@ class Pipeline:
         if not dead:
             return
         self._drain()  # results that made it out before the death still count
-        self._dead = "; ".join(f"stage {w.stage} worker (pid {w.pid}) died with {_exit_text(rc)}"
-                               + (f": {_tail(w.log, 500)}" if _tail(w.log, 500) else "")
+        self._dead = "; ".join(f"stage {w.stage} worker (pid {w.pid}) died with {exit_text(rc)}"
+                               + (f": {log_tail(w.log, 500)}" if log_tail(w.log, 500) else "")
                                for w, rc in dead)
         first = dead[0][0].stage
         self._fail_all(lambda rid: PipelineError(
