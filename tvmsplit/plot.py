@@ -33,7 +33,9 @@ def plot_plan(result, path: str | Path) -> Path:
     ax_b.set_xticks(list(x))
     ax_b.set_xticklabels(names, rotation=90, fontsize=7)
     b = result.predicted
-    fig.suptitle(f"{g.name}: {result.method}, latency {b.latency_ms:.1f} ms "
+    parallel = (f", {result.critical_path_ms:.1f} ms with parallel stages"
+                if result.critical_path_ms is not None else "")
+    fig.suptitle(f"{g.name}: {result.method}, latency {b.latency_ms:.1f} ms{parallel} "
                  f"(red: cuts between devices)")
     fig.tight_layout()
     path = Path(path)
