@@ -502,12 +502,14 @@ def _print_plan(g, result, links, objective: str) -> None:
     click.echo(f"{'stage':<6} {'device':<10} {'target':<12} {'layers':>6}  {'first..last':<34} "
                f"{'compute ms':>10} {'memory MB':>9}")
     costs = dict(zip(result.plan_costs.layers, result.plan_costs.compute_ms))
+    shown = set()  # memory is per device: on the first of its stages
     for stage, d in zip(result.plan.stages, result.stage_devices):
         layers = stage.layers
+        memory = "" if d in shown else f"{b.memory_bytes[d] / 1e6:.2f}"
+        shown.add(d)
         click.echo(f"{stage.index:<6} {result.devices[d].name:<10} {result.devices[d].target:<12} "
                    f"{len(layers):>6}  {(layers[0] + '..' + layers[-1])[:34]:<34} "
-                   f"{sum(costs[name][d] for name in layers):>10.3f} "
-                   f"{b.memory_bytes[d] / 1e6:>9.2f}")
+                   f"{sum(costs[name][d] for name in layers):>10.3f} {memory:>9}")
     if not result.plan.is_chain:
         edges = ", ".join(f"{s.index} -> {'/'.join('client' if r.to < 0 else str(r.to) for r in s.sends)}"
                           for s in result.plan.stages)

@@ -212,30 +212,29 @@ def parallel_stages(graph: LayerGraph, device_of: Sequence[int]) -> list[int]:
 
 
 def critical_path_ms(problem: Problem, plan_: Plan, stage_devices: Sequence[int]) -> float:
-    """A stage DAG's latency with independent stages in parallel: the longest path of stage
-    compute (the cost table's times on the stage's device) plus each route's transfer
-    (``bytes x 8 / up_bps + rtt / 2`` per link crossed, free within a device), ending with the
-    outputs' return to the end device."""
+    """A stage DAG's latency with stages on different devices in parallel: stages in order, each
+    starting when its inputs are there and its device is free (one device runs one stage at a
+    time), taking the cost table's times; each route costs the cost model's transfer time per
+    link crossed (``Link.up_ms`` / ``down_ms``; free within a device; the input as the end device
+    sends it); the latency ends with the outputs' return to the end device."""
     from .split import CLIENT
 
     costs = dict(zip(problem.costs.layers, problem.costs.compute_ms))
-    tensors = problem.graph.tensors
-    links = problem.links
 
     def transfer_ms(names, src_dev: int, dst_dev: int) -> float:
-        nbytes = sum(tensors[n].nbytes for n in names)
-        lo, hi = sorted((src_dev, dst_dev))
-        up = src_dev < dst_dev
-        return sum(1e3 * (nbytes * 8 / (links[h].up_bps if up else links[h].down_bps)
-                          + links[h].rtt_s / 2) for h in range(lo, hi))
+        nbytes = sum(problem.tensor_bytes(n) for n in names)
+        if src_dev <= dst_dev:
+            return sum(problem.links[h].up_ms(nbytes) for h in range(src_dev, dst_dev))
+        return sum(problem.links[h].down_ms(nbytes) for h in range(dst_dev, src_dev))
 
     ready = {s.index: 0.0 for s in plan_.stages}  # when each stage has all its inputs
+    free = [0.0] * len(problem.costs.devices)  # when each device is done with its last stage
     for route in plan_.entry:
         ready[route.to] = max(ready[route.to], transfer_ms(route.tensors, 0, stage_devices[route.to]))
     done = 0.0
-    for s in plan_.stages:
+    for s in plan_.stages:  # numbered by (device, position on it): a device's stages in order
         dev = stage_devices[s.index]
-        finish = ready[s.index] + sum(costs[name][dev] for name in s.layers)
+        finish = free[dev] = max(ready[s.index], free[dev]) + sum(costs[name][dev] for name in s.layers)
         for route in s.sends:
             dst = 0 if route.to == CLIENT else stage_devices[route.to]
             arrive = finish + transfer_ms(route.tensors, dev, dst)

@@ -129,10 +129,15 @@ class Plan:
         inputs and receives each model output exactly once."""
         problems, n = [], len(self.stages)
         for src, routes in [(CLIENT, self.entry)] + [(s.index, s.sends) for s in self.stages]:
+            dests = [r.to for r in routes]
+            if len(set(dests)) != len(dests):
+                problems.append(f"{end_name(src)} has two routes to one destination: {dests}")
             for r in routes:
                 if not (r.to == CLIENT or src < r.to < n) or (src == CLIENT and r.to == CLIENT):
-                    problems.append(f"{_who(src)} sends to {_who(r.to)}: routes go to a later "
-                                    "stage or to the client")
+                    problems.append(f"{end_name(src)} sends to {end_name(r.to)}: routes go to a "
+                                    "later stage or to the client")
+                if not r.tensors:
+                    problems.append(f"{end_name(src)} has an empty route to {end_name(r.to)}")
         sent = [n for r in self.entry for n in r.tensors]
         if not set(sent) <= set(inputs):
             problems.append(f"the client sends {sorted(set(sent) - set(inputs))}, which are not "
@@ -162,7 +167,8 @@ class Plan:
                    tuple(Route.from_json(r) for r in d.get("entry", ())))
 
 
-def _who(index: int) -> str:
+def end_name(index: int) -> str:
+    """``"stage N"``, or ``"the client"`` for ``CLIENT``: the ends of a route in messages."""
     return "the client" if index == CLIENT else f"stage {index}"
 
 

@@ -6,8 +6,9 @@ holds the parts by request id until every sender's part is there. A part is reco
 tensor names: each sender has its own route, so the set of names says who sent it (and a set
 that matches no route, or a sender heard twice, is an error the caller reports).
 
-Bounded memory: at most ``max_open`` requests wait for parts; past that the oldest is given up
-(the caller reports it as ``incomplete``). Ids that completed or failed are remembered (the last
+Bounded memory: at most ``max_open`` (``MAX_WAITING``) requests wait for parts; past that the
+oldest is given up (the caller reports it as ``incomplete``), so a client must not keep more
+requests in flight than that (``Pipeline`` checks its ``max_in_flight``). Ids that completed or failed are remembered (the last
 ``remember``) so that a part arriving after its request failed on another branch is dropped, and
 an error that reaches a stage along two branches is passed on once.
 """
@@ -20,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ..split import CLIENT, Route
+from ..split import Route, end_name
+
+MAX_WAITING = 256  # requests a stage (or client) holds while they wait for other senders' parts
 
 
 @dataclass(frozen=True)
@@ -45,13 +48,15 @@ class GatherError(Exception):
 class Gather:
     """Parts by request id until each of ``routes`` (``(source, route)`` pairs) has delivered."""
 
-    def __init__(self, routes: Sequence[tuple[int, Route]], who: str, *, max_open: int = 64,
-                 remember: int = 4096):
+    def __init__(self, routes: Sequence[tuple[int, Route]], who: str, *,
+                 max_open: int = MAX_WAITING, remember: int = 4096,
+                 closed: "Gather | None" = None):
         self.who = who
         self.sources = {frozenset(r.tensors): src for src, r in routes}
         self.max_open, self.remember = max_open, remember
         self._open: OrderedDict[int, dict[int, Part]] = OrderedDict()
-        self._closed: OrderedDict[int, None] = OrderedDict()
+        # ids that are over, carried over from ``closed`` (the client's gather before a swap)
+        self._closed: OrderedDict[int, None] = OrderedDict(closed._closed if closed else ())
 
     @property
     def expected(self) -> int:
@@ -61,7 +66,7 @@ class Gather:
         """The sender whose route carries exactly ``names``; GatherError otherwise."""
         src = self.sources.get(frozenset(names))
         if src is None:
-            routes = "; ".join(f"{_who(s)}: {sorted(k)}" for k, s in self.sources.items())
+            routes = "; ".join(f"{end_name(s)}: {sorted(k)}" for k, s in self.sources.items())
             raise GatherError("bad_route", f"{self.who} got tensors {sorted(names)}, which match "
                                            f"no sender's route ({routes})")
         return src
@@ -77,7 +82,7 @@ class Gather:
         parts = self._open.setdefault(rid, {})
         if part.source in parts:
             raise GatherError("duplicate_part", f"{self.who} got a second message for request "
-                                                f"{rid} from {_who(part.source)}")
+                                                f"{rid} from {end_name(part.source)}")
         parts[part.source] = part
         if len(parts) < self.expected:
             return None
@@ -102,11 +107,6 @@ class Gather:
             out.append(rid)
         return out
 
-    def missing(self, rid: int) -> list[int]:
-        """The senders ``rid`` still waits for."""
-        have = self._open.get(rid, {})
-        return sorted(s for s in self.sources.values() if s not in have)
-
     def _close(self, rid: int) -> None:
         self._closed[rid] = None
         while len(self._closed) > self.remember:
@@ -125,6 +125,3 @@ def merge_traces(parts: Sequence[Part]) -> tuple[dict[str, Any], ...]:
     return tuple(sorted(seen.values(), key=lambda e: e.get("stage") if isinstance(
         e.get("stage"), int) else -1))
 
-
-def _who(source: int) -> str:
-    return "the client" if source == CLIENT else f"stage {source}"

@@ -41,6 +41,7 @@ result socket is a CURVE server that admits only the public keys in ``KEYS_DIR/*
 from __future__ import annotations
 
 import itertools
+import secrets
 import json
 import math
 import os
@@ -63,7 +64,7 @@ from ..errors import ShapeError, TvmsplitError, WireError
 from ..split import CLIENT as TO_CLIENT
 from ..split import Route
 from . import wire
-from .gather import Gather, GatherError, Part, merge_traces
+from .gather import MAX_WAITING, Gather, GatherError, Part, merge_traces
 from .procs import Owned, WorkerInfo, exit_text, kill_groups, log_tail
 from .security import CLIENT, WORKER, SecureConfig, SecurityError
 from .stage import check_tensors
@@ -91,7 +92,6 @@ class PipelineError(TvmsplitError):
 @dataclass
 class _InFlight:
     send_ts: float
-    sent_bytes: dict[int, int]  # entry stage -> bytes
     deadline: float  # time.monotonic()
 
 
@@ -121,9 +121,12 @@ class Pipeline:
         self._worker_key = self._secure.peer_key(WORKER) if self._secure else None
         self.timeout_s = float(timeout_s)
         self.max_in_flight = max_in_flight
+        self._check_in_flight(self.bundle)
         self.start_timeout_s = float(start_timeout_s)
         self._given_endpoints = [dict(e) for e in endpoints] if endpoints is not None else None
-        self._ids = itertools.count(1)
+        # ids start at random: long-lived workers (endpoints) that gather parts by id must not
+        # take a new client's request 1 for an old one's
+        self._ids = itertools.count(secrets.randbelow(1 << 62) + 1)
         self._inflight: dict[int, _InFlight] = {}
         self._done: dict[int, tuple[dict[str, np.ndarray], Trace] | PipelineError] = {}
         self._replies = self._reply_gather(self.bundle)  # reply parts by request id
@@ -164,10 +167,18 @@ class Pipeline:
         return self.run(inputs)
 
     @staticmethod
-    def _reply_gather(bundle: Bundle) -> Gather:
+    def _reply_gather(bundle: Bundle, before: Gather | None = None) -> Gather:
         """Where replies come from: every stage with a route to the client. Completed and failed
-        ids are remembered, so that a branch's part arriving after another failed is dropped."""
-        return Gather(bundle.plan.senders(TO_CLIENT), "the client", max_open=1 << 30)
+        ids are remembered (across swaps: ``before``), so that a late part is dropped."""
+        return Gather(bundle.plan.senders(TO_CLIENT), "the client", max_open=1 << 30,
+                      closed=before)
+
+    def _check_in_flight(self, bundle: Bundle) -> None:
+        """A stage DAG's gathering stages hold at most MAX_WAITING requests."""
+        if not bundle.plan.is_chain and self.max_in_flight > MAX_WAITING:
+            raise PipelineError(f"max_in_flight {self.max_in_flight} is above {MAX_WAITING}, the "
+                                "requests a gathering stage of a stage DAG holds; lower it",
+                                code="bad_argument")
 
     def _socket(self, kind: int, server: bool = False) -> zmq.Socket:
         """A socket; when secure a CURVE server (``server``, to bind) or else a CURVE client of
@@ -364,6 +375,7 @@ class Pipeline:
         and create a new Pipeline instead."""
         self._check_usable()
         new = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        self._check_in_flight(new)
         if (new.model_sha256, new.inputs, new.outputs) != (self.bundle.model_sha256,
                                                           self.bundle.inputs, self.bundle.outputs):
             raise PipelineError(f"bundle {new.path} is not a plan of the running model "
@@ -389,7 +401,7 @@ class Pipeline:
         self._connect_entry(new, started)
         self._stop_workers()
         self.bundle, self._workers = new, started
-        self._replies = self._reply_gather(new)
+        self._replies = self._reply_gather(new, self._replies)
 
     def close(self) -> None:
         """Shut the workers down (SIGKILL those that do not exit), close sockets, remove files."""
@@ -493,9 +505,7 @@ class Pipeline:
                 raise PipelineError(f"request {rid}: stage {stage} did not accept it within "
                                     f"{self.timeout_s:g} s ({self._workers[stage].describe()})",
                                     request_id=rid, stage=stage, code="timeout") from None
-        self._inflight[rid] = _InFlight(send_ts, {stage: sum(len(f) for f in frames)
-                                                  for stage, _, frames in messages},
-                                        time.monotonic() + self.timeout_s)
+        self._inflight[rid] = _InFlight(send_ts, time.monotonic() + self.timeout_s)
         return rid
 
     def result(self, request_id: int) -> tuple[dict[str, np.ndarray], Trace]:
@@ -656,8 +666,14 @@ class Pipeline:
                                             stage=msg.stage, code="bad_reply"))
             return
         outputs = {t.name: outputs[t.name] for t in self.bundle.outputs}
-        self._finish(rid, (outputs, make_trace(rid, pending.send_ts, pending.sent_bytes, parts,
-                                               merge_traces(parts))))
+        try:
+            trace = make_trace(rid, pending.send_ts, parts, merge_traces(parts))
+        except (KeyError, TypeError, ValueError) as exc:
+            self._finish(rid, PipelineError(f"request {rid}: bad reply: a malformed trace entry "
+                                            f"({type(exc).__name__}: {exc})", request_id=rid,
+                                            stage=msg.stage, code="bad_reply"))
+            return
+        self._finish(rid, (outputs, trace))
 
     def _expected_reply(self) -> str:
         return "; ".join(f"{sorted(names)} from stage {src}"

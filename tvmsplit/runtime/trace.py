@@ -60,29 +60,18 @@ def _num(e: Mapping[str, Any], key: str) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
-def make_trace(rid: int, send_ts: float, sent_bytes: Mapping[int, int], replies: Sequence[Part],
+def make_trace(rid: int, send_ts: float, replies: Sequence[Part],
                entries: Sequence[Mapping[str, Any]]) -> Trace:
-    """The trace of request ``rid``: sent at ``send_ts`` (``sent_bytes``: per entry stage), its
-    reply parts as received, and the merged stage entries."""
+    """The trace of request ``rid``: sent at ``send_ts``, its reply parts as received, and the
+    merged stage entries (KeyError/TypeError when an entry lacks what our workers write)."""
     sent_at = {CLIENT: send_ts}
     hops = []
-    previous = CLIENT
-    for e in entries:
-        stage = e.get("stage")
-        parts = e.get("parts")
-        if not isinstance(parts, list):  # a worker that records no parts: a chain hop
-            b = e.get("bytes_in")
-            parts = [{"from": previous, "recv_ts": e.get("recv_ts"),
-                      "bytes": b if isinstance(b, int) else sent_bytes.get(stage, -1)}]
-        for p in parts:
-            src = p.get("from") if isinstance(p, dict) else None
-            b = p.get("bytes") if isinstance(p, dict) else None
-            hops.append(Hop(src if isinstance(src, int) else -2, stage if isinstance(stage, int) else -2,
-                            b if isinstance(b, int) else -1,
-                            (_num(p, "recv_ts") - sent_at.get(src, math.nan)) * 1e3
-                            if isinstance(p, dict) else math.nan))
+    for e in entries:  # from our workers (worker.py): "parts" lists what the stage received
+        stage = e["stage"]
+        for p in e["parts"]:
+            hops.append(Hop(p["from"], stage, p["bytes"],
+                            (_num(p, "recv_ts") - sent_at.get(p["from"], math.nan)) * 1e3))
         sent_at[stage] = _num(e, "send_ts")
-        previous = stage
     for part in replies:
         hops.append(Hop(part.source, CLIENT, part.nbytes,
                         (part.recv_ts - sent_at.get(part.source, math.nan)) * 1e3))

@@ -82,6 +82,7 @@ import zmq  # noqa: E402
 
 from ..errors import TvmsplitError, WireError  # noqa: E402
 from ..split import CLIENT as TO_CLIENT  # noqa: E402
+from ..split import end_name  # noqa: E402
 from . import wire  # noqa: E402
 from .gather import Gather, GatherError, Part, merge_traces  # noqa: E402
 from .security import WORKER, SecureConfig  # noqa: E402
@@ -143,7 +144,7 @@ class StageWorker:
         bind_last = (len(next_addrs) == len(routes) - 1 and routes[-1].to == TO_CLIENT)
         if len(next_addrs) != len(routes) and not bind_last:
             raise WorkerStartError(
-                f"stage {stage} sends to {', '.join(_dest(r.to) for r in routes)}: give one "
+                f"stage {stage} sends to {', '.join(end_name(r.to) for r in routes)}: give one "
                 f"--next per destination in that order (a last route to the client may be left "
                 f"out to bind it on --out); got {len(next_addrs)} --next")
         if not self.bundle_stage.runs_on_host:
@@ -486,10 +487,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "name in KEYS_DIR ('worker': a stage, the default; 'client': a Pipeline's "
                         "result socket) or a .key file; once for all --next or once per --next")
     return p
-
-
-def _dest(to: int) -> str:
-    return "the client" if to == TO_CLIENT else f"stage {to}"
 
 
 def _loopback(addr: str | None) -> bool:
