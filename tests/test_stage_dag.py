@@ -216,6 +216,24 @@ def test_dag_pipeline_equals_onnxruntime_with_parallel_hops(dag):
             _assert_close(out, reference(dag["graph"], inp), "streamed")
 
 
+def test_swap_between_a_chain_and_a_dag_mid_stream(dag, tmp_path):
+    """Re-planning may turn a chain into a stage DAG and back; no request is lost either way."""
+    g, dag_bundle = dag["graph"], dag["bundle"]
+    chain = ts.build_bundle(g, ts.plan_split(g, ["pool1"]), tmp_path / "chain")
+    inputs = [random_inputs(g.inputs, seed=70 + i) for i in range(9)]
+    outputs = []
+    with Pipeline(chain, max_in_flight=4) as p:
+        for k, x in enumerate(inputs):
+            outputs.append(p.submit(x))
+            if k == 2:
+                p.swap(dag_bundle)
+                assert len(p.endpoints) == 4
+            if k == 5:
+                p.swap(chain)
+        for x, rid in zip(inputs, outputs):
+            _assert_close(p.result(rid)[0], reference(g, x), f"request {rid}")
+
+
 def test_in_flight_limit_of_a_dag(dag):
     from tvmsplit.runtime.gather import MAX_WAITING
 

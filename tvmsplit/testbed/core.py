@@ -315,18 +315,21 @@ class Testbed:
                 self._popen.pop(proc.pid, None)
 
     def start_worker(self, bundle: str | os.PathLike, stage: int, where: str,
-                     next_addr: str | None = None,
+                     next_addr: str | Sequence[str] | None = None,
                      worker_args: Sequence[str] = ()) -> dict[str, Any]:
         """A stage worker on the device (qemu, runtime-only TVM) or the edge; returns its ready
         dict (``data``, ``control``, ``out``, ``pid``, ``stage``) for ``Pipeline(endpoints=)``.
-        Without ``next_addr`` the worker binds its output (a last stage). ``worker_args`` are
-        passed on (e.g. ``["--secure", keys_dir]``)."""
+        ``next_addr``: one address per route of the stage to another stage (a stage DAG may
+        have several); a route to the client gets none, the worker binds it (``out``).
+        ``worker_args`` are passed on (e.g. ``["--secure", keys_dir]``)."""
         ip = self.ip(where)
         ready = self.dir / f"worker{len(self.procs)}-s{stage}.ready.json"
         args = ["-m", "tvmsplit.runtime.worker", "--bundle", str(Path(bundle).resolve()),
                 "--stage", str(stage), "--bind", f"tcp://{ip}:0", "--control", f"tcp://{ip}:0",
                 "--ready-file", str(ready)]
-        args += ["--next", next_addr] if next_addr else ["--out", f"tcp://{ip}:0"]
+        for addr in [next_addr] if isinstance(next_addr, str) else (next_addr or []):
+            args += ["--next", addr]
+        args += ["--out", f"tcp://{ip}:0"]  # used only by a route to the client
         if not self.detached:
             args += ["--parent-pid", str(os.getpid())]
         args += list(worker_args)
@@ -345,16 +348,19 @@ class Testbed:
     def start_workers(self, bundle: str | os.PathLike, placement: Sequence[str],
                       worker_args: Sequence[str] = ()) -> list[dict]:
         """One worker per stage, stage i on ``placement[i]`` (``device`` or ``edge``), started
-        from the last stage backwards; the endpoints for ``Pipeline(bundle, endpoints=...)``."""
+        from the last stage backwards (each needs its destinations' addresses; routes go to
+        later stages); the endpoints for ``Pipeline(bundle, endpoints=...)``."""
+        from ..bundle import Bundle
+        from ..split import CLIENT
+
         for w in placement:
             _check_where(w)
-        eps: list[dict] = []
-        nxt = None
+        plan = Bundle.load(bundle, stages=[]).plan  # routes only: libraries live on the devices
+        started: dict[int, dict] = {}
         for stage in reversed(range(len(placement))):
-            info = self.start_worker(bundle, stage, placement[stage], nxt, worker_args)
-            eps.insert(0, info)
-            nxt = info["data"]
-        return eps
+            nxt = [started[r.to]["data"] for r in plan.stages[stage].sends if r.to != CLIENT]
+            started[stage] = self.start_worker(bundle, stage, placement[stage], nxt, worker_args)
+        return [started[s] for s in range(len(placement))]
 
     # ----------------------------------------------------------------------------------- RPC
     def rpc_connect(self, timeout_s: float = 60.0):
