@@ -44,7 +44,7 @@ Per message: decode (wire.decode) -> kind "error": passed on to every route, onc
 (``wrong_stage``) -> kind must be "request" (``unexpected_kind``) -> with one sender: tensor names
 (``unknown_tensor`` / ``missing_tensor``); with several: the names must be one sender's route
 (``bad_route``), heard once per request (``duplicate_part``), and the request waits until every
-sender's part is there (gather.py; at most 64 requests wait, the oldest beyond that fails with
+sender's part is there (gather.py; at most 256 requests wait, the oldest beyond that fails with
 ``incomplete``) -> dtypes and shapes (``shape_mismatch``) -> compute (``compute_failed``). Every
 failure is sent *forward* as a wire error message carrying the request id (0 when the id cannot
 be read from the header), so it reaches the client. A successful stage appends ``{"stage",
