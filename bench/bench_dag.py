@@ -10,6 +10,12 @@
 (b) Branches: the zoo Inception block at 128x128; stages 1 and 2 hold two pairs of branches.
     The same assignment with direct routes (stages 1 and 2 in parallel) and with chain routes.
 
+(c) Prediction: for (a), each layer of the H-split MLP is profiled on this machine
+    (``profile_layers``, TVM_NUM_THREADS=1; both "devices" are this machine, so end = edge =
+    measured), and the plans are priced with a loopback link of 1 GB/s and 0.6 ms RTT (0.3 ms per
+    hop, the measured per-hop overhead): the cost model's serial latency and the stage DAG's
+    ``critical_path_ms``, against the measured medians.
+
 Every worker is a local process with TVM_NUM_THREADS=1: one core each, so a "device" is one of
 this machine's 2 cores and two stages in parallel really run at once; loopback, no shaping. Both
 plans' pipelines are open at once and requests alternate between them (A, B, A, B, ...), so
@@ -36,7 +42,9 @@ from tvmsplit import zoo  # noqa: E402
 from tvmsplit.check import compare, random_inputs, reference  # noqa: E402
 from tvmsplit.links import Link  # noqa: E402
 from tvmsplit.partition import CostTable  # noqa: E402
-from tvmsplit.planning import Device, plan_partition  # noqa: E402
+from tvmsplit.partition.problem import Problem, evaluate  # noqa: E402
+from tvmsplit.planning import Device, critical_path_ms, plan_partition  # noqa: E402
+from tvmsplit.profile import LocalSession, profile_layers  # noqa: E402
 
 CAP = 100_000_000
 
@@ -79,12 +87,29 @@ def side_by_side(label: str, graph, bundles: dict, repeats: int, requests: int) 
         for p in pipes.values():
             p.close()
     med = {name: statistics.median(v) for name, v in totals.items()}
-    (a, b) = list(bundles)
+    side_by_side.measured = med  # for the prediction check
+    b = list(bundles)[-1]
     rows = []
     for name in bundles:
         stages = len(bundles[name].stages)
         rows.append(f"| {label} | {name} ({stages} stages) | {med[name]:.2f} | "
                     f"{med[name] / med[b]:.2f} | {rates[name]:.1f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def predicted_rows(planned: dict, measured: dict) -> list[str]:
+    """Price each plan with measured layer costs: the serial cost model and the critical path."""
+    graph = planned["stage DAG"].graph
+    with LocalSession() as session:
+        ms = {m.layer: m.timing.median_ms for m in profile_layers(graph, "x86_64", session)}
+    costs = CostTable.from_mapping(("end", "edge"), {n: {"end": t, "edge": t} for n, t in ms.items()})
+    problem = Problem(graph, costs, (Link("loopback", 8e9, 8e9, 0.0006),))
+    rows = []
+    for name, r in planned.items():
+        serial = evaluate(problem, r.predicted.assignment).latency_ms
+        path = critical_path_ms(problem, r.plan, r.stage_devices)
+        rows.append(f"| {name} | {serial:.1f} | {path:.1f} | {measured[name]:.1f} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -101,14 +126,16 @@ def main() -> None:
         g = ts.load(big_mlp(), name="big_mlp")
         costs = CostTable.from_flops(g, {"end": 1.0, "edge": 8.0})
         devices = [Device("end", "x86_64", CAP), Device("edge", "x86_64", CAP)]
-        bundles = {}
+        bundles, planned = {}, {}
         for name, parallel in (("stage DAG", True), ("chain", False)):
-            r = plan_partition(g, devices, [Link.profile("wifi")], costs, parallel=parallel)
+            r = planned[name] = plan_partition(g, devices, [Link.profile("wifi")], costs,
+                                               parallel=parallel)
             print(f"{name}: H-split {r.horizontal}, stages on devices {r.stage_devices}, "
                   f"layers {[s.layers for s in r.plan.stages]}", flush=True)
             bundles[name] = ts.build_bundle(r.graph, r.plan, f"{tmp}/mlp-{parallel}")
         rows += side_by_side("MLP fc1 4096x8192, HyPS 2 parts", r.graph, bundles, args.repeats,
                              args.requests)
+        prediction = predicted_rows(planned, side_by_side.measured)
 
         i = ts.load(zoo.make("inception", input_size=128), name="inception")
         assignment = {}
@@ -122,6 +149,9 @@ def main() -> None:
                    for name, routing in (("stage DAG", "direct"), ("chain", "chain"))}
         rows += side_by_side("Inception 128x128, branches in stages 1 and 2", i, bundles,
                              args.repeats, args.requests)
+    rows += ["", "Prediction for the MLP (measured layer costs, loopback link 1 GB/s, RTT 0.6 ms):",
+             "", "| plan | cost model (serial) ms | critical path ms | measured ms |",
+             "|---|---:|---:|---:|"] + prediction
     text = (f"Stage DAG vs chain, same layers and devices; local workers with TVM_NUM_THREADS=1 "
             f"(2 cores), loopback, float32 raw inputs; median of {args.repeats} single requests "
             f"alternating between the two plans, then {args.requests} streamed requests "
