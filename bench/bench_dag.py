@@ -64,7 +64,9 @@ def big_mlp():
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def side_by_side(label: str, graph, bundles: dict, repeats: int, requests: int) -> list[str]:
+def side_by_side(label: str, graph, bundles: dict, repeats: int,
+                 requests: int) -> tuple[list[str], dict[str, float]]:
+    """Table rows for the plans in ``bundles`` and their median end-to-end ms."""
     x = random_inputs(graph.inputs, seed=1)
     want = reference(graph, x)
     pipes = {name: ts.Pipeline(b, max_in_flight=8, timeout_s=120) for name, b in bundles.items()}
@@ -87,7 +89,6 @@ def side_by_side(label: str, graph, bundles: dict, repeats: int, requests: int) 
         for p in pipes.values():
             p.close()
     med = {name: statistics.median(v) for name, v in totals.items()}
-    side_by_side.measured = med  # for the prediction check
     b = list(bundles)[-1]
     rows = []
     for name in bundles:
@@ -95,7 +96,7 @@ def side_by_side(label: str, graph, bundles: dict, repeats: int, requests: int) 
         rows.append(f"| {label} | {name} ({stages} stages) | {med[name]:.2f} | "
                     f"{med[name] / med[b]:.2f} | {rates[name]:.1f} |")
         print(rows[-1], flush=True)
-    return rows
+    return rows, med
 
 
 def predicted_rows(planned: dict, measured: dict) -> list[str]:
@@ -133,9 +134,10 @@ def main() -> None:
             print(f"{name}: H-split {r.horizontal}, stages on devices {r.stage_devices}, "
                   f"layers {[s.layers for s in r.plan.stages]}", flush=True)
             bundles[name] = ts.build_bundle(r.graph, r.plan, f"{tmp}/mlp-{parallel}")
-        rows += side_by_side("MLP fc1 4096x8192, HyPS 2 parts", r.graph, bundles, args.repeats,
-                             args.requests)
-        prediction = predicted_rows(planned, side_by_side.measured)
+        mlp_rows, measured = side_by_side("MLP fc1 4096x8192, HyPS 2 parts", r.graph, bundles,
+                                          args.repeats, args.requests)
+        rows += mlp_rows
+        prediction = predicted_rows(planned, measured)
 
         i = ts.load(zoo.make("inception", input_size=128), name="inception")
         assignment = {}
@@ -148,7 +150,7 @@ def main() -> None:
                                          f"{tmp}/inc-{routing}")
                    for name, routing in (("stage DAG", "direct"), ("chain", "chain"))}
         rows += side_by_side("Inception 128x128, branches in stages 1 and 2", i, bundles,
-                             args.repeats, args.requests)
+                             args.repeats, args.requests)[0]
     rows += ["", "Prediction for the MLP (measured layer costs, loopback link 1 GB/s, RTT 0.6 ms):",
              "", "| plan | cost model (serial) ms | critical path ms | measured ms |",
              "|---|---:|---:|---:|"] + prediction

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -24,6 +23,8 @@ from tvmsplit.errors import ShapeError
 from tvmsplit.runtime import wire
 from tvmsplit.runtime.pipeline import Pipeline, PipelineError, Trace
 from tvmsplit.runtime.stage import StageRunner
+
+from hand_workers import HandStartedWorkers, worker_command
 
 pytestmark = pytest.mark.timeout(120)
 RTOL = 1e-4
@@ -337,52 +338,30 @@ def test_health_and_close_leave_no_worker_alive(built):
         p.run(x)
 
 
-def _start_worker(bundle, stage, ready, *extra):
-    return subprocess.Popen([sys.executable, "-m", "tvmsplit.runtime.worker", "--bundle",
-                             str(bundle.path), "--stage", str(stage), "--ready-file", str(ready),
-                             *extra], stderr=subprocess.PIPE, start_new_session=True)
-
-
-def _wait_ready(proc, ready, timeout_s=60.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while not ready.exists():
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    return json.loads(ready.read_text())
-
-
 def test_connect_to_running_workers_and_sigterm_exits_cleanly(built, tmp_path):
     bundle = built["bundles"]["chain2"]
     x, whole, _ = built["expected"]["chain"]
-    last = _start_worker(bundle, 1, tmp_path / "r1")  # no --next: binds "out"
-    procs = [last]
-    try:
-        info1 = _wait_ready(last, tmp_path / "r1")
+    with HandStartedWorkers(bundle, tmp_path) as workers:
+        info1 = workers.start(1)  # no --next: binds "out"
+        last = workers.procs[-1]
         assert info1["out"].startswith("tcp://127.0.0.1:") and info1["pid"] == last.pid
-        first = _start_worker(bundle, 0, tmp_path / "r0", "--next", info1["data"])
-        procs.append(first)
-        info0 = _wait_ready(first, tmp_path / "r0")
+        info0 = workers.start(0, "--next", info1["data"])
+        first = workers.procs[-1]
         assert info0["out"] is None
         with Pipeline(bundle, endpoints=[info0, info1]) as p:
             _assert_close(p.run(x)[0], whole, "connected pipeline")
         assert first.poll() is None and last.poll() is None  # not ours: still running
         with pytest.raises(PipelineError, match="runs stage 1"):
             Pipeline(bundle, endpoints=[info1, {**info1, "stage": 1}])
-        for proc in procs:
+        for proc in workers.procs:
             proc.send_signal(signal.SIGTERM)
-        assert [proc.wait(timeout=10) for proc in procs] == [0, 0]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            proc.stderr.close()
+        assert [proc.wait(timeout=10) for proc in workers.procs] == [0, 0]
 
 
 def test_worker_start_failure_is_reported(built, tmp_path):
     bundle = built["bundles"]["chain2"]
-    proc = _start_worker(bundle, 5, tmp_path / "ready")
+    proc = subprocess.Popen(worker_command(bundle, 5, "--ready-file", str(tmp_path / "ready")),
+                            stderr=subprocess.PIPE, start_new_session=True)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and b"no stage 5" in err
     assert not (tmp_path / "ready").exists()

@@ -6,7 +6,6 @@ or the client (the handshake fails, see the socket monitor), and the workers kee
 """
 from __future__ import annotations
 
-import json
 import os
 import stat
 import subprocess
@@ -24,6 +23,9 @@ from tvmsplit.errors import TvmsplitError
 from tvmsplit.runtime import wire
 from tvmsplit.runtime.pipeline import Pipeline, PipelineError
 from tvmsplit.runtime.security import SecureConfig, SecurityError, generate_keys
+
+from hand_workers import HandStartedWorkers
+
 
 pytestmark = pytest.mark.timeout(120)
 RTOL = 1e-4
@@ -139,24 +141,10 @@ def test_secure_pipeline_to_running_workers(built, keys, tmp_path):
     """Workers started by hand with --secure (the last binds ``out``), joined with endpoints."""
     bundle, x, ort_out = built
 
-    def start(stage, *extra):
-        ready = tmp_path / f"r{stage}"
-        proc = subprocess.Popen([sys.executable, "-m", "tvmsplit.runtime.worker", "--bundle",
-                                 str(bundle.path), "--stage", str(stage), "--ready-file",
-                                 str(ready), "--secure", str(keys["dir"]), *extra],
-                                stderr=subprocess.PIPE, start_new_session=True)
-        procs.append(proc)
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        return json.loads(ready.read_text())
-
-    procs = []
-    try:
-        info1 = start(1)
-        info0 = start(0, "--next", info1["data"])  # --next-key defaults to worker
+    with HandStartedWorkers(bundle, tmp_path, "--secure", str(keys["dir"])) as workers:
+        procs = workers.procs
+        info1 = workers.start(1)
+        info0 = workers.start(0, "--next", info1["data"])  # --next-key defaults to worker
         with Pipeline(bundle, endpoints=[info0, info1], secure=keys["dir"]) as p:
             _assert_close(p.run(x)[0], ort_out, "secure endpoints vs onnxruntime")
         with pytest.raises(PipelineError, match="no answer"):  # without keys: refused
@@ -165,12 +153,6 @@ def test_secure_pipeline_to_running_workers(built, keys, tmp_path):
             proc.terminate()
         assert [proc.wait(timeout=10) for proc in procs] == [0, 0]
         assert b"warning" not in b"".join(proc.stderr.read() for proc in procs)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, 9)
-                proc.wait()
-            proc.stderr.close()
 
 
 # ------------------------------------------------------------------------- refused peers

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -30,6 +29,8 @@ from tvmsplit.runtime import wire
 from tvmsplit.runtime.gather import Gather, GatherError, Part, merge_traces
 from tvmsplit.runtime.pipeline import Pipeline, PipelineError
 from tvmsplit.split import CLIENT, Plan, Route
+
+from hand_workers import HandStartedWorkers, worker_command
 
 RTOL = 1e-4
 
@@ -318,43 +319,21 @@ def test_running_dag_workers_by_hand(dag, tmp_path):
     """The way a user starts a DAG across machines: one --next per route, in the manifest's
     order; the stage that answers the client binds 'out'. A wrong count is refused."""
     bundle, x = dag["bundle"], dag["x"]
-    procs, info = [], {}
-
-    def start(stage, *nxt):
-        ready = tmp_path / f"r{stage}"
-        args = [a for addr in nxt for a in ("--next", addr)]
-        proc = subprocess.Popen([sys.executable, "-m", "tvmsplit.runtime.worker", "--bundle",
-                                 str(bundle.path), "--stage", str(stage), "--ready-file",
-                                 str(ready), *args], stderr=subprocess.PIPE, start_new_session=True)
-        procs.append(proc)
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        info[stage] = json.loads(ready.read_text())
-
-    try:
-        start(3)
-        start(2, info[3]["data"])
-        start(1, info[3]["data"])
-        wrong = subprocess.run([sys.executable, "-m", "tvmsplit.runtime.worker", "--bundle",
-                                str(bundle.path), "--stage", "0", "--next", info[1]["data"]],
+    info = {}
+    with HandStartedWorkers(bundle, tmp_path) as workers:
+        info[3] = workers.start(3)
+        info[2] = workers.start(2, "--next", info[3]["data"])
+        info[1] = workers.start(1, "--next", info[3]["data"])
+        wrong = subprocess.run(worker_command(bundle, 0, "--next", info[1]["data"]),
                                capture_output=True, text=True, timeout=60)
         assert wrong.returncode == 2
         assert "stage 0 sends to stage 1, stage 2: give one --next per destination" in wrong.stderr
-        start(0, info[1]["data"], info[2]["data"])
+        info[0] = workers.start(0, "--next", info[1]["data"], "--next", info[2]["data"])
         for client in range(2):  # a second client: its request ids are not the first one's
             with Pipeline(bundle, endpoints=[info[s] for s in range(4)], timeout_s=20) as p:
                 _assert_close(p.run(x)[0], dag["ref"], f"hand-started DAG, client {client}")
         with pytest.raises(PipelineError, match="endpoint 3 has no 'out' address"):
             Pipeline(bundle, endpoints=[info[0], info[1], info[2], {**info[3], "out": None}])
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            proc.stderr.close()
 
 
 def test_bundle_with_broken_routes_is_refused(dag, tmp_path):

@@ -1,0 +1,52 @@
+"""Workers started by hand, the way a user starts them on other machines (tests' helper).
+
+    with HandStartedWorkers(bundle, tmp_path) as workers:
+        info1 = workers.start(1)                         # no --next: binds "out"
+        info0 = workers.start(0, "--next", info1["data"])
+        with Pipeline(bundle, endpoints=[info0, info1]) as p: ...
+
+``start`` waits for the worker's ready file and returns it; on exit every worker still running
+is killed with its process group (each starts in a session of its own).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def worker_command(bundle, stage: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "tvmsplit.runtime.worker", "--bundle", str(bundle.path),
+            "--stage", str(stage), *extra]
+
+
+class HandStartedWorkers:
+    def __init__(self, bundle, tmp_path, *common: str, timeout_s: float = 60.0):
+        self.bundle, self.tmp_path, self.common, self.timeout_s = bundle, tmp_path, common, timeout_s
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, stage: int, *extra: str) -> dict:
+        ready = self.tmp_path / f"r{stage}-{len(self.procs)}"
+        proc = subprocess.Popen(worker_command(self.bundle, stage, "--ready-file", str(ready),
+                                               *self.common, *extra),
+                                stderr=subprocess.PIPE, start_new_session=True)
+        self.procs.append(proc)
+        deadline = time.monotonic() + self.timeout_s
+        while not ready.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, f"stage {stage} worker not ready"
+            time.sleep(0.02)
+        return json.loads(ready.read_text())
+
+    def __enter__(self) -> "HandStartedWorkers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            proc.stderr.close()
