@@ -498,11 +498,11 @@ def _fail_on_second_compile(monkeypatch, exc: BaseException) -> list[int]:
     calls: list[int] = []
     real = tcompile._compile_to
 
-    def flaky(graph, stage, spec, out_path):
+    def flaky(stage, spec, mod, out_path):
         calls.append(stage.index)
         if len(calls) == 2:
             raise exc
-        return real(graph, stage, spec, out_path)
+        return real(stage, spec, mod, out_path)
 
     monkeypatch.setattr(tcompile, "_compile_to", flaky)
     return calls

@@ -19,8 +19,8 @@ For every split the test checks:
   and was fed by the real outputs of the stage before it;
 * the final chained output equals the unsplit TVM build's (one stage) within 1e-4 relative;
 * the stages' param bytes add up to the model's, each stage library embeds exactly its own weights
-  (the raw bytes of its initializers are in its library and in no other stage's) and library sizes
-  track param bytes.
+  (the raw bytes of its weights as built, BatchNorm folded in, are in its library and in no other
+  stage's) and library sizes track param bytes.
 
 Builds share one cache per module (stage 0 of a 3-way split equals stage 0 of the 2-way split at
 the same first cut), never ``~/.cache``.
@@ -159,15 +159,31 @@ def env(memo, monkeypatch) -> _Memo:
     return memo
 
 
-def _weight_blobs(graph: ts.LayerGraph, stage) -> dict[str, bytes]:
-    """Raw bytes of a stage's distinctive initializers (>= 4 KiB, not constant-filled)."""
-    from onnx import numpy_helper
+def _weight_blobs(graph: ts.LayerGraph, stage, target: str) -> dict[str, bytes]:
+    """Raw bytes of a stage's distinctive weights as built (>= 4 KiB, not constant-filled).
 
+    Taken from the stage's Relax module after the graph passes (``compile.stage_module``), not
+    from the ONNX initializers: folding BatchNorm into a Conv rescales its weights, so the
+    bytes in the library are the folded ones. The passes are deterministic, so these are the
+    exact bytes the stage's library must embed.
+    """
+    from tvm import relax
+
+    from tvmsplit.compile import stage_module
+    from tvmsplit.targets import get_target
+
+    consts: list[np.ndarray] = []
+
+    @relax.expr_functor.visitor
+    class _Constants(relax.expr_functor.PyExprVisitor):
+        def visit_generic_const_(self, op) -> None:
+            consts.append(op.value.numpy())
+
+    _Constants().visit_expr(stage_module(graph, stage, get_target(target))["main"])
     blobs = {}
-    for init in stage_onnx(graph, stage).graph.initializer:
-        arr = numpy_helper.to_array(init)
+    for k, arr in enumerate(consts):
         if arr.nbytes >= 4096 and np.unique(arr).size > 16:
-            blobs[init.name] = np.ascontiguousarray(arr).tobytes()
+            blobs[f"const{k}{list(arr.shape)}"] = np.ascontiguousarray(arr).tobytes()
     return blobs
 
 
@@ -183,7 +199,7 @@ def test_unsplit_matches_onnxruntime(env, model_id):
     assert stage.library_bytes >= g.param_bytes
     assert list(outputs) == [t.name for t in g.outputs]
     lib = stage.library.read_bytes()
-    assert all(blob in lib for blob in _weight_blobs(g, stage.plan).values())
+    assert all(blob in lib for blob in _weight_blobs(g, stage.plan, stage.target['name']).values())
 
 
 @pytest.mark.parametrize("split", SPLITS, ids=_split_id)
@@ -216,7 +232,7 @@ def test_split_chain_matches_onnxruntime_and_unsplit(env, split):
     assert sum(s.plan.param_bytes for s in stages) == g.param_bytes
     assert sum(s.plan.param_bytes for s in stages) == unsplit_bundle.stages[0].plan.param_bytes
     libs = [s.library.read_bytes() for s in stages]
-    blobs = [_weight_blobs(g, s.plan) for s in stages]
+    blobs = [_weight_blobs(g, s.plan, s.target['name']) for s in stages]
     owners: dict[bytes, int] = {}
     for b in blobs:
         for blob in b.values():

@@ -16,7 +16,8 @@
         "library_inputs": [...], "library_outputs": [...], # what its library takes / returns
         "target": {...},                                   # TargetSpec.to_json()
         "library": "stage0-<sha12>.so", "sha256": "<sha256 of the library>",
-        "library_bytes": 123, "param_bytes": 456, "runs_on_host": true
+        "library_bytes": 123, "param_bytes": 456, "runs_on_host": true,
+        "tuning": {"database", "measured_on", "tuned", "kernels"} | null   # null: GPU stage
       }, ...]
     }
 
@@ -166,32 +167,42 @@ def check_output_dir(out_dir: str | os.PathLike) -> None:
 
 
 def build_bundle(graph: LayerGraph, plan: Plan, out_dir: str | os.PathLike,
-                 progress: ProgressFn | None = None) -> Bundle:
+                 progress: ProgressFn | None = None,
+                 db: str | os.PathLike | None = None) -> Bundle:
     """Compile every stage of ``plan`` and write the bundle to ``out_dir`` atomically.
 
     An existing bundle at ``out_dir`` is replaced; any other non-empty directory is refused.
+    CPU stages are scheduled from the tuning database ``db`` where it was tuned for their target
+    (else from each target's default one, when it exists; see ``tunedb``); the manifest records
+    per stage how many kernels were tuned.
     """
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
     from .compile import build_stage
 
     specs = [get_target(s.target) for s in plan.stages]  # fail on unknown targets before building
+    from .tunedb import database_paths
+
+    dbs = database_paths(specs, db)  # and on a database that fits none of them
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is meant to be shared
     try:
         stages_json = []
-        for stage, spec in zip(plan.stages, specs):
+        for stage, spec, stage_db in zip(plan.stages, specs, dbs):
             if progress:
                 progress(f"stage {stage.index + 1}/{len(plan.stages)}: {len(stage.layers)} layer(s) "
                          f"{stage.layers[0]}..{stage.layers[-1]} for {spec.name}")
             staging = tmp / f"stage{stage.index}.so"
-            built = build_stage(graph, stage, spec, staging)
+            built = build_stage(graph, stage, spec, staging, db=stage_db)
+            if progress and built.tuning is not None:
+                progress(f"  stage {stage.index}: {built.tuning.describe()}")
             lib_name = f"stage{stage.index}-{built.sha256[:12]}.so"
             staging.rename(tmp / lib_name)
             stages_json.append({**stage.to_json(), "target": spec.to_json(), "library": lib_name,
                                 "sha256": built.sha256, "library_bytes": (tmp / lib_name).stat().st_size,
-                                "runs_on_host": spec.runs_on_host})
+                                "runs_on_host": spec.runs_on_host,
+                                "tuning": built.tuning.to_json() if built.tuning else None})
         import tvm
 
         manifest = {

@@ -1,12 +1,16 @@
 """Compile one stage for its target and export it as a shared library.
 
-- CPU targets use Relax's default pipeline for the target (operator fusion included).
+- Every stage first gets the graph-level passes of ``graphopt`` (BatchNorm folded into convs).
+- CPU targets are lowered (legalize + fuse), scheduled from the target's tuning database where it
+  holds records (``tunedb``: "N/M kernels tuned" per stage), the other kernels get a parallel +
+  vectorised fallback schedule, then built with Relax's default pipeline for the target.
 - Cross targets (aarch64) are linked with the target file's cross compiler; the result is an
   aarch64 ELF that this machine cannot run (the testbed runs it under qemu).
 - CUDA targets get DLight's default GPU schedules (every kernel must be thread-bound) and build
   compile-only here: the library embeds CUDA C source that the GPU host compiles when loading it.
 
-Builds are cached on disk by content (stage ONNX bytes, target, TVM version), so re-planning and
+Builds are cached on disk by content (stage ONNX bytes, target, TVM version, the tuning records
+used), so re-planning and
 re-building the same stage is instant. ``TVMSPLIT_CACHE`` sets the directory (default
 ``~/.cache/tvmsplit``); ``TVMSPLIT_CACHE=off`` disables the cache.
 """
@@ -25,8 +29,9 @@ from .errors import BuildError
 from .graph import LayerGraph
 from .split import StagePlan, stage_onnx, stage_relax
 from .targets import TargetSpec, check_toolchain
+from .tunedb import AppliedTuning, TuningDatabase, cache_root, find_database
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: graph passes, tuning databases, fallback schedules
 
 
 @dataclass(frozen=True)
@@ -36,71 +41,122 @@ class BuiltLibrary:
     path: Path
     sha256: str
     cached: bool
+    tuning: AppliedTuning | None = None  # CPU stages: what the tuning database contributed
 
 
 def cache_dir() -> Path | None:
-    value = os.environ.get("TVMSPLIT_CACHE", "")
-    if value.lower() in ("off", "0", "none"):
-        return None
-    return Path(value) if value else Path.home() / ".cache" / "tvmsplit"
+    return cache_root()
 
 
-def build_key(graph: LayerGraph, stage: StagePlan, spec: TargetSpec) -> str:
+def build_key(graph: LayerGraph, stage: StagePlan, spec: TargetSpec,
+              tuning_digest: str = "") -> str:
     import tvm
+
+    from .graphopt import GRAPH_PASSES
 
     h = hashlib.sha256()
     h.update(stage_onnx(graph, stage).SerializeToString(deterministic=True))
     h.update(json.dumps({"target": spec.to_json(), "tvm": tvm.__version__,
-                         "format": CACHE_FORMAT}, sort_keys=True).encode())
+                         "format": CACHE_FORMAT, "passes": list(GRAPH_PASSES),
+                         "tuning": tuning_digest}, sort_keys=True).encode())
     return h.hexdigest()
 
 
 def build_stage(graph: LayerGraph, stage: StagePlan, spec: TargetSpec,
-                out_path: str | os.PathLike) -> BuiltLibrary:
-    """Compile ``stage`` for ``spec`` and write the library to ``out_path``."""
+                out_path: str | os.PathLike, db: str | os.PathLike | None = None) -> BuiltLibrary:
+    """Compile ``stage`` for ``spec`` and write the library to ``out_path``.
+
+    CPU stages use the tuning database at ``db`` (refused if tuned for another target), else the
+    target's default database when one exists (``tunedb.find_database``).
+    """
     check_toolchain(spec)
     out_path = Path(out_path)
+    database = find_database(spec, db)
     cache = cache_dir()
-    key = build_key(graph, stage, spec)
+    prepared = None
+    if database is not None:  # the records used are part of the key: lower first to know them
+        prepared = _prepare(graph, stage, spec, database)
+        key = build_key(graph, stage, spec, prepared[1].records_sha256)
+    else:
+        key = build_key(graph, stage, spec)
     cached = cache / "builds" / f"{key}.so" if cache else None
     if cached is not None and cached.is_file():
         shutil.copyfile(cached, out_path)
-        return BuiltLibrary(out_path, file_sha256(out_path), cached=True)
+        return BuiltLibrary(out_path, file_sha256(out_path), cached=True,
+                            tuning=prepared[1] if prepared else _read_tuning(cached))
 
-    _compile_to(graph, stage, spec, out_path)
+    if prepared is None:
+        prepared = _prepare(graph, stage, spec, None)
+    _compile_to(stage, spec, prepared[0], out_path)
     if cached is not None:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_suffix(f".tmp{os.getpid()}")
             shutil.copyfile(out_path, tmp)
+            if prepared[1] is not None:
+                cached.with_suffix(".json").write_text(json.dumps(
+                    {**prepared[1].to_json(), "records_sha256": prepared[1].records_sha256}))
             os.replace(tmp, cached)
         except OSError:
             pass  # a read-only or full cache never fails a build
-    return BuiltLibrary(out_path, file_sha256(out_path), cached=False)
+    return BuiltLibrary(out_path, file_sha256(out_path), cached=False, tuning=prepared[1])
 
 
-def _compile_to(graph: LayerGraph, stage: StagePlan, spec: TargetSpec, out_path: Path) -> None:
+def _read_tuning(cached: Path) -> AppliedTuning | None:
+    try:
+        d = json.loads(cached.with_suffix(".json").read_text())
+        return AppliedTuning(d["database"], d["measured_on"], int(d["tuned"]), int(d["kernels"]),
+                             str(d["records_sha256"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def stage_module(graph: LayerGraph, stage: StagePlan, spec: TargetSpec):
+    """The stage's Relax module after the graph-level passes: what is tuned and built."""
+    from .graphopt import optimize
+
+    return optimize(stage_relax(graph, stage))
+
+
+def _prepare(graph: LayerGraph, stage: StagePlan, spec: TargetSpec,
+             database: TuningDatabase | None):
+    """(module ready for relax.build, AppliedTuning or None for GPU targets)."""
+    from .graphopt import lower
+    from .tunedb import apply_database
+
+    try:
+        mod = stage_module(graph, stage, spec)
+        target = spec.tvm_target()
+        if spec.kind == "cuda":
+            from tvm.s_tir import dlight as dl
+
+            mod = lower(mod, target)
+            with target:
+                mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                              dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
+            return mod, None
+        return apply_database(lower(mod, target), database, target)
+    except Exception as exc:
+        raise _build_error(stage, spec, exc) from exc
+
+
+def _build_error(stage: StagePlan, spec: TargetSpec, exc: BaseException) -> BuildError:
+    return BuildError(f"compiling stage {stage.index} ({', '.join(stage.layers[:3])}"
+                      f"{', ...' if len(stage.layers) > 3 else ''}) for {spec.name} failed: "
+                      f"{_first_line(exc)}")
+
+
+def _compile_to(stage: StagePlan, spec: TargetSpec, mod, out_path: Path) -> None:
     from tvm import relax
 
     try:
-        mod = stage_relax(graph, stage)
         target = spec.tvm_target()
-        with target:
-            if spec.kind == "cuda":
-                from tvm.s_tir import dlight as dl
-
-                mod = relax.get_pipeline("zero")(mod)
-                mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-                                              dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
-                pipeline = None
-            else:
-                pipeline = relax.get_default_pipeline(target)
-        ex = relax.build(mod, target, relax_pipeline=pipeline) if pipeline is not None \
-            else relax.build(mod, target)
+        if spec.kind == "cuda":
+            ex = relax.build(mod, target)
+        else:
+            ex = relax.build(mod, target, relax_pipeline=relax.get_default_pipeline(target))
     except Exception as exc:
-        raise BuildError(f"compiling stage {stage.index} ({', '.join(stage.layers[:3])}"
-                         f"{', ...' if len(stage.layers) > 3 else ''}) for {spec.name} failed: "
-                         f"{_first_line(exc)}") from exc
+        raise _build_error(stage, spec, exc) from exc
     kwargs = {}
     if spec.cross_compiler:
         from tvm.support import cc
