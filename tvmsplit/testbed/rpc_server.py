@@ -99,6 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         die_with_parent(args.parent_pid)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     import tvm  # noqa: F401  - runtime-only import (TVM_USE_RUNTIME_LIB=1) before listening
+    try:  # sessions run in this process, so they see it: live state for profile.RPCSession.state()
+        from tvmsplit.rpc_device import register_device_state
+        register_device_state()
+    except ImportError as exc:
+        print(f"rpc_server: no tvmsplit.device_state ({exc})", file=sys.stderr, flush=True)
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
