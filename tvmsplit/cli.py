@@ -56,6 +56,9 @@ targets_option = click.option("--targets", default="x86_64", metavar="T1,T2,..."
                                    "`tvmsplit targets`, or .toml files).")
 shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=D1,D2,...",
                             help="Pin an input's shape (repeatable), e.g. x=1,3,224,224.")
+db_option = click.option(
+    "--db", default=None, type=click.Path(file_okay=False),
+    help="Tuning database (`tvmsplit tune --db`); default: each target's own, when it was tuned.")
 plan_file_option = click.option(
     "--plan", "plan_file", type=click.Path(exists=True, dir_okay=False),
     help="A plan saved by `tvmsplit plan --save` (instead of --split-at/--targets).")
@@ -142,12 +145,103 @@ def _graph_json(g, cuts) -> dict:
 @plan_file_option
 @click.option("--check", is_flag=True, help="Run host-runnable stages and compare with onnxruntime.")
 @click.option("--tolerance", default=1e-4, show_default=True, help="Max relative error for --check.")
+@db_option
 def build(model: str, split_at: str, targets: str, out_dir: str, shapes: tuple[str, ...],
-          plan_file: str | None, check: bool, tolerance: float) -> None:
+          plan_file: str | None, check: bool, tolerance: float, db: str | None) -> None:
     """Split MODEL, compile every stage for its target and write a bundle."""
     g = _load_graph(model, shapes)
     g, how = _split_how(g, split_at, targets, plan_file)
-    _build_and_check(g, *how, out_dir, check, tolerance)
+    _build_and_check(g, *how, out_dir, check, tolerance, db)
+
+
+def _parse_duration(text: str | None) -> float | None:
+    """'20m', '90s', '1.5h' or plain seconds -> seconds."""
+    if text is None:
+        return None
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    value, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(value) * units[unit]
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise TvmsplitError(f"--time-budget {text!r} is not a positive duration; e.g. 20m, 90s, 1h")
+    return seconds
+
+
+def _parse_hostport(text: str | None, option: str) -> tuple[str, int] | None:
+    if text is None:
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise TvmsplitError(f"{option} {text!r} is not HOST:PORT; e.g. {option} 127.0.0.1:9190")
+    return host, int(port)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--target", "target_name", required=True,
+              help="Target to tune for (`tvmsplit targets`; `host` is this machine's CPU).")
+@db_option
+@click.option("--trials", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Measured schedules in total for this database (resumes: trials already "
+                   "recorded for the model's kernels count).")
+@click.option("--time-budget", default=None, metavar="DURATION",
+              help="Stop after this long (e.g. 20m); what was measured is kept.")
+@click.option("--rpc", default=None, metavar="HOST:PORT",
+              help="Measure on a device's RPC server (`python -m tvmsplit.rpc_device`).")
+@click.option("--tracker", default=None, metavar="HOST:PORT", help="Measure through an RPC tracker.")
+@click.option("--key", default=None, help="The device's key at the tracker.")
+@click.option("--num-cores", type=click.IntRange(min=1), default=None,
+              help="The device's physical cores, if its target file does not say.")
+@split_at_option
+@shape_option
+@plan_file_option
+def tune(model, target_name, db, trials, time_budget, rpc, tracker, key, num_cores, split_at,
+         shapes, plan_file):
+    """Tune MODEL's kernels for a target with MetaSchedule into a tuning database that every
+    later build, run and profile for that target uses."""
+    import sys
+
+    from .split import plan_split
+    from .targets import get_target
+    from .tune import tune as run_tune
+
+    if rpc and tracker:
+        raise TvmsplitError("give --rpc HOST:PORT or --tracker HOST:PORT --key KEY, not both")
+    spec = get_target(target_name)
+    budget_s = _parse_duration(time_budget)
+    rpc_addr, tracker_addr = _parse_hostport(rpc, "--rpc"), _parse_hostport(tracker, "--tracker")
+    g = _load_graph(model, shapes)
+    plans = []
+    if split_at or plan_file:
+        g, how = _split_how(g, split_at, target_name, plan_file)
+        cuts, targets, assignment, routing = how
+        plans.append(plan_split(g, cuts, targets if plan_file else [spec.name],
+                                assignment=assignment, routing=routing))
+    tty = sys.stderr.isatty()
+    last = [0.0]
+
+    def show(p) -> None:
+        if tty:
+            click.echo("\r" + p.line(), nl=False, err=True)
+        elif p.trials_done >= last[0] + max(1, p.trials_total // 20) or p.trials_done >= p.trials_total:
+            last[0] = p.trials_done
+            click.echo("  " + p.line(), err=True)
+
+    try:
+        result = run_tune(g, spec, db=db, trials=trials, time_budget_s=budget_s, plans=plans,
+                          rpc=rpc_addr, tracker=tracker_addr, key=key, num_cores=num_cores,
+                          progress=show, log=_progress)
+    except KeyboardInterrupt:
+        if tty:
+            click.echo("", err=True)
+        click.echo("interrupted: every trial measured so far is in the database; run the same "
+                   "command again to continue", err=True)
+        raise SystemExit(130)
+    if tty:
+        click.echo("", err=True)
+    click.echo(f"tuned {g.name} for {spec.name}: {result.describe()}")
 
 
 def _split_how(g, split_at: str, targets: str, plan_file: str | None):
@@ -176,7 +270,8 @@ def _split_how(g, split_at: str, targets: str, plan_file: str | None):
 
 
 def _build_and_check(g, split_at: list[str], targets: list[str], assignment: dict | None,
-                     routing: str, out_dir: str, check: bool, tolerance: float) -> None:
+                     routing: str, out_dir: str, check: bool, tolerance: float,
+                     db: str | None = None) -> None:
     from .bundle import build_bundle, check_output_dir
     from .split import plan_split
     from .targets import get_target
@@ -185,9 +280,13 @@ def _build_and_check(g, split_at: list[str], targets: list[str], assignment: dic
         get_target(t)  # unknown targets fail before anything is built
     plan = plan_split(g, split_at, targets or ["x86_64"], assignment=assignment, routing=routing)
     check_output_dir(out_dir)
+    if db is not None:
+        from .tunedb import database_paths
+
+        database_paths([get_target(s.target) for s in plan.stages], db)  # refuse before building
     click.echo(f"building {len(plan.stages)} stage(s) of {g.name} into {out_dir}", err=True)
     start = time.perf_counter()
-    bundle = build_bundle(g, plan, out_dir, progress=_progress)
+    bundle = build_bundle(g, plan, out_dir, progress=_progress, db=db)
     click.echo(f"built in {time.perf_counter() - start:.1f} s", err=True)
     for stage in bundle.stages:
         cut = ", ".join(f"{t.name}{list(t.shape)}" for t in stage.plan.outputs)
@@ -290,8 +389,9 @@ def _print_trace(trace, targets: list[str]) -> None:
 @click.option("--secure", default=None, type=click.Path(file_okay=False), metavar="KEYS_DIR",
               help="Run every link over CurveZMQ with the keys in KEYS_DIR (`tvmsplit keys`); "
                    "off by default, plain TCP is fine on loopback.")
+@db_option
 def run(model, split_at, targets, out_dir, shapes, plan_file, input_file, workers, requests, check,
-        tolerance, secure):
+        tolerance, secure, db):
     """Build MODEL's stages, run them as a pipeline of workers, print the trace."""
     import tempfile
 
@@ -303,7 +403,7 @@ def run(model, split_at, targets, out_dir, shapes, plan_file, input_file, worker
     with tempfile.TemporaryDirectory(prefix="tvmsplit-run-") as tmp:
         out = out_dir or str(Path(tmp) / "bundle")
         g, how = _split_how(g, split_at, targets, plan_file)
-        _build_and_check(g, *how, out, False, tolerance)
+        _build_and_check(g, *how, out, False, tolerance, db)
         _run_pipeline(Bundle.load(out), g, requests, inputs, check, tolerance, endpoints, secure)
 
 
@@ -561,18 +661,22 @@ def testbed_cmd(args):
 @cli.command()
 @click.option("--device", required=True, help="Target name (targets/) of the device to profile.")
 @click.option("--rpc", default=None, metavar="HOST:PORT",
-              help="Measure on a remote device running `python -m tvm.exec.rpc_server`.")
+              help="Measure on a remote device's RPC server (`python -m tvmsplit.rpc_device`).")
+@click.option("--tracker", default=None, metavar="HOST:PORT", help="Measure through an RPC tracker.")
+@click.option("--key", default=None, help="The device's key at the tracker.")
 @click.option("--count", default=12, show_default=True, help="Sweep configurations per layer kind.")
 @click.option("--loads", default="none", show_default=True, metavar="L1,L2,...",
               help="Background load levels to measure under (none, cpu1x50, cpu2x100+mem2g).")
 @click.option("--append", is_flag=True, help="Add to the device's existing profile.")
-def profile(device, rpc, count, loads, append):
-    """Measure layers (a sweep of configurations + the zoo) on a device; long runs show progress."""
+@db_option
+def profile(device, rpc, tracker, key, count, loads, append, db):
+    """Measure layers (a sweep of configurations + the zoo) on a device; long runs show progress.
+    Layers are built as stages are, from the target's tuning database when it has one."""
     from .sweep import profile_device
 
-    dataset, path = profile_device(device, rpc=rpc, count=count, append=append,
-                                   loads=_split_list(loads, "--loads"),
-                                   progress=lambda m: click.echo(m, err=True))
+    dataset, path = profile_device(device, rpc=rpc, tracker=tracker, key=key, count=count,
+                                   append=append, loads=_split_list(loads, "--loads"),
+                                   progress=lambda m: click.echo(m, err=True), db=db)
     click.echo(f"profiled {len(dataset.rows)} layer measurements -> {path}")
 
 

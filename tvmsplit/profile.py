@@ -57,6 +57,7 @@ class LayerMeasurement:
     op: str
     timing: Timing
     state: DeviceState | None
+    tuning: str = ""   # which tuning database the layer's build used, "N/M kernels tuned (...)"
 
 
 class LocalSession:
@@ -144,8 +145,13 @@ def time_library(session: Session, library: Path, stage: StagePlan, *, number: i
 
 def profile_layers(graph: LayerGraph, target: str | TargetSpec, session: Session, *,
                    number: int = 10, repeat: int = 5, layers: Sequence[str] | None = None,
-                   progress: Callable[[str], None] | None = None) -> tuple[LayerMeasurement, ...]:
-    """Compile every layer (or ``layers``) alone for ``target`` and time it in ``session``."""
+                   progress: Callable[[str], None] | None = None,
+                   db: str | Path | None = None) -> tuple[LayerMeasurement, ...]:
+    """Compile every layer (or ``layers``) alone for ``target`` and time it in ``session``.
+
+    Layers are built as stages are (``compile.build_stage``): scheduled from the tuning database
+    ``db``, or the target's default one when it exists, so the times are those of the code that
+    runs; each measurement says which database it used."""
     spec = get_target(target)
     indices = [graph.index(name) for name in layers] if layers else range(len(graph.layers))
     out = []
@@ -154,10 +160,11 @@ def profile_layers(graph: LayerGraph, target: str | TargetSpec, session: Session
             layer = graph.layers[i]
             stage = layer_stage(graph, i, spec.name)
             lib = Path(tmp) / f"layer{i}.so"
-            build_stage(graph, stage, spec, lib)
+            built = build_stage(graph, stage, spec, lib, db=db)
             state = session.state()
             timing = time_library(session, lib, stage, number=number, repeat=repeat)
-            out.append(LayerMeasurement(layer.name, layer.op, timing, state))
+            out.append(LayerMeasurement(layer.name, layer.op, timing, state,
+                                        built.tuning.describe() if built.tuning else ""))
             if progress:
                 progress(f"[{n + 1}/{len(indices)}] {layer.name} ({layer.op}): "
                          f"{timing.median_ms:.3f} ms ± {timing.std_ms:.3f}")

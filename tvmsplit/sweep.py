@@ -392,7 +392,8 @@ def repeats_for(layer, sample_ms: float = 3.0) -> int:
 
 
 def measure_model(model: onnx.ModelProto | Any, target, session, *, repeat: int = 5,
-                  sample_ms: float = 3.0, progress: Callable[[str], None] | None = None):
+                  sample_ms: float = 3.0, progress: Callable[[str], None] | None = None,
+                  db=None):
     """Load ``model`` (ModelProto or LayerGraph) and time each of its layers alone.
 
     Each layer gets its own ``number`` of runs per sample (``repeats_for``) so tiny layers are
@@ -407,7 +408,7 @@ def measure_model(model: onnx.ModelProto | Any, target, session, *, repeat: int 
     out = []
     for layer in graph.layers:
         out.extend(profile_layers(graph, target, session, number=repeats_for(layer, sample_ms),
-                                  repeat=repeat, layers=[layer.name], progress=progress))
+                                  repeat=repeat, layers=[layer.name], progress=progress, db=db))
     return graph, tuple(out)
 
 
@@ -444,7 +445,7 @@ def profile_sweep(target, session, *, kinds: Iterable[str] = KINDS, count: int |
                   seed: int = 0, zoo: Iterable[tuple[str, int, float]] = DEFAULT_ZOO,
                   loads: Sequence[str | dict[str, Any]] = ("none",), block: int = 20,
                   repeat: int = 5, sample_ms: float = 3.0, dataset=None,
-                  progress: Callable[[str], None] | None = None):
+                  progress: Callable[[str], None] | None = None, db=None):
     """Measure sweep + zoo layers on ``session`` under each background load level; a Dataset.
 
     Models are processed in blocks of ``block``; each block is measured under every load level
@@ -475,7 +476,8 @@ def profile_sweep(target, session, *, kinds: Iterable[str] = KINDS, count: int |
         for label, bg in levels:
             with bg:
                 for mid, graph in chunk:
-                    graph, ms = measure_model(graph, spec, session, repeat=repeat, sample_ms=sample_ms)
+                    graph, ms = measure_model(graph, spec, session, repeat=repeat,
+                                              sample_ms=sample_ms, db=db)
                     ds.add(graph, ms, model_id=mid, load=label)
                     done += len(graph.layers)
                     if progress:
@@ -491,13 +493,14 @@ def profile_device(device: str, *, rpc: str | None = None, tracker: str | None =
                    key: str | None = None, count: int | dict[str, int] = 12,
                    loads: Sequence[str] = ("none",), zoo: Iterable[tuple[str, int, float]] = DEFAULT_ZOO,
                    out: str | None = None, append: bool = False, seed: int = 0,
-                   progress: Callable[[str], None] | None = None):
+                   progress: Callable[[str], None] | None = None, db: str | None = None):
     """`tvmsplit profile --device D`: measure the sweep + zoo layers on D and save the dataset.
 
     D is a target name (or .toml). It runs here when D's target is this machine's CPU; otherwise
     give ``rpc="HOST:PORT"`` (or ``tracker="HOST:PORT", key=...``) of the device running
     ``python -m tvm.exec.rpc_server``. Background ``loads`` run on this machine, so with RPC only
-    ``("none",)`` is allowed. Writes to ``out`` (default ``predict.dataset_path(D)``), adding to
+    ``("none",)`` is allowed. Layers are built from the tuning database ``db`` (default: the
+target's own, when tuned); each row records which. Writes to ``out`` (default ``predict.dataset_path(D)``), adding to
     the rows already there with ``append``. Returns ``(dataset, path)``.
     """
     from pathlib import Path
@@ -538,5 +541,5 @@ def profile_device(device: str, *, rpc: str | None = None, tracker: str | None =
     ds = Dataset.load(path, target=spec.name) if append and path.is_file() else Dataset(target=spec.name)
     with session:
         ds = profile_sweep(spec, session, count=count, seed=seed, zoo=zoo, loads=loads, dataset=ds,
-                           progress=progress)
+                           progress=progress, db=db)
     return ds, ds.save(path)

@@ -15,6 +15,11 @@ A file in ``targets/`` (or a directory named by ``TVMSPLIT_TARGETS``, or any pat
     [build]
     cross_compiler = "aarch64-linux-gnu-g++"   # optional: links the library for another arch
 
+``num-cores`` in ``[target]`` is the device's physical core count; MetaSchedule needs it to tune
+(``tvmsplit tune``; a target that runs on this machine defaults to this machine's count).
+The value ``"@host"`` (for ``arch``, ``memory_bytes``, ``mtriple``, ``mcpu``, ``num-cores``) means
+"detect it on this machine when the file is loaded": ``targets/host.toml`` is this machine's CPU.
+
 A user adds a device kind by adding a file. Names are unique; a miss lists the known names.
 """
 from __future__ import annotations
@@ -87,12 +92,51 @@ def _freeze(d: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in d.items()))
 
 
+HOST = "@host"
+
+
+def _host_value(key: str) -> Any:
+    """What ``"@host"`` stands for under ``key`` on this machine."""
+    if key == "arch":
+        return host_arch()
+    if key == "mtriple":
+        return f"{host_arch()}-linux-gnu"
+    if key == "num-cores":
+        from .tunedb import host_cores
+
+        return host_cores()
+    if key == "memory_bytes":
+        try:
+            import psutil
+
+            return int(psutil.virtual_memory().total)
+        except ImportError:
+            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    if key == "mcpu":
+        try:
+            from tvm.target import codegen
+
+            return str(codegen.llvm_get_system_cpu())
+        except (ImportError, AttributeError):  # a runtime-only TVM has no LLVM
+            return "generic"
+    raise TargetError(f"'@host' is not detectable for {key!r}; it works for arch, memory_bytes, "
+                      "mtriple, mcpu, num-cores")
+
+
+def _resolve_host(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (_host_value(k) if v == HOST else v) for k, v in d.items()}
+
+
 def parse_target_file(path: str | os.PathLike) -> TargetSpec:
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise TargetError(f"cannot read target file {str(path)!r}: {exc}") from None
+    data = _resolve_host(data)
+    for section in ("target", "host"):
+        if isinstance(data.get(section), dict):
+            data[section] = _resolve_host(data[section])
     problems = [f"missing '{key}'" for key in ("name", "arch", "target") if key not in data]
     target = data.get("target", {})
     if isinstance(target, dict) and "kind" not in target:

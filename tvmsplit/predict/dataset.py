@@ -67,6 +67,7 @@ class Row:
     model_id: str = ""
     config_id: str = ""
     load: str = ""
+    tuning: str = ""   # the tuning database the measured build used (profile.LayerMeasurement)
     _features: dict[str, float] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -85,13 +86,13 @@ class Row:
                      for k, v in self.state.to_json().items()}
         return {"layer_type": self.layer_type, "layer": layer_to_json(self.layer), "state": state,
                 "ms": self.ms, "std_ms": self.std_ms, "model_id": self.model_id,
-                "config_id": self.config_id, "load": self.load}
+                "config_id": self.config_id, "load": self.load, "tuning": self.tuning}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Row":
         return cls(layer_from_json(d["layer"]), state_from_json(d.get("state")),
                    float(d["ms"]), float(d.get("std_ms", 0.0)), str(d.get("model_id", "")),
-                   str(d.get("config_id", "")), str(d.get("load", "")))
+                   str(d.get("config_id", "")), str(d.get("load", "")), str(d.get("tuning", "")))
 
 
 class Dataset:
@@ -117,7 +118,7 @@ class Dataset:
         for m in measurements:
             layer = graph.layer(m.layer)
             self.rows.append(Row(layer, m.state, float(m.timing.median_ms), float(m.timing.std_ms),
-                                 mid, config_id(layer), load))
+                                 mid, config_id(layer), load, getattr(m, "tuning", "")))
 
     def extend(self, other: "Dataset") -> None:
         self.rows.extend(other.rows)

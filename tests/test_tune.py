@@ -1,0 +1,182 @@
+"""Tuning as a user meets it: MetaSchedule over a real local RPC server (through a tracker and
+directly), a database that the next build applies, resuming, graph passes, and the clear errors.
+
+Trials are a handful per run (the point is that tuning, recording and applying work; speed is in
+bench/bench_tune.py). The first tuning run in a process pays MetaSchedule's one-time import of
+its tensor intrinsics (~30 s).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+
+import tvmsplit as ts
+from tvmsplit import zoo
+from tvmsplit.bundle import build_bundle
+from tvmsplit.check import check_bundle
+from tvmsplit.cli import cli
+from tvmsplit.rpc_device import LocalRPCDevice
+from tvmsplit.split import plan_split
+from tvmsplit.targets import get_target
+from tvmsplit.tune import tune
+from tvmsplit.tunedb import META, TuningError, create_database, read_database
+
+pytestmark = pytest.mark.slow
+
+
+def invoke(*args) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="tvmsplit")
+
+
+def ok(result: Result) -> Result:
+    assert result.exception is None and result.exit_code == 0, \
+        f"exit={result.exit_code} exception={result.exception!r}\n{result.output}"
+    return result
+
+
+def one_error_line(result: Result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def small(name: str):
+    return ts.load(zoo.make(name, input_size=32 if name != "vgg16" else 32, width=0.25), name=name)
+
+
+def test_tune_over_an_rpc_tracker_then_build_applies_the_records(tmp_path):
+    db = tmp_path / "db"
+    with LocalRPCDevice(key="x86", tracker=True) as dev:
+        tracker = f"{dev.tracker[0]}:{dev.tracker[1]}"
+        res = ok(invoke("tune", "zoo:chain", "--target", "x86_64", "--tracker", tracker,
+                        "--key", "x86", "--trials", 8, "--db", db))
+        assert "tuned chain for x86_64" in res.output
+        meta = json.loads((db / META).read_text())
+        assert meta["measured_on"].startswith("rpc-tracker://") and meta["target"]["name"] == "x86_64"
+        records = read_database(db, get_target("x86_64")).records
+        assert records >= 8
+        # The same budget again: the records count, nothing is measured twice.
+        again = ok(invoke("tune", "zoo:chain", "--target", "x86_64", "--tracker", tracker,
+                          "--key", "x86", "--trials", 8, "--db", db))
+        assert "nothing to do" in again.output
+        assert read_database(db, get_target("x86_64")).records == records
+
+    out = tmp_path / "bundle"
+    res = ok(invoke("build", "zoo:chain", "--split-at", "pool1", "-o", out, "--db", db, "--check"))
+    assert "OK" in res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    tuned = [s["tuning"] for s in manifest["stages"]]
+    assert all(t["database"] == str(db) for t in tuned)
+    assert sum(t["tuned"] for t in tuned) > 0, tuned   # records really applied to the stages
+    assert "kernels tuned (database" in res.output
+
+
+def test_tune_directly_on_an_rpc_server_resumes_and_builds_match_onnxruntime(tmp_path):
+    g = small("resnet")
+    spec = get_target("x86_64")
+    db = tmp_path / "db"
+    logs: list[str] = []
+    with LocalRPCDevice(key="direct") as dev:
+        first = tune(g, spec, db=db, trials=6, rpc=(dev.host, dev.port), log=logs.append)
+        assert first.trials_run >= 6 and first.database.measured_on == f"rpc://{dev.host}:{dev.port}"
+        after_first = first.database.records
+        second = tune(g, spec, db=db, trials=12, rpc=(dev.host, dev.port), log=logs.append)
+    assert any(m.startswith("resuming: ") for m in logs), logs
+    assert sum(t.trials_before for t in second.tasks) >= 6
+    assert second.trials_run > 0 and second.database.records > after_first
+    bundle = build_bundle(g, plan_split(g, ["block2_add"], ["x86_64"]), tmp_path / "b", db=db)
+    report = check_bundle(bundle, g)
+    assert report.ok, report.rel
+
+
+@pytest.mark.parametrize("name", ["chain", "resnet", "inception", "vgg16", "mobilenetv2"])
+def test_tuned_build_after_graph_passes_equals_onnxruntime(tmp_path, name):
+    g = small(name)
+    spec = get_target("x86_64")
+    result = tune(g, spec, db=tmp_path / "db", trials=8)
+    assert result.trials_run > 0
+    bundle = build_bundle(g, plan_split(g, targets=["x86_64"]), tmp_path / "b", db=tmp_path / "db")
+    built = bundle.stages[0]
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["stages"][0]["tuning"]["tuned"] > 0
+    report = check_bundle(bundle, g)
+    assert report.ok, (name, report.rel)
+    assert built.library.is_file()
+
+
+def test_the_build_cache_follows_the_records_used(tmp_path):
+    from tvmsplit.compile import build_stage
+
+    g = small("chain")
+    spec = get_target("x86_64")
+    stage = plan_split(g, targets=["x86_64"]).stages[0]
+    untuned = build_stage(g, stage, spec, tmp_path / "a.so")
+    assert untuned.tuning.database is None and untuned.tuning.tuned == 0
+    tune(g, spec, db=tmp_path / "db", trials=4)
+    tuned = build_stage(g, stage, spec, tmp_path / "b.so", db=tmp_path / "db")
+    assert not tuned.cached and tuned.tuning.tuned > 0      # not the untuned library from cache
+    again = build_stage(g, stage, spec, tmp_path / "c.so", db=tmp_path / "db")
+    assert again.cached and again.sha256 == tuned.sha256 and again.tuning == tuned.tuning
+    cached_untuned = build_stage(g, stage, spec, tmp_path / "d.so")
+    assert cached_untuned.cached and cached_untuned.sha256 == untuned.sha256
+    assert cached_untuned.tuning.kernels == untuned.tuning.kernels
+
+
+def test_a_database_of_another_target_is_refused_with_one_line(tmp_path):
+    db = tmp_path / "db"
+    create_database(db, get_target("x86_64"), {"kind": "llvm", "num-cores": 2}, "local CPU: test")
+    line = one_error_line(invoke("build", "zoo:chain", "--targets", "rpi4b", "-o", tmp_path / "b",
+                                 "--db", db))
+    assert "tuned for target 'x86_64'" in line and "rpi4b" in line
+    assert not (tmp_path / "b").exists()
+    line = one_error_line(invoke("tune", "zoo:chain", "--target", "host", "--db", db))
+    assert "tuned for target 'x86_64'" in line
+    line = one_error_line(invoke("build", "zoo:chain", "-o", tmp_path / "c", "--db", tmp_path / "none"))
+    assert "not a tvmsplit tuning database" in line
+
+
+def test_unreachable_tracker_wrong_key_and_bad_options_are_one_line_each(tmp_path):
+    db = tmp_path / "db"
+    line = one_error_line(invoke("tune", "zoo:chain", "--target", "x86_64", "--tracker",
+                                 "127.0.0.1:1", "--key", "x86", "--db", db))
+    assert "no RPC tracker at 127.0.0.1:1" in line
+    line = one_error_line(invoke("tune", "zoo:chain", "--target", "x86_64", "--rpc", "127.0.0.1:1",
+                                 "--db", db))
+    assert "cannot reach the RPC device 127.0.0.1:1" in line
+    with LocalRPCDevice(key="x86", tracker=True) as dev:
+        line = one_error_line(invoke("tune", "zoo:chain", "--target", "x86_64", "--tracker",
+                                     f"{dev.tracker[0]}:{dev.tracker[1]}", "--key", "arm",
+                                     "--db", db))
+    assert "no device with key 'arm'" in line and "x86" in line
+    assert "--rpc" in one_error_line(invoke("tune", "zoo:chain", "--target", "x86_64",
+                                            "--rpc", "nohostport"))
+    assert "positive duration" in one_error_line(invoke("tune", "zoo:chain", "--target",
+                                                        "x86_64", "--time-budget", "soon"))
+    assert "does not run on this machine" in one_error_line(
+        invoke("tune", "zoo:chain", "--target", "rpi4b", "--db", db))
+    assert "cuda" in one_error_line(invoke("tune", "zoo:chain", "--target", "cuda-edge",
+                                           "--db", db))
+    assert not db.exists()  # no error left a half-made database
+
+
+def test_host_target_is_this_machines_cpu():
+    spec = get_target("host")
+    assert spec.runs_on_host and spec.kind == "llvm"
+    t = spec.target_dict
+    assert isinstance(t["num-cores"], int) and t["num-cores"] >= 1
+    assert t["mcpu"] and t["mcpu"] != "@host"
+    assert spec.memory_bytes > 0
+
+
+def test_time_budget_stops_tuning_and_keeps_the_records(tmp_path):
+    g = small("chain")  # the budget counts from the start: MetaSchedule's set-up is ~1 min here
+    result = tune(g, get_target("x86_64"), db=tmp_path / "db", trials=400, time_budget_s=1.0)
+    assert result.stopped == "time budget"
+    assert 0 < result.trials_run < 400
+    assert result.database.records > 0
+    assert np.isfinite(result.best_total_ms)
