@@ -355,12 +355,31 @@ def tune(graph: LayerGraph, spec: TargetSpec, *, db: str | Path | None = None, t
                                                        init_min_unmeasured=32,
                                                        genetic_num_iters=2),
         num_threads=max(1, int(tune_target["num-cores"])), seed=seed)
+    # Ctrl-C inside MetaSchedule's C++ loop comes back as a RuntimeError: remember that it was
+    # one, so callers see KeyboardInterrupt (every record measured so far is already on disk).
+    interrupted = [False]
+
+    def on_sigint(_signum, _frame):
+        interrupted[0] = True
+        raise KeyboardInterrupt
+
+    import signal
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         _tune_tasks(ms, contexts, weights, path, budget, per_task, per_iter, builder, runner,
                     database, _Watch())
-    except Exception:
+    except BaseException:
+        if interrupted[0]:
+            raise KeyboardInterrupt from None
         if stopped[0] != "time budget":
             raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     return TuneResult(database_info, tuple(tasks), done[0], time.monotonic() - started, stopped[0],
                       _best_total(best, weights), len(errors), errors[0] if errors else "")
 
