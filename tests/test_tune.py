@@ -46,7 +46,7 @@ def one_error_line(result: Result) -> str:
 
 
 def small(name: str):
-    return ts.load(zoo.make(name, input_size=32 if name != "vgg16" else 32, width=0.25), name=name)
+    return ts.load(zoo.make(name, input_size=32, width=0.25), name=name)
 
 
 def test_tune_over_an_rpc_tracker_then_build_applies_the_records(tmp_path):
@@ -101,12 +101,10 @@ def test_tuned_build_after_graph_passes_equals_onnxruntime(tmp_path, name):
     result = tune(g, spec, db=tmp_path / "db", trials=8)
     assert result.trials_run > 0
     bundle = build_bundle(g, plan_split(g, targets=["x86_64"]), tmp_path / "b", db=tmp_path / "db")
-    built = bundle.stages[0]
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["stages"][0]["tuning"]["tuned"] > 0
     report = check_bundle(bundle, g)
     assert report.ok, (name, report.rel)
-    assert built.library.is_file()
 
 
 def test_the_build_cache_follows_the_records_used(tmp_path):

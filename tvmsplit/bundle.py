@@ -17,7 +17,7 @@
         "target": {...},                                   # TargetSpec.to_json()
         "library": "stage0-<sha12>.so", "sha256": "<sha256 of the library>",
         "library_bytes": 123, "param_bytes": 456, "runs_on_host": true,
-        "tuning": {"database", "measured_on", "tuned", "kernels"} | null   # null: GPU stage
+        "tuning": {"database", "measured_on", "tuned", "kernels", "records_sha256"} | null  # GPU: null
       }, ...]
     }
 

@@ -170,12 +170,9 @@ def _parse_duration(text: str | None) -> float | None:
 
 
 def _parse_hostport(text: str | None, option: str) -> tuple[str, int] | None:
-    if text is None:
-        return None
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise TvmsplitError(f"{option} {text!r} is not HOST:PORT; e.g. {option} 127.0.0.1:9190")
-    return host, int(port)
+    from .rpc_device import parse_address
+
+    return None if text is None else parse_address(text, option)
 
 
 @cli.command()

@@ -2,8 +2,8 @@
 
 - Every stage first gets the graph-level passes of ``graphopt`` (BatchNorm folded into convs).
 - CPU targets are lowered (legalize + fuse), scheduled from the target's tuning database where it
-  holds records (``tunedb``: "N/M kernels tuned" per stage), the other kernels get a parallel +
-  vectorised fallback schedule, then built with Relax's default pipeline for the target.
+  holds records (``tunedb``: "N/M kernels tuned" per stage), the other kernels get a parallel
+  fallback schedule (``tunedb.fallback_schedule``), then built with Relax's default pipeline for the target.
 - Cross targets (aarch64) are linked with the target file's cross compiler; the result is an
   aarch64 ELF that this machine cannot run (the testbed runs it under qemu).
 - CUDA targets get DLight's default GPU schedules (every kernel must be thread-bound) and build
@@ -44,8 +44,7 @@ class BuiltLibrary:
     tuning: AppliedTuning | None = None  # CPU stages: what the tuning database contributed
 
 
-def cache_dir() -> Path | None:
-    return cache_root()
+cache_dir = cache_root  # the build cache's root (TVMSPLIT_CACHE; "off" disables it)
 
 
 def build_key(graph: LayerGraph, stage: StagePlan, spec: TargetSpec,
@@ -94,8 +93,7 @@ def build_stage(graph: LayerGraph, stage: StagePlan, spec: TargetSpec,
             tmp = cached.with_suffix(f".tmp{os.getpid()}")
             shutil.copyfile(out_path, tmp)
             if prepared[1] is not None:
-                cached.with_suffix(".json").write_text(json.dumps(
-                    {**prepared[1].to_json(), "records_sha256": prepared[1].records_sha256}))
+                cached.with_suffix(".json").write_text(json.dumps(prepared[1].to_json()))
             os.replace(tmp, cached)
         except OSError:
             pass  # a read-only or full cache never fails a build
@@ -104,9 +102,7 @@ def build_stage(graph: LayerGraph, stage: StagePlan, spec: TargetSpec,
 
 def _read_tuning(cached: Path) -> AppliedTuning | None:
     try:
-        d = json.loads(cached.with_suffix(".json").read_text())
-        return AppliedTuning(d["database"], d["measured_on"], int(d["tuned"]), int(d["kernels"]),
-                             str(d["records_sha256"]))
+        return AppliedTuning.from_json(json.loads(cached.with_suffix(".json").read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

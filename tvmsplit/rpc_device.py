@@ -132,11 +132,18 @@ def _last_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
 
 
-def _address(text: str) -> tuple[str, int]:
+def parse_address(text: str, option: str = "address",
+                  error: type[Exception] = RPCDeviceError) -> tuple[str, int]:
+    """``"HOST:PORT"`` -> ``(host, port)``; raises ``error`` naming ``option`` otherwise.
+    The one parser of RPC server and tracker addresses (CLI, profiling, this launcher)."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise error(f"{option} must be HOST:PORT, e.g. 127.0.0.1:9190; got {text!r}")
     return host, int(port)
+
+
+def _address(text: str) -> tuple[str, int]:
+    return parse_address(text, "the address", argparse.ArgumentTypeError)
 
 
 def _parser(prog: str, description: str, port: int) -> argparse.ArgumentParser:

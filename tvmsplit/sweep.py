@@ -519,11 +519,10 @@ target's own, when tuned); each row records which. Writes to ``out`` (default ``
             raise SweepError("background load runs on this machine, not on the RPC device; "
                              "profile a remote device with the load level 'none' only")
 
+        from .rpc_device import parse_address
+
         def hostport(text: str, what: str) -> tuple[str, int]:
-            host, _, port = text.rpartition(":")
-            if not host or not port.isdigit():
-                raise SweepError(f"{what} must be HOST:PORT, got {text!r}")
-            return host, int(port)
+            return parse_address(text, what, SweepError)
 
         if tracker:
             if not key:

@@ -83,6 +83,16 @@ class TargetSpec:
                 "host": self.host_dict, "cross_compiler": self.cross_compiler}
 
 
+def host_cores() -> int:
+    """Physical cores of this machine (what MetaSchedule's ``num-cores`` means)."""
+    try:
+        import psutil
+
+        return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    except ImportError:
+        return int(os.cpu_count() or 1)
+
+
 def host_arch() -> str:
     machine = platform.machine().lower()
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
@@ -102,8 +112,6 @@ def _host_value(key: str) -> Any:
     if key == "mtriple":
         return f"{host_arch()}-linux-gnu"
     if key == "num-cores":
-        from .tunedb import host_cores
-
         return host_cores()
     if key == "memory_bytes":
         try:

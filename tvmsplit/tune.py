@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import Counter
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -241,13 +242,6 @@ def _runner(rpc, tracker, key, session_timeout_s: int):
     return ms.runner.LocalRunner(timeout_sec=session_timeout_s, evaluator_config=evaluator)
 
 
-def _trials_recorded(database, mod, records) -> int:
-    """Records (failed ones too) of ``mod``'s workload among ``records``."""
-    import tvm_ffi
-
-    if not database.has_workload(mod):
-        return 0
-    return sum(1 for r in records if tvm_ffi.structural_equal(r.workload.mod, mod))
 
 
 def tune(graph: LayerGraph, spec: TargetSpec, *, db: str | Path | None = None, trials: int = 200,
@@ -280,12 +274,16 @@ def tune(graph: LayerGraph, spec: TargetSpec, *, db: str | Path | None = None, t
     say("extracting tasks")
     extracted = extract(graph, spec, target, plans)
     database = database_info.open()
-    recorded = list(database.get_all_tuning_records())
+    import tvm_ffi
+
+    # records per workload, failed trials included (MetaSchedule's top-k skips those)
+    recorded = Counter(tvm_ffi.structural_hash(r.workload.mod)
+                       for r in database.get_all_tuning_records())
     tasks = []
     for t in extracted:
         func = next(f for f in t.dispatched[0].functions.values() if isinstance(f, tvm.tirx.PrimFunc))
         tasks.append(TuneTask(t.task_name, int(t.weight), _flops(func), not has_reduction(func),
-                              _trials_recorded(database, t.dispatched[0], recorded)))
+                              recorded[tvm_ffi.structural_hash(t.dispatched[0])]))
     # Elementwise tasks first (the scheduler's first round visits tasks in order; each needs one
     # trial and is then done), then by FLOPs share, so a small budget goes to the big kernels.
     order = sorted(range(len(tasks)), key=lambda i: (not tasks[i].elementwise,

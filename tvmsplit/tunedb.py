@@ -14,7 +14,7 @@ vector width and core count). Its timings belong to the machine that measured th
 fastest there.
 
 The default database of a target is ``<cache>/tuning/<target name>`` (``TVMSPLIT_CACHE``, see
-``compile.cache_dir``); ``tvmsplit tune --db DIR`` and ``tvmsplit build --db DIR`` name another.
+``cache_root``); ``tvmsplit tune --db DIR`` and ``tvmsplit build --db DIR`` name another.
 Builds never import the tuning machinery beyond ``ms.database`` (cheap).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TvmsplitError
-from .targets import TargetSpec
+from .targets import TargetSpec, host_cores
 
 META = "tvmsplit-tuning.json"
 META_FORMAT = 1
@@ -50,16 +50,6 @@ def cache_root() -> Path | None:
 def default_db_dir(spec: TargetSpec) -> Path | None:
     root = cache_root()
     return None if root is None else root / "tuning" / spec.name
-
-
-def host_cores() -> int:
-    """Physical cores of this machine (what MetaSchedule's ``num-cores`` means)."""
-    try:
-        import psutil
-
-        return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
-    except ImportError:
-        return int(os.cpu_count() or 1)
 
 
 def local_cpu() -> str:
@@ -226,7 +216,12 @@ class AppliedTuning:
 
     def to_json(self) -> dict[str, Any]:
         return {"database": self.database, "measured_on": self.measured_on, "tuned": self.tuned,
-                "kernels": self.kernels}
+                "kernels": self.kernels, "records_sha256": self.records_sha256}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "AppliedTuning":
+        return cls(d["database"], d["measured_on"], int(d["tuned"]), int(d["kernels"]),
+                   str(d["records_sha256"]))
 
 
 def apply_database(lowered, db: TuningDatabase | None, build_target):
