@@ -14,13 +14,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
+
+from tvmsplit.runtime.launch import python_worker
 
 
 def worker_command(bundle, stage: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "tvmsplit.runtime.worker", "--bundle", str(bundle.path),
-            "--stage", str(stage), *extra]
+    return [*python_worker(), "--bundle", str(bundle.path), "--stage", str(stage), *extra]
 
 
 class HandStartedWorkers:

@@ -93,7 +93,7 @@ def test_the_testbed_in_process_server_serves_the_state_too(tmp_path):
 
 def test_a_launcher_that_fails_to_start_is_reported_with_its_log():
     with pytest.raises(RPCDeviceError,
-                       match="(?s)rpc device server exited with code 2.*needs --key"):
+                       match="(?s)rpc device server exited during start with exit code 2.*needs --key"):
         with LocalRPCDevice(key="", tracker=True):
             pass
     with pytest.raises(RPCDeviceError, match="cannot bind 192.0.2.1"):

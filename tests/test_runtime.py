@@ -303,7 +303,7 @@ def test_health_and_close_leave_no_worker_alive(built):
     x, _, _ = built["expected"]["chain"]
     p = Pipeline(bundle)
     pids = [e["pid"] for e in p.endpoints]
-    tmp = p._owned.tmp
+    tmp = p.launcher.run_dir
     assert all(_alive(pid) for pid in pids) and tmp.is_dir()
     for stage, h in enumerate(p.health()):
         assert h["ok"] is True and h["stage"] == stage and h["pid"] == pids[stage]
@@ -383,17 +383,20 @@ def test_pipeline_reports_a_worker_that_dies_on_start(built, tmp_path):
 
 
 def test_failed_start_stops_the_workers_already_started(built, monkeypatch):
-    started = []
-    original = Pipeline._launch
+    from tvmsplit.runtime.launch import LaunchError, LocalLauncher
 
-    def launch(self, bundle, index, nxt):
-        if index == 1:
-            raise PipelineError("stage 1 cannot start (simulated)", stage=1, code="start_failed")
-        worker = original(self, bundle, index, nxt)
+    started = []
+    original = LocalLauncher._start_one
+
+    def start_one(self, spec):
+        if spec.stage == 1:
+            raise LaunchError("stage 1 cannot start (simulated)", stage=1)
+        worker = original(self, spec)
         started.append(worker.pid)
         return worker
 
-    monkeypatch.setattr(Pipeline, "_launch", launch)
-    with pytest.raises(PipelineError, match="simulated"):
+    monkeypatch.setattr(LocalLauncher, "_start_one", start_one)
+    with pytest.raises(PipelineError, match="simulated") as err:
         Pipeline(built["bundles"]["chain3"])
+    assert err.value.stage == 1 and err.value.code == "start_failed"
     assert len(started) == 1 and not _alive(started[0])

@@ -209,6 +209,32 @@ def test_arm_stage_on_qemu_device_then_x86_edge_over_4g(testbed, split_bundles):
     assert abs(measured_ms / expected_ms - 1) <= TRANSFER_TOL, (measured_ms, expected_ms)
 
 
+def test_the_testbed_launcher_gives_the_pipeline_workers_it_owns(testbed, split_bundles):
+    """Pipeline(launcher=testbed.launcher(...)): the same WorkerSpec/spawn path as local
+    workers, in the namespaces; the pipeline notices a death and stops them on close."""
+    import signal
+
+    from tvmsplit.runtime.pipeline import Pipeline, PipelineError
+
+    g, bundle = split_bundles
+    x = random_inputs(g.inputs, seed=3)
+    want = reference(g, x)
+    with Pipeline(bundle, launcher=testbed.launcher(["device", "edge"]), timeout_s=180) as p:
+        pids = [e["pid"] for e in p.endpoints]
+        assert os.path.basename(psutil.Process(pids[0]).exe()).startswith("qemu-aarch64")
+        assert [w["pid"] for w in testbed.state()["workers"] if w["pid"] in pids] == pids
+        y, _ = p.run(x)
+        for name, value in want.items():
+            assert compare(y[name], value, name).rel <= RTOL
+        os.kill(pids[1], signal.SIGKILL)
+        with pytest.raises(PipelineError) as err:
+            p.run(x)
+        assert err.value.code == "worker_died" and err.value.stage == 1
+    assert not [pid for pid in pids if psutil.pid_exists(pid)
+                and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert not [w for w in testbed.state()["workers"] if w["pid"] in pids]
+
+
 def test_tvm_rpc_to_the_qemu_device(testbed, split_bundles):
     import tvm
     from tvm.runtime.vm import VirtualMachine

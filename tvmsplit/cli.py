@@ -440,44 +440,14 @@ def demo(out_dir: str, requests: int) -> None:
     _run_pipeline(Bundle.load(out_dir), g, requests, None, True, 1e-4)
 
 
-@cli.command(context_settings={"show_default": True})
-@click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False),
-              help="Bundle directory (only this stage's library needs to be there).")
-@click.option("--stage", required=True, type=int, help="Index of the stage to run.")
-@click.option("--bind", default="tcp://127.0.0.1:0", help="Data input address (PULL); port 0 = any.")
-@click.option("--next", "next_addrs", multiple=True,
-              help="Where to send results: the next stage's --bind, or the client's result "
-                   "address; one per route of the stage (a stage DAG), in the manifest's order.")
-@click.option("--out", default=None,
-              help="A last route to the client without --next: address to bind it on.")
-@click.option("--control", default="tcp://127.0.0.1:0", help="Control address (health, shutdown).")
-@click.option("--ready-file", default=None, help="Write the bound endpoints here as JSON.")
-@click.option("--secure", default=None, type=click.Path(file_okay=False), metavar="KEYS_DIR",
-              help="Encrypt and authenticate all sockets with CurveZMQ (own key "
-                   "KEYS_DIR/worker.key_secret; accepts the public keys KEYS_DIR/*.key).")
-@click.option("--next-key", "next_keys", multiple=True, metavar="NAME|FILE",
-              help="With --secure: public key of the --next server (worker, client, or a .key "
-                   "file); once for all --next or once per --next.  [default: worker]")
-@click.option("--await-library", is_flag=True,
-              help="Start with only manifest.json; the client pushes this stage's library.")
-def worker(bundle_dir, stage, bind, next_addrs, out, control, ready_file, secure, next_keys,
-           await_library) -> None:
-    """Serve one stage of a bundle as a pipeline worker (runtime-only TVM)."""
+@cli.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def worker(args) -> None:
+    """Serve one stage of a bundle as a pipeline worker (runtime-only TVM); the options are
+    those of `python -m tvmsplit.runtime.worker` (see `tvmsplit worker --help`)."""
     from .runtime.worker import main as worker_main
 
-    argv = ["--bundle", bundle_dir, "--stage", str(stage), "--bind", bind, "--control", control]
-    if secure:
-        argv += ["--secure", secure]
-        for key in next_keys:
-            argv += ["--next-key", key]
-    if await_library:
-        argv.append("--await-library")
-    for addr in next_addrs:
-        argv += ["--next", addr]
-    for flag, value in (("--out", out), ("--ready-file", ready_file)):
-        if value:
-            argv += [flag, value]
-    code = worker_main(argv)
+    code = worker_main(list(args), prog="tvmsplit worker")
     if code:
         raise SystemExit(code)
 

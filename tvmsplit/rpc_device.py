@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import TvmsplitError
+from .runtime.launch import LaunchError, wait_for_ready_file
+from .runtime.procs import stop_group
 
 DEVICE_STATE_FUNC = "tvmsplit.device_state"
 RCE_WARNING = ("WARNING: TVM RPC is remote code execution by design; bind only to loopback or a "
@@ -260,30 +262,15 @@ class _Group:
         return RPCDeviceError(f"the {self.what} {why}; log tail:\n  " + "\n  ".join(tail))
 
     def wait_ready(self, deadline: float) -> dict:
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise self.fail(f"exited with code {self.proc.returncode} before listening")
-            if self.ready.exists():
-                return json.loads(self.ready.read_text())
-            time.sleep(0.1)
-        raise self.fail("did not start listening in time")
+        try:
+            return wait_for_ready_file(self.ready, self.proc, f"the {self.what}", self.log,
+                                       max(0.0, deadline - time.monotonic()))
+        except LaunchError as exc:
+            raise RPCDeviceError(str(exc)) from None
 
     def stop(self, grace_s: float) -> None:
         """SIGTERM the group, SIGKILL what is left after ``grace_s``; return once it is empty."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            deadline = time.monotonic() + grace_s
-            while time.monotonic() < deadline:
-                self.proc.poll()  # reap the leader
-                try:
-                    os.killpg(self.proc.pid, 0)
-                except ProcessLookupError:
-                    return
-                time.sleep(0.05)
-        self.proc.wait(timeout=grace_s)
+        stop_group(self.proc, grace_s)
 
 
 class LocalRPCDevice:

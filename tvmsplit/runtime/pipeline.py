@@ -16,19 +16,23 @@ routes' destinations their tensors (one PUSH each), a stage with several senders
 parts by request id, and so does the client when several stages send model outputs. Stages with
 no path between them run at the same time.
 
-The client binds its result PULL socket on an ephemeral port and starts the workers from the last
-stage backwards (stages are numbered so that routes go to higher numbers), so each one is told
-where to send (``--next`` per route): a later stage's data address, or the client's result
-address. Each worker reports its bound addresses in a ready file. Every failure on a request travels forward as a wire error message with the request id and
-comes out of :meth:`Pipeline.result` as a :class:`PipelineError`. The client checks its worker
-processes while it waits: when one dies, every request in flight fails at once with the stage and
-exit code, later calls fail fast until :meth:`Pipeline.restart`. Not thread-safe: use one
-Pipeline from one thread.
+Workers come from a *launcher* (launch.py). The default, :class:`LocalLauncher`, starts one
+process per stage on this machine: the client binds its result PULL socket on an ephemeral port
+and the workers are started from the last stage backwards (stages are numbered so that routes go
+to higher numbers), so each one is told where to send (``--next`` per route): a later stage's
+data address, or the client's result address. Each worker reports its bound addresses in a ready
+file. Every failure on a request travels forward as a wire error message with the request id and
+comes out of :meth:`Pipeline.result` as a :class:`PipelineError`. The client checks the worker
+processes it owns while it waits: when one dies, every request in flight fails at once with the
+stage and exit code, later calls fail fast until :meth:`Pipeline.restart`. Not thread-safe: use
+one Pipeline from one thread. Health, deploy and shutdown go over each worker's control socket
+(control.py, the protocol).
 
 ``Pipeline(bundle, endpoints=[...])`` connects to workers that are already running (e.g. on other
 machines) instead: give each stage's ready-file dict (``data``, ``control``); a worker that sends
 to the client must have been started without ``--next`` for that route so that it binds ``out``,
-which the client connects to.
+which the client connects to. ``Pipeline(bundle, launcher=testbed.launcher([...]))`` lets the
+testbed start them in its namespaces the same way.
 
 ``Pipeline(bundle, secure=KEYS_DIR)`` encrypts and authenticates every link with CurveZMQ (see
 security.py; default None: plain TCP, fine on loopback). The client's keypair is
@@ -41,19 +45,14 @@ result socket is a CURVE server that admits only the public keys in ``KEYS_DIR/*
 from __future__ import annotations
 
 import itertools
-import secrets
-import json
 import math
 import os
-import subprocess
-import sys
-import tempfile
+import secrets
 import time
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,16 +62,18 @@ from ..bundle import Bundle
 from ..errors import ShapeError, TvmsplitError, WireError
 from ..split import CLIENT as TO_CLIENT
 from ..split import Route
-from . import wire
+from . import control, wire
+from .control import ControlClient
 from .gather import MAX_WAITING, Gather, GatherError, Part, merge_traces
-from .procs import Owned, WorkerInfo, exit_text, kill_groups, log_tail
-from .security import CLIENT, WORKER, SecureConfig, SecurityError
+from .launch import (START_TIMEOUT_S, GivenEndpoints, Launcher, LaunchError, LocalLauncher,
+                     Worker)
+from .procs import exit_text
+from .security import CLIENT, WORKER, SecureConfig
 from .stage import check_tensors
 from .trace import Hop, Trace, make_trace
 
 __all__ = ["Pipeline", "PipelineError", "Trace", "Hop"]
 
-START_TIMEOUT_S = 60.0
 SHUTDOWN_WAIT_S = 2.0
 _POLL_S = 0.05
 _MAX_UNMATCHED = 1000
@@ -100,20 +101,25 @@ class Pipeline:
 
     ``timeout_s``: a request with no answer after this long fails with a PipelineError.
     ``max_in_flight``: requests :meth:`stream` (and :meth:`submit`) keep in flight at most.
-    ``endpoints``: connect to running workers instead of launching local ones (see module doc).
+    ``launcher``: where the workers come from (launch.py): default a :class:`LocalLauncher`
+    (``start_timeout_s`` per worker); ``endpoints=[...]`` is short for
+    ``launcher=GivenEndpoints([...])``, workers already running (see module doc).
     ``secure``: a keys directory (or :class:`SecureConfig`) to run every link over CurveZMQ.
     """
 
     def __init__(self, bundle: Bundle | str | os.PathLike, *, timeout_s: float = 30.0,
                  max_in_flight: int = 8, start_timeout_s: float = START_TIMEOUT_S,
                  endpoints: Sequence[Mapping[str, Any]] | None = None,
-                 secure: SecureConfig | str | os.PathLike | None = None):
+                 secure: SecureConfig | str | os.PathLike | None = None,
+                 launcher: Launcher | None = None):
         problems = []
         if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
             problems.append(f"timeout_s must be a number > 0, got {timeout_s!r}")
         if (isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int)
                 or max_in_flight < 1):
             problems.append(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
+        if endpoints is not None and launcher is not None:
+            problems.append("give endpoints or a launcher, not both")
         if problems:
             raise PipelineError("; ".join(problems), code="bad_argument")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
@@ -123,7 +129,8 @@ class Pipeline:
         self.max_in_flight = max_in_flight
         self._check_in_flight(self.bundle)
         self.start_timeout_s = float(start_timeout_s)
-        self._given_endpoints = [dict(e) for e in endpoints] if endpoints is not None else None
+        self.launcher: Launcher = (GivenEndpoints(endpoints) if endpoints is not None
+                                   else launcher or LocalLauncher(start_timeout_s))
         # ids start at random: long-lived workers (endpoints) that gather parts by id must not
         # take a new client's request 1 for an old one's
         self._ids = itertools.count(secrets.randbelow(1 << 62) + 1)
@@ -132,14 +139,15 @@ class Pipeline:
         self._replies = self._reply_gather(self.bundle)  # reply parts by request id
         self._unmatched: deque[wire.Message | WireError] = deque(maxlen=_MAX_UNMATCHED)
         self._dead: str | None = None  # why the pipeline is broken (a worker died)
-        self._workers: list[WorkerInfo] = []
-        self._owned = Owned()
+        self._workers: list[Worker] = []
         self._closed = False
         self._ctx = zmq.Context()
+        self._control = ControlClient(lambda: self._socket(zmq.REQ))
         self._entry: list[tuple[Route, zmq.Socket]] = []  # one PUSH per entry route
         self._recv: zmq.Socket | None = None
+        self._result_addr: str | None = None
         self._auth = None  # the ZAP handler of a secure result socket
-        self._finalizer = weakref.finalize(self, self._owned.release)
+        self._finalizer = weakref.finalize(self, self.launcher.release)
         try:
             self._start()
         except BaseException:
@@ -154,8 +162,7 @@ class Pipeline:
     @property
     def endpoints(self) -> list[dict[str, Any]]:
         """Per stage: ``stage``, ``data``, ``control``, ``out`` addresses and the worker ``pid``."""
-        return [{"stage": w.stage, "data": w.data, "control": w.control, "out": w.out, "pid": w.pid}
-                for w in self._workers]
+        return [w.endpoint() for w in self._workers]
 
     def __enter__(self) -> "Pipeline":
         return self
@@ -198,37 +205,50 @@ class Pipeline:
         return self._secure
 
     def _start(self) -> None:
-        launch = self._given_endpoints is None
-        if launch and self._secure is not None:
-            self._check_launch_keys()
+        binds = self.launcher.client_binds
+        if binds and self._secure is not None:
             self._auth = self._secure.authenticator(self._ctx)  # before the result socket binds
-        self._recv = self._socket(zmq.PULL, server=launch)
-        if self._given_endpoints is not None:
-            self._connect_endpoints(self._given_endpoints)
-            return
-        off_host = [f"stage {s.index} ({s.target.get('name')}, {s.target.get('arch')})"
-                    for s in self.bundle.stages if not s.runs_on_host]
-        if off_host:
-            raise PipelineError(f"cannot run {', '.join(off_host)} on this machine; start those "
-                                "workers on their devices and pass endpoints=[...]",
-                                code="start_failed")
-        self._recv.bind("tcp://127.0.0.1:0")
-        self._result_addr = self._recv.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._owned.tmp = Path(tempfile.mkdtemp(prefix="tvmsplit-pipeline-"))
-        self._workers = []  # filled as they start, so that a failure stops those already started
-        self._launch_all(self.bundle, self._workers)
-        self._connect_entry(self.bundle, self._workers)
+        self._recv = self._socket(zmq.PULL, server=binds)
+        if binds:
+            self._recv.bind("tcp://127.0.0.1:0")
+            self._result_addr = self._recv.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._workers = self._launch(self.bundle)
 
-    def _launch_all(self, bundle: Bundle, workers: list[WorkerInfo]) -> None:
-        """Start ``bundle``'s workers, last stage first: each needs its destinations' addresses."""
-        by_stage: dict[int, WorkerInfo] = {}
-        for index in reversed(range(len(bundle.stages))):
-            nxt = [self._result_addr if r.to == TO_CLIENT else by_stage[r.to].data
-                   for r in bundle.stages[index].plan.sends]
-            by_stage[index] = self._launch(bundle, index, nxt)
-            workers.insert(0, by_stage[index])
+    def _launch(self, bundle: Bundle) -> list[Worker]:
+        """Workers for ``bundle`` from the launcher, checked, with the data path connected."""
+        workers = self._start_workers(bundle)
+        self._connect(bundle, workers)
+        return workers
 
-    def _connect_entry(self, bundle: Bundle, workers: Sequence[WorkerInfo]) -> None:
+    def _start_workers(self, bundle: Bundle) -> list[Worker]:
+        """Ready workers for ``bundle`` from the launcher; those someone else started are asked
+        for their health first (every problem reported at once)."""
+        try:
+            workers = self.launcher.start(bundle, self._result_addr, self._secure)
+        except LaunchError as exc:
+            raise PipelineError(str(exc), stage=exc.stage, code="start_failed") from None
+        if not self.launcher.client_binds:
+            problems = []
+            for w, h in zip(workers, self._ask(workers, control.HEALTH, 2.0)):
+                if not h.get("ok"):
+                    problems.append(f"{w.describe()}: {h.get('error')}")
+                elif h.get("stage") != w.stage:
+                    problems.append(f"{w.describe()} runs stage {h.get('stage')}")
+            if problems:
+                self.launcher.stop(workers, 0.0)
+                raise PipelineError("; ".join(problems), code="bad_endpoints")
+        return workers
+
+    def _connect(self, bundle: Bundle, workers: Sequence[Worker]) -> None:
+        """Requests go to the entry stages; replies come from the client's bound result socket,
+        or (workers that bind ``out``) from every replying worker's ``out``."""
+        self._close_entry()
+        self._connect_entry(bundle, workers)
+        if not self.launcher.client_binds:
+            for i, _ in bundle.plan.senders(TO_CLIENT):
+                self._recv.connect(workers[i].out)
+
+    def _connect_entry(self, bundle: Bundle, workers: Sequence[Worker]) -> None:
         """One PUSH per entry route (a PUSH with several peers would share requests out)."""
         for route in bundle.plan.entry:
             sock = self._socket(zmq.PUSH)
@@ -241,110 +261,27 @@ class Pipeline:
             sock.close(linger=0)
         self._entry = []
 
-    def _check_launch_keys(self) -> None:
-        """The workers we launch share our keys directory: it must let them and us in."""
-        keys = self._secure
-        worker = SecureConfig(keys.keys_dir, WORKER)  # worker.key_secret present and sound
-        if worker.public_key != self._worker_key:
-            raise SecurityError(f"{keys.keys_dir / 'worker.key'} does not match "
-                                f"{keys.keys_dir / 'worker.key_secret'}; recreate the keys")
-        keys.peer_key(CLIENT)  # client.key: the last worker's --next-key
-        if keys.public_key not in worker.authorized:
-            raise SecurityError(f"the public key of {keys.keys_dir / 'client.key_secret'} is in "
-                                f"no {keys.keys_dir}/*.key file, so the workers would refuse the "
-                                "client; put the matching client.key there or recreate the keys")
+    def _ask(self, workers: Sequence[Worker], cmd: str, timeout_s: float,
+             *payload: bytes) -> list[dict[str, Any]]:
+        """The same control request to each worker at once; each answer carries its stage."""
+        answers = self._control.ask_all([w.control for w in workers], cmd, *payload,
+                                        timeout_s=timeout_s)
+        return [a if a.get("ok") else {"stage": w.stage, **a} for w, a in zip(workers, answers)]
 
-    def _launch(self, bundle: Bundle, index: int, nxt: Sequence[str]) -> WorkerInfo:
-        self._launches = getattr(self, "_launches", 0) + 1  # unique files across swaps
-        ready = self._owned.tmp / f"stage{index}-{self._launches}.ready.json"
-        log = self._owned.tmp / f"stage{index}-{self._launches}.log"
-        cmd = [sys.executable, "-m", "tvmsplit.runtime.worker", "--bundle", str(bundle.path),
-               "--stage", str(index), "--bind", "tcp://127.0.0.1:0",
-               "--control", "tcp://127.0.0.1:0", "--ready-file", str(ready),
-               "--parent-pid", str(os.getpid())]
-        for addr in nxt:
-            cmd += ["--next", addr]
-        if self._secure is not None:
-            cmd += ["--secure", str(self._secure.keys_dir.resolve())]
-            for route in bundle.stages[index].plan.sends:  # the client's result socket or a stage
-                cmd += ["--next-key", CLIENT if route.to == TO_CLIENT else WORKER]
-        env = dict(os.environ)
-        env.setdefault("TVM_USE_RUNTIME_LIB", "1")
-        with open(log, "wb") as logf:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                    start_new_session=True, env=env)
-        self._owned.procs.append(proc)
-        deadline = time.monotonic() + self.start_timeout_s
-        while not ready.exists():
-            rc = proc.poll()
-            if rc is not None:
-                raise PipelineError(f"stage {index} worker exited during start with "
-                                    f"{exit_text(rc)}: {log_tail(log) or '(no output)'}",
-                                    stage=index, code="start_failed")
-            if time.monotonic() > deadline:
-                kill_groups([proc])
-                raise PipelineError(f"stage {index} worker was not ready within "
-                                    f"{self.start_timeout_s:g} s: {log_tail(log) or '(no output)'}",
-                                    stage=index, code="start_failed")
-            time.sleep(0.01)
-        info = json.loads(ready.read_text())
-        return WorkerInfo(index, info["data"], info.get("control"), info.get("out"), proc.pid, proc,
-                       log)
-
-    def _connect_endpoints(self, endpoints: list[dict[str, Any]]) -> None:
-        n = self.num_stages
-        problems = []
-        if len(endpoints) != n:
-            problems.append(f"{len(endpoints)} endpoint(s) given for {n} stage(s)")
-        for i, e in enumerate(endpoints):
-            if not isinstance(e.get("data"), str):
-                problems.append(f"endpoint {i} has no 'data' address")
-        replying = [src for src, _ in self.bundle.plan.senders(TO_CLIENT)]
-        for i in replying:
-            if i < len(endpoints) and not isinstance(endpoints[i].get("out"), str):
-                problems.append(f"endpoint {i} has no 'out' address: stage {i} sends to the client, "
-                                "so start its worker without --next for that route (it binds one)")
-        if problems:
-            raise PipelineError("; ".join(problems), code="bad_endpoints")
-        self._workers = [WorkerInfo(i, e["data"], e.get("control"), e.get("out"), e.get("pid"))
-                         for i, e in enumerate(endpoints)]
-        for w, h in zip(self._workers, self.health()):  # check them all, report all at once
-            if not h.get("ok"):
-                problems.append(f"{w.describe()}: {h.get('error')}")
-            elif h.get("stage") != w.stage:
-                problems.append(f"{w.describe()} runs stage {h.get('stage')}")
-        if problems:
-            raise PipelineError("; ".join(problems), code="bad_endpoints")
-        self._connect_entry(self.bundle, self._workers)
-        for i in replying:
-            self._recv.connect(self._workers[i].out)
-
-    def _stop_workers(self) -> None:
-        """Ask our workers to shut down, wait briefly, SIGKILL the groups still alive."""
-        ours = [w for w in self._workers if w.proc is not None and w.proc.poll() is None]
-        socks = []
-        for w in ours:
-            if w.control:
-                s = self._socket(zmq.REQ)
-                s.connect(w.control)
-                s.send(b'{"cmd": "shutdown"}')
-                socks.append(s)
-        deadline = time.monotonic() + SHUTDOWN_WAIT_S
-        for s in socks:
-            s.poll(max(0, int((deadline - time.monotonic()) * 1000)), zmq.POLLIN)
-            s.close(linger=0)
-        for w in ours:
-            try:
-                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        kill_groups([w.proc for w in self._workers if w.proc is not None])
+    def _stop_workers(self, workers: Sequence[Worker] | None = None) -> None:
+        """Ask our workers to shut down, wait briefly, let the launcher kill what is left."""
+        workers = self._workers if workers is None else workers
+        ours = [w for w in workers if w.process is not None and w.process.poll() is None]
+        if ours:
+            self._ask(ours, control.SHUTDOWN, SHUTDOWN_WAIT_S)
+        self.launcher.stop(workers, SHUTDOWN_WAIT_S)
 
     def _close_sockets(self) -> None:
         self._close_entry()
         if self._recv is not None:
             self._recv.close(linger=0)
         self._recv = None
+        self._result_addr = None
         if self._auth is not None:
             self._auth.stop()  # before ctx.term(); restart() starts a new one
             self._auth = None
@@ -358,7 +295,6 @@ class Pipeline:
         self._fail_all(lambda rid: PipelineError(f"request {rid} was in flight when the pipeline "
                                                  "restarted", request_id=rid, code="restarted"))
         self._close_sockets()
-        self._owned.release()
         self._workers = []
         self._dead = None
         try:
@@ -381,24 +317,22 @@ class Pipeline:
             raise PipelineError(f"bundle {new.path} is not a plan of the running model "
                                 f"{self.bundle.model} (different model or inputs/outputs)",
                                 code="bad_swap")
-        if self._given_endpoints is not None:
-            raise PipelineError("swap launches local workers; for remote workers start the new "
-                                "ones and create a new Pipeline", code="bad_swap")
+        if isinstance(self.launcher, GivenEndpoints):
+            raise PipelineError("swap launches new workers; for workers given as endpoints start "
+                                "the new ones and create a new Pipeline", code="bad_swap")
         off_host = [s.index for s in new.stages if not s.runs_on_host]
-        if off_host:
+        if off_host and isinstance(self.launcher, LocalLauncher):
             raise PipelineError(f"cannot run stage(s) {off_host} of {new.path} on this machine",
                                 code="bad_swap")
-        started: list[WorkerInfo] = []
+        started = self._start_workers(new)
         try:
-            self._launch_all(new, started)
+            while self._inflight:  # requests in flight finish on the old plan
+                self._pump(_POLL_S)
+                self._check_usable()
         except BaseException:
-            kill_groups([w.proc for w in started])
+            self._stop_workers(started)
             raise
-        while self._inflight:  # requests in flight finish on the old plan
-            self._pump(_POLL_S)
-            self._check_usable()
-        self._close_entry()
-        self._connect_entry(new, started)
+        self._connect(new, started)
         self._stop_workers()
         self.bundle, self._workers = new, started
         self._replies = self._reply_gather(new, self._replies)
@@ -413,38 +347,16 @@ class Pipeline:
         finally:
             self._close_sockets()
             self._ctx.term()
-            self._finalizer()  # kills what is left, removes the temporary directory; runs once
+            self._finalizer()  # the launcher kills what is left, removes its files; runs once
 
     # ---------------------------------------------------------------------------------- control
     def health(self, timeout_s: float = 2.0) -> list[dict[str, Any]]:
-        """Each worker's answer to ``{"cmd": "health"}`` (asked in parallel), in stage order;
-        ``{"ok": False, "stage", "error"}`` for a worker that does not answer in time."""
+        """Each worker's answer to the control command ``health`` (asked in parallel), in stage
+        order; ``{"ok": False, "stage", "code", "error"}`` for a worker that does not answer in
+        time."""
         if self._closed:
             raise PipelineError("the pipeline is closed; create a new one", code="closed")
-        socks = []
-        for w in self._workers:
-            s = None
-            if w.control:
-                s = self._socket(zmq.REQ)
-                s.connect(w.control)
-                s.send(b'{"cmd": "health"}')
-            socks.append(s)
-        deadline = time.monotonic() + timeout_s
-        answers = []
-        for w, s in zip(self._workers, socks):
-            if s is None:
-                answers.append({"ok": False, "stage": w.stage, "error": "no control address"})
-                continue
-            if s.poll(max(0, int((deadline - time.monotonic()) * 1000)), zmq.POLLIN):
-                try:
-                    answers.append(json.loads(s.recv()))
-                except ValueError as exc:
-                    answers.append({"ok": False, "stage": w.stage, "error": f"bad answer: {exc}"})
-            else:
-                answers.append({"ok": False, "stage": w.stage,
-                                "error": f"no answer on {w.control} within {timeout_s:g} s"})
-            s.close(linger=0)
-        return answers
+        return self._ask(self._workers, control.HEALTH, timeout_s)
 
     def deploy(self, stages: Sequence[int] | None = None, timeout_s: float = 60.0) -> None:
         """Push stage libraries from this bundle to the workers' control sockets (workers started
@@ -456,23 +368,11 @@ class Pipeline:
         problems = []
         for index in wanted:
             w = self._workers[index]
-            if not w.control:
-                problems.append(f"stage {index}: no control address")
-                continue
-            stage = self.bundle.stages[index]
-            sock = self._socket(zmq.REQ)
-            try:
-                sock.connect(w.control)
-                sock.send_multipart([json.dumps({"cmd": "deploy"}).encode(),
-                                     stage.library.read_bytes()])
-                if not sock.poll(int(timeout_s * 1000), zmq.POLLIN):
-                    problems.append(f"stage {index}: no answer on {w.control} within {timeout_s:g} s")
-                    continue
-                answer = json.loads(sock.recv())
-                if not answer.get("ok"):
-                    problems.append(f"stage {index}: {answer.get('error')}")
-            finally:
-                sock.close(linger=0)
+            answer = self._control.ask(w.control, control.DEPLOY,
+                                       self.bundle.stages[index].library.read_bytes(),
+                                       timeout_s=timeout_s)
+            if not answer.get("ok"):
+                problems.append(f"stage {index}: {answer.get('error')}")
         if problems:
             raise PipelineError("deploying stage libraries failed: " + "; ".join(problems),
                                 code="deploy_failed")
@@ -609,13 +509,13 @@ class Pipeline:
     def _check_workers(self) -> None:
         if self._dead is not None:
             return
-        dead = [(w, w.proc.returncode) for w in self._workers
-                if w.proc is not None and w.proc.poll() is not None]
+        dead = [(w, w.process.poll()) for w in self._workers
+                if w.process is not None and w.process.poll() is not None]
         if not dead:
             return
         self._drain()  # results that made it out before the death still count
         self._dead = "; ".join(f"stage {w.stage} worker (pid {w.pid}) died with {exit_text(rc)}"
-                               + (f": {log_tail(w.log, 500)}" if log_tail(w.log, 500) else "")
+                               + (f": {w.process.log_tail(500)}" if w.process.log_tail(500) else "")
                                for w, rc in dead)
         first = dead[0][0].stage
         self._fail_all(lambda rid: PipelineError(

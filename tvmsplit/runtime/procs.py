@@ -1,64 +1,64 @@
-"""The worker processes a Pipeline starts: what it knows of each, and how they are stopped.
+"""Processes we start (workers, the testbed's helpers): stopping them by process group, and
+reading what they said.
 
-Workers are started with ``start_new_session=True``, so each is the leader of its own process
-group and ``kill_groups`` stops it with everything it spawned, without touching anything else.
+Every such process is started with ``start_new_session=True``, so it leads its own process group
+(pgid == pid) and is stopped with everything it spawned, without touching anything else.
 """
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 
-@dataclass
-class WorkerInfo:
-    """A stage's worker: its addresses and, when this client started it, its process and log."""
-
-    stage: int
-    data: str
-    control: str | None
-    out: str | None = None
-    pid: int | None = None
-    proc: subprocess.Popen | None = None
-    log: Path | None = None
-
-    def describe(self) -> str:
-        where = f"pid {self.pid}, " if self.pid else ""
-        return f"stage {self.stage} ({where}{self.data})"
+def killpg(pgid: int, sig: int) -> None:
+    """Send ``sig`` to process group ``pgid``; nothing when it is gone."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
-class Owned:
-    """What a Pipeline started: worker processes and its temporary directory. Released by
-    close(), or by a finalizer when a Pipeline is dropped (or the interpreter exits) unclosed."""
-
-    def __init__(self):
-        self.procs: list[subprocess.Popen] = []
-        self.tmp: Path | None = None
-
-    def release(self) -> None:
-        kill_groups(self.procs)
-        self.procs.clear()
-        if self.tmp is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            self.tmp = None
-
-
-def kill_groups(procs: list[subprocess.Popen]) -> None:
-    """SIGKILL the process group of every worker we started that is still running, and reap it."""
+def kill_groups(procs: Iterable[subprocess.Popen]) -> None:
+    """SIGKILL the process group of every process still running, and reap it."""
+    procs = list(procs)
     for proc in procs:
         if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # pgid == pid: started with start_new_session
-            except ProcessLookupError:
-                pass
+            killpg(proc.pid, signal.SIGKILL)
     for proc in procs:
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 3.0) -> None:
+    """SIGTERM ``proc``'s group, wait up to ``grace_s`` for the leader, then SIGKILL the group
+    (whatever the leader left behind too), reap the leader and return once the group is empty
+    (so that the ports its members held are free), or after another ``grace_s``."""
+    if proc.poll() is None:
+        killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    killpg(proc.pid, signal.SIGKILL)
+    kill_groups([proc])
+    deadline = time.monotonic() + grace_s
+    while group_exists(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 
 
 def exit_text(rc: int) -> str:
@@ -71,8 +71,12 @@ def exit_text(rc: int) -> str:
 
 
 def log_tail(path: Path | None, nbytes: int = 2000) -> str:
-    if path is None or not path.exists():
+    """The last ``nbytes`` of a log, decoded; "" when there is none."""
+    if path is None:
         return ""
-    with open(path, "rb") as f:
-        f.seek(max(0, path.stat().st_size - nbytes))
-        return f.read().decode("utf-8", "replace").strip()
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, Path(path).stat().st_size - nbytes))
+            return f.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""

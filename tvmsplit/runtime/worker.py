@@ -2,7 +2,9 @@
 
     python -m tvmsplit.runtime.worker --bundle DIR --stage N --bind tcp://127.0.0.1:0 \\
         [--next tcp://HOST:PORT ...] [--control tcp://127.0.0.1:0] [--ready-file PATH] \\
-        [--secure KEYS_DIR [--next-key worker|client|FILE ...]]
+        [--secure KEYS_DIR [--next-key worker|client|FILE ...]]    (same as `tvmsplit worker`)
+
+The options are defined once, in launch.py (``WorkerSpec`` and its parser).
 
 Routes. The bundle's plan says where this stage sends its outputs (``StagePlan.sends``: one route
 per destination, another stage or the client) and who sends to it (``Plan.senders``). In a chain
@@ -17,14 +19,11 @@ Sockets (all ``linger=0``)
               left without an address when it is the last one: its socket is then *bound* on
               ``--out`` (default: an ephemeral port on the ``--bind`` host) and a client connects
               to it.
-    control   REP, bound on ``--control`` (default ``tcp://127.0.0.1:0``). JSON requests:
-              ``{"cmd": "health"}`` -> ``{"ok": true, "stage", "pid", "host", "cpu_percent",
-              "mem_available_bytes", "served", "errors"}``; ``{"cmd": "shutdown"}`` ->
-              ``{"ok": true}``, then the worker exits; ``{"cmd": "deploy"}`` + one frame holding the
-              stage library -> installs it after checking size and sha256 against the manifest
-              (``--await-library`` starts a worker whose device holds only ``manifest.json``:
-              ITU-T F.748.20 9.1, deploy only the layers this device runs; until then requests
-              get ``not_deployed``); anything else -> ``{"ok": false, "error"}``.
+    control   REP, bound on ``--control`` (default ``tcp://127.0.0.1:0``): the control protocol
+              (control.py: health, shutdown, deploy). ``--await-library`` starts a worker whose
+              device holds only ``manifest.json`` (ITU-T F.748.20 9.1: deploy only the layers
+              this device runs); until a ``deploy`` installs the library, requests get
+              ``not_deployed``.
 
 With ``--secure KEYS_DIR`` every socket uses CurveZMQ (see security.py): the worker's keypair is
 ``KEYS_DIR/worker.key_secret``; its bound sockets (data in, control, a bound data out) are CURVE
@@ -67,7 +66,6 @@ import os
 # StageRunner needs only tvm.runtime.load_module and tvm.runtime.vm.VirtualMachine, which it has.
 os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -83,8 +81,10 @@ import zmq  # noqa: E402
 from ..errors import TvmsplitError, WireError  # noqa: E402
 from ..split import CLIENT as TO_CLIENT  # noqa: E402
 from ..split import end_name  # noqa: E402
-from . import wire  # noqa: E402
+from . import control, wire  # noqa: E402
+from .control import MAX_HEADER_BYTES as CONTROL_MAX_HEADER_BYTES  # noqa: E402
 from .gather import Gather, GatherError, Part, merge_traces  # noqa: E402
+from .launch import WorkerSpec  # noqa: E402
 from .security import WORKER, SecureConfig  # noqa: E402
 from .stage import check_tensors  # noqa: E402
 
@@ -181,6 +181,9 @@ class StageWorker:
             self.control = None
             if control:
                 self.control = self._socket(zmq.REP, server=True)
+                # no frame larger than the deploy library: a bigger one drops the peer unread
+                self.control.setsockopt(zmq.MAXMSGSIZE, max(self.bundle_stage.library_bytes,
+                                                            CONTROL_MAX_HEADER_BYTES))
                 self.control.bind(control)
         except zmq.ZMQError as exc:
             self.close()
@@ -331,35 +334,32 @@ class StageWorker:
 
     # ---------------------------------------------------------------------------------- control
     def _control(self) -> bool:
-        """Answer one control request; True when the worker must stop."""
+        """Answer one control request (control.py, the protocol); True when the worker must stop."""
         frames = self.control.recv_multipart()
-        try:
-            req = json.loads(frames[0].decode("utf-8"))
-            cmd = req.get("cmd") if isinstance(req, dict) else None
-        except (UnicodeDecodeError, ValueError):
-            cmd, req = None, None
         stop = False
-        if cmd == "health":
-            import psutil
-
-            answer = {"ok": True, "stage": self.index, "pid": os.getpid(), "host": self.host,
-                      "cpu_percent": psutil.cpu_percent(None),
-                      "mem_available_bytes": psutil.virtual_memory().available,
-                      "served": self.served, "errors": self.errors,
-                      "deployed": self.runner is not None}
-        elif cmd == "deploy":
-            answer = self._deploy(frames[1:])
-        elif cmd == "shutdown":
-            answer, stop = {"ok": True}, True
-        elif req is None:
-            answer = {"ok": False, "error": "control requests are JSON objects like "
-                                            '{"cmd": "health"}'}
+        try:
+            req = control.parse_request(frames)
+        except control.ControlError as exc:
+            answer = control.error_reply(exc.code, exc.detail)
         else:
-            answer = {"ok": False, "error": f"unknown cmd {cmd!r}; known: health, deploy, shutdown"}
-        self.control.send(json.dumps(answer).encode("utf-8"))
+            if req.cmd == control.HEALTH:
+                answer = control.ok_reply(**self._health())
+            elif req.cmd == control.DEPLOY:
+                answer = self._deploy(req.payload[0])
+            else:  # control.SHUTDOWN
+                answer, stop = control.ok_reply(), True
+        self.control.send(answer)
         return stop
 
-    def _deploy(self, payload: Sequence[Any]) -> dict[str, Any]:
+    def _health(self) -> dict[str, Any]:
+        import psutil
+
+        return {"stage": self.index, "pid": os.getpid(), "host": self.host,
+                "cpu_percent": psutil.cpu_percent(None),
+                "mem_available_bytes": psutil.virtual_memory().available,
+                "served": self.served, "errors": self.errors, "deployed": self.runner is not None}
+
+    def _deploy(self, data: bytes) -> bytes:
         """Install this stage's library, pushed by the client ("deploy only the layers this
         device runs"): it must match the manifest's size and sha256; written atomically."""
         import hashlib
@@ -367,14 +367,12 @@ class StageWorker:
         from .stage import StageRunner
 
         stage = self.bundle_stage
-        if len(payload) != 1:
-            return {"ok": False, "error": "deploy takes one frame after the JSON: the library"}
-        data = bytes(payload[0])
         digest = hashlib.sha256(data).hexdigest()
         if len(data) != stage.library_bytes or digest != stage.sha256:
-            return {"ok": False, "error": f"library for stage {self.index} does not match the "
-                                          f"manifest (got {len(data)} bytes, sha256 {digest[:12]}; "
-                                          f"expected {stage.library_bytes}, {stage.sha256[:12]})"}
+            return control.error_reply(
+                "deploy_mismatch", f"library for stage {self.index} does not match the manifest "
+                f"(got {len(data)} bytes, sha256 {digest[:12]}; expected {stage.library_bytes}, "
+                f"{stage.sha256[:12]}); push the library of this bundle's stage {self.index}")
         tmp = stage.library.with_name(f".{stage.library.name}.{os.getpid()}.tmp")
         try:
             tmp.write_bytes(data)
@@ -382,11 +380,12 @@ class StageWorker:
             runner = StageRunner(stage.library, self.plan)
         except Exception as exc:  # noqa: BLE001 - a bad write or load is an answer, not a crash
             tmp.unlink(missing_ok=True)
-            return {"ok": False, "error": f"cannot install the library: {type(exc).__name__}: {exc}"}
+            return control.error_reply("deploy_failed", f"cannot install the library: "
+                                                        f"{type(exc).__name__}: {exc}")
         if self.runner is not None:
             self.runner.close()
         self.runner = runner
-        return {"ok": True, "stage": self.index, "sha256": digest}
+        return control.ok_reply(stage=self.index, sha256=digest)
 
     # ------------------------------------------------------------------------------------- loop
     def serve(self, stop: threading.Event | None = None) -> None:
@@ -454,41 +453,6 @@ def write_ready_file(path: str | os.PathLike, info: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m tvmsplit.runtime.worker",
-        description="Run one stage of a tvmsplit bundle as a pipeline worker.")
-    p.add_argument("--bundle", required=True, help="bundle directory (manifest.json + libraries)")
-    p.add_argument("--stage", required=True, type=int, help="index of the stage to run")
-    p.add_argument("--bind", default="tcp://127.0.0.1:0",
-                   help="data input address to bind (PULL); port 0 picks a free port")
-    p.add_argument("--next", action="append", default=None,
-                   help="address to send results to (PUSH connect): the next stage's --bind, or "
-                        "the client's result address; repeat it once per route of the stage, in "
-                        "the order of the manifest's 'sends'")
-    p.add_argument("--out", default=None,
-                   help="when the last route (to the client) has no --next: address to bind it on "
-                        "(default: port 0 on the --bind host); a client connects its PULL socket "
-                        "there")
-    p.add_argument("--control", default="tcp://127.0.0.1:0",
-                   help="control address to bind (REP: health, shutdown); '' disables it")
-    p.add_argument("--ready-file", default=None,
-                   help="write the bound endpoints here as JSON once ready (atomically)")
-    p.add_argument("--await-library", action="store_true",
-                   help="start without this stage's library (only manifest.json is needed) and "
-                        "wait for the client to push it with the control command 'deploy'")
-    p.add_argument("--parent-pid", type=int, default=None,
-                   help="exit when this process (the launcher) is no longer the parent")
-    p.add_argument("--secure", default=None, metavar="KEYS_DIR",
-                   help="encrypt and authenticate every socket with CurveZMQ: own keypair "
-                        "KEYS_DIR/worker.key_secret, accepted peers = public keys KEYS_DIR/*.key")
-    p.add_argument("--next-key", action="append", default=None, metavar="NAME|FILE",
-                   help="with --secure and --next: the public key of the --next server, as a "
-                        "name in KEYS_DIR ('worker': a stage, the default; 'client': a Pipeline's "
-                        "result socket) or a .key file; once for all --next or once per --next")
-    return p
-
-
 def _loopback(addr: str | None) -> bool:
     """True for addresses only this machine can reach (loopback TCP, ipc, inproc)."""
     if not addr or not addr.startswith("tcp://"):
@@ -497,9 +461,10 @@ def _loopback(addr: str | None) -> bool:
     return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run a worker until shutdown; returns the process exit code (0 clean, 2 start failure)."""
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run a worker until shutdown; returns the process exit code (0 clean, 2 start failure).
+    The options are launch.py's (``WorkerSpec``): `tvmsplit worker` and ``python -m`` share them."""
+    spec = WorkerSpec.from_argv(argv, **({"prog": prog} if prog else {}))
     stop = threading.Event()
     handlers = {}
     if threading.current_thread() is threading.main_thread():
@@ -507,28 +472,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             handlers[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
         try:
-            worker = StageWorker(args.bundle, args.stage, args.bind, args.next,
-                                 args.control or None, args.out, args.parent_pid,
-                                 secure=args.secure, next_key=args.next_key or WORKER,
-                                 await_library=args.await_library)
+            worker = StageWorker(spec.bundle, spec.stage, spec.bind, spec.next, spec.control,
+                                 spec.out, spec.parent_pid, secure=spec.secure,
+                                 next_key=spec.next_key or WORKER,
+                                 await_library=spec.await_library)
         except TvmsplitError as exc:
             print(f"tvmsplit worker: {exc}", file=sys.stderr, flush=True)
             return 2
         except Exception as exc:  # noqa: BLE001 - e.g. TVM cannot load the library
-            print(f"tvmsplit worker: stage {args.stage} failed to start: {type(exc).__name__}: "
+            print(f"tvmsplit worker: stage {spec.stage} failed to start: {type(exc).__name__}: "
                   f"{exc}", file=sys.stderr, flush=True)
             return 2
         with worker:
-            exposed = [a for a in [*worker.endpoints.values(), *(args.next or [])]
+            exposed = [a for a in [*worker.endpoints.values(), *spec.next]
                        if isinstance(a, str) and not _loopback(a)]
             if worker.secure is None and exposed:
                 print(f"tvmsplit worker: warning: --secure is off on non-loopback address(es) "
                       f"{', '.join(exposed)}: anyone who can reach them can send requests or shut "
                       "this worker down, and data travels unencrypted; use --secure KEYS_DIR",
                       file=sys.stderr, flush=True)
-            if args.ready_file:
+            if spec.ready_file:
                 try:
-                    write_ready_file(args.ready_file, worker.endpoints)
+                    write_ready_file(spec.ready_file, worker.endpoints)
                 except OSError as exc:
                     print(f"tvmsplit worker: cannot write --ready-file: {exc}", file=sys.stderr,
                           flush=True)

@@ -27,6 +27,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..runtime.launch import (LaunchError, WorkerSpec, Worker, python_worker, spawn,
+                              wait_for_ready_file, launch_order, next_addresses,
+                              stop_processes)
+from ..runtime.procs import killpg, stop_group
 from . import net
 from .net import Layout
 from .profiles import LinkProfile, TestbedError, get_profile
@@ -58,59 +62,28 @@ def _same_process(rec: dict) -> bool:
     return ct is not None and (not want or abs(ct - want) < 0.5)
 
 
-def stop_group(rec: dict, proc: subprocess.Popen | None = None,
-               grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM the process group ``rec['pid']`` (if it still is the process we started), wait up
-    to ``grace_s``, then SIGKILL it; reap it when it is our child."""
-    pid = rec["pid"]
-    if proc is None and not _same_process(rec):
-        return
-    if proc is not None and proc.poll() is not None:
-        _killpg(pid, signal.SIGKILL)  # the leader is gone; anything left in its group goes too
-        return
-    _killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if (proc.poll() is not None) if proc is not None else not _same_process(rec):
-            break
-        time.sleep(0.05)
-    _killpg(pid, signal.SIGKILL)
+def stop_recorded(rec: dict, proc: subprocess.Popen | None = None,
+                  grace_s: float = STOP_GRACE_S) -> None:
+    """Stop the process group ``rec['pid']``: our child ``proc``, or (from another process, e.g.
+    `down`) the recorded one if it still is the process we started (same create time)."""
     if proc is not None:
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _tail(path: Path, nbytes: int = 2000) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, path.stat().st_size - nbytes))
-            return f.read().decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
+        stop_group(proc, grace_s)
+        return
+    if not _same_process(rec):
+        return
+    killpg(rec["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _same_process(rec):
+        time.sleep(0.05)
+    killpg(rec["pid"], signal.SIGKILL)
 
 
 def _wait_ready(path: Path, proc: subprocess.Popen, what: str, log: Path,
                 timeout_s: float) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
-        rc = proc.poll()
-        if rc is not None:
-            raise TestbedError(f"{what} exited during start with code {rc}: "
-                               f"{_tail(log) or '(no output)'}")
-        if time.monotonic() > deadline:
-            raise TestbedError(f"{what} was not ready within {timeout_s:g} s: "
-                               f"{_tail(log) or '(no output)'}")
-        time.sleep(0.02)
-    return json.loads(path.read_text())
+    try:
+        return wait_for_ready_file(path, proc, what, log, timeout_s)
+    except LaunchError as exc:
+        raise TestbedError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------- testbed
@@ -237,7 +210,7 @@ class Testbed:
             pass
         removed = []
         for rec in reversed(self.procs):
-            stop_group(rec, self._popen.get(rec["pid"]))
+            stop_recorded(rec, self._popen.get(rec["pid"]))
             removed.append(f"{rec['role']} (pid {rec['pid']})")
         self.procs.clear()
         self._popen.clear()
@@ -283,11 +256,14 @@ class Testbed:
         with open(log, "ab") as logf:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout or logf,
                                     stderr=logf, env=env, start_new_session=True, cwd="/")
-        rec = {"role": role, "pid": proc.pid, "create_time": _create_time(proc.pid) or 0.0,
-               "log": str(log)}
-        self.procs.append(rec)
-        self._popen[proc.pid] = proc
+        self._record(role, proc, log)
         return proc, log
+
+    def _record(self, role: str, proc: subprocess.Popen, log: Path) -> None:
+        """Remember a process we started (state.json, so that `down` stops it too)."""
+        self.procs.append({"role": role, "pid": proc.pid,
+                           "create_time": _create_time(proc.pid) or 0.0, "log": str(log)})
+        self._popen[proc.pid] = proc
 
     def spawn(self, where: str, cmd: Sequence[str], *, role: str = "process",
               emulated: bool = False, stdout=None) -> subprocess.Popen:
@@ -310,9 +286,36 @@ class Testbed:
         """Stop one process started by :meth:`spawn` (its whole group)."""
         for rec in list(self.procs):
             if rec["pid"] == proc.pid:
-                stop_group(rec, proc)
+                stop_recorded(rec, proc)
                 self.procs.remove(rec)
                 self._popen.pop(proc.pid, None)
+
+    def worker_spec(self, bundle: str | os.PathLike, stage: int, where: str,
+                    next_addr: str | Sequence[str] | None = None) -> WorkerSpec:
+        """The spec of a stage worker in ``where``'s namespace: data, control and (for a route
+        to the client) ``out`` bound on that side's address, ``--parent-pid`` unless detached."""
+        ip = self.ip(where)
+        nxt = [next_addr] if isinstance(next_addr, str) else list(next_addr or [])
+        return WorkerSpec(str(Path(bundle).resolve()), stage, bind=f"tcp://{ip}:0",
+                          next=tuple(nxt), out=f"tcp://{ip}:0", control=f"tcp://{ip}:0",
+                          parent_pid=None if self.detached else os.getpid())
+
+    def spawn_worker(self, spec: WorkerSpec, where: str):
+        """Start ``spec`` in ``where``'s namespace (the device: the aarch64 Python under qemu,
+        runtime-only TVM); a :class:`~tvmsplit.runtime.launch.WorkerProcess`, stopped by
+        :meth:`down` at the latest."""
+        if not self._is_up:
+            raise TestbedError("the testbed is not up")
+        emulated = where == "device"
+        if emulated and self.sysroot is None:
+            raise TestbedError("this testbed has no ARM device (device=False)")
+        program = self.sysroot.command("-m", "tvmsplit.runtime.worker") if emulated \
+            else python_worker()
+        env = self.sysroot.env(REPO) if emulated else _host_env()
+        proc = spawn(spec, self.dir, program=program, prefix=net.in_ns(self.ns(where)), env=env,
+                     cwd="/", what=f"stage {spec.stage} worker on the {where}")
+        self._record(f"worker-s{spec.stage}-{where}-{len(self.procs)}", proc.popen, proc.log)
+        return proc
 
     def start_worker(self, bundle: str | os.PathLike, stage: int, where: str,
                      next_addr: str | Sequence[str] | None = None,
@@ -321,46 +324,46 @@ class Testbed:
         dict (``data``, ``control``, ``out``, ``pid``, ``stage``) for ``Pipeline(endpoints=)``.
         ``next_addr``: one address per route of the stage to another stage (a stage DAG may
         have several); a route to the client gets none, the worker binds it (``out``).
-        ``worker_args`` are passed on (e.g. ``["--secure", keys_dir]``)."""
-        ip = self.ip(where)
-        ready = self.dir / f"worker{len(self.procs)}-s{stage}.ready.json"
-        args = ["-m", "tvmsplit.runtime.worker", "--bundle", str(Path(bundle).resolve()),
-                "--stage", str(stage), "--bind", f"tcp://{ip}:0", "--control", f"tcp://{ip}:0",
-                "--ready-file", str(ready)]
-        for addr in [next_addr] if isinstance(next_addr, str) else (next_addr or []):
-            args += ["--next", addr]
-        args += ["--out", f"tcp://{ip}:0"]  # used only by a route to the client
-        if not self.detached:
-            args += ["--parent-pid", str(os.getpid())]
-        args += list(worker_args)
-        emulated = where == "device"
-        cmd = args if emulated else [sys.executable, *args]
-        proc = self.spawn(where, cmd, role=f"worker-s{stage}-{where}", emulated=emulated)
-        log = Path(self.procs[-1]["log"])
-        info = _wait_ready(ready, proc, f"stage {stage} worker on the {where}", log,
-                           DEVICE_START_TIMEOUT_S if emulated else 60.0)
+        ``worker_args`` are more worker options (e.g. ``["--secure", keys_dir]``)."""
+        spec = self.worker_spec(bundle, stage, where, next_addr)
+        if worker_args:
+            spec = WorkerSpec.from_argv([*spec.argv(), *worker_args])
+        return self._start(spec, where)[0]
+
+    def _start(self, spec: WorkerSpec, where: str) -> tuple[dict[str, Any], Any]:
+        proc = self.spawn_worker(spec, where)
+        try:
+            info = proc.wait_ready(DEVICE_START_TIMEOUT_S if where == "device" else 60.0)
+        except LaunchError as exc:
+            raise TestbedError(str(exc)) from None
         info["where"] = where
         self.workers.append(info)
         if self.dir is not None:
             self._save_state()
-        return info
+        return info, proc
 
     def start_workers(self, bundle: str | os.PathLike, placement: Sequence[str],
                       worker_args: Sequence[str] = ()) -> list[dict]:
         """One worker per stage, stage i on ``placement[i]`` (``device`` or ``edge``), started
-        from the last stage backwards (each needs its destinations' addresses; routes go to
-        later stages); the endpoints for ``Pipeline(bundle, endpoints=...)``."""
+        in launch order (last stage first); the endpoints for ``Pipeline(bundle, endpoints=)``."""
         from ..bundle import Bundle
-        from ..split import CLIENT
 
         for w in placement:
             _check_where(w)
         plan = Bundle.load(bundle, stages=[]).plan  # routes only: libraries live on the devices
         started: dict[int, dict] = {}
-        for stage in reversed(range(len(placement))):
-            nxt = [started[r.to]["data"] for r in plan.stages[stage].sends if r.to != CLIENT]
+        for stage in launch_order(plan):
+            nxt = next_addresses(plan, stage, {i: w["data"] for i, w in started.items()}, None)
             started[stage] = self.start_worker(bundle, stage, placement[stage], nxt, worker_args)
         return [started[s] for s in range(len(placement))]
+
+    def launcher(self, placement: Sequence[str], worker_args: Sequence[str] = ()
+                 ) -> "TestbedLauncher":
+        """A launcher for ``Pipeline(bundle, launcher=...)``: stage i's worker on
+        ``placement[i]``; the Pipeline then owns them (restart, swap, death noticed)."""
+        for w in placement:
+            _check_where(w)
+        return TestbedLauncher(self, list(placement), list(worker_args))
 
     # ----------------------------------------------------------------------------------- RPC
     def rpc_connect(self, timeout_s: float = 60.0):
@@ -401,6 +404,54 @@ class Testbed:
         tmp = path.with_name(f".state.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.state(), indent=1))
         os.replace(tmp, path)
+
+
+class TestbedLauncher:
+    """Workers in the testbed's namespaces, one per stage on its ``placement``; the replying
+    ones bind ``out`` (``client_binds`` False), so a client anywhere the link reaches can
+    connect. With ``Pipeline(secure=KEYS_DIR)`` the workers get ``--secure KEYS_DIR``."""
+
+    __test__ = False
+    client_binds = False
+
+    def __init__(self, testbed: Testbed, placement: list[str], worker_args: list[str]):
+        self.testbed, self.placement, self.worker_args = testbed, placement, worker_args
+
+    def start(self, bundle, result_addr: str | None, secure) -> list[Worker]:
+        if len(self.placement) != len(bundle.stages):
+            raise LaunchError(f"placement names {len(self.placement)} stage(s), the bundle has "
+                              f"{len(bundle.stages)}")
+        extra = [*self.worker_args, *(["--secure", str(secure.keys_dir.resolve())]
+                                      if secure is not None else [])]
+        started: dict[int, Worker] = {}
+        try:
+            for stage in launch_order(bundle.plan):
+                nxt = next_addresses(bundle.plan, stage,
+                                     {i: w.data for i, w in started.items()}, None)
+                where = self.placement[stage]
+                spec = self.testbed.worker_spec(bundle.path, stage, where, nxt)
+                if extra:
+                    spec = WorkerSpec.from_argv([*spec.argv(), *extra])
+                try:
+                    info, proc = self.testbed._start(spec, where)
+                except TestbedError as exc:
+                    raise LaunchError(str(exc), stage) from None
+                started[stage] = Worker.from_ready(info, stage, proc)
+        except BaseException:
+            self.stop(list(started.values()), 0.0)
+            raise
+        return [started[i] for i in range(len(bundle.stages))]
+
+    def stop(self, workers, grace_s: float) -> None:
+        stop_processes(workers, grace_s)
+        for w in workers:
+            if w.process is not None:
+                self.testbed.stop(w.process.popen)
+        gone = {w.pid for w in workers}
+        self.testbed.workers = [i for i in self.testbed.workers if i.get("pid") not in gone]
+
+    def release(self) -> None:
+        pass  # the testbed stops whatever is left on down()
 
 
 def _check_where(where: str) -> None:
@@ -474,7 +525,7 @@ def teardown(index: int) -> list[str]:
     state = read_state(index)
     for rec in reversed((state or {}).get("processes", [])):
         if _same_process(rec):
-            stop_group(rec)
+            stop_recorded(rec)
             removed.append(f"{rec.get('role')} (pid {rec['pid']})")
     removed += net.teardown(lay)
     shutil.rmtree(run_dir() / lay.name, ignore_errors=True)
