@@ -552,9 +552,9 @@ def parse_bytes(text: str) -> int:
 def plan_cmd(model, devices, links, costs_file, objective, powers, method, mem_caps, pins,
              input_bytes, shapes, as_json, save, plot) -> None:
     """Choose where to split MODEL across a path of devices, with the baselines side by side."""
-    from .links import Link
+    from .devices import Device, Link
     from .partition import CostTable, PowerModel
-    from .planning import Device, plan_partition
+    from .planning import plan_partition
 
     g = _load_graph(model, shapes)
     caps = {name: parse_bytes(size) for name, size in _parse_pairs(mem_caps, "--mem-cap")}
