@@ -40,10 +40,10 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")  # inherited by the worker process
 import tvmsplit as ts  # noqa: E402
 from tvmsplit import zoo  # noqa: E402
 from tvmsplit.check import compare, random_inputs, reference  # noqa: E402
-from tvmsplit.links import Link  # noqa: E402
+from tvmsplit.devices import Device, Link  # noqa: E402
 from tvmsplit.partition import CostTable  # noqa: E402
 from tvmsplit.partition.problem import Problem, evaluate  # noqa: E402
-from tvmsplit.planning import Device, critical_path_ms, plan_partition  # noqa: E402
+from tvmsplit.planning import critical_path_ms, plan_partition  # noqa: E402
 from tvmsplit.profile import LocalSession, profile_layers  # noqa: E402
 
 CAP = 100_000_000

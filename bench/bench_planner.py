@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
+from tvmsplit.devices import Link
 from tvmsplit.graph import Layer, LayerGraph, TensorSpec
-from tvmsplit.links import Link
 from tvmsplit.partition import PLANNERS, CostTable, Problem
 
 

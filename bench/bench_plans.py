@@ -18,7 +18,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 
 import tvmsplit as ts  # noqa: E402
 from tvmsplit import zoo  # noqa: E402
-from tvmsplit.links import Link  # noqa: E402
+from tvmsplit.devices import Link  # noqa: E402
 from tvmsplit.partition import PLANNERS, CostTable, Problem, plan  # noqa: E402
 from tvmsplit.profile import LocalSession, profile_layers  # noqa: E402
 

@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tvmsplit.testbed import PROFILES, Testbed, get_profile, unavailable_reason  # noqa: E402
+from tvmsplit.devices import LINK_PROFILES  # noqa: E402
+from tvmsplit.testbed import Testbed, get_profile, unavailable_reason  # noqa: E402
 from tvmsplit.testbed.probe import measure  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def bench_transfer(profiles: list[str], sizes: list[int], repeat: int) -> list[s
                 bps = prof.up_bps if direction == "up" else prof.down_bps
                 for size in sizes:
                     # 10 MB over 3G up takes 73 s: fewer repeats for long transfers
-                    n = repeat if prof.expected_s(size, direction) < 10 else 1
+                    n = repeat if prof.transfer_s(size, direction) < 10 else 1
                     res = measure(tb, direction, [size], repeat=n)
                     got = statistics.median(r["transfer_s"] for r in res)
                     exp = res[0]["expected_s"]
@@ -159,7 +160,7 @@ def bench_compute(runs: int = 10) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "testbed.md"))
-    ap.add_argument("--profiles", default=",".join(PROFILES))
+    ap.add_argument("--profiles", default=",".join(LINK_PROFILES))
     ap.add_argument("--sizes", default="1000000,10000000")
     ap.add_argument("--repeat", type=int, default=3, help="runs per transfer (1 when > 10 s)")
     ap.add_argument("--quick", action="store_true", help="1 MB only, 2 runs, no from-scratch")

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 import tvmsplit as ts
 from tvmsplit import zoo
+from tvmsplit.devices import Device, Link
 from tvmsplit.graph import Layer, LayerGraph, TensorSpec
-from tvmsplit.links import Link
 from tvmsplit.partition import PLANNERS, CostTable, PlanningError, Problem, evaluate, plan
 from tvmsplit.partition.chain import cut_bytes
 from tvmsplit.partition.problem import PowerModel
@@ -197,7 +197,7 @@ def test_hyps_splits_an_oversized_fc_and_the_pipeline_equals_the_unsplit_model(t
     so it becomes the fewest H-parts that fit (2), placed on both devices; output unchanged."""
     from tvmsplit.check import check_bundle, compare, random_inputs, reference
     from tvmsplit.hsplit import fewest_parts
-    from tvmsplit.planning import Device, plan_partition
+    from tvmsplit.planning import plan_partition
 
     g = ts.load(zoo.make("vgg16", width=0.25), name="vgg16")
     cap = 24_000_000

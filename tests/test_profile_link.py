@@ -72,6 +72,19 @@ def test_profile_a_bundle_with_a_multi_output_stage_over_rpc(rpc_server, tmp_pat
     assert len(timings) == 2 and all(t.median_ms > 0 for t in timings)
 
 
+@pytest.mark.parametrize("command", [["profile"], ["train"], ["predict", "zoo:chain"]])
+def test_profile_train_predict_take_target_and_the_old_device_name(command):
+    from click.testing import CliRunner
+
+    from tvmsplit.cli import cli
+
+    assert "--target" in CliRunner().invoke(cli, [command[0], "--help"]).output
+    for flag in ("--target", "--device"):
+        result = CliRunner().invoke(cli, [*command, flag, "toaster"], prog_name="tvmsplit")
+        assert result.exit_code == 1 and "toaster" in result.output, (flag, result.output)
+        assert "Traceback" not in result.output
+
+
 def test_unreachable_rpc_device_is_a_clear_error():
     with pytest.raises(ProfileError, match="rpc_server"):
         RPCSession("127.0.0.1", 1)

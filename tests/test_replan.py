@@ -7,9 +7,8 @@ import pytest
 import tvmsplit as ts
 from tvmsplit import zoo
 from tvmsplit.check import reference
-from tvmsplit.links import Link
+from tvmsplit.devices import Device, Link
 from tvmsplit.partition import CostTable
-from tvmsplit.planning import Device
 from tvmsplit.replan import Replanner
 from tvmsplit.runtime.pipeline import PipelineError
 

@@ -21,10 +21,10 @@ from onnx import TensorProto, helper, numpy_helper
 import tvmsplit as ts
 from tvmsplit import zoo
 from tvmsplit.check import check_bundle, compare, random_inputs, reference
+from tvmsplit.devices import Device, Link
 from tvmsplit.errors import BundleError, SplitError
-from tvmsplit.links import Link
 from tvmsplit.partition import CostTable
-from tvmsplit.planning import Device, parallel_stages, plan_partition
+from tvmsplit.planning import parallel_stages, plan_partition
 from tvmsplit.runtime import wire
 from tvmsplit.runtime.gather import Gather, GatherError, Part, merge_traces
 from tvmsplit.runtime.pipeline import Pipeline, PipelineError

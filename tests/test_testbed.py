@@ -27,7 +27,8 @@ import pytest
 import tvmsplit as ts
 from tvmsplit import zoo
 from tvmsplit.check import compare, random_inputs, reference
-from tvmsplit.testbed import PROFILES, TestbedError, get_profile, unavailable_reason
+from tvmsplit.devices import LINK_PROFILES, Link
+from tvmsplit.testbed import LinkProfile, TestbedError, get_profile, unavailable_reason
 from tvmsplit.testbed.linkemu import Forwarder
 from tvmsplit.testbed.net import Layout
 from tvmsplit.testbed.profiles import wire_rate_bps
@@ -55,15 +56,26 @@ def _require(device: bool = True, delay: bool = True, cross: bool = False) -> No
 
 # ------------------------------------------------------------------ no root needed
 def test_profiles_and_expected_times():
-    assert set(PROFILES) == {"3g", "4g", "wifi"}
-    assert (PROFILES["3g"].up_bps, PROFILES["4g"].up_bps, PROFILES["wifi"].up_bps) == \
+    assert set(LINK_PROFILES) == {"3g", "4g", "wifi"}
+    shaped = {name: get_profile(name) for name in LINK_PROFILES}
+    assert (shaped["3g"].up_bps, shaped["4g"].up_bps, shaped["wifi"].up_bps) == \
         (1.1e6, 8.8e6, 18.88e6)
-    assert (PROFILES["3g"].down_bps, PROFILES["4g"].down_bps, PROFILES["wifi"].down_bps) == \
+    assert (shaped["3g"].down_bps, shaped["4g"].down_bps, shaped["wifi"].down_bps) == \
         (4.6e6, 29.1e6, 54.97e6)
+    # the testbed shapes the planner's links: one table, one-way delay = rtt / 2
+    for name, link in LINK_PROFILES.items():
+        p = shaped[name]
+        assert isinstance(p, Link) and (p.up_bps, p.down_bps, p.rtt_s, p.loss) == \
+            (link.up_bps, link.down_bps, link.rtt_s, link.loss)
+        assert p.delay_ms == link.rtt_s / 2 * 1e3 and p.needs_emulator
+        assert p.transfer_s(123_456) == link.transfer_s(123_456) == pytest.approx(
+            link.up_ms(123_456) / 1e3)
+    assert (shaped["3g"].delay_ms, shaped["4g"].delay_ms, shaped["wifi"].delay_ms) == (50, 25, 5)
+    assert LinkProfile.from_json(shaped["4g"].to_json()) == shaped["4g"]
     p = get_profile("4g", delay_ms=0)
-    assert not p.needs_emulator and p.expected_s(1_100_000) == pytest.approx(1.0)
-    assert get_profile("4g").expected_s(1_100_000) == pytest.approx(1.025)
-    assert get_profile("4g").expected_s(291_000, "down") == pytest.approx(0.105)
+    assert not p.needs_emulator and p.transfer_s(1_100_000) == pytest.approx(1.0)
+    assert get_profile("4g").transfer_s(1_100_000) == pytest.approx(1.025)
+    assert get_profile("4g").transfer_s(291_000, "down") == pytest.approx(0.105)
     c = get_profile("custom", up_mbps=2, down_mbps=10, delay_ms=40, loss=0.01)
     assert (c.up_bps, c.down_bps, c.delay_ms, c.loss, c.needs_emulator) == \
         (2e6, 10e6, 40, 0.01, True)
@@ -74,6 +86,10 @@ def test_profiles_and_expected_times():
         get_profile("5g")
     with pytest.raises(TestbedError, match="loss must be in"):
         get_profile("4g", loss=1.5)
+    with pytest.raises(TestbedError, match="delay_ms must be between 0 and 10000, got -1.0"):
+        get_profile("4g", delay_ms=-1)
+    with pytest.raises(TestbedError, match="up_bps must be between 8 kbit/s"):
+        LinkProfile.of(Link("slow", 1e3, 1e6))
     # the shaper pays for the headers: 1448 payload bytes cost 1514 on a veth
     assert wire_rate_bps(1448e3, 1500, 14) == pytest.approx(1514e3)
 
@@ -201,7 +217,7 @@ def test_arm_stage_on_qemu_device_then_x86_edge_over_4g(testbed, split_bundles):
             hops.append((trace.hop_bytes[1], trace.hop_ms[1]))
     nbytes = hops[0][0]
     measured_ms = statistics.median(ms for _, ms in hops)
-    expected_ms = testbed.profile.expected_s(nbytes, "up") * 1e3
+    expected_ms = testbed.profile.transfer_s(nbytes, "up") * 1e3
     print(f"\n4G uplink, cut {nbytes} B: measured {measured_ms:.1f} ms, expected "
           f"{expected_ms:.1f} ms (bytes*8/{testbed.profile.up_bps / 1e6:g} Mbit/s + "
           f"{testbed.profile.delay_ms:g} ms); all {[round(ms, 1) for _, ms in hops]}",

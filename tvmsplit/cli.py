@@ -522,9 +522,9 @@ def parse_bytes(text: str) -> int:
 def plan_cmd(model, devices, links, costs_file, objective, powers, method, mem_caps, pins,
              input_bytes, shapes, as_json, save, plot) -> None:
     """Choose where to split MODEL across a path of devices, with the baselines side by side."""
-    from .links import Link
+    from .devices import Device, Link
     from .partition import CostTable, PowerModel
-    from .planning import Device, plan_partition
+    from .planning import plan_partition
 
     g = _load_graph(model, shapes)
     caps = {name: parse_bytes(size) for name, size in _parse_pairs(mem_caps, "--mem-cap")}
@@ -625,8 +625,16 @@ def testbed_cmd(args):
     raise SystemExit(testbed_main(list(args), prog="tvmsplit testbed"))
 
 
+def target_option(help_text: str):
+    """``--target NAME`` of ``profile``, ``train`` and ``predict``: a target (a device kind in
+    targets/, or a .toml file). ``--device`` is its old name, still accepted."""
+    return click.option("--target", "--device", "target", required=True, metavar="TARGET",
+                        help=f"{help_text} (a name in `tvmsplit targets` or a .toml file; "
+                             "--device is the old name of this option).")
+
+
 @cli.command()
-@click.option("--device", required=True, help="Target name (targets/) of the device to profile.")
+@target_option("Target of the device to profile")
 @click.option("--rpc", default=None, metavar="HOST:PORT",
               help="Measure on a remote device's RPC server (`python -m tvmsplit.rpc_device`).")
 @click.option("--tracker", default=None, metavar="HOST:PORT", help="Measure through an RPC tracker.")
@@ -636,38 +644,38 @@ def testbed_cmd(args):
               help="Background load levels to measure under (none, cpu1x50, cpu2x100+mem2g).")
 @click.option("--append", is_flag=True, help="Add to the device's existing profile.")
 @db_option
-def profile(device, rpc, tracker, key, count, loads, append, db):
+def profile(target, rpc, tracker, key, count, loads, append, db):
     """Measure layers (a sweep of configurations + the zoo) on a device; long runs show progress.
     Layers are built as stages are, from the target's tuning database when it has one."""
     from .sweep import profile_device
 
-    dataset, path = profile_device(device, rpc=rpc, tracker=tracker, key=key, count=count,
+    dataset, path = profile_device(target, rpc=rpc, tracker=tracker, key=key, count=count,
                                    append=append, loads=_split_list(loads, "--loads"),
                                    progress=lambda m: click.echo(m, err=True), db=db)
     click.echo(f"profiled {len(dataset.rows)} layer measurements -> {path}")
 
 
 @cli.command()
-@click.option("--device", required=True, help="Target name whose profile to train on.")
-def train(device):
-    """Train the device's latency predictor (XGBoost per layer type) from its profile."""
+@target_option("Target whose profile to train on")
+def train(target):
+    """Train the target's latency predictor (XGBoost per layer type) from its profile."""
     from .predict import train_device
 
-    predictor, path = train_device(device)
+    predictor, path = train_device(target)
     click.echo(predictor.summary())
     click.echo(f"saved -> {path}")
 
 
 @cli.command()
 @click.argument("model")
-@click.option("--device", required=True, help="Target name whose predictor to use.")
+@target_option("Target whose predictor to use")
 @shape_option
 @click.option("--json", "as_json", is_flag=True)
-def predict(model, device, shapes, as_json):
-    """Predict MODEL's per-layer and total latency on a device under its live load now."""
+def predict(model, target, shapes, as_json):
+    """Predict MODEL's per-layer and total latency on a target under this machine's load now."""
     from .predict import predict_model
 
-    result = predict_model(_load_graph(model, shapes), device)
+    result = predict_model(_load_graph(model, shapes), target)
     click.echo(json.dumps(result.to_json(), indent=2) if as_json else result.format())
 
 

@@ -9,6 +9,7 @@ three requests on a REP socket (multipart, first frame the command):
 ``measure_link`` sends pings, then payloads of a few sizes, and fits time = rtt + bytes x 8 / bps;
 estimates are smoothed with an exponentially weighted moving average across calls
 (``LinkMonitor``) so the planner sees a stable value that still follows real changes.
+``LinkEstimate.to_link`` turns an estimate into the planner's ``devices.Link``.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 import zmq
 
+from .devices import Link
 from .errors import TvmsplitError
 
 
@@ -29,10 +31,16 @@ class LinkError(TvmsplitError):
 
 @dataclass(frozen=True)
 class LinkEstimate:
+    """One (or a smoothed) measurement of a link: goodput each way, RTT, probes behind it."""
+
     up_bps: float
     down_bps: float
     rtt_s: float
     samples: int
+
+    def to_link(self, name: str = "measured") -> Link:
+        """The measured link as the planner's :class:`~tvmsplit.devices.Link`."""
+        return Link(name, self.up_bps, self.down_bps, self.rtt_s)
 
 
 class LinkProbeServer:

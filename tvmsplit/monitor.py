@@ -1,5 +1,9 @@
 """Live device state: the dynamic features of the latency predictor (ITU-T F.748.20 section 7).
 
+``DeviceState`` is the live load of a device (of a ``devices.Device``, read where it runs);
+the device itself, and the links between devices, are defined in :mod:`tvmsplit.devices`. A
+link's live estimate comes from :mod:`tvmsplit.linkmon`.
+
 ``snapshot()`` reads CPU utilisation (total and system time), free and used memory, the load
 average and the run-queue length. CPU percentages are measured over ``interval_s`` (psutil needs
 an interval to compute utilisation; 0.1 s is enough for a stable reading).
@@ -21,6 +25,9 @@ import psutil
 
 @dataclass(frozen=True)
 class DeviceState:
+    """The live load of a device at one moment (what ``snapshot`` reads on the machine it runs
+    on, or an RPC session's ``tvmsplit.device_state`` on a remote one)."""
+
     cpu_percent: float          # all cores, 0..100
     system_cpu_percent: float   # time in the kernel, 0..100
     mem_available_bytes: int

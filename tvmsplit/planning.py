@@ -18,22 +18,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .devices import Device, Link
 from .graph import LayerGraph
-from .links import Link
 from .partition import (BASELINES, PLANNERS, Breakdown, CostTable, PlanningError, PowerModel,
                         Problem, plan)
 from .partition.problem import feasible
 from .split import Plan, plan_split
 from .targets import get_target
-
-
-@dataclass(frozen=True)
-class Device:
-    """A device on the path: its name (as in the cost table) and the target its stage is built for."""
-
-    name: str
-    target: str
-    mem_cap_bytes: int | None = None
 
 
 @dataclass(frozen=True)

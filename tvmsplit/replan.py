@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .bundle import build_bundle
+from .devices import Device, Link
 from .graph import LayerGraph
-from .links import Link
 from .partition import CostTable
-from .planning import Device, PlannedSplit, plan_partition
+from .planning import PlannedSplit, plan_partition
 
 
 class Replanner:

@@ -1,26 +1,65 @@
-"""Device kinds (compile targets) defined as TOML files, one per kind, like TVM's tag registry.
+"""Targets: the device kinds stages are compiled for, one TOML file each (like TVM's tag registry).
 
-A file in ``targets/`` (or a directory named by ``TVMSPLIT_TARGETS``, or any path given directly)::
+A target is a *kind* of device (``rpi4b``, ``x86_64``, ``cuda-edge``, ``host``); a
+:class:`tvmsplit.devices.Device` on a plan's path names one (``--devices end=rpi4b``), and
+``tvmsplit build --targets``, ``tune``/``profile``/``train``/``predict --target`` take its name.
+``get_target(name)`` returns its :class:`TargetSpec`; ``tvmsplit targets`` lists them all.
 
-    name = "rpi4b"                     # how users refer to it
-    description = "Raspberry Pi 4B"
-    arch = "aarch64"                   # the CPU architecture of the machine that runs the library
-    memory_bytes = 4294967296          # memory available to the stage (planners use it)
-    [target]                           # a TVM target as a dict (strings like "llvm -mtriple" are
-    kind = "llvm"                      #   rejected by TVM 0.27)
-    mtriple = "aarch64-linux-gnu"
-    mcpu = "cortex-a72"
-    mattr = ["+neon"]
-    [host]                             # optional: the host target of a GPU target
+How to add a target
+-------------------
+Add one file, ``targets/<name>.toml`` (or put it in your own directory, see "How it is found"),
+with these fields::
+
+    # Raspberry Pi 4 Model B                      (a comment: where the numbers come from)
+    name = "rpi4b"                     # required; unique across all directories; what users type
+    description = "Raspberry Pi 4B"    # one line for `tvmsplit targets`
+    arch = "aarch64"                   # required; the CPU of the machine that loads the library:
+                                       #   a CPU target runs here (``runs_on_host``) only when
+                                       #   kind = "llvm" and arch is this machine's
+    memory_bytes = 4294967296          # the machine's memory, recorded with the target; the
+                                       #   planner's cap is a Device's mem_cap_bytes
+                                       #   (`plan --mem-cap`), not this
+    [target]                           # required: a TVM target as a dict, passed as it is to
+    kind = "llvm"                      #   tvm.target.Target (a string like "llvm -mtriple=..."
+    mtriple = "aarch64-linux-gnu"      #   is rejected by TVM 0.27); every attribute of the
+    mcpu = "cortex-a72"                #   kind is allowed; "kind" is required, and a "cuda"
+    mattr = ["+neon"]                  #   target needs "arch" (e.g. "sm_80": TVM would
+    num-cores = 4                      #   silently use sm_50)
+    [host]                             # optional: the host target of a GPU target, same form
+    kind = "llvm"
     [build]
-    cross_compiler = "aarch64-linux-gnu-g++"   # optional: links the library for another arch
+    cross_compiler = "aarch64-linux-gnu-g++"   # optional: links the library for another arch;
+                                               #   check_toolchain says when it is missing
 
 ``num-cores`` in ``[target]`` is the device's physical core count; MetaSchedule needs it to tune
 (``tvmsplit tune``; a target that runs on this machine defaults to this machine's count).
-The value ``"@host"`` (for ``arch``, ``memory_bytes``, ``mtriple``, ``mcpu``, ``num-cores``) means
-"detect it on this machine when the file is loaded": ``targets/host.toml`` is this machine's CPU.
 
-A user adds a device kind by adding a file. Names are unique; a miss lists the known names.
+``"@host"``: the value ``"@host"`` means "detect it on this machine when the file is loaded";
+it works for ``arch`` (``platform.machine()``, as ``x86_64`` / ``aarch64``), ``memory_bytes``
+(total RAM), ``mtriple`` (``<arch>-linux-gnu``), ``mcpu`` (LLVM's name for this CPU, ``generic``
+without LLVM) and ``num-cores`` (physical cores), at the top level and in ``[target]`` /
+``[host]`` (not in ``[build]``); for any other key it is an error. ``targets/host.toml`` is
+this machine's CPU.
+
+How it is found: ``get_target`` takes a name or the path of a ``.toml`` file (read directly,
+not registered). Names are looked up in every ``*.toml`` of the directories in
+``$TVMSPLIT_TARGETS`` (``os.pathsep``-separated), then in the built-in ``targets/`` next to the
+package; the file name does not matter, the ``name`` field does. A name defined twice (in any two
+files) is an error naming both; a miss lists the known names. The registry is read once per
+process (per value of ``$TVMSPLIT_TARGETS``).
+
+What to run after adding one::
+
+    tvmsplit targets                                     # it is listed; the file parses
+    tvmsplit build zoo:chain --split-at pool1 --targets x86_64,<name> -o /tmp/t --check
+    python3 -m pytest -q tests/test_cli.py -k targets_lists       # add a built-in to TARGETS
+    python3 -m pytest -q tests/test_errors.py -k unknown_target   # and to KNOWN_TARGETS
+    python3 -m pytest -q tests/test_split_build.py -k aarch64     # cross builds (aarch64, cuda)
+    python3 -m pytest -q tests/test_tune.py -k host_target        # when it uses "@host"
+
+A target that runs here is checked against onnxruntime by ``build --check``; one that does not
+is compiled only (a cross compiler for another arch, CUDA C source for a GPU target) and is run
+on the device over TVM RPC (``rpc/README.md``) or on the testbed's qemu device (aarch64).
 """
 from __future__ import annotations
 

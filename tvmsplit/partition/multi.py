@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from ..links import Link
+from ..devices import Link
 from .problem import Breakdown, CostTable, PlanningError, Problem
 
 

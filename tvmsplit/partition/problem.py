@@ -31,9 +31,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..devices import Link
 from ..errors import TvmsplitError
 from ..graph import LayerGraph
-from ..links import Link
 
 OBJECTIVES = ("latency", "throughput", "energy")
 

@@ -370,7 +370,7 @@ def predict_graph(predictor: Predictor, graph: LayerGraph,
 
 def predict_model(graph: LayerGraph, device: str, *, path: str | os.PathLike | None = None,
                   state: DeviceState | None = None, session: Any = None) -> GraphPrediction:
-    """`tvmsplit predict MODEL --device D`: load D's predictor (checked against D's target) and
+    """`tvmsplit predict MODEL --target D`: load D's predictor (checked against D's target) and
     predict with the device's live state read now (from ``session``, else this machine)."""
     predictor = Predictor.load(path or predictor_path(device), target=device)
     if state is None:
@@ -381,7 +381,7 @@ def predict_model(graph: LayerGraph, device: str, *, path: str | os.PathLike | N
 def train_device(device: str, *, dataset: str | os.PathLike | Dataset | None = None,
                  out: str | os.PathLike | None = None, params: Mapping[str, Any] | None = None,
                  rounds: int = DEFAULT_ROUNDS) -> tuple[Predictor, Path]:
-    """`tvmsplit train --device D`: train on D's profile dataset and save the predictor."""
+    """`tvmsplit train --target D`: train on D's profile dataset and save the predictor."""
     from ..targets import get_target
 
     spec = get_target(device)

@@ -17,10 +17,10 @@ first build of the sysroot); :func:`unavailable_reason` says what is missing.
 from __future__ import annotations
 
 from .core import Testbed, status, teardown
-from .profiles import PROFILES, LinkProfile, TestbedError, get_profile
+from .profiles import LinkProfile, TestbedError, get_profile
 
-__all__ = ["PROFILES", "LinkProfile", "Testbed", "TestbedError", "get_profile", "status",
-           "teardown", "unavailable_reason"]
+__all__ = ["LinkProfile", "Testbed", "TestbedError", "get_profile", "status", "teardown",
+           "unavailable_reason"]
 
 
 def unavailable_reason(device: bool = True, delay: bool = True) -> str | None:

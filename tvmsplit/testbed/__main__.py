@@ -6,9 +6,9 @@ import json
 import sys
 from collections.abc import Sequence
 
+from ..devices import LINK_PROFILES
 from ..errors import TvmsplitError
 from . import core, sysroot
-from .profiles import PROFILES
 
 
 def build_parser(prog: str = "python -m tvmsplit.testbed") -> argparse.ArgumentParser:
@@ -19,8 +19,8 @@ def build_parser(prog: str = "python -m tvmsplit.testbed") -> argparse.ArgumentP
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="create the namespaces, the shaped link, the ARM device and "
                                    "its TVM RPC server; leaves them running")
-    up.add_argument("--profile", default="4g", choices=[*PROFILES, "custom"],
-                    help="link profile (default 4g)")
+    up.add_argument("--profile", default="4g", choices=[*LINK_PROFILES, "custom"],
+                    help="link profile (tvmsplit.devices.LINK_PROFILES; default 4g)")
     up.add_argument("--up-mbps", type=float, default=None, help="uplink goodput (device -> edge)")
     up.add_argument("--down-mbps", type=float, default=None, help="downlink goodput")
     up.add_argument("--delay-ms", type=float, default=None,

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..devices import Link
 from ..runtime.launch import (LaunchError, WorkerSpec, Worker, python_worker, spawn,
                               wait_for_ready_file, launch_order, next_addresses,
                               stop_processes)
@@ -90,19 +91,20 @@ def _wait_ready(path: Path, proc: subprocess.Popen, what: str, log: Path,
 class Testbed:
     """An emulated end device (qemu aarch64) and edge (x86) joined by a shaped link.
 
-    ``profile``: ``3g``, ``4g``, ``wifi`` or ``custom`` (needs ``up_mbps``/``down_mbps``); the
-    rate and delay overrides apply to any profile. ``index`` picks names and addresses (see
-    :mod:`.net`); None takes the first free one. ``rpc``: start the TVM RPC server on the device.
-    ``device``: False skips the ARM sysroot (network only). ``log(str)`` receives progress lines.
+    ``profile``: ``3g``, ``4g``, ``wifi`` (``devices.LINK_PROFILES``) or ``custom`` (needs
+    ``up_mbps``/``down_mbps``), the rate, delay and loss overrides applying to any of them; or a
+    ``Link`` (e.g. ``Link.profile("4g")``), shaped as it is. ``index`` picks names and addresses
+    (see :mod:`.net`); None takes the first free one. ``rpc``: start the TVM RPC server on the
+    device. ``device``: False skips the ARM sysroot (network only). ``log(str)`` receives progress lines.
     """
 
     __test__ = False  # not a pytest test class despite its name
 
-    def __init__(self, profile: str | LinkProfile = "4g", *, index: int | None = None,
+    def __init__(self, profile: str | Link = "4g", *, index: int | None = None,
                  up_mbps: float | None = None, down_mbps: float | None = None,
                  delay_ms: float | None = None, loss: float | None = None, rpc: bool = True,
                  device: bool = True, log=None):
-        self.profile = profile if isinstance(profile, LinkProfile) else get_profile(
+        self.profile = LinkProfile.of(profile) if isinstance(profile, Link) else get_profile(
             profile, up_mbps=up_mbps, down_mbps=down_mbps, delay_ms=delay_ms, loss=loss)
         self._index = index
         self.lay: Layout | None = None

@@ -25,7 +25,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from .profiles import ETHERNET_HEADER_BYTES, LinkProfile, TestbedError, wire_rate_bps
+from ..devices import Link
+from .profiles import ETHERNET_HEADER_BYTES, TestbedError, wire_rate_bps
 
 MAX_INDEX = 63
 MTU = 1500
@@ -218,8 +219,9 @@ def add_routes(lay: Layout) -> None:
     run("ip", "route", "add", lay.link_net, "via", lay.device_ip, "dev", lay.if_host)
 
 
-def shape(lay: Layout, profile: LinkProfile, tun: bool) -> dict:
-    """tbf on both ends of the access link; returns the shaper settings."""
+def shape(lay: Layout, profile: Link, tun: bool) -> dict:
+    """tbf on both ends of the access link at the link's goodput plus the header overheads
+    (``wire_rate_bps``); returns the shaper settings. Delay and loss are linkemu's."""
     l2 = 0 if tun else ETHERNET_HEADER_BYTES
     out = {}
     for direction, ns, dev, goodput in (("up", lay.ns_dev, lay.if_up, profile.up_bps),

@@ -136,7 +136,7 @@ def measure(tb, direction: str, sizes: Sequence[int], repeat: int = 3,
         tb.stop(rx)
     for r in results:
         r["direction"] = direction
-        r["expected_s"] = tb.profile.expected_s(r["size"], direction)
+        r["expected_s"] = tb.profile.transfer_s(r["size"], direction)
     return results
 
 

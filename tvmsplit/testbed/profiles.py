@@ -1,23 +1,28 @@
-"""Link profiles of the emulated testbed: rate each way, one-way delay, loss.
+"""The testbed's link: a shared :class:`~tvmsplit.devices.Link` made shapeable, and tc's overheads.
+
+The rates, RTTs and loss come from the one profile table, :data:`tvmsplit.devices.LINK_PROFILES`
+(3G / 4G / Wi-Fi); nothing is retyped here. What is testbed-specific stays here: the limits
+tc and the delay emulator accept (:class:`LinkProfile`), the one-way delay in ms that
+``linkemu --delay-ms`` takes, whether the user-space emulator is needed (:attr:`needs_emulator`),
+the overrides of ``tvmsplit testbed up`` (:func:`get_profile`), and the header overheads of the
+shaper (:func:`wire_rate_bps`).
 
 Rates are *goodput*: what a TCP transfer of application bytes achieves (what speed tests report).
 The shaper is set a little above them to pay for the IP/TCP headers (see :func:`wire_rate_bps`),
-so ``bytes * 8 / up_bps + delay_s`` is the expected time to move ``bytes`` from the end device
-to the edge (:meth:`LinkProfile.expected_s`).
-
-The 3G/4G/WiFi rates are the ones of the issue (up 1.1 / 8.8 / 18.88 Mbit/s, down 4.6 / 29.1 /
-54.97). Their one-way delays (50 / 25 / 5 ms, i.e. RTT 100 / 50 / 10 ms) are typical figures,
-our assumption; override them with ``delay_ms=``.
+so the shared transfer bound ``Link.transfer_s`` (``bytes * 8 / up_bps + rtt_s / 2``, i.e. plus
+the one-way delay) is the expected time to move ``bytes`` from the end device to the edge.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
 
+from ..devices import LINK_PROFILES, Link
 from ..errors import TvmsplitError
 
 TCP_IP_HEADER_BYTES = 52  # IPv4 20 + TCP 20 + the timestamp option 12 (Linux default)
 ETHERNET_HEADER_BYTES = 14
+MAX_DELAY_MS = 10_000
 
 
 class TestbedError(TvmsplitError):
@@ -27,14 +32,9 @@ class TestbedError(TvmsplitError):
 
 
 @dataclass(frozen=True)
-class LinkProfile:
-    """One access link between the end device and the edge. ``up`` is device -> edge."""
-
-    name: str
-    up_bps: float
-    down_bps: float
-    delay_ms: float = 0.0      # one-way, each direction
-    loss: float = 0.0          # probability that a packet is dropped, each direction
+class LinkProfile(Link):
+    """A :class:`Link` the testbed can shape: rates 8 kbit/s .. 10 Gbit/s, one-way delay
+    0 .. 10 s, loss in [0, 1). ``up`` is device -> edge; the delay is the same each way."""
 
     def __post_init__(self):
         problems = []
@@ -42,32 +42,41 @@ class LinkProfile:
             v = getattr(self, field_name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and 8e3 <= v <= 10e9):
                 problems.append(f"{field_name} must be between 8 kbit/s and 10 Gbit/s, got {v!r}")
-        if not (isinstance(self.delay_ms, (int, float)) and 0 <= self.delay_ms <= 10_000):
-            problems.append(f"delay_ms must be between 0 and 10000, got {self.delay_ms!r}")
+        delay = self.delay_ms if isinstance(self.rtt_s, (int, float)) else self.rtt_s
+        if not (isinstance(delay, float) and 0 <= delay <= MAX_DELAY_MS):
+            problems.append(f"delay_ms must be between 0 and {MAX_DELAY_MS}, got {delay!r}")
         if not (isinstance(self.loss, (int, float)) and 0 <= self.loss < 1):
             problems.append(f"loss must be in [0, 1), got {self.loss!r}")
         if problems:
             raise TestbedError(f"link profile {self.name!r}: " + "; ".join(problems))
+        super().__post_init__()
+
+    @classmethod
+    def of(cls, link: Link) -> "LinkProfile":
+        """The shapeable form of a shared link (raises TestbedError beyond the limits)."""
+        return cls(link.name, link.up_bps, link.down_bps, link.rtt_s, link.loss)
+
+    @property
+    def delay_ms(self) -> float:
+        """One-way delay in ms, each direction (what ``linkemu --delay-ms`` takes)."""
+        return round(self.delay_s * 1e3, 9)  # round: ms -> rtt_s -> ms gives back the same ms
 
     @property
     def needs_emulator(self) -> bool:
         """Delay or loss: this kernel has no netem, so they need the user-space link emulator."""
-        return self.delay_ms > 0 or self.loss > 0
+        return self.rtt_s > 0 or self.loss > 0
 
-    def with_(self, **changes) -> "LinkProfile":
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    def expected_s(self, nbytes: int, direction: str = "up") -> float:
-        """Lower bound for moving ``nbytes`` of payload one way over a warm connection."""
-        bps = self.up_bps if direction == "up" else self.down_bps
-        return nbytes * 8 / bps + self.delay_ms / 1e3
-
-    def describe(self) -> str:
-        extra = f", delay {self.delay_ms:g} ms each way" if self.delay_ms else ", no delay"
-        if self.loss:
-            extra += f", loss {self.loss:.2%}"
-        return (f"{self.name}: up {self.up_bps / 1e6:g} Mbit/s, down {self.down_bps / 1e6:g} "
-                f"Mbit/s{extra}")
+    def with_(self, *, up_bps: float | None = None, down_bps: float | None = None,
+              delay_ms: float | None = None, loss: float | None = None) -> "LinkProfile":
+        """A copy with the given values changed (None keeps the current one)."""
+        changes = {k: v for k, v in (("up_bps", up_bps), ("down_bps", down_bps), ("loss", loss))
+                   if v is not None}
+        if delay_ms is not None:
+            if not isinstance(delay_ms, (int, float)):
+                raise TestbedError(f"link profile {self.name!r}: delay_ms must be a number of "
+                                   f"ms, got {delay_ms!r}")
+            changes["rtt_s"] = 2 * delay_ms / 1e3
+        return replace(self, **changes)
 
     def to_json(self) -> dict:
         return {"name": self.name, "up_bps": self.up_bps, "down_bps": self.down_bps,
@@ -76,32 +85,28 @@ class LinkProfile:
     @classmethod
     def from_json(cls, d: dict) -> "LinkProfile":
         return cls(str(d["name"]), float(d["up_bps"]), float(d["down_bps"]),
-                   float(d.get("delay_ms", 0.0)), float(d.get("loss", 0.0)))
-
-
-PROFILES: dict[str, LinkProfile] = {
-    "3g": LinkProfile("3g", 1.1e6, 4.6e6, delay_ms=50.0),
-    "4g": LinkProfile("4g", 8.8e6, 29.1e6, delay_ms=25.0),
-    "wifi": LinkProfile("wifi", 18.88e6, 54.97e6, delay_ms=5.0),
-}
+                   2 * float(d.get("delay_ms", 0.0)) / 1e3, float(d.get("loss", 0.0)))
 
 
 def get_profile(name: str = "4g", *, up_mbps: float | None = None,
                 down_mbps: float | None = None, delay_ms: float | None = None,
                 loss: float | None = None) -> LinkProfile:
-    """A built-in profile with optional overrides, or ``custom`` (needs both rates)."""
+    """A built-in profile (:data:`~tvmsplit.devices.LINK_PROFILES`) with optional overrides, or
+    ``custom`` (needs both rates)."""
     key = name.lower()
     if key == "custom":
         if up_mbps is None or down_mbps is None:
             raise TestbedError("profile 'custom' needs up_mbps and down_mbps "
                                "(--up-mbps / --down-mbps)")
-        return LinkProfile("custom", up_mbps * 1e6, down_mbps * 1e6, delay_ms or 0.0, loss or 0.0)
-    if key not in PROFILES:
+        base = LinkProfile("custom", up_mbps * 1e6, down_mbps * 1e6)
+    elif key in LINK_PROFILES:
+        base = LinkProfile.of(LINK_PROFILES[key])
+    else:
         raise TestbedError(f"unknown link profile {name!r}; known: "
-                           f"{', '.join([*PROFILES, 'custom'])}")
-    return PROFILES[key].with_(up_bps=None if up_mbps is None else up_mbps * 1e6,
-                               down_bps=None if down_mbps is None else down_mbps * 1e6,
-                               delay_ms=delay_ms, loss=loss)
+                           f"{', '.join([*LINK_PROFILES, 'custom'])}")
+    return base.with_(up_bps=None if up_mbps is None else up_mbps * 1e6,
+                      down_bps=None if down_mbps is None else down_mbps * 1e6,
+                      delay_ms=delay_ms, loss=loss)
 
 
 def wire_rate_bps(goodput_bps: float, mtu: int, l2_header: int) -> float:
