@@ -60,7 +60,7 @@ _ACTIVATIONS = ("Relu", "Clip", "HardSwish", "Sigmoid")
 
 
 class SweepError(TvmsplitError):
-    """A sweep request is invalid (unknown kind, bad count)."""
+    """A sweep or profiling request is invalid (unknown kind or load level, bad count, RPC options)."""
 
 
 # ---- configurations ---------------------------------------------------------------------------
