@@ -3,7 +3,7 @@
 
     python bench/bench_predict.py [--out bench/results/predict.md] [--quick] [--dataset D.json]
 
-1. Profile: single-layer sweep models (``tvmsplit.sweep``) and four zoo models (chain, resnet,
+1. Profile: single-layer sweep models (``tvmsplit.layergen``) and four zoo models (chain, resnet,
    inception, mobilenetv2 at small sizes), every layer compiled alone for x86_64 and timed, under
    three background load levels (``sweep.LOAD_LEVELS``: none; 1 worker at 50 % duty; 2 workers at
    100 % duty + 2 GiB held). Models are measured in blocks, each block under every level in turn,
@@ -48,11 +48,11 @@ from tvmsplit.predict import (ABLATIONS, DYNAMIC_FEATURES, REGRESSORS, Compariso
                               Dataset, Predictor, compare_regressors, dynamic_features,
                               live_snapshot, metrics, predict_graph, split_by_config,
                               split_by_model)
-from tvmsplit.profile import time_library  # noqa: E402
+from tvmsplit.layergen import sweep_models  # noqa: E402
+from tvmsplit.profile import LocalSession, time_library  # noqa: E402
 from tvmsplit.split import plan_split  # noqa: E402
-from tvmsplit.sweep import (DEFAULT_ZOO, LOAD_LEVELS, LiveLocalSession,  # noqa: E402
-                            _background, estimate_ms, measure_model, profile_sweep, sweep_models,
-                            zoo_graphs)
+from tvmsplit.sweep import (DEFAULT_ZOO, LOAD_LEVELS, background_load,  # noqa: E402
+                            estimate_ms, measure_model, profile_sweep, zoo_graphs)
 
 TARGET = "x86_64"
 COUNTS = {"conv": 100, "depthwise_conv": 40, "pool": 35, "dense": 35, "activation": 35,
@@ -115,7 +115,7 @@ def number_for(ms_estimate: float) -> int:
 # ---- phases -------------------------------------------------------------------------------------
 def profile(counts, seed: int) -> Dataset:
     t0 = time.perf_counter()
-    with LiveLocalSession() as session:
+    with LocalSession() as session:
         ds = profile_sweep(TARGET, session, count=counts, seed=seed, zoo=DEFAULT_ZOO,
                            loads=list(LOAD_LEVELS), block=-(-(sum(counts.values()) + len(DEFAULT_ZOO)) // 4),
                            repeat=REPEAT, sample_ms=SAMPLE_MS,
@@ -133,8 +133,8 @@ def retest(counts, seed: int, n: int) -> list[tuple[str, str, float, float]]:
     pick = [models[i] for i in rng.choice(len(models), size=min(n, len(models)), replace=False)]
     graphs = [(f"sweep:{m.graph.name}", load(m)) for m in pick]
     out = []
-    with LiveLocalSession() as session:
-        for label, bg in [_background(level) for level in LOAD_LEVELS]:
+    with LocalSession() as session:
+        for label, bg in [background_load(level) for level in LOAD_LEVELS]:
             with bg:
                 for mid, g in graphs:
                     _, ms = measure_model(g, TARGET, session, repeat=REPEAT, sample_ms=SAMPLE_MS)
@@ -145,7 +145,7 @@ def retest(counts, seed: int, n: int) -> list[tuple[str, str, float, float]]:
 def end_to_end(rounds: int) -> list[dict]:
     """Whole-model and per-stage timings of the zoo models under every load level."""
     samples = []
-    with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp, LiveLocalSession() as session:
+    with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp, LocalSession() as session:
         built = []
         for mid, g in zoo_graphs(DEFAULT_ZOO):
             whole = plan_split(g, targets=[TARGET]).stages[0]
@@ -160,7 +160,7 @@ def end_to_end(rounds: int) -> list[dict]:
             built.append((mid, g, libs))
             log(f"built {mid}: whole + 2 stages (cut after {cut})")
         for r in range(rounds):
-            for label, bg in [_background(level) for level in LOAD_LEVELS]:
+            for label, bg in [background_load(level) for level in LOAD_LEVELS]:
                 with bg:
                     for mid, g, libs in built:
                         for name, stage, lib, number in libs:

@@ -31,7 +31,7 @@ from tvmsplit.predict import (
     config_id, dynamic_features, layer_type, live_snapshot, metrics, predict_graph, predict_model, split_by_config, split_by_model,
     state_from_json, static_features, train_device,
 )
-from tvmsplit.sweep import KINDS, SweepError, make_model, sweep_configs, sweep_models
+from tvmsplit.layergen import KINDS, SweepError, make_model, sweep_configs, sweep_models
 
 EXPECTED_TYPE = {"conv": "conv", "depthwise_conv": "depthwise_conv", "pool": "pool",
                  "dense": "dense", "activation": "elementwise", "batchnorm": "elementwise",

@@ -40,112 +40,50 @@ from typing import Callable
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
 
 from tvmsplit.errors import TvmsplitError
+from tvmsplit.onnxbuild import IR_VERSION, OPSET, GraphBuilder
 
-OPSET = 17
-IR_VERSION = 8
+__all__ = ["IR_VERSION", "MODELS", "OPSET", "default_shapes", "make", "names", "save"]
 
 
-class _Builder:
-    """Accumulates nodes and initializers; each method adds one node and returns its output."""
-
-    def __init__(self, seed: int):
-        self.rng = np.random.default_rng(seed)
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[tuple[str, np.ndarray]] = []
-        self._names: set[str] = set()
-        self._has_relu6_bounds = False
-
-    def _weight(self, name: str, shape: tuple[int, ...], std: float) -> str:
-        # Uniform in [-a, a] with a = std * sqrt(3) has standard deviation ``std`` (He-uniform);
-        # drawing uniform float32 in place is ~4x faster than normal, which matters for VGG16.
-        w = self.rng.random(shape, dtype=np.float32)
-        w -= np.float32(0.5)
-        w *= np.float32(2.0 * math.sqrt(3.0) * std)
-        return self._const(name, w)
-
-    def _const(self, name: str, value: np.ndarray) -> str:
-        self.inits.append((name, value))
-        return name
-
-    def _node(self, op: str, name: str, inputs: list[str], **attrs) -> str:
-        if name in self._names:  # internal bug in a builder below, not user input
-            raise RuntimeError(f"duplicate node name {name!r}")
-        self._names.add(name)
-        self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
-        return name
+class _Builder(GraphBuilder):
+    """The zoo's layer shapes on top of the shared builder: each adds one node, returns its output."""
 
     def conv(self, name: str, x: str, cin: int, cout: int, k: int = 3, stride: int = 1,
              group: int = 1, bias: bool = True) -> str:
-        fan_in = cin // group * k * k
-        inputs = [x, self._weight(f"{name}.weight", (cout, cin // group, k, k),
-                                  math.sqrt(2.0 / fan_in))]
+        inputs = [x, self.he_weight(f"{name}.weight", (cout, cin // group, k, k), cin // group * k * k)]
         if bias:
-            inputs.append(self._weight(f"{name}.bias", (cout,), 0.01))
-        return self._node("Conv", name, inputs, kernel_shape=[k, k], strides=[stride, stride],
-                          pads=[k // 2] * 4, group=group)
-
-    def bn(self, name: str, x: str, c: int) -> str:
-        r = self.rng
-        scale = (1.0 + 0.1 * r.standard_normal(c)).astype(np.float32)
-        bias = (0.05 * r.standard_normal(c)).astype(np.float32)
-        mean = (0.05 * r.standard_normal(c)).astype(np.float32)
-        var = r.uniform(0.8, 1.2, c).astype(np.float32)
-        inputs = [x] + [self._const(f"{name}.{k}", v) for k, v in
-                        (("scale", scale), ("bias", bias), ("mean", mean), ("var", var))]
-        return self._node("BatchNormalization", name, inputs, epsilon=1e-5)
+            inputs.append(self.uniform(f"{name}.bias", (cout,), 0.01))
+        return self.node("Conv", name, inputs, kernel_shape=[k, k], strides=[stride, stride],
+                         pads=[k // 2] * 4, group=group)
 
     def relu(self, name: str, x: str) -> str:
-        return self._node("Relu", name, [x])
+        return self.node("Relu", name, [x])
 
     def relu6(self, name: str, x: str) -> str:
-        if not self._has_relu6_bounds:  # shared scalar bounds, created once
-            self._has_relu6_bounds = True
-            self._const("relu6.min", np.array(0.0, np.float32))
-            self._const("relu6.max", np.array(6.0, np.float32))
-        return self._node("Clip", name, [x, "relu6.min", "relu6.max"])
+        return self.clip(name, x, bounds="relu6")  # one pair of scalar bounds for the whole net
 
     def maxpool(self, name: str, x: str, k: int = 2, stride: int = 2, pad: int = 0) -> str:
-        return self._node("MaxPool", name, [x], kernel_shape=[k, k], strides=[stride, stride],
-                          pads=[pad] * 4)
+        return self.node("MaxPool", name, [x], kernel_shape=[k, k], strides=[stride, stride],
+                         pads=[pad] * 4)
 
     def add(self, name: str, a: str, b: str) -> str:
-        return self._node("Add", name, [a, b])
+        return self.node("Add", name, [a, b])
 
     def concat(self, name: str, xs: list[str]) -> str:
-        return self._node("Concat", name, xs, axis=1)
+        return self.node("Concat", name, xs, axis=1)
 
     def gap(self, name: str, x: str) -> str:
-        return self._node("GlobalAveragePool", name, [x])
+        return self.node("GlobalAveragePool", name, [x])
 
     def flatten(self, name: str, x: str) -> str:
-        return self._node("Flatten", name, [x], axis=1)
+        return self.node("Flatten", name, [x], axis=1)
 
     def gemm(self, name: str, x: str, fin: int, fout: int) -> str:
-        w = self._weight(f"{name}.weight", (fout, fin), math.sqrt(2.0 / fin))
-        b = self._weight(f"{name}.bias", (fout,), 0.01)
-        return self._node("Gemm", name, [x, w, b], transB=1)
-
-    def finish(self, model_name: str, size: int, num_classes: int) -> onnx.ModelProto:
-        self.nodes[-1].output[0] = "output"
-        graph = helper.make_graph(
-            self.nodes, model_name,
-            [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
-            [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, num_classes])])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                  producer_name="tvmsplit.zoo", ir_version=IR_VERSION)
-        model.doc_string = f"tvmsplit zoo model {model_name!r} (random weights)"
-        # Initializers go straight into the final proto: building TensorProtos first and then
-        # extending/copying them would copy VGG16's ~550 MB of weights twice more.
-        for name, value in self.inits:
-            t = model.graph.initializer.add()
-            t.name, t.data_type = name, TensorProto.FLOAT
-            t.dims.extend(value.shape)
-            t.raw_data = value.tobytes()
-        self.inits.clear()
-        return model
+        w = self.he_weight(f"{name}.weight", (fout, fin), fin)
+        b = self.uniform(f"{name}.bias", (fout,), 0.01)
+        return self.node("Gemm", name, [x, w, b], transB=1)
 
 
 def _ch(c: int, width: float) -> int:
@@ -348,7 +286,10 @@ def make(name: str, *, input_size: int | None = None, width: float = 1.0,
         raise TvmsplitError(f"seed must be a non-negative integer, got {seed!r}")
     g = _Builder(int(seed))
     MODELS[name](g, s, float(width), int(num_classes))
-    return g.finish(name, s, int(num_classes))
+    model = g.finish(name, [("input", (1, 3, s, s))], ("output", (1, int(num_classes))),
+                     producer="tvmsplit.zoo")
+    model.doc_string = f"tvmsplit zoo model {name!r} (random weights)"
+    return model
 
 
 def save(name: str, path: str | os.PathLike, **kwargs) -> Path:

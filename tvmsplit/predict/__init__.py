@@ -33,7 +33,8 @@ model / configuration / load level it came from (for held-out splits).
 Modules: ``features`` (layer types, static/dynamic features, layers as JSON), ``dataset`` (rows,
 datasets, held-out splits, file paths), ``predictor`` (the per-type models, whole-graph
 predictions, metrics), ``compare`` (the regressor comparison of ``bench_predict.py``); their
-errors are in ``errors``. Every public name is re-exported here.
+errors are in ``errors``. Every public name is re-exported here, except the file helper
+``dataset.write_atomic`` (shared by ``Dataset.save`` and ``Predictor.save``).
 """
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ from .features import (DYNAMIC_FEATURES, LAYER_TYPES, STATIC_FEATURES, LiveState
                        dynamic_features, feature_names, layer_from_json, layer_to_json, layer_type,
                        live_snapshot, state_from_json, static_features, work)
 from .predictor import (DEFAULT_ROUNDS, DEFAULT_XGB_PARAMS, FORMAT, MIN_ROWS, SCHEMA_VERSION,
-                        GraphPrediction, LayerPrediction, Predictor, TypeModel, cost_table, metrics,
-                        predict_graph, predict_model, train_device)
+                        GraphPrediction, LayerPrediction, Predictor, TypeModel, baseline_k, cost_table,
+                        fit_xgb, metrics, predict_graph, predict_model, train_device)
 
 __all__ = [
     # features
@@ -63,7 +64,7 @@ __all__ = [
     # predictor
     "SCHEMA_VERSION", "FORMAT", "MIN_ROWS", "metrics", "DEFAULT_XGB_PARAMS", "DEFAULT_ROUNDS",
     "TypeModel", "LayerPrediction", "GraphPrediction", "Predictor", "predict_graph", "predict_model",
-    "train_device", "cost_table",
+    "train_device", "cost_table", "baseline_k", "fit_xgb",
     # compare
     "REGRESSORS", "ABLATIONS", "Comparison", "compare_regressors",
 ]

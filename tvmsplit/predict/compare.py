@@ -10,7 +10,7 @@ import numpy as np
 
 from .dataset import Dataset
 from .features import feature_names, work
-from .predictor import DEFAULT_ROUNDS, MIN_ROWS, _baseline_k, _fit_xgb, metrics
+from .predictor import DEFAULT_ROUNDS, MIN_ROWS, baseline_k, fit_xgb, metrics
 
 
 # ---- regressor comparison (ITU-T F.748.20 section 7.2) ------------------------------------------
@@ -135,7 +135,7 @@ def compare_regressors(train: Dataset, test: Dataset, *, regressors: Sequence[st
     notes: list[str] = []
     all_ms = np.array([r.ms for r in train])
     all_wk = np.array([work(r.layer) for r in train])
-    global_k = _baseline_k(all_ms, all_wk) if len(all_ms) else 1e-6
+    global_k = baseline_k(all_ms, all_wk) if len(all_ms) else 1e-6
     for t in test.types():
         idx = [i for i, r in enumerate(rows_test) if r.layer_type == t]
         test_t = Dataset([rows_test[i] for i in idx])
@@ -145,19 +145,19 @@ def compare_regressors(train: Dataset, test: Dataset, *, regressors: Sequence[st
             names = feature_names(t, dynamic)
             Xte, _, wk_te = test_t.matrix(t, names)
             if n_train < MIN_ROWS:
-                k = _baseline_k(*train.matrix(t, names)[1:]) if n_train else global_k
+                k = baseline_k(*train.matrix(t, names)[1:]) if n_train else global_k
                 preds[name][idx] = k * wk_te
                 if name == regressors[0]:
                     notes.append(f"{t}: {n_train} training rows; every regressor uses the FLOPs fallback")
                 continue
             Xtr, ms_tr, wk_tr = train.matrix(t, names)
             if name == "FLOPs-only":
-                preds[name][idx] = _baseline_k(ms_tr, wk_tr) * wk_te
+                preds[name][idx] = baseline_k(ms_tr, wk_tr) * wk_te
                 continue
             log_target = name == "XGBoost (ln ms target)"
             y = np.log(ms_tr) - (0 if log_target else np.log(wk_tr))
             if name.startswith("XGBoost"):
-                booster = _fit_xgb(Xtr, y, names, None, DEFAULT_ROUNDS, seed)
+                booster = fit_xgb(Xtr, y, names, None, DEFAULT_ROUNDS, seed)
                 p = np.asarray(booster.inplace_predict(Xte), dtype=np.float64)
             else:
                 mu, sd = float(y.mean()), float(y.std()) or 1.0
@@ -170,7 +170,7 @@ def compare_regressors(train: Dataset, test: Dataset, *, regressors: Sequence[st
                 except Exception as exc:  # e.g. RANSAC finding no consensus set
                     notes.append(f"{name} on {t}: fit failed ({type(exc).__name__}: {exc}); "
                                  "FLOPs-only used instead")
-                    p = np.log(np.full(len(idx), _baseline_k(ms_tr, wk_tr)))
+                    p = np.log(np.full(len(idx), baseline_k(ms_tr, wk_tr)))
             # A linear model (LR, RANSAC, ANN) can extrapolate wildly on an unseen shape; keep
             # every prediction within e^2 (7.4x) of the training targets' range.
             p = np.clip(p, y.min() - 2.0, y.max() + 2.0)

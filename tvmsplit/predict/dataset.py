@@ -51,10 +51,6 @@ def dataset_path(device: str) -> Path:
     return predictors_dir() / f"{_device_name(device)}.dataset.json"
 
 
-def _fix(device: str) -> str:
-    return f"run `tvmsplit profile --device {device}` then `tvmsplit train --device {device}`"
-
-
 # ---- dataset ----------------------------------------------------------------------------------
 @dataclass
 class Row:
@@ -150,7 +146,7 @@ class Dataset:
                 "target": self.target, "rows": [r.to_json() for r in self.rows]}
 
     def save(self, path: str | os.PathLike) -> Path:
-        return _write_atomic(Path(path), json.dumps(self.to_json()) + "\n")
+        return write_atomic(Path(path), json.dumps(self.to_json()) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike, target: str | None = None) -> "Dataset":
@@ -194,7 +190,8 @@ class Dataset:
         return X, ms, wk
 
 
-def _write_atomic(path: Path, text: str) -> Path:
+def write_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file renamed into place (never half-written)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..graph import Layer, LayerGraph
 from ..monitor import DeviceState
-from .dataset import Dataset, Row, _fix, _write_atomic, dataset_path, predictor_path
+from .dataset import Dataset, Row, dataset_path, predictor_path, write_atomic
 from .errors import (PredictorCorruptError, PredictorError, PredictorMissingError, PredictorTargetError,
                      PredictorVersionError)
 from .features import (DYNAMIC_FEATURES, LAYER_TYPES, dynamic_features, feature_names, layer_type,
@@ -25,6 +25,11 @@ from .features import (DYNAMIC_FEATURES, LAYER_TYPES, dynamic_features, feature_
 SCHEMA_VERSION = 1
 FORMAT = "tvmsplit-predictor"
 MIN_ROWS = 8   # fewer training rows of a type -> its FLOPs baseline instead of a regressor
+
+
+def _fix(device: str) -> str:
+    """The commands that (re)create a device's predictor, for error messages."""
+    return f"run `tvmsplit profile --device {device}` then `tvmsplit train --device {device}`"
 
 
 # ---- metrics ----------------------------------------------------------------------------------
@@ -54,15 +59,16 @@ DEFAULT_XGB_PARAMS: dict[str, Any] = {
 DEFAULT_ROUNDS = 400
 
 
-def _fit_xgb(X: np.ndarray, y: np.ndarray, names: Sequence[str], params: Mapping[str, Any] | None,
-             rounds: int, seed: int):
+def fit_xgb(X: np.ndarray, y: np.ndarray, names: Sequence[str], params: Mapping[str, Any] | None,
+            rounds: int, seed: int):
+    """An XGBoost booster on (X, y) with ``DEFAULT_XGB_PARAMS`` updated by ``params``."""
     import xgboost as xgb
 
     p = {**DEFAULT_XGB_PARAMS, **(params or {}), "seed": seed}
     return xgb.train(p, xgb.DMatrix(X, label=y, feature_names=list(names)), num_boost_round=rounds)
 
 
-def _baseline_k(ms: np.ndarray, wk: np.ndarray) -> float:
+def baseline_k(ms: np.ndarray, wk: np.ndarray) -> float:
     """ms = k * work, fitted in log space (the median ratio: robust to timing outliers)."""
     return float(np.exp(np.median(np.log(ms) - np.log(wk)))) if len(ms) else float("nan")
 
@@ -194,7 +200,7 @@ class Predictor:
             X, ms, wk = dataset.matrix(t, names)
             all_ms.append(ms)
             all_wk.append(wk)
-            k = _baseline_k(ms, wk)
+            k = baseline_k(ms, wk)
             rows = dataset.of_type(t)
             stats = {"rows": len(rows), "configs": len({r.config_id for r in rows}),
                      "models": len({r.model_id for r in rows}),
@@ -203,7 +209,7 @@ class Predictor:
             if len(rows) < MIN_ROWS:
                 types[t] = TypeModel("flops", names, k, stats=stats)
                 continue
-            booster = _fit_xgb(X, np.log(ms) - np.log(wk), names, params, rounds, seed)
+            booster = fit_xgb(X, np.log(ms) - np.log(wk), names, params, rounds, seed)
             model = TypeModel("xgboost", names, k, booster, stats)
             fit = metrics(ms, model.predict(X, wk))
             stats["train_mape_pct"] = round(fit["mape_pct"], 3)
@@ -216,7 +222,7 @@ class Predictor:
                     "dynamic_features": dynamic, "rounds": rounds,
                     "params": {**DEFAULT_XGB_PARAMS, **(params or {})}, "seed": seed,
                     "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        return cls(target, types, _baseline_k(ms_all, wk_all), float(np.percentile(ms_all, 1)),
+        return cls(target, types, baseline_k(ms_all, wk_all), float(np.percentile(ms_all, 1)),
                    training)
 
     # ---- prediction ----------------------------------------------------------------------
@@ -276,7 +282,7 @@ class Predictor:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the predictor as one JSON file (atomically)."""
-        return _write_atomic(Path(path), json.dumps(self.to_json(), indent=1) + "\n")
+        return write_atomic(Path(path), json.dumps(self.to_json(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike, target: Any = None) -> "Predictor":

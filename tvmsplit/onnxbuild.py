@@ -1,0 +1,109 @@
+"""The one ONNX graph builder behind every model tvmsplit makes in code.
+
+``zoo`` (test and benchmark CNNs) and ``layergen`` (single-layer models for profiling) both build
+their graphs with a ``GraphBuilder``: it collects nodes and float32 initializers, draws weights from
+``numpy.random.default_rng(seed)`` (so the same calls always give byte-identical models) and turns
+them into a ``ModelProto`` (opset ``OPSET``, IR version ``IR_VERSION``).
+
+Conventions: every method that adds a node returns the node's output tensor, which carries the
+node's name; node names must be unique. Initializers are ``<node>.<what>`` (``conv1.weight``,
+``bn1.scale``, ...). To add a layer shape that both users need, add a method here; layer shapes
+only one of them builds stay in that module (a subclass or a helper there).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+OPSET = 17
+IR_VERSION = 8
+
+
+class GraphBuilder:
+    """Nodes and float32 initializers of one graph; weights drawn from a seeded generator."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[tuple[str, np.ndarray]] = []
+        self._names: set[str] = set()
+        self._bounds: set[str] = set()
+
+    # ---- initializers ------------------------------------------------------------------------
+    def const(self, name: str, value: np.ndarray) -> str:
+        """A float32 initializer ``name`` holding ``value``; returns ``name``."""
+        self.inits.append((name, np.asarray(value, dtype=np.float32)))
+        return name
+
+    def uniform(self, name: str, shape: tuple[int, ...], std: float) -> str:
+        """A zero-mean uniform float32 initializer with standard deviation ``std``.
+
+        Uniform in [-a, a] with a = std * sqrt(3); drawing uniform float32 in place is ~4x faster
+        than a normal draw, which matters for VGG16's ~550 MB of weights.
+        """
+        w = self.rng.random(shape, dtype=np.float32)
+        w -= np.float32(0.5)
+        w *= np.float32(2.0 * math.sqrt(3.0) * std)
+        return self.const(name, w)
+
+    def he_weight(self, name: str, shape: tuple[int, ...], fan_in: int) -> str:
+        """He-uniform weights (std = sqrt(2 / fan_in)): activations stay O(1) in deep nets."""
+        return self.uniform(name, shape, math.sqrt(2.0 / max(fan_in, 1)))
+
+    # ---- nodes -------------------------------------------------------------------------------
+    def node(self, op: str, name: str, inputs: list[str], **attrs) -> str:
+        """Add node ``op`` called ``name`` whose one output tensor is also ``name``."""
+        if name in self._names:  # a bug in the caller's builder code, not user input
+            raise RuntimeError(f"duplicate node name {name!r}")
+        self._names.add(name)
+        self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    def bn(self, name: str, x: str, c: int) -> str:
+        """BatchNormalization over ``c`` channels, close to identity (``<name>.scale/bias/mean/var``)."""
+        r = self.rng
+        scale = 1.0 + 0.1 * r.standard_normal(c)
+        bias = 0.05 * r.standard_normal(c)
+        mean = 0.05 * r.standard_normal(c)
+        var = r.uniform(0.8, 1.2, c)
+        inputs = [x] + [self.const(f"{name}.{k}", v) for k, v in
+                        (("scale", scale), ("bias", bias), ("mean", mean), ("var", var))]
+        return self.node("BatchNormalization", name, inputs, epsilon=1e-5)
+
+    def clip(self, name: str, x: str, bounds: str, lo: float = 0.0, hi: float = 6.0) -> str:
+        """Clip(x, lo, hi) (ReLU6 by default); the scalar bounds ``<bounds>.min/.max`` are created
+        on first use and shared by every later Clip naming the same ``bounds``."""
+        if bounds not in self._bounds:
+            self._bounds.add(bounds)
+            self.const(f"{bounds}.min", np.array(lo))
+            self.const(f"{bounds}.max", np.array(hi))
+        return self.node("Clip", name, [x, f"{bounds}.min", f"{bounds}.max"])
+
+    # ---- the model ---------------------------------------------------------------------------
+    def finish(self, graph_name: str, inputs: Sequence[tuple[str, Sequence[int]]],
+               output: tuple[str, Sequence[int] | None], producer: str) -> onnx.ModelProto:
+        """The model: float32 ``inputs`` (name, shape); the last node's output is renamed to the
+        one graph output ``output`` (name, shape or None when shape inference fills it in)."""
+        out_name, out_shape = output
+        self.nodes[-1].output[0] = out_name
+        f32 = TensorProto.FLOAT
+        graph = helper.make_graph(
+            self.nodes, graph_name,
+            [helper.make_tensor_value_info(n, f32, list(s)) for n, s in inputs],
+            [helper.make_tensor_value_info(out_name, f32,
+                                           None if out_shape is None else list(out_shape))])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name=producer, ir_version=IR_VERSION)
+        # Initializers go straight into the final proto: building TensorProtos first and then
+        # extending/copying them would copy VGG16's ~550 MB of weights twice more.
+        for name, value in self.inits:
+            t = model.graph.initializer.add()
+            t.name, t.data_type = name, f32
+            t.dims.extend(value.shape)
+            t.raw_data = value.tobytes()
+        self.inits.clear()
+        return model
