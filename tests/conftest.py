@@ -30,10 +30,12 @@ _HEAVY = frozenset({"tvm", "runtime", "rpc", "testbed"})
 # Test module -> its tests' tiers (unless OVERRIDES says otherwise for a test).
 TIERS: dict[str, tuple[str, ...]] = {
     "test_cli": ("cli", "tvm"),
+    "test_control": ("unit",),
     "test_deploy": ("tvm", "runtime"),
     "test_errors": ("cli", "tvm"),
     "test_graph": ("tvm",),
     "test_imports": ("unit",),
+    "test_launch": ("tvm", "runtime"),
     "test_partition": ("unit",),
     "test_plan_cli": ("cli", "tvm"),
     "test_predict": ("tvm",),
@@ -68,6 +70,14 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
     ("test_partition", "test_hyps_splits_an_oversized_fc_and_the_pipeline_equals_the_unsplit_model"):
         ("tvm", "runtime"),
     ("test_plan_cli", "test_parse_bytes"): ("unit",),
+    **{("test_control", t): ("tvm", "runtime") for t in (
+        "test_a_live_worker_answers_every_golden_request",
+        "test_an_oversized_control_frame_drops_the_peer_not_the_worker")},
+    ("test_control", "test_client_reports_no_address_and_no_answer_without_raising"): ("runtime",),
+    **{("test_launch", t): ("unit",) for t in (
+        "test_argv_and_from_argv_are_inverse", "test_bad_worker_options_exit_with_usage",
+        "test_replace_names_unknown_fields", "test_worker_env_uses_the_runtime_only_library")},
+    ("test_launch", "test_the_cli_and_python_m_share_one_parser"): ("cli", "runtime"),
     **{("test_predict", t): ("unit",) for t in (
         "test_sweep_is_seeded_and_checks_its_arguments", "test_live_state_round_trips_and_degrades_to_unknown",
         "test_metrics")},
