@@ -18,7 +18,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from ..devices import Link
 from .problem import Breakdown, CostTable, PlanningError, Problem
 
 
@@ -51,8 +50,8 @@ def with_shares(problem: Problem, compute_share: float, bandwidth_share: float) 
     rows = tuple((row[0], row[1] / compute_share if compute_share > 0 else math.inf)
                  for row in c.compute_ms)
     link = problem.links[0]
-    scaled = Link(link.name, link.up_bps * bandwidth_share, link.down_bps * bandwidth_share,
-                  link.rtt_s) if bandwidth_share > 0 else None
+    scaled = replace(link, up_bps=link.up_bps * bandwidth_share,
+                     down_bps=link.down_bps * bandwidth_share) if bandwidth_share > 0 else None
     if scaled is None or compute_share <= 0:
         return replace(problem, pins=tuple((layer.name, 0) for layer in problem.graph.layers))
     return replace(problem, costs=CostTable(c.devices, c.layers, rows), links=(scaled,))
