@@ -33,6 +33,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_control": ("unit",),
     "test_deploy": ("tvm", "runtime"),
     "test_errors": ("cli", "tvm"),
+    "test_fuzz": ("tvm", "runtime"),
     "test_graph": ("tvm",),
     "test_imports": ("unit",),
     "test_launch": ("tvm", "runtime"),
@@ -70,6 +71,7 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
     ("test_partition", "test_hyps_splits_an_oversized_fc_and_the_pipeline_equals_the_unsplit_model"):
         ("tvm", "runtime"),
     ("test_plan_cli", "test_parse_bytes"): ("unit",),
+    ("test_fuzz", "test_the_decoders_raise_only_their_own_errors"): ("unit",),
     **{("test_control", t): ("tvm", "runtime") for t in (
         "test_a_live_worker_answers_every_golden_request",
         "test_an_oversized_control_frame_drops_the_peer_not_the_worker")},

@@ -289,7 +289,11 @@ def test_too_large():
     assert_code("too_large", with_header(), max_bytes=24)  # 24 + 1 bytes of data
     decode(with_header(), max_bytes=25)
     # checked from the header alone, before any frame is touched or memory allocated
-    assert_code("too_large", with_header(setter(["tensors", 0, "shape"], [2**62, 4]), data=[]))
+    assert_code("too_large", with_header(setter(["tensors", 0, "shape"], [2**40, 4]), data=[]))
+    # an element count no array can have is a bad shape (check 9, before the size)
+    assert_code("bad_shape", with_header(setter(["tensors", 0, "shape"], [2**62, 4]), data=[]))
+    assert_code("bad_shape", with_header(setter(["tensors", 0, "shape"], [0, 2**62, 2**62]),
+                                         data=[b""]))
     assert DEFAULT_MAX_BYTES == 256 << 20
 
 

@@ -209,6 +209,7 @@ class Pipeline:
         if binds and self._secure is not None:
             self._auth = self._secure.authenticator(self._ctx)  # before the result socket binds
         self._recv = self._socket(zmq.PULL, server=binds)
+        self._recv.setsockopt(zmq.MAXMSGSIZE, wire.max_frame_bytes(self.bundle.outputs))
         if binds:
             self._recv.bind("tcp://127.0.0.1:0")
             self._result_addr = self._recv.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -534,6 +535,15 @@ class Pipeline:
                     code="timeout"))
 
     def _accept(self, frames: list[Any], recv_ts: float) -> None:
+        """Take one message from the result socket; no message makes it raise (a fault here is
+        kept as an ``internal_error`` among :meth:`unmatched`)."""
+        try:
+            self._take(frames, recv_ts)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence of the receive path
+            self._unmatched.append(wire.wire_error("internal_error", f"the client could not take "
+                                                   f"a message: {type(exc).__name__}: {exc}"))
+
+    def _take(self, frames: list[Any], recv_ts: float) -> None:
         try:
             msg = wire.decode(frames)
         except WireError as exc:

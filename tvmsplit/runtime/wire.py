@@ -8,7 +8,8 @@ Message
     N = len(header["tensors"]). Nothing else: no pickle, no compression, no extra framing.
 
 Frame 0: header
-    A JSON object encoded as UTF-8, at most ``MAX_HEADER_BYTES`` (1 MiB). Canonical form, written
+    A JSON object encoded as UTF-8, at most ``MAX_HEADER_BYTES`` (1 MiB), nested at most
+    ``MAX_DEPTH`` (32) arrays/objects deep (the header itself is depth 1). Canonical form, written
     by :func:`encode` and pinned by the golden files: keys sorted by code point at every level,
     separators ``,`` and ``:`` with no whitespace, non-ASCII characters written raw (not
     ``\\u``-escaped), integers without fraction or exponent. Receivers accept any valid JSON
@@ -36,7 +37,9 @@ Frame 0: header
     Tensor entry: exactly {"name", "dtype", "shape"}.
       name   str of 1..256 Unicode code points, unique in the message
       dtype  one of ``DTYPES``: bool float16 float32 float64 int8 int16 int32 int64 uint8
-      shape  list of ints, each 0 <= dim < 2**63, rank 0..``MAX_RANK`` (8); ``[]`` is a scalar
+      shape  list of ints, each 0 <= dim < 2**63, rank 0..``MAX_RANK`` (8); ``[]`` is a scalar;
+             the product of the non-zero dims times the item size is < 2**63 (so a shape with a
+             zero dim cannot hide an element count no array can have)
 
 Frames 1..N: tensor data
     Raw bytes in C (row-major) order, little-endian; IEEE 754 floats (float16 is binary16),
@@ -48,7 +51,7 @@ Checks, in this order (the first failure decides the code)
     1. at least one frame                                  missing_frames
     2. header length in bytes <= MAX_HEADER_BYTES          too_large
     3. UTF-8, JSON, no NaN/Infinity (literal or overflowing number), no duplicate keys,
-       an object                                           bad_header
+       nesting depth <= MAX_DEPTH, an object                bad_header
     4. "v" present / equals 1                              missing_field / bad_version
     5. no unknown field                                    unknown_field
     6. kind, id, stage, tensors, trace, one after another: present, then typed and in range
@@ -70,7 +73,13 @@ Checks, in this order (the first failure decides the code)
 
     A :class:`~tvmsplit.errors.WireError` carries the code in ``.code``; a worker answers a bad
     request with :func:`error_reply` using that code. Workers may use other codes for their own
-    failures (e.g. "compute_failed").
+    failures (e.g. "compute_failed"; "internal_error" for a fault of the worker itself). The
+    message of an error is at most ``MAX_ERROR_MESSAGE_CHARS`` (4000) code points (longer ones
+    are cut and end in "..."), and an error whose header would pass MAX_HEADER_BYTES with its
+    trace is sent with an empty trace, so an error always fits. A receiver checks frame 0's
+    length before copying it, and bounds every frame with ``ZMQ_MAXMSGSIZE`` (a worker: the
+    largest of MAX_HEADER_BYTES and its inputs' sizes; a client: of its outputs' sizes): a peer
+    that sends a larger frame is disconnected before the frame is held in memory.
 
 Python API: :func:`encode` returns the header as bytes and each tensor as a zero-copy memoryview
 of the (C-contiguous, little-endian) array; don't mutate arrays until the send is done.
@@ -97,6 +106,8 @@ DTYPES = frozenset({"bool", "float16", "float32", "float64", "int8", "int16", "i
 MAX_RANK = 8
 MAX_NAME_CHARS = 256
 MAX_HEADER_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_ERROR_MESSAGE_CHARS = 4000
 DEFAULT_MAX_BYTES = 256 << 20
 _FIELDS = ("v", "kind", "id", "stage", "tensors", "trace", "error")
 _ERROR_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -187,9 +198,25 @@ def reply(id: int, stage: int, tensors, trace: Iterable[dict] = ()) -> list[byte
 
 def error_reply(request_id: int, stage: int, code: str, message: str,
                 trace: Iterable[dict] = ()) -> list[bytes]:
-    """Frames of an error message (header only) answering request ``request_id``."""
-    frames = encode(Message("error", request_id, stage, (), tuple(trace), ErrorInfo(code, message)))
+    """Frames of an error message (header only) answering request ``request_id``; always fits:
+    the message is cut to MAX_ERROR_MESSAGE_CHARS, the trace dropped if the header would be too
+    large with it."""
+    if len(message) > MAX_ERROR_MESSAGE_CHARS:
+        message = message[:MAX_ERROR_MESSAGE_CHARS - 3] + "..."
+    error = ErrorInfo(code, message)
+    try:
+        frames = encode(Message("error", request_id, stage, (), tuple(trace), error))
+    except WireError as exc:
+        if exc.code not in ("too_large", "bad_header", "bad_field"):
+            raise
+        frames = encode(Message("error", request_id, stage, (), (), error))
     return [bytes(f) for f in frames]
+
+
+def max_frame_bytes(tensors: Iterable[Any]) -> int:
+    """``ZMQ_MAXMSGSIZE`` for a socket that receives these tensors (anything with ``.nbytes``,
+    one frame each) and headers: the largest of MAX_HEADER_BYTES and the tensors' sizes."""
+    return max([MAX_HEADER_BYTES, *(t.nbytes for t in tensors)])
 
 
 # ---------------------------------------------------------------------------------- decoding
@@ -233,6 +260,9 @@ def _parse_header(raw: bytes, max_bytes: int | None) -> tuple[dict, tuple[Tensor
         raise wire_error("bad_header", f"header frame is not valid UTF-8: {e}") from None
     except ValueError as e:
         raise wire_error("bad_header", f"header frame is not valid JSON: {e}") from None
+    except RecursionError:
+        raise wire_error("bad_header", f"header is nested deeper than {MAX_DEPTH}") from None
+    _need(_depth(h) <= MAX_DEPTH, "bad_header", f"header is nested deeper than {MAX_DEPTH}")
     _need(isinstance(h, dict), "bad_header",
           f"header must be a JSON object, got {type(h).__name__}")
     _need("v" in h, "missing_field", "header has no 'v' (format version)")
@@ -278,6 +308,8 @@ def _parse_header(raw: bytes, max_bytes: int | None) -> tuple[dict, tuple[Tensor
               and all(_is_int(d, 0, 2**63) for d in shape), "bad_shape",
               f"tensor {name!r}: shape must be a list of at most {MAX_RANK} ints in [0, 2**63), "
               f"got {shape!r}")
+        _need(math.prod(d for d in shape if d) * np.dtype(dtype).itemsize < 2**63, "bad_shape",
+              f"tensor {name!r}: shape {shape} has more elements than any array can hold")
         _need(name not in seen, "duplicate_tensor", f"tensor name {name!r} appears twice")
         seen.add(name)
         metas.append(TensorMeta(name, dtype, tuple(shape)))
@@ -286,6 +318,20 @@ def _parse_header(raw: bytes, max_bytes: int | None) -> tuple[dict, tuple[Tensor
         _need(total <= max_bytes, "too_large",
               f"tensors total {total} bytes; the receiver's limit is {max_bytes}")
     return h, tuple(metas)
+
+
+def _depth(obj: Any) -> int:
+    """How deeply arrays/objects nest in a parsed JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, level)
+            if level > MAX_DEPTH:
+                return level
+            stack.extend((v, level + 1) for v in (value.values() if isinstance(value, dict)
+                                                  else value))
+    return deepest
 
 
 def _buffer(frame: Any) -> memoryview:
@@ -298,6 +344,8 @@ def decode(frames: Sequence[Any], *, max_bytes: int = DEFAULT_MAX_BYTES,
     """Validate ``frames`` against the spec and return a :class:`Message` of zero-copy views."""
     _need(len(frames) >= 1, "missing_frames", "message has no frames (a header is required)")
     bufs = [_buffer(f) for f in frames]
+    _need(bufs[0].nbytes <= MAX_HEADER_BYTES, "too_large",  # before copying it
+          f"header is {bufs[0].nbytes} bytes; the limit is {MAX_HEADER_BYTES}")
     h, metas = _parse_header(bytes(bufs[0]), max_bytes)
     got, want = len(bufs) - 1, len(metas)
     _need(got >= want, "missing_frames", f"header lists {want} tensor(s) but {got} data frame(s) "

@@ -89,7 +89,6 @@ from .security import WORKER, SecureConfig  # noqa: E402
 from .stage import check_tensors  # noqa: E402
 
 POLL_MS = 200           # how often the loop wakes up to check the stop flag and the parent
-MAX_ERROR_MESSAGE = 4000  # characters of an exception kept in an error message
 
 
 class WorkerStartError(TvmsplitError):
@@ -99,7 +98,10 @@ class WorkerStartError(TvmsplitError):
 def _peek_id(frames: Sequence[Any]) -> int:
     """The request id from a header that failed validation, or 0 when it cannot be read."""
     try:
-        head = json.loads(bytes(memoryview(getattr(frames[0], "buffer", frames[0]))))
+        view = memoryview(getattr(frames[0], "buffer", frames[0]))
+        if view.nbytes > wire.MAX_HEADER_BYTES:
+            return 0
+        head = json.loads(bytes(view))
         rid = head.get("id") if isinstance(head, dict) else None
         return rid if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**63 else 0
     except Exception:  # noqa: BLE001 - anything unreadable means "unknown id"
@@ -169,6 +171,9 @@ class StageWorker:
             if self.secure is not None:  # the ZAP handler must run before anything is bound
                 self.auth = self.secure.authenticator(self.ctx)
             self.data_in = self._socket(zmq.PULL, server=True)
+            # no frame larger than the header limit or this stage's largest input: a bigger one
+            # disconnects its sender before it is held in memory
+            self.data_in.setsockopt(zmq.MAXMSGSIZE, wire.max_frame_bytes(self.plan.inputs))
             self.data_in.bind(bind)
             self.outs: list[zmq.Socket] = []  # one per route, in the order of plan.sends
             for addr, key in zip(next_addrs, server_keys):
@@ -238,7 +243,15 @@ class StageWorker:
     # ------------------------------------------------------------------------------ one message
     def handle(self, frames: Sequence[Any]) -> list[tuple[zmq.Socket, list[Any]]]:
         """What to send for one received message: ``(socket, frames)`` pairs, none while a
-        request still waits for other senders' parts."""
+        request still waits for other senders' parts. No message makes it raise: a fault of the
+        worker itself is answered with ``internal_error``."""
+        try:
+            return self._handle(frames)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence of the receive path
+            return self._error(_peek_id(frames), "internal_error",
+                               f"stage {self.index}: {type(exc).__name__}: {exc}")
+
+    def _handle(self, frames: Sequence[Any]) -> list[tuple[zmq.Socket, list[Any]]]:
         recv_ts = time.time()
         try:
             msg = wire.decode(frames)
@@ -327,9 +340,7 @@ class StageWorker:
         self.errors += 1
         if self.gather is not None:
             self.gather.fail(rid)
-        if len(message) > MAX_ERROR_MESSAGE:
-            message = message[:MAX_ERROR_MESSAGE] + "..."
-        frames = wire.error_reply(rid, self.index, code, message, trace)
+        frames = wire.error_reply(rid, self.index, code, message, trace)  # always fits
         return [(sock, frames) for sock in self.outs]
 
     # ---------------------------------------------------------------------------------- control
