@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -65,7 +66,7 @@ def keys(tmp_path_factory):
 
 
 # ------------------------------------------------------------------- keys and run --secure
-def test_keys_then_run_secure(keys):
+def test_keys_then_run_secure(keys, tmp_path):
     """`tvmsplit keys keys/ && tvmsplit run zoo:chain --split-at pool1 --secure keys/`."""
     from zmq.auth import load_certificate
 
@@ -81,6 +82,15 @@ def test_keys_then_run_secure(keys):
     assert "starting 2 worker(s) (local processes), CurveZMQ" in run.stderr
     assert "stage 1 [x86_64]" in run.stdout and "3 streamed requests" in run.stdout
     check_line(run)
+    # --secure really uses the keys: the workers need worker.key_secret, and say so without it
+    partial = tmp_path / "partial"
+    shutil.copytree(keys, partial)
+    (partial / "worker.key_secret").unlink()
+    missing = invoke("run", "zoo:chain", "--split-at", "pool1", "--secure", partial)
+    assert missing.exit_code == 1 and "Traceback" not in missing.output
+    assert missing.stderr.splitlines()[-1] == (
+        f"error: secret key file {partial}/worker.key_secret is missing; create them with "
+        f"`tvmsplit keys {partial}` (or copy it there from where the keys were made)")
     again = invoke("keys", keys)  # keys are never overwritten silently
     assert again.exit_code == 1 and "refusing to overwrite" in again.output
 
