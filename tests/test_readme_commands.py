@@ -179,9 +179,9 @@ def test_workers_started_by_hand_with_next_key_then_run_workers(keys, tmp_path):
         bundle = ts.Bundle.load(bundle_dir)
         from tvmsplit.check import random_inputs
 
-        with ts.Pipeline(bundle, endpoints=[wrong, last], secure=keys, timeout_s=3) as p:
-            with pytest.raises(ts.PipelineError, match="no answer"):
-                p.run(random_inputs(bundle.inputs))
+        with ts.Pipeline(bundle, endpoints=[wrong, last], secure=keys, timeout_s=3) as p, \
+                pytest.raises(ts.PipelineError, match="no answer"):
+            p.run(random_inputs(bundle.inputs))
         assert _health(wrong["control"], keys)["served"] == 1   # it computed, and its send
         assert _health(last["control"], keys)["served"] == 5    # never got through
 
@@ -241,8 +241,11 @@ def test_testbed_up_4g_status_down(tmp_path):
     from tvmsplit.testbed.core import indices_in_use
 
     k = min(set(range(30, 40)) - set(indices_in_use()))
-    tb = lambda *a: subprocess.run([*TVMSPLIT, "testbed", *a, "--index", str(k)],  # noqa: E731
-                                   capture_output=True, text=True, timeout=300)
+
+    def tb(*args):
+        return subprocess.run([*TVMSPLIT, "testbed", *args, "--index", str(k)], check=False,
+                              capture_output=True, text=True, timeout=300)
+
     server = None
     try:
         up = tb("up", "--profile", "4g", "--no-rpc", "--json")
@@ -261,7 +264,8 @@ def test_testbed_up_4g_status_down(tmp_path):
                                    edge_ip, "3"], stdout=subprocess.PIPE, text=True)
         assert server.stdout.readline().strip() == "ready"
         client = subprocess.run(["ip", "netns", "exec", dev_ns, sys.executable, "-c", _CONNECT,
-                                 edge_ip, "3"], capture_output=True, text=True, timeout=60)
+                                 edge_ip, "3"], check=False, capture_output=True, text=True,
+                                timeout=60)
         assert client.returncode == 0, client.stderr
         rtt_ms = float(client.stdout)
         assert 45.0 <= rtt_ms < 500.0, f"device -> edge TCP connect took {rtt_ms:.1f} ms"
