@@ -44,13 +44,24 @@ def test_plan_prints_stages_and_baselines_and_build_follows_it(costs, tmp_path):
 
 
 def test_plan_json_pins_and_memory_caps(costs):
-    result = invoke("plan", "zoo:inception", "--devices", "end=rpi4b,edge=x86_64", "--link", "wifi",
-                    "--costs", costs, "--pin", "conv1=end", "--mem-cap", "end=1GiB,edge=16GiB",
-                    "--json")
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
-    assert data["predicted"]["assignment"][0] == 0
-    assert data["devices"][0]["mem_cap_bytes"] == 2**30
+    """Over the slow wifi link everything stays on the end device (~0.99 MB of weights and
+    activations); a 500 KB cap on it must move layers to the edge, keep the pinned conv1 on the
+    end device, and the capped plan's end memory must be within the cap."""
+    def plan(*extra):
+        result = invoke("plan", "zoo:inception", "--devices", "end=rpi4b,edge=x86_64", "--link",
+                        "wifi", "--costs", costs, "--pin", "conv1=end", "--json", *extra)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    free = plan()
+    assert set(free["predicted"]["assignment"]) == {0} and free["predicted"]["memory_bytes"][0] > 500_000
+    data = plan("--mem-cap", "end=500KB,edge=16GiB")
+    assert [d["mem_cap_bytes"] for d in data["devices"]] == [500_000, 16 * 2**30]
+    got = data["predicted"]
+    assert got["assignment"] != free["predicted"]["assignment"] and set(got["assignment"]) == {0, 1}
+    assert got["assignment"][0] == 0  # the pin holds
+    assert 0 < got["memory_bytes"][0] <= 500_000
+    assert got["latency_ms"] > free["predicted"]["latency_ms"]  # the cap costs something
 
 
 def test_plan_errors_are_one_line(costs, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 import zmq
+from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 import tvmsplit as ts
@@ -210,7 +211,9 @@ def test_dag_pipeline_equals_onnxruntime_with_parallel_hops(dag):
         assert sorted((h.src, h.dst) for h in trace.hops) == \
             [(-1, 0), (0, 1), (0, 2), (1, 3), (2, 3), (3, -1)]
         assert len(trace.compute_ms) == 4 and all(c > 0 for c in trace.compute_ms)
-        assert all(h.nbytes > 0 and h.ms > -50 for h in trace.hops)
+        # one host, one clock: a hop takes >= 0 ms (1 ms of slack for clock reads), and no hop
+        # takes longer than the request it belongs to
+        assert all(h.nbytes > 0 and -1.0 < h.ms < trace.total_ms for h in trace.hops), trace.hops
         inputs = [random_inputs(dag["graph"].inputs, seed=50 + i) for i in range(12)]
         got = list(p.stream(inputs))
         for inp, (out, _) in zip(inputs, got):
@@ -252,18 +255,102 @@ def test_client_fans_out_and_gathers_outputs_of_two_stages(dag):
     assert sorted((h.src, h.dst) for h in trace.hops) == [(-1, 0), (-1, 1), (0, -1), (1, -1)]
 
 
-def test_secure_dag_pipeline(dag, tmp_path):
-    """CurveZMQ on every route: a fan-out stage connects to two workers, two stages to the
-    client's result socket (each route with its own server key)."""
-    from tvmsplit.runtime.security import generate_keys
+# A refused CURVE handshake, as libzmq's socket monitor reports it on the peer's side: AUTH (the
+# ZAP handler's 400), PROTOCOL (a plain peer: no CURVE), or NO_DETAIL when the server dropped the
+# connection before the reason was read.
+_REFUSED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
-    generate_keys(tmp_path / "keys")
-    for graph, bundle, x, want in ((dag["graph"], dag["bundle"], dag["x"], dag["ref"]),
-                                   (*dag["two"], None, None)):
-        x = x if x is not None else random_inputs(graph.inputs, seed=9)
-        with Pipeline(bundle, secure=tmp_path / "keys") as p:
-            y, _ = p.run(x)
-        _assert_close(y, want if want is not None else reference(graph, x), "secure DAG")
+
+def _peer(ctx, addr, cert=None, server_key=None):
+    """A PUSH socket connected to ``addr`` (plain, or a CURVE client holding ``cert``, a
+    (public, secret) pair) and its monitor socket."""
+    s = ctx.socket(zmq.PUSH)
+    s.setsockopt(zmq.LINGER, 0)
+    if cert is not None:
+        s.curve_publickey, s.curve_secretkey = cert
+        s.curve_serverkey = server_key
+    monitor = s.get_monitor_socket()
+    s.connect(addr)
+    return s, monitor
+
+
+def _handshake(monitor, want: int, timeout_s: float = 10.0) -> int:
+    """The first monitor event among ``want`` (fails after ``timeout_s``, listing what came)."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    deadline, seen = time.monotonic() + timeout_s, []
+    while time.monotonic() < deadline:
+        if monitor.poll(100):
+            event = recv_monitor_message(monitor)["event"]
+            if event & want:
+                return event
+            seen.append(zmq.Event(event).name)
+    raise AssertionError(f"no {zmq.Event(want)!r} within {timeout_s} s; saw {seen}")
+
+
+def test_secure_dag_pipeline(dag, tmp_path):
+    """CurveZMQ on every route of a stage DAG. Stage 0 fans out to stages 1 and 2 (two CURVE
+    client sockets), stage 3 gathers from both (one CURVE server socket, two clients), and the
+    answers equal onnxruntime's. The workers' sockets really are CURVE servers that authenticate:
+    a plain-TCP peer and a peer with a valid but unauthorized CURVE key, each sending a valid wire
+    message straight into the fan-out targets' and the fan-in stage's data sockets, fail the
+    handshake, nothing reaches a worker (served/errors counters unchanged, no error comes back)
+    and the pipeline keeps working. Control: the same message sent with the client's authorized
+    key does arrive."""
+    from zmq.auth import load_certificate
+
+    from tvmsplit.cli import cli
+
+    keys, outsider = tmp_path / "keys", tmp_path / "outsider"
+    for d, names in ((keys, "client,worker"), (outsider, "mallory")):
+        made = CliRunner().invoke(cli, ["keys", str(d), "--names", names])
+        assert made.exit_code == 0, made.output
+    client = load_certificate(keys / "client.key_secret")
+    mallory = load_certificate(outsider / "mallory.key_secret")
+    worker_key, _ = load_certificate(keys / "worker.key")
+    bundle, x, graph = dag["bundle"], dag["x"], dag["graph"]
+    assert [r.to for r in bundle.plan.stages[0].sends] == [1, 2]   # fan-out
+    assert [src for src, _ in bundle.plan.senders(3)] == [1, 2]     # fan-in
+    ctx = zmq.Context()
+    socks = []
+    try:
+        with Pipeline(bundle, secure=keys, timeout_s=60) as p:
+            _assert_close(p.run(x)[0], dag["ref"], "secure DAG")
+            health = p.health()
+            assert all(h["ok"] for h in health), health
+            before = [(h["served"], h["errors"]) for h in health]
+            assert before == [(1, 0)] * 4
+            for stage in (1, 2, 3):
+                addr = p.endpoints[stage]["data"]
+                for who, cert in (("plain", None), ("unauthorized", mallory)):
+                    s, monitor = _peer(ctx, addr, cert, worker_key)
+                    socks += [s, monitor]
+                    s.send_multipart(wire.error_reply(700 + stage, stage - 1, "injected", who))
+                    _handshake(monitor, _REFUSED)
+            assert p.unmatched(timeout_s=1.5) == []  # no error reply came back either
+            assert [(h["served"], h["errors"]) for h in p.health()] == before
+            _assert_close(p.run(x)[0], dag["ref"], "secure DAG after refused peers")
+            # control: with the client's authorized key the same injection reaches stage 3,
+            # which passes the error on to the client (so the checks above could see one)
+            s, monitor = _peer(ctx, p.endpoints[3]["data"], client, worker_key)
+            socks += [s, monitor]
+            s.send_multipart(wire.error_reply(779, 1, "injected", "authorized peer"))
+            assert _handshake(monitor, zmq.EVENT_HANDSHAKE_SUCCEEDED | _REFUSED) == \
+                zmq.EVENT_HANDSHAKE_SUCCEEDED
+            got = p.unmatched(timeout_s=10)
+            assert [(m.id, m.error.code) for m in got] == [(779, "injected")]
+        # the client gathers the outputs of two stages over CURVE too
+        graph, two = dag["two"]
+        x = random_inputs(graph.inputs, seed=9)
+        with Pipeline(two, secure=keys) as p:
+            y, trace = p.run(x)
+        _assert_close(y, reference(graph, x), "secure DAG, two stages answer the client")
+        assert sorted((h.src, h.dst) for h in trace.hops) == [(-1, 0), (-1, 1), (0, -1), (1, -1)]
+    finally:
+        for s in socks:
+            s.close(linger=0)
+        ctx.term()
 
 
 def test_independent_stage_runs_while_its_sibling_is_stopped(dag):
