@@ -39,7 +39,9 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_launch": ("tvm", "runtime"),
     "test_partition": ("unit",),
     "test_plan_cli": ("cli", "tvm"),
+    "test_plan_objectives": ("cli", "tvm"),
     "test_predict": ("tvm",),
+    "test_readme_commands": ("cli", "tvm", "runtime"),
     "test_profile_link": ("runtime",),
     "test_real_models": ("tvm", "slow"),
     "test_replan": ("tvm", "runtime"),
@@ -71,6 +73,7 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
     ("test_partition", "test_hyps_splits_an_oversized_fc_and_the_pipeline_equals_the_unsplit_model"):
         ("tvm", "runtime"),
     ("test_plan_cli", "test_parse_bytes"): ("unit",),
+    ("test_readme_commands", "test_testbed_up_4g_status_down"): ("cli", "testbed"),
     ("test_fuzz", "test_the_decoders_raise_only_their_own_errors"): ("unit",),
     **{("test_control", t): ("tvm", "runtime") for t in (
         "test_a_live_worker_answers_every_golden_request",

@@ -690,3 +690,7 @@ def targets_cmd() -> None:
 
 def main() -> None:
     cli(prog_name="tvmsplit")
+
+
+if __name__ == "__main__":
+    main()
