@@ -137,7 +137,7 @@ def test_a_live_worker_answers_every_golden_request(built):
     """The Python worker speaks the spec: each golden request gets a reply of the golden shape
     (the native worker's test does the same)."""
     bundle = built["bundles"]["chain2"]
-    with Pipeline(bundle) as p:
+    with Pipeline(bundle, failover=False) as p:  # a stopped worker stays stopped
         ctx = zmq.Context()
         try:
             def ask(frames):

@@ -157,7 +157,8 @@ def test_killed_worker_fails_in_flight_requests_and_restart_recovers(built):
     x, whole, _ = built["expected"]["chain"]
     xs = _inputs(g, 200)
     session = _ort_session(g)
-    with Pipeline(built["bundles"]["chain3"], timeout_s=60, max_in_flight=8) as p:
+    with Pipeline(built["bundles"]["chain3"], timeout_s=60, max_in_flight=8,
+                  failover=False) as p:
         victim = p.endpoints[1]["pid"]
         got, t0 = [], time.monotonic()
         with pytest.raises(PipelineError, match="stage 1 worker .* died") as stopped:
@@ -196,6 +197,46 @@ def test_killed_worker_fails_in_flight_requests_and_restart_recovers(built):
         assert lost.value.stage == 2 and lost.value.code == "worker_died"
         p.restart()
         _assert_close(p.run(x)[0], whole, "after second restart")
+
+
+def test_failover_answers_every_request_exactly_once_when_each_stage_is_killed(built):
+    """Failover (the default for local workers): SIGKILL each stage in turn mid-stream; every
+    request is answered once, in order, equal to onnxruntime; the dead stage is replaced at its
+    addresses and the requests in flight are sent again."""
+    g = built["graphs"]["chain"]
+    xs = _inputs(g, 150)
+    session = _ort_session(g)
+    with Pipeline(built["bundles"]["chain3"], timeout_s=60, max_in_flight=8) as p:
+        assert p.failover is True
+        got, killed = [], []
+        for item in p.stream(xs):
+            got.append(item)
+            if len(got) in (20, 60, 100):  # stage 0, then 1, then 2
+                stage = len(killed)
+                killed.append(p.endpoints[stage]["pid"])
+                os.killpg(killed[-1], signal.SIGKILL)
+        assert len(got) == len(xs)
+        for i, (y, trace) in enumerate(got):
+            assert compare(y["output"], session.run(None, xs[i])[0], "output").rel <= RTOL
+        assert [f.stage for f in p.failovers] == [0, 1, 2]
+        assert [f.old_pid for f in p.failovers] == killed
+        assert all(f.how == "respawn" and f.new_pid not in killed for f in p.failovers)
+        assert not any(_alive(pid) for pid in killed)
+        assert [h["ok"] for h in p.health()] == [True, True, True]
+        assert sum(h["served"] for h in p.health()) > 0
+        assert p.unmatched() == []  # the lost attempts' late answers were dropped, not kept
+
+
+def test_a_request_lost_too_often_fails_alone_and_the_rest_continue(built):
+    x, whole, _ = built["expected"]["chain"]
+    with Pipeline(built["bundles"]["chain2"], timeout_s=60, max_attempts=1) as p:
+        rid = p.submit(x)
+        os.killpg(p.endpoints[1]["pid"], signal.SIGKILL)
+        with pytest.raises(PipelineError) as err:
+            p.result(rid)
+        assert err.value.code == "attempts_exhausted" and err.value.request_id == rid
+        _assert_close(p.run(x)[0], whole, "after the failover")
+        assert len(p.failovers) == 1
 
 
 def test_malformed_frames_come_back_as_errors_and_workers_keep_serving(built):

@@ -227,10 +227,11 @@ def test_arm_stage_on_qemu_device_then_x86_edge_over_4g(testbed, split_bundles):
 
 def test_the_testbed_launcher_gives_the_pipeline_workers_it_owns(testbed, split_bundles):
     """Pipeline(launcher=testbed.launcher(...)): the same WorkerSpec/spawn path as local
-    workers, in the namespaces; the pipeline notices a death and stops them on close."""
+    workers, in the namespaces; a killed worker is replaced at its addresses (failover) and the
+    request in flight answered; close stops them all."""
     import signal
 
-    from tvmsplit.runtime.pipeline import Pipeline, PipelineError
+    from tvmsplit.runtime.pipeline import Pipeline
 
     g, bundle = split_bundles
     x = random_inputs(g.inputs, seed=3)
@@ -242,10 +243,14 @@ def test_the_testbed_launcher_gives_the_pipeline_workers_it_owns(testbed, split_
         y, _ = p.run(x)
         for name, value in want.items():
             assert compare(y[name], value, name).rel <= RTOL
-        os.kill(pids[1], signal.SIGKILL)
-        with pytest.raises(PipelineError) as err:
-            p.run(x)
-        assert err.value.code == "worker_died" and err.value.stage == 1
+        rid = p.submit(x)
+        os.kill(pids[1], signal.SIGKILL)  # failover: the edge stage is replaced, rid re-sent
+        y, _ = p.result(rid)
+        for name, value in want.items():
+            assert compare(y[name], value, name).rel <= RTOL
+        assert [(f.stage, f.old_pid, f.how) for f in p.failovers] == [(1, pids[1], "respawn")]
+        pids.append(p.endpoints[1]["pid"])
+        assert p.endpoints[1]["data"] == testbed.state()["workers"][-1]["data"]
     assert not [pid for pid in pids if psutil.pid_exists(pid)
                 and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     assert not [w for w in testbed.state()["workers"] if w["pid"] in pids]

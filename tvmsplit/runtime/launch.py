@@ -370,6 +370,15 @@ class LocalLauncher:
             raise
         return [started[i] for i in range(len(bundle.stages))]
 
+    def respawn(self, bundle, worker: Worker) -> Worker:
+        """A new process for ``worker``'s stage, bound to the dead one's addresses (so the stages
+        sending to it, and the client, reconnect by themselves)."""
+        if worker.process is None:
+            raise LaunchError(f"{worker.describe()} was not started here", worker.stage)
+        self._procs = [p for p in self._procs if p.pid != worker.process.pid]
+        kill_groups([worker.process.popen])  # reap it, and anything it left in its group
+        return self._start_one(same_addresses(worker))
+
     def _start_one(self, spec: WorkerSpec) -> Worker:
         proc = spawn(spec, self.run_dir, program=self.program)
         self._procs.append(proc)
@@ -386,6 +395,14 @@ class LocalLauncher:
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
             self._run_dir = None
+
+
+def same_addresses(worker: Worker) -> WorkerSpec:
+    """``worker``'s spec with the addresses it really bound (not port 0) and a new ready file:
+    what a replacement must be started with."""
+    spec = worker.process.spec
+    return spec.replace(bind=worker.data, control=worker.control,
+                        out=worker.out if worker.out else spec.out, ready_file=None)
 
 
 def check_shared_keys(keys: SecureConfig) -> None:

@@ -23,8 +23,14 @@ to higher numbers), so each one is told where to send (``--next`` per route): a 
 data address, or the client's result address. Each worker reports its bound addresses in a ready
 file. Every failure on a request travels forward as a wire error message with the request id and
 comes out of :meth:`Pipeline.result` as a :class:`PipelineError`. The client checks the worker
-processes it owns while it waits: when one dies, every request in flight fails at once with the
-stage and exit code, later calls fail fast until :meth:`Pipeline.restart`. Not thread-safe: use
+processes it owns while it waits. When one dies, *failover* (the default when the launcher can
+replace a worker: local and testbed workers) starts a new worker for that stage at the dead one's
+addresses (its neighbours reconnect by themselves; if that fails, every stage is relaunched) and
+sends every request in flight again under a new wire id: a late answer of the lost attempt is
+dropped, so each request is answered once, and :meth:`stream` goes on. A request lost
+``max_attempts`` times fails alone (``attempts_exhausted``). ``Pipeline.failovers`` lists what
+happened. With ``failover=False`` every request in flight fails at once with the stage and exit
+code (``worker_died``), and later calls fail fast until :meth:`Pipeline.restart`. Not thread-safe: use
 one Pipeline from one thread. Health, deploy and shutdown go over each worker's control socket
 (control.py, the protocol).
 
@@ -94,6 +100,21 @@ class PipelineError(TvmsplitError):
 class _InFlight:
     send_ts: float
     deadline: float  # time.monotonic()
+    wire_id: int     # the id on the wire: a new one for each attempt
+    inputs: dict[str, np.ndarray] | None = None  # kept for a re-send (failover)
+    attempts: int = 1
+
+
+@dataclass(frozen=True)
+class Failover:
+    """A worker that died and was replaced while requests were in flight."""
+
+    stage: int
+    old_pid: int | None
+    new_pid: int | None
+    seconds: float      # from noticing the death to the replacement being ready
+    resent: int         # requests sent again
+    how: str            # "respawn" (the stage alone) or "relaunch" (every stage)
 
 
 class Pipeline:
@@ -105,13 +126,16 @@ class Pipeline:
     (``start_timeout_s`` per worker); ``endpoints=[...]`` is short for
     ``launcher=GivenEndpoints([...])``, workers already running (see module doc).
     ``secure``: a keys directory (or :class:`SecureConfig`) to run every link over CurveZMQ.
+    ``failover``: replace a dead worker and re-send (default: when the launcher can);
+    ``max_attempts``: how often one request may be sent before it fails.
     """
 
     def __init__(self, bundle: Bundle | str | os.PathLike, *, timeout_s: float = 30.0,
                  max_in_flight: int = 8, start_timeout_s: float = START_TIMEOUT_S,
                  endpoints: Sequence[Mapping[str, Any]] | None = None,
                  secure: SecureConfig | str | os.PathLike | None = None,
-                 launcher: Launcher | None = None):
+                 launcher: Launcher | None = None, failover: bool | None = None,
+                 max_attempts: int = 3):
         problems = []
         if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
             problems.append(f"timeout_s must be a number > 0, got {timeout_s!r}")
@@ -120,6 +144,8 @@ class Pipeline:
             problems.append(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
         if endpoints is not None and launcher is not None:
             problems.append("give endpoints or a launcher, not both")
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            problems.append(f"max_attempts must be an int >= 1, got {max_attempts!r}")
         if problems:
             raise PipelineError("; ".join(problems), code="bad_argument")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
@@ -131,10 +157,18 @@ class Pipeline:
         self.start_timeout_s = float(start_timeout_s)
         self.launcher: Launcher = (GivenEndpoints(endpoints) if endpoints is not None
                                    else launcher or LocalLauncher(start_timeout_s))
+        can_respawn = callable(getattr(self.launcher, "respawn", None))
+        if failover and not can_respawn:
+            raise PipelineError(f"failover needs a launcher that can replace a worker; "
+                                f"{type(self.launcher).__name__} cannot", code="bad_argument")
+        self.failover = can_respawn if failover is None else bool(failover)
+        self.max_attempts = max_attempts
+        self.failovers: list[Failover] = []  # what failover did, in order
         # ids start at random: long-lived workers (endpoints) that gather parts by id must not
         # take a new client's request 1 for an old one's
         self._ids = itertools.count(secrets.randbelow(1 << 62) + 1)
-        self._inflight: dict[int, _InFlight] = {}
+        self._inflight: dict[int, _InFlight] = {}  # by the caller's request id
+        self._by_wire: dict[int, int] = {}  # wire id -> the caller's request id
         self._done: dict[int, tuple[dict[str, np.ndarray], Trace] | PipelineError] = {}
         self._replies = self._reply_gather(self.bundle)  # reply parts by request id
         self._unmatched: deque[wire.Message | WireError] = deque(maxlen=_MAX_UNMATCHED)
@@ -394,20 +428,28 @@ class Pipeline:
             self._pump(_POLL_S)
             self._check_usable()
         rid = next(self._ids)
-        messages = [(route.to, sock, wire.request(rid, route.to, [
-            (name, np.asarray(inputs[name])) for name in route.tensors])) for route, sock in self._entry]
+        kept = ({name: np.array(inputs[name]) for name in inputs} if self.failover else None)
+        send_ts = self._send_request(rid, rid, inputs)
+        self._inflight[rid] = _InFlight(send_ts, time.monotonic() + self.timeout_s, rid, kept)
+        self._by_wire[rid] = rid
+        return rid
+
+    def _send_request(self, rid: int, wire_id: int, inputs: Mapping[str, np.ndarray]) -> float:
+        """Send request ``rid``'s parts to the entry stages under ``wire_id``; the send time."""
+        messages = [(route.to, sock, wire.request(wire_id, route.to, [
+            (name, np.asarray(inputs[name])) for name in route.tensors]))
+            for route, sock in self._entry]
         send_ts = time.time()
         for stage, sock, frames in messages:
             try:
                 # copy=True: the caller may reuse its arrays as soon as submit returns
                 sock.send_multipart(frames, copy=True)
             except zmq.Again:
-                self._replies.fail(rid)  # a part already sent to another entry stage is dropped
+                self._replies.fail(wire_id)  # a part already sent to another entry stage is dropped
                 raise PipelineError(f"request {rid}: stage {stage} did not accept it within "
                                     f"{self.timeout_s:g} s ({self._workers[stage].describe()})",
                                     request_id=rid, stage=stage, code="timeout") from None
-        self._inflight[rid] = _InFlight(send_ts, time.monotonic() + self.timeout_s)
-        return rid
+        return send_ts
 
     def result(self, request_id: int) -> tuple[dict[str, np.ndarray], Trace]:
         """Wait for request ``request_id``; its outputs and trace, or a PipelineError."""
@@ -478,14 +520,18 @@ class Pipeline:
 
     # ---------------------------------------------------------------------------------- receive
     def _abandon(self, rid: int) -> None:
-        if self._inflight.pop(rid, None) is not None:
-            self._replies.fail(rid)  # its answer, when it comes, is dropped
+        pending = self._inflight.pop(rid, None)
+        if pending is not None:
+            self._by_wire.pop(pending.wire_id, None)
+            self._replies.fail(pending.wire_id)  # its answer, when it comes, is dropped
         self._done.pop(rid, None)
 
     def _finish(self, rid: int, result) -> None:
         """Request ``rid`` is over: its outputs and trace, or a PipelineError."""
-        self._inflight.pop(rid, None)
-        self._replies.fail(rid)
+        pending = self._inflight.pop(rid, None)
+        if pending is not None:
+            self._by_wire.pop(pending.wire_id, None)
+            self._replies.fail(pending.wire_id)
         self._done[rid] = result
 
     def _fail_all(self, make_error) -> None:
@@ -515,6 +561,8 @@ class Pipeline:
         if not dead:
             return
         self._drain()  # results that made it out before the death still count
+        if self.failover and self._fail_over([w for w, _ in dead]):
+            return
         self._dead = "; ".join(f"stage {w.stage} worker (pid {w.pid}) died with {exit_text(rc)}"
                                + (f": {w.process.log_tail(500)}" if w.process.log_tail(500) else "")
                                for w, rc in dead)
@@ -522,6 +570,57 @@ class Pipeline:
         self._fail_all(lambda rid: PipelineError(
             f"request {rid} was lost: {self._dead} while it was in flight; call restart()",
             request_id=rid, stage=first, code="worker_died"))
+
+    def _fail_over(self, dead: Sequence[Worker]) -> bool:
+        """Replace the dead workers (the stage alone, at its old addresses, so its neighbours
+        reconnect by themselves; or, when that fails, every stage) and send every request in
+        flight again under a new wire id, so that a late answer of the lost attempt is dropped
+        and each request is answered once. True when the pipeline works again."""
+        t0 = time.monotonic()
+        how, problems = "respawn", []
+        try:
+            fresh = {w.stage: self.launcher.respawn(self.bundle, w) for w in dead}
+            self._workers = [fresh.get(w.stage, w) for w in self._workers]
+        except (LaunchError, TvmsplitError) as exc:
+            problems.append(str(exc))
+            how = "relaunch"
+            try:
+                self._stop_workers()
+                self._workers = self._launch(self.bundle)
+            except (LaunchError, TvmsplitError) as exc2:
+                problems.append(str(exc2))
+                return False
+        seconds = time.monotonic() - t0
+        resent = self._resend_all()
+        by_stage = {w.stage: w for w in self._workers}
+        for w in dead:
+            self.failovers.append(Failover(w.stage, w.pid, by_stage[w.stage].pid, seconds,
+                                           resent, how))
+        return True
+
+    def _resend_all(self) -> int:
+        """Every request in flight once more under a new wire id (or failed, after
+        ``max_attempts``); how many were sent."""
+        sent = 0
+        for rid, pending in list(self._inflight.items()):
+            if pending.inputs is None or pending.attempts >= self.max_attempts:
+                self._finish(rid, PipelineError(
+                    f"request {rid} was lost with a failed worker {pending.attempts} time(s); "
+                    "giving up on it", request_id=rid, code="attempts_exhausted"))
+                continue
+            self._by_wire.pop(pending.wire_id, None)
+            self._replies.fail(pending.wire_id)  # the lost attempt's parts and answer are dropped
+            pending.wire_id = next(self._ids)
+            pending.attempts += 1
+            pending.deadline = time.monotonic() + self.timeout_s
+            self._by_wire[pending.wire_id] = rid
+            try:  # the trace describes the attempt that is answered
+                pending.send_ts = self._send_request(rid, pending.wire_id, pending.inputs)
+            except PipelineError as exc:
+                self._finish(rid, exc)
+                continue
+            sent += 1
+        return sent
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -549,10 +648,11 @@ class Pipeline:
         except WireError as exc:
             self._unmatched.append(exc)
             return
-        rid = msg.id
-        pending = self._inflight.get(rid)
+        wire_id = msg.id
+        rid = self._by_wire.get(wire_id)
+        pending = self._inflight.get(rid) if rid is not None else None
         if pending is None:
-            if not self._replies.is_closed(rid):
+            if not self._replies.is_closed(wire_id):
                 self._unmatched.append(msg)
             return  # else a late answer nobody waits for (timed out, abandoned, failed elsewhere)
         if msg.kind == "error":
@@ -565,7 +665,7 @@ class Pipeline:
             if msg.kind != "reply" or self._replies.source_of(names) != msg.stage:
                 raise ShapeError(f"expected a reply with {self._expected_reply()}, got a "
                                  f"{msg.kind!r} from stage {msg.stage} with {sorted(names)}")
-            parts = self._replies.add(rid, Part(msg.stage, {n: np.array(a) for n, a in msg.tensors},
+            parts = self._replies.add(wire_id, Part(msg.stage, {n: np.array(a) for n, a in msg.tensors},
                                                 msg.trace, recv_ts, sum(len(f) for f in frames)))
             if parts is None:
                 return  # other stages' parts still to come

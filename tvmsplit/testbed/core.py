@@ -30,7 +30,7 @@ from typing import Any
 from ..devices import Link
 from ..runtime.launch import (LaunchError, WorkerSpec, Worker, python_worker, spawn,
                               wait_for_ready_file, launch_order, next_addresses,
-                              stop_processes)
+                              stop_processes, same_addresses)
 from ..runtime.procs import killpg, stop_group
 from . import net
 from .net import Layout
@@ -443,6 +443,19 @@ class TestbedLauncher:
             self.stop(list(started.values()), 0.0)
             raise
         return [started[i] for i in range(len(bundle.stages))]
+
+    def respawn(self, bundle, worker: Worker) -> Worker:
+        """A new worker for the dead one's stage, on the same side, at the same addresses."""
+        if worker.process is None:
+            raise LaunchError(f"{worker.describe()} was not started by this launcher",
+                              worker.stage)
+        self.stop([worker], 0.0)
+        try:
+            info, proc = self.testbed._start(same_addresses(worker),
+                                             self.placement[worker.stage])
+        except TestbedError as exc:
+            raise LaunchError(str(exc), worker.stage) from None
+        return Worker.from_ready(info, worker.stage, proc)
 
     def stop(self, workers, grace_s: float) -> None:
         stop_processes(workers, grace_s)
