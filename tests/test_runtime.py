@@ -239,6 +239,21 @@ def test_a_request_lost_too_often_fails_alone_and_the_rest_continue(built):
         assert len(p.failovers) == 1
 
 
+def test_nan_or_inf_input_is_refused_by_default_with_the_input_named(built):
+    x, whole, _ = built["expected"]["chain"]
+    bad = {k: v.copy() for k, v in x.items()}
+    name = next(iter(bad))
+    bad[name].flat[0], bad[name].flat[1] = np.nan, np.inf
+    with Pipeline(built["bundles"]["chain2"]) as p:
+        with pytest.raises(PipelineError, match=f"'{name}' \\(1 NaN, 1 Inf\\)") as err:
+            p.run(bad)
+        assert err.value.code == "nonfinite_input" and "allow_nonfinite" in str(err.value)
+        _assert_close(p.run(x)[0], whole, "after a refused input")
+    with Pipeline(built["bundles"]["chain2"], allow_nonfinite=True) as p:
+        y, _ = p.run(bad)  # sent anyway: documented to possibly differ from onnxruntime
+        assert set(y) == set(whole)
+
+
 def test_malformed_frames_come_back_as_errors_and_workers_keep_serving(built):
     bundle = built["bundles"]["chain2"]
     x, whole, _ = built["expected"]["chain"]

@@ -128,6 +128,8 @@ class Pipeline:
     ``secure``: a keys directory (or :class:`SecureConfig`) to run every link over CurveZMQ.
     ``failover``: replace a dead worker and re-send (default: when the launcher can);
     ``max_attempts``: how often one request may be sent before it fails.
+    ``allow_nonfinite``: accept inputs holding NaN or Inf (refused by default: compiled
+    max/ReLU kernels drop NaN, so results may differ from onnxruntime's).
     """
 
     def __init__(self, bundle: Bundle | str | os.PathLike, *, timeout_s: float = 30.0,
@@ -135,7 +137,7 @@ class Pipeline:
                  endpoints: Sequence[Mapping[str, Any]] | None = None,
                  secure: SecureConfig | str | os.PathLike | None = None,
                  launcher: Launcher | None = None, failover: bool | None = None,
-                 max_attempts: int = 3):
+                 max_attempts: int = 3, allow_nonfinite: bool = False):
         problems = []
         if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
             problems.append(f"timeout_s must be a number > 0, got {timeout_s!r}")
@@ -163,6 +165,7 @@ class Pipeline:
                                 f"{type(self.launcher).__name__} cannot", code="bad_argument")
         self.failover = can_respawn if failover is None else bool(failover)
         self.max_attempts = max_attempts
+        self.allow_nonfinite = bool(allow_nonfinite)
         self.failovers: list[Failover] = []  # what failover did, in order
         # ids start at random: long-lived workers (endpoints) that gather parts by id must not
         # take a new client's request 1 for an old one's
@@ -424,6 +427,8 @@ class Pipeline:
         while ``max_in_flight`` requests are already in flight."""
         self._check_usable()
         check_tensors(self.bundle.inputs, inputs, f"pipeline input of {self.bundle.model}")
+        if not self.allow_nonfinite:
+            self._check_finite(inputs)
         while len(self._inflight) >= self.max_in_flight:
             self._pump(_POLL_S)
             self._check_usable()
@@ -433,6 +438,20 @@ class Pipeline:
         self._inflight[rid] = _InFlight(send_ts, time.monotonic() + self.timeout_s, rid, kept)
         self._by_wire[rid] = rid
         return rid
+
+    def _check_finite(self, inputs: Mapping[str, np.ndarray]) -> None:
+        bad = []
+        for t in self.bundle.inputs:
+            a = np.asarray(inputs[t.name])
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                bad.append(f"{t.name!r} ({int(np.isnan(a).sum())} NaN, "
+                           f"{int(np.isinf(a).sum())} Inf)")
+        if bad:
+            raise PipelineError(f"input {', '.join(bad)} is not finite; compiled kernels do not "
+                                "propagate NaN as onnxruntime does, so the result would be wrong "
+                                "without a sign. Clean the input, or pass "
+                                "Pipeline(allow_nonfinite=True) to send it anyway (results may "
+                                "differ from onnxruntime)", code="nonfinite_input")
 
     def _send_request(self, rid: int, wire_id: int, inputs: Mapping[str, np.ndarray]) -> float:
         """Send request ``rid``'s parts to the entry stages under ``wire_id``; the send time."""
