@@ -150,3 +150,40 @@ def test_worker_env_uses_the_runtime_only_library(monkeypatch):
     monkeypatch.delenv("TVM_USE_RUNTIME_LIB", raising=False)
     assert launch.worker_env()["TVM_USE_RUNTIME_LIB"] == "1"
     assert launch.worker_env({"TVM_USE_RUNTIME_LIB": "0"})["TVM_USE_RUNTIME_LIB"] == "0"
+
+
+def test_a_killed_clients_run_directory_is_removed_by_the_next_client(built, tmp_path):
+    """The client dies with SIGKILL (no finalizer runs): its workers exit (--parent-pid) and the
+    next local launcher removes the directory it left."""
+    import signal
+    import tempfile
+    import textwrap
+    import time
+    from pathlib import Path
+
+    script = textwrap.dedent(f"""
+        import sys, time
+        from tvmsplit import Pipeline
+        p = Pipeline({str(built["bundles"]["chain2"].path)!r})
+        print(p.launcher.run_dir, flush=True)
+        time.sleep(600)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    left = Path(child.stdout.readline().strip())
+    assert left.is_dir() and left.name.startswith(f"tvmsplit-workers-{child.pid}-")
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child.stdout.close()
+    assert left.is_dir()  # nobody cleaned up
+    launcher = LocalLauncher()
+    try:
+        assert launcher.run_dir != left and not left.exists()
+    finally:
+        launcher.release()
+    deadline = time.monotonic() + 10  # its workers notice their parent is gone
+    while time.monotonic() < deadline and [c for c in psutil.process_iter(["cmdline"])
+                                           if str(left) in " ".join(c.info["cmdline"] or [])]:
+        time.sleep(0.2)
+    assert not [c for c in psutil.process_iter(["cmdline"])
+                if str(left) in " ".join(c.info["cmdline"] or [])]
+    assert Path(tempfile.gettempdir()) == left.parent

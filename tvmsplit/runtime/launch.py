@@ -340,8 +340,11 @@ class LocalLauncher:
 
     @property
     def run_dir(self) -> Path:
+        """``$TMPDIR/tvmsplit-workers-PID-*``: logs and ready files. A client killed before it
+        could remove its directory leaves it behind; the next one removes it."""
         if self._run_dir is None:
-            self._run_dir = Path(tempfile.mkdtemp(prefix="tvmsplit-workers-"))
+            remove_orphan_run_dirs()
+            self._run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-"))
         return self._run_dir
 
     def start(self, bundle, result_addr: str | None,
@@ -403,6 +406,30 @@ def same_addresses(worker: Worker) -> WorkerSpec:
     spec = worker.process.spec
     return spec.replace(bind=worker.data, control=worker.control,
                         out=worker.out if worker.out else spec.out, ready_file=None)
+
+
+RUN_DIR_PREFIX = "tvmsplit-workers-"
+
+
+def remove_orphan_run_dirs() -> list[Path]:
+    """Remove the run directories of clients that are gone (their pid is in the name)."""
+    removed = []
+    for d in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*-*"):
+        pid = d.name[len(RUN_DIR_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)) and d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 
 
 def check_shared_keys(keys: SecureConfig) -> None:
