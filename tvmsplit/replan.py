@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .bundle import build_bundle
+from .build import build_bundle
 from .graph import LayerGraph
 from .links import Link
 from .partition import CostTable

@@ -61,8 +61,7 @@ import zmq
 
 from ..bundle import Bundle
 from ..errors import ShapeError, TvmsplitError, WireError
-from ..split import CLIENT as TO_CLIENT
-from ..split import Route
+from ..plan import CLIENT_END, Route
 from . import wire
 from .gather import MAX_WAITING, Gather, GatherError, Part, merge_traces
 from .procs import Owned, WorkerInfo, exit_text, kill_groups, log_tail
@@ -170,7 +169,7 @@ class Pipeline:
     def _reply_gather(bundle: Bundle, before: Gather | None = None) -> Gather:
         """Where replies come from: every stage with a route to the client. Completed and failed
         ids are remembered (across swaps: ``before``), so that a late part is dropped."""
-        return Gather(bundle.plan.senders(TO_CLIENT), "the client", max_open=1 << 30,
+        return Gather(bundle.plan.senders(CLIENT_END), "the client", max_open=1 << 30,
                       closed=before)
 
     def _check_in_flight(self, bundle: Bundle) -> None:
@@ -223,7 +222,7 @@ class Pipeline:
         """Start ``bundle``'s workers, last stage first: each needs its destinations' addresses."""
         by_stage: dict[int, WorkerInfo] = {}
         for index in reversed(range(len(bundle.stages))):
-            nxt = [self._result_addr if r.to == TO_CLIENT else by_stage[r.to].data
+            nxt = [self._result_addr if r.to == CLIENT_END else by_stage[r.to].data
                    for r in bundle.stages[index].plan.sends]
             by_stage[index] = self._launch(bundle, index, nxt)
             workers.insert(0, by_stage[index])
@@ -267,7 +266,7 @@ class Pipeline:
         if self._secure is not None:
             cmd += ["--secure", str(self._secure.keys_dir.resolve())]
             for route in bundle.stages[index].plan.sends:  # the client's result socket or a stage
-                cmd += ["--next-key", CLIENT if route.to == TO_CLIENT else WORKER]
+                cmd += ["--next-key", CLIENT if route.to == CLIENT_END else WORKER]
         env = dict(os.environ)
         env.setdefault("TVM_USE_RUNTIME_LIB", "1")
         with open(log, "wb") as logf:
@@ -299,7 +298,7 @@ class Pipeline:
         for i, e in enumerate(endpoints):
             if not isinstance(e.get("data"), str):
                 problems.append(f"endpoint {i} has no 'data' address")
-        replying = [src for src, _ in self.bundle.plan.senders(TO_CLIENT)]
+        replying = [src for src, _ in self.bundle.plan.senders(CLIENT_END)]
         for i in replying:
             if i < len(endpoints) and not isinstance(endpoints[i].get("out"), str):
                 problems.append(f"endpoint {i} has no 'out' address: stage {i} sends to the client, "

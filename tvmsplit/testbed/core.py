@@ -351,14 +351,14 @@ class Testbed:
         from the last stage backwards (each needs its destinations' addresses; routes go to
         later stages); the endpoints for ``Pipeline(bundle, endpoints=...)``."""
         from ..bundle import Bundle
-        from ..split import CLIENT
+        from ..plan import CLIENT_END
 
         for w in placement:
             _check_where(w)
         plan = Bundle.load(bundle, stages=[]).plan  # routes only: libraries live on the devices
         started: dict[int, dict] = {}
         for stage in reversed(range(len(placement))):
-            nxt = [started[r.to]["data"] for r in plan.stages[stage].sends if r.to != CLIENT]
+            nxt = [started[r.to]["data"] for r in plan.stages[stage].sends if r.to != CLIENT_END]
             started[stage] = self.start_worker(bundle, stage, placement[stage], nxt, worker_args)
         return [started[s] for s in range(len(placement))]
 
