@@ -146,7 +146,7 @@ def main() -> None:
             assignment[n] = (0 if n in ("conv1", "pool1") else
                              1 if n.startswith(("inc1_branch1x1", "inc1_branch3x3")) else
                              2 if n.startswith("inc1_branch") else 3)
-        bundles = {name: ts.build_bundle(i, ts.plan_split(i, assignment=assignment, routing=routing),
+        bundles = {name: ts.build_bundle(i, ts.plan_split(i, stage_of=assignment, routing=routing),
                                          f"{tmp}/inc-{routing}")
                    for name, routing in (("stage DAG", "direct"), ("chain", "chain"))}
         rows += side_by_side("Inception 128x128, branches in stages 1 and 2", i, bundles,

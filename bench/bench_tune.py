@@ -68,9 +68,9 @@ def load_model(name: str):
 def build_untuned_variants(graph, spec, out: Path) -> dict[str, str]:
     from tvm import relax
 
-    from tvmsplit.compile import _prepare, stage_module
+    from tvmsplit.compile import _prepare, stage_module, stage_relax
     from tvmsplit.graphopt import lower
-    from tvmsplit.split import plan_split, stage_relax
+    from tvmsplit.split import plan_split
 
     stage = plan_split(graph, targets=[spec.name]).stages[0]
     target = spec.tvm_target()

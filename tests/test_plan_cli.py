@@ -94,3 +94,123 @@ def test_plan_energy_and_plot(costs, tmp_path):
     bad = invoke("plan", "zoo:inception", "--devices", "end=rpi4b,edge=x86_64", "--costs", costs,
                  "--objective", "energy", "--power", "end=lots")
     assert bad.exit_code == 1 and "BUSY/IDLE/TX" in bad.output
+
+
+def _small_mlp(seed: int = 0):
+    """input [1,64] -> fc1 Gemm 64x256 + Relu -> fc2 Gemm 256x10: fc1 (66.5 KB of weights) fits
+    no device with a 50 KB cap, so planning splits it into H-parts on both devices (HyPS)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = lambda name, *shape: numpy_helper.from_array(  # noqa: E731
+        (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32), name)
+    nodes = [helper.make_node("Gemm", ["input", "w1", "b1"], ["h"], name="fc1", transB=1),
+             helper.make_node("Relu", ["h"], ["r"], name="relu1"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["output"], name="fc2", transB=1)]
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 10])],
+        initializer=[w("w1", 256, 64), w("b1", 256), w("w2", 10, 256), w("b2", 10)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.fixture()
+def hyps_plan(tmp_path):
+    """(model path, plan file, planner's result): a HyPS plan with a stage DAG saved by
+    `tvmsplit plan --save` (end 8x slower than the edge, 50 KB per device)."""
+    import onnx
+
+    from tvmsplit.links import Link
+    from tvmsplit.partition import CostTable
+    from tvmsplit.planning import Device, plan_partition
+
+    model = tmp_path / "mlp.onnx"
+    onnx.save(_small_mlp(), str(model))
+    g = ts.load(model)
+    table = {"devices": ["end", "edge"], "compute_ms": {
+        layer.name: {"end": layer.flops / 2e5, "edge": layer.flops / 1.6e6} for layer in g.layers}}
+    costs = tmp_path / "costs.json"
+    costs.write_text(json.dumps(table))
+    saved = tmp_path / "plan.json"
+    result = invoke("plan", model, "--devices", "end=x86_64,edge=x86_64", "--link", "lan:1000/1000/0.1",
+                    "--costs", costs, "--mem-cap", "end=50000,edge=50000", "--save", saved)
+    assert result.exit_code == 0, result.output
+    planned = plan_partition(g, [Device("end", "x86_64", 50000), Device("edge", "x86_64", 50000)],
+                             [Link.profile("lan:1000/1000/0.1")], CostTable.from_file(costs))
+    return model, saved, planned
+
+
+def test_saved_plan_file_reads_back_into_the_exact_plan(hyps_plan):
+    from tvmsplit.plan import PLAN_FILE_VERSION, read_plan_file
+    from tvmsplit.planning import PlannedSplit
+
+    model, saved, planned = hyps_plan
+    data = json.loads(saved.read_text())
+    assert data["version"] == PLAN_FILE_VERSION and data["horizontal"] == {"fc1": 2}
+    assert data["model_sha256"] == ts.load(model).model_sha256
+    plan_file = read_plan_file(saved)
+    assert plan_file.plan == planned.plan and plan_file.horizontal == (("fc1", 2),)
+    assert not plan_file.plan.is_chain  # the H-parts in stages of their own, in parallel
+    assert {r.to for r in plan_file.plan.entry} == {0, 1}
+    again = PlannedSplit.from_json(data)
+    assert again == planned and again.to_json() == data
+
+
+def test_build_and_run_plan_build_the_saved_plan_without_planning(hyps_plan, tmp_path, monkeypatch):
+    """A HyPS plan with H-parts and a stage DAG (direct routes) saved by `tvmsplit plan --save` is
+    built as it is: no planner runs (they raise here); the graph is only rewritten the same way."""
+    from tvmsplit import partition, planning, split
+    from tvmsplit.check import compare, random_inputs, reference
+    from tvmsplit.plan import read_plan_file
+    from tvmsplit.runtime.pipeline import Pipeline
+
+    model, saved, _ = hyps_plan
+
+    def no_planning(*args, **kwargs):
+        raise AssertionError("build --plan must not plan")
+
+    for module, name in ((partition, "plan"), (planning, "plan"), (planning, "plan_partition"),
+                         (split, "plan_split")):
+        monkeypatch.setattr(module, name, no_planning)
+    built = invoke("build", model, "--plan", saved, "-o", tmp_path / "b", "--check")
+    assert built.exit_code == 0, built.output
+    assert "OK" in built.output
+    bundle = ts.Bundle.load(tmp_path / "b")
+    assert bundle.plan == read_plan_file(saved).plan
+    assert [s.plan for s in bundle.stages] == list(bundle.plan.stages)  # targets: names, as planned
+    assert {s.plan.target for s in bundle.stages} == {"x86_64"}
+    g = ts.load(model)
+    x = random_inputs(g.inputs, seed=3)
+    with Pipeline(bundle, timeout_s=120) as p:
+        y, trace = p.run(x)
+    assert compare(y["output"], reference(g, x)["output"], "output").rel <= 1e-4
+    assert {(h.src, h.dst) for h in trace.hops} >= {(-1, 0), (-1, 1), (0, 2), (1, 2)}
+    ran = invoke("run", model, "--plan", saved, "-o", tmp_path / "r", "--check")
+    assert ran.exit_code == 0, ran.output
+    assert "check vs onnxruntime" in ran.output and "OK" in ran.output
+
+
+def test_plan_for_another_model_or_version_is_refused(hyps_plan, tmp_path):
+    import onnx
+
+    model, saved, _ = hyps_plan
+    other = tmp_path / "other.onnx"
+    onnx.save(_small_mlp(seed=1), str(other))
+    want, got = ts.load(model).model_sha256, ts.load(other).model_sha256
+    wrong = invoke("build", other, "--plan", saved, "-o", tmp_path / "b")
+    assert wrong.exit_code == 1 and "Traceback" not in wrong.output
+    assert want[:16] in wrong.output and got[:16] in wrong.output and "plan" in wrong.output
+    assert not (tmp_path / "b").exists()
+    data = json.loads(saved.read_text())
+    for version, says in ((99, "version 99"), (None, "no version")):
+        future = tmp_path / f"plan-{version}.json"
+        future.write_text(json.dumps({**data, "version": version} if version else
+                                     {k: v for k, v in data.items() if k != "version"}))
+        refused = invoke("run", model, "--plan", future)
+        assert refused.exit_code == 1 and says in refused.output and "--save" in refused.output
+    data["plan"]["stages"][0]["inputs"][0]["shape"] = [1, 65]  # not the model as loaded
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(data))
+    unfit = invoke("build", model, "--plan", edited, "-o", tmp_path / "s")
+    assert unfit.exit_code == 1 and "does not fit" in unfit.output and "[1, 65]" in unfit.output

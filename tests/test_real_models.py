@@ -36,7 +36,7 @@ import pytest
 
 import tvmsplit as ts
 from tvmsplit.check import check_bundle
-from tvmsplit.split import stage_onnx
+from tvmsplit.compile import stage_onnx
 
 RTOL = 1e-4
 

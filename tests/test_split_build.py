@@ -80,7 +80,7 @@ def test_cut_inside_branches_by_assignment(graphs, unsplit, tmp_path):
     g = graphs["inception"]
     x, whole = unsplit["inception"]
     first = {"conv1", "pool1", "inc1_branch5x5_reduce_conv", "inc1_branch5x5_conv"}
-    plan = ts.plan_split(g, assignment={layer.name: 0 if layer.name in first else 1
+    plan = ts.plan_split(g, stage_of={layer.name: 0 if layer.name in first else 1
                                         for layer in g.layers})
     assert {t.name for t in plan.cuts[0]} == {g.layer("pool1").outputs[0].name,
                                                g.layer("inc1_branch5x5_conv").outputs[0].name}

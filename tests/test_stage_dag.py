@@ -29,7 +29,7 @@ from tvmsplit.planning import parallel_stages, plan_partition
 from tvmsplit.runtime import wire
 from tvmsplit.runtime.gather import Gather, GatherError, Part, merge_traces
 from tvmsplit.runtime.pipeline import Pipeline, PipelineError
-from tvmsplit.split import CLIENT, Plan, Route
+from tvmsplit.plan import CLIENT_END, Plan, Route
 
 from hand_workers import HandStartedWorkers, worker_command
 
@@ -70,13 +70,13 @@ def _two_output_model():
 # ------------------------------------------------------------------------------------ plans
 def test_direct_routes_go_from_producer_to_readers():
     g = ts.load(zoo.make("inception"), name="inception")
-    plan = ts.plan_split(g, assignment=_inception_assignment(g), routing="direct")
+    plan = ts.plan_split(g, stage_of=_inception_assignment(g), routing="direct")
     assert not plan.is_chain
     assert plan.entry == (Route(0, ("input",)),)
     s0, s1, s2, s3 = plan.stages
     assert [r.to for r in s0.sends] == [1, 2] and all(r.tensors == ("pool1",) for r in s0.sends)
     assert [r.to for r in s1.sends] == [3] and [r.to for r in s2.sends] == [3]
-    assert s3.sends == (Route(CLIENT, ("output",)),)
+    assert s3.sends == (Route(CLIENT_END, ("output",)),)
     assert [src for src, _ in plan.senders(3)] == [1, 2]
     assert {t.name for t in s3.inputs} == set(s1.sends[0].tensors) | set(s2.sends[0].tensors)
     assert plan.route_problems(["input"], ["output"]) == []
@@ -84,7 +84,7 @@ def test_direct_routes_go_from_producer_to_readers():
     with pytest.raises(SplitError, match="no chain of cuts"):
         plan.cuts
     # the chain routing of the same assignment forwards pool1 through stage 1
-    chain = ts.plan_split(g, assignment=_inception_assignment(g))
+    chain = ts.plan_split(g, stage_of=_inception_assignment(g))
     assert chain.is_chain and "pool1" in chain.stages[1].sends[0].tensors
     # a plan saved before routes existed reads as the chain it was
     old = chain.to_json()
@@ -93,12 +93,12 @@ def test_direct_routes_go_from_producer_to_readers():
         del s["sends"]
     assert Plan.from_json(old) == chain
     with pytest.raises(SplitError, match="unknown routing 'star'"):
-        ts.plan_split(g, assignment=_inception_assignment(g), routing="star")
+        ts.plan_split(g, stage_of=_inception_assignment(g), routing="star")
 
 
 def test_route_problems_name_what_is_wrong():
     g = ts.load(zoo.make("inception"), name="inception")
-    plan = ts.plan_split(g, assignment=_inception_assignment(g), routing="direct")
+    plan = ts.plan_split(g, stage_of=_inception_assignment(g), routing="direct")
     from dataclasses import replace
 
     broken = replace(plan, stages=(replace(plan.stages[0], sends=plan.stages[0].sends[:1]),
@@ -106,7 +106,7 @@ def test_route_problems_name_what_is_wrong():
     problems = broken.route_problems(["input"], ["output"])
     assert any("stage 2 receives []" in p for p in problems)
     backwards = replace(plan, stages=(*plan.stages[:3], replace(plan.stages[3], sends=(
-        Route(1, ("output",)), Route(CLIENT, ("output",))))))
+        Route(1, ("output",)), Route(CLIENT_END, ("output",))))))
     assert any("stage 3 sends to stage 1" in p for p in backwards.route_problems(["input"], ["output"]))
     twice = replace(plan, stages=(replace(plan.stages[0], sends=(
         Route(1, ("pool1",)), Route(1, ()), Route(2, ("pool1",)))), *plan.stages[1:]))
@@ -147,7 +147,7 @@ def test_parallel_stages_cut_where_devices_can_overlap():
     by_name = dict(zip((layer.name for layer in i.layers), stages))
     assert by_name["conv1"] == by_name["pool1"] != by_name["inc1_branch1x1_conv"]
     assert by_name["inc1_branch3x3_conv"] != by_name["inc1_concat"]
-    ts.plan_split(i, assignment=by_name, routing="direct")  # a valid stage DAG
+    ts.plan_split(i, stage_of=by_name, routing="direct")  # a valid stage DAG
 
 
 def test_gather_collects_parts_and_drops_late_ones():
@@ -184,10 +184,10 @@ def dag(tmp_path_factory):
         mp.setenv("TVMSPLIT_CACHE", str(tmp_path_factory.getbasetemp() / "build-cache"))
         root = tmp_path_factory.mktemp("dag")
         g = ts.load(zoo.make("inception"), name="inception")
-        plan = ts.plan_split(g, assignment=_inception_assignment(g), routing="direct")
+        plan = ts.plan_split(g, stage_of=_inception_assignment(g), routing="direct")
         bundle = ts.build_bundle(g, plan, root / "inception")
         two = ts.load(_two_output_model(), name="two_outputs")
-        two_bundle = ts.build_bundle(two, ts.plan_split(two, assignment={"conv_a": 0, "conv_b": 1},
+        two_bundle = ts.build_bundle(two, ts.plan_split(two, stage_of={"conv_a": 0, "conv_b": 1},
                                                         routing="direct"), root / "two")
     x = random_inputs(g.inputs, seed=3)
     return {"graph": g, "bundle": bundle, "x": x, "ref": reference(g, x),

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 
 import tvmsplit as ts
 from tvmsplit import zoo
-from tvmsplit.bundle import build_bundle
+from tvmsplit.build import build_bundle
 from tvmsplit.check import check_bundle
 from tvmsplit.cli import cli
 from tvmsplit.rpc_device import LocalRPCDevice

@@ -14,10 +14,11 @@ import importlib
 # Public name -> module. Loaded on first use (PEP 562), so a runtime-only stage worker that
 # imports tvmsplit.runtime does not pay for onnx or TVM's compiler.
 _EXPORTS = {
-    "Bundle": "bundle", "BundleStage": "bundle", "build_bundle": "bundle",
+    "Bundle": "bundle", "BundleStage": "bundle", "build_bundle": "build",
     "TvmsplitError": "errors", "load": "frontend",
     "Cut": "graph", "Layer": "graph", "LayerGraph": "graph", "TensorSpec": "graph",
-    "Plan": "split", "StagePlan": "split", "plan_split": "split",
+    "Plan": "plan", "PlanFile": "plan", "Route": "plan", "StagePlan": "plan",
+    "read_plan_file": "plan", "plan_split": "split",
     "TargetSpec": "targets", "get_target": "targets", "known_targets": "targets",
     "Pipeline": "runtime.pipeline", "PipelineError": "runtime.pipeline", "Trace": "runtime.pipeline",
 }

@@ -21,9 +21,12 @@
       }, ...]
     }
 
-Writing is atomic: everything is built in a hidden temporary directory beside the destination and
-renamed into place only when complete, so a failed build leaves no half-written bundle.
-Loading validates the schema, every field and every library checksum.
+This module is the format only: reading and checking bundles, and the pieces of writing one
+(``stage_entry``, ``manifest``, ``writing``). Building one (compiling every stage) is
+``build.build_bundle``. Writing is atomic (``writing``): everything is put in a hidden temporary
+directory beside the destination and renamed into place only when complete, so a failed build
+leaves no half-written bundle. Loading validates the schema, every field and every library
+checksum. Raise ``SCHEMA_VERSION`` on any change an older reader would misread.
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +44,8 @@ from typing import Any
 from . import __version__
 from .errors import BundleError
 from .graph import LayerGraph, TensorSpec
-from .split import Plan, StagePlan
-from .targets import get_target, host_arch
+from .plan import Plan, StagePlan
+from .targets import TargetSpec, host_arch
 
 SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
@@ -106,9 +110,10 @@ class Bundle:
                               f"{SCHEMA_VERSION}; rebuild the bundle")
         try:
             plan = Plan.from_json(m["plan"])
+            planned_target = {p.index: p.target for p in plan.stages}
             built = []
-            for s in m["stages"]:
-                stage_plan = StagePlan.from_json(s)
+            for s in m["stages"]:  # "target" holds the resolved TargetSpec; the plan its name
+                stage_plan = StagePlan.from_json({**s, "target": planned_target[int(s["index"])]})
                 built.append(BundleStage(stage_plan, dict(s["target"]), path / s["library"],
                                           str(s["sha256"]), int(s["library_bytes"])))
             bundle = cls(path, str(m["model"]), str(m["model_sha256"]),
@@ -150,9 +155,6 @@ class Bundle:
         return bundle
 
 
-ProgressFn = Callable[[str], None]
-
-
 def check_output_dir(out_dir: str | os.PathLike) -> None:
     """Refuse a destination that a bundle must not replace (before any work is done)."""
     out_dir = Path(out_dir)
@@ -166,58 +168,45 @@ def check_output_dir(out_dir: str | os.PathLike) -> None:
                           "directory (tvmsplit only replaces its own bundles)")
 
 
-def build_bundle(graph: LayerGraph, plan: Plan, out_dir: str | os.PathLike,
-                 progress: ProgressFn | None = None,
-                 db: str | os.PathLike | None = None) -> Bundle:
-    """Compile every stage of ``plan`` and write the bundle to ``out_dir`` atomically.
+def stage_entry(stage: StagePlan, target: TargetSpec, library: Path,
+                tuning: dict[str, Any] | None) -> dict[str, Any]:
+    """A manifest's stage: the stage's plan with its resolved target and its library, a file in
+    the bundle directory."""
+    return {**stage.to_json(), "target": target.to_json(), "library": library.name,
+            "sha256": file_sha256(library), "library_bytes": library.stat().st_size,
+            "runs_on_host": target.runs_on_host, "tuning": tuning}
 
-    An existing bundle at ``out_dir`` is replaced; any other non-empty directory is refused.
-    CPU stages are scheduled from the tuning database ``db`` where it was tuned for their target
-    (else from each target's default one, when it exists; see ``tunedb``); the manifest records
-    per stage how many kernels were tuned.
-    """
+
+def manifest(graph: LayerGraph, plan: Plan, stages: list[dict[str, Any]],
+             tvm_version: str) -> dict[str, Any]:
+    """The manifest of a bundle of ``plan`` with ``stages`` (``stage_entry`` each)."""
+    return {
+        "schema_version": SCHEMA_VERSION, "tvmsplit_version": __version__,
+        "tvm_version": tvm_version, "model": graph.name, "model_sha256": graph.model_sha256,
+        "inputs": [t.to_json() for t in graph.inputs],
+        "outputs": [t.to_json() for t in graph.outputs],
+        "plan": plan.to_json(), "stages": stages,
+    }
+
+
+@contextmanager
+def writing(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Write a bundle atomically: yields a hidden temporary directory beside ``out_dir`` to fill
+    (libraries and ``MANIFEST``); on success it replaces ``out_dir`` (checked first with
+    ``check_output_dir``), on any error it is removed and ``out_dir`` is left as it was."""
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
-    from .compile import build_stage
-
-    specs = [get_target(s.target) for s in plan.stages]  # fail on unknown targets before building
-    from .tunedb import database_paths
-
-    dbs = database_paths(specs, db)  # and on a database that fits none of them
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is meant to be shared
     try:
-        stages_json = []
-        for stage, spec, stage_db in zip(plan.stages, specs, dbs):
-            if progress:
-                progress(f"stage {stage.index + 1}/{len(plan.stages)}: {len(stage.layers)} layer(s) "
-                         f"{stage.layers[0]}..{stage.layers[-1]} for {spec.name}")
-            staging = tmp / f"stage{stage.index}.so"
-            built = build_stage(graph, stage, spec, staging, db=stage_db)
-            if progress and built.tuning is not None:
-                progress(f"  stage {stage.index}: {built.tuning.describe()}")
-            lib_name = f"stage{stage.index}-{built.sha256[:12]}.so"
-            staging.rename(tmp / lib_name)
-            stages_json.append({**stage.to_json(), "target": spec.to_json(), "library": lib_name,
-                                "sha256": built.sha256, "library_bytes": (tmp / lib_name).stat().st_size,
-                                "runs_on_host": spec.runs_on_host,
-                                "tuning": built.tuning.to_json() if built.tuning else None})
-        import tvm
-
-        manifest = {
-            "schema_version": SCHEMA_VERSION, "tvmsplit_version": __version__,
-            "tvm_version": tvm.__version__, "model": graph.name, "model_sha256": graph.model_sha256,
-            "inputs": [t.to_json() for t in graph.inputs],
-            "outputs": [t.to_json() for t in graph.outputs],
-            "plan": plan.to_json(), "stages": stages_json,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        yield tmp
+        if not (tmp / MANIFEST).is_file():
+            raise BundleError(f"internal: no {MANIFEST} was written for {str(out_dir)!r}")
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Bundle.load(out_dir)
 
 
 def _replace_dir(new: Path, dest: Path) -> None:

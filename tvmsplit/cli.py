@@ -150,8 +150,8 @@ def build(model: str, split_at: str, targets: str, out_dir: str, shapes: tuple[s
           plan_file: str | None, check: bool, tolerance: float, db: str | None) -> None:
     """Split MODEL, compile every stage for its target and write a bundle."""
     g = _load_graph(model, shapes)
-    g, how = _split_how(g, split_at, targets, plan_file)
-    _build_and_check(g, *how, out_dir, check, tolerance, db)
+    g, plan = _plan_to_build(g, split_at, targets, plan_file)
+    _build_plan_and_check(g, plan, out_dir, check, tolerance, db)
 
 
 def _parse_duration(text: str | None) -> float | None:
@@ -215,7 +215,7 @@ def tune(model, target_name, db, trials, time_budget, rpc, tracker, key, num_cor
         g, how = _split_how(g, split_at, target_name, plan_file)
         cuts, targets, assignment, routing = how
         plans.append(plan_split(g, cuts, targets if plan_file else [spec.name],
-                                assignment=assignment, routing=routing))
+                                stage_of=assignment, routing=routing))
     tty = sys.stderr.isatty()
     last = [0.0]
 
@@ -242,40 +242,62 @@ def tune(model, target_name, db, trials, time_budget, rpc, tracker, key, num_cor
 
 
 def _split_how(g, split_at: str, targets: str, plan_file: str | None):
-    """``(graph, (split_at, targets, assignment, routing))`` from --split-at/--targets, or from a
-    plan saved by `tvmsplit plan --save` (its graph rewritten by the saved horizontal splits)."""
+    """``(graph, (split_at, targets, stage_of, routing))`` from --split-at/--targets, or from a
+    plan saved by `tvmsplit plan --save` (its graph rewritten by the saved horizontal splits; the
+    model's hash checked): the arguments of ``split.plan_split`` (``tune`` re-derives its stage
+    modules from them; ``build`` and ``run`` take the saved Plan as it is, ``_plan_to_build``)."""
     if not plan_file:
         return g, (_split_list(split_at, "--split-at"), _split_list(targets, "--targets"), None,
                    "chain")
+    g, plan = _plan_to_build(g, split_at, targets, plan_file)
+    return g, ([], [s.target for s in plan.stages],
+               {layer: s.index for s in plan.stages for layer in s.layers}, plan.routing)
+
+
+def _plan_to_build(g, split_at: str, targets: str, plan_file: str | None):
+    """``(graph, Plan)``: the plan of --split-at/--targets (``split.plan_split``), or the plan
+    saved by `tvmsplit plan --save` exactly as saved, after checking that MODEL is the model it
+    was made for; its graph is MODEL rewritten by the saved horizontal splits. Never plans."""
+    from .split import plan_split, saved_graph
+    from .targets import get_target
+
+    if not plan_file:
+        cuts, targets_list = _split_list(split_at, "--split-at"), _split_list(targets, "--targets")
+        for t in targets_list:
+            get_target(t)  # unknown targets fail before anything is built
+        return g, plan_split(g, cuts, targets_list or ["x86_64"])
     if split_at:
         raise TvmsplitError("give either --plan or --split-at, not both")
-    from .split import Plan
+    from .plan import read_plan_file
 
-    try:
-        data = json.loads(Path(plan_file).read_text())
-        saved = Plan.from_json(data["plan"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise TvmsplitError(f"--plan {plan_file}: not a plan saved by `tvmsplit plan --save` "
-                            f"({type(exc).__name__}: {exc})") from None
-    if data.get("horizontal"):
-        from .hsplit import split_horizontally
-
-        g = split_horizontally(g, data["horizontal"])
-    assignment = {layer: s.index for s in saved.stages for layer in s.layers}
-    return g, ([], [s.target for s in saved.stages], assignment,
-               "chain" if saved.is_chain else "direct")
+    saved = read_plan_file(plan_file)
+    g = saved_graph(g, saved, f"--plan {plan_file}")
+    for s in saved.plan.stages:
+        get_target(s.target)
+    return g, saved.plan
 
 
-def _build_and_check(g, split_at: list[str], targets: list[str], assignment: dict | None,
+def _build_and_check(g, split_at: list[str], targets: list[str], stage_of: dict | None,
                      routing: str, out_dir: str, check: bool, tolerance: float,
                      db: str | None = None) -> None:
-    from .bundle import build_bundle, check_output_dir
+    """Split ``g`` (``split.plan_split``'s arguments) and build the plan (``demo``)."""
     from .split import plan_split
     from .targets import get_target
 
     for t in targets:
         get_target(t)  # unknown targets fail before anything is built
-    plan = plan_split(g, split_at, targets or ["x86_64"], assignment=assignment, routing=routing)
+    plan = plan_split(g, split_at, targets or ["x86_64"], stage_of=stage_of, routing=routing)
+    _build_plan_and_check(g, plan, out_dir, check, tolerance, db)
+
+
+def _build_plan_and_check(g, plan, out_dir: str, check: bool, tolerance: float,
+                          db: str | None = None) -> None:
+    """Build ``plan`` as it is into ``out_dir``, print its stages, and with ``check`` compare
+    the host-runnable stages with onnxruntime."""
+    from .build import build_bundle
+    from .bundle import check_output_dir
+    from .targets import get_target
+
     check_output_dir(out_dir)
     if db is not None:
         from .tunedb import database_paths
@@ -399,8 +421,8 @@ def run(model, split_at, targets, out_dir, shapes, plan_file, input_file, worker
     endpoints = json.loads(Path(workers).read_text()) if workers else None
     with tempfile.TemporaryDirectory(prefix="tvmsplit-run-") as tmp:
         out = out_dir or str(Path(tmp) / "bundle")
-        g, how = _split_how(g, split_at, targets, plan_file)
-        _build_and_check(g, *how, out, False, tolerance, db)
+        g, plan = _plan_to_build(g, split_at, targets, plan_file)
+        _build_plan_and_check(g, plan, out, False, tolerance, db)
         _run_pipeline(Bundle.load(out), g, requests, inputs, check, tolerance, endpoints, secure)
 
 
@@ -549,7 +571,9 @@ def plan_cmd(model, devices, links, costs_file, objective, powers, method, mem_c
                             objective=objective, method=method, pins=dict(_parse_pairs(pins, "--pin")),
                             input_bytes=input_bytes, power=power)
     if save:
-        Path(save).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        from .plan import save_plan_file
+
+        save_plan_file(save, result.to_json())
     if plot:
         from .plot import plot_plan
 

@@ -1,5 +1,9 @@
 """Compile one stage for its target and export it as a shared library.
 
+- A stage becomes an ONNX sub-model (``stage_onnx``: the stage's nodes of the normalised ONNX
+  graph with only the initializers they use) imported into Relax on its own (``stage_relax``:
+  ``from_onnx(keep_params_in_input=False)`` inlines them), so each stage carries exactly its own
+  weights.
 - Every stage first gets the graph-level passes of ``graphopt`` (BatchNorm folded into convs).
 - CPU targets are lowered (legalize + fuse), scheduled from the target's tuning database where it
   holds records (``tunedb``: "N/M kernels tuned" per stage), the other kernels get a parallel
@@ -24,10 +28,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .bundle import file_sha256
 from .errors import BuildError
-from .graph import LayerGraph
-from .split import StagePlan, stage_onnx, stage_relax
+from .graph import LayerGraph, TensorSpec
+from .plan import StagePlan
 from .targets import TargetSpec, check_toolchain
 from .tunedb import AppliedTuning, TuningDatabase, cache_root, find_database
 
@@ -45,6 +51,40 @@ class BuiltLibrary:
 
 
 cache_dir = cache_root  # the build cache's root (TVMSPLIT_CACHE; "off" disables it)
+
+
+def stage_onnx(graph: LayerGraph, stage: StagePlan):
+    """The ONNX sub-model computing ``stage.library_outputs`` from ``stage.library_inputs``."""
+    from onnx import helper
+
+    model = graph.model
+    wanted = {n for name in stage.layers for n in graph.layer(name).nodes}
+    nodes = [n for n in model.graph.node if n.name in wanted]
+    used = {i for n in nodes for i in n.input if i}
+    inits = [init for init in model.graph.initializer if init.name in used]
+
+    def vi(t: TensorSpec):
+        return helper.make_tensor_value_info(t.name, helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)),
+                                              list(t.shape))
+
+    sub = helper.make_graph(nodes, f"{graph.name}_stage{stage.index}",
+                            [vi(t) for t in stage.library_inputs],
+                            [vi(t) for t in stage.library_outputs], initializer=inits)
+    out = helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version,
+                            producer_name="tvmsplit")
+    return out
+
+
+def stage_relax(graph: LayerGraph, stage: StagePlan):
+    """The stage as a Relax IRModule, weights inlined as constants and constant-folded."""
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    sub = stage_onnx(graph, stage)
+    mod = from_onnx(sub, shape_dict={t.name: list(t.shape) for t in stage.library_inputs},
+                    dtype_dict={t.name: t.dtype for t in stage.library_inputs},
+                    keep_params_in_input=False)
+    return relax.transform.FoldConstant()(mod)
 
 
 def build_key(graph: LayerGraph, stage: StagePlan, spec: TargetSpec,

@@ -1,7 +1,7 @@
 """From a partitioning problem to a buildable Plan: devices, links, costs -> stages with targets.
 
 ``plan_partition`` runs a planner (``tvmsplit.partition``) and turns its assignment into a
-``split.Plan``: the devices that received layers become the stages, in path order, each compiled
+``plan.Plan``: the devices that received layers become the stages, in path order, each compiled
 for its device's target. The predicted breakdown and the baselines travel with it.
 
 Parallel stages. When layers on different devices could run at the same time (HyPS H-parts of
@@ -23,7 +23,8 @@ from .graph import LayerGraph
 from .partition import (BASELINES, PLANNERS, Breakdown, CostTable, PlanningError, PowerModel,
                         Problem, plan)
 from .partition.problem import feasible
-from .split import Plan, plan_split
+from .plan import CLIENT_END, Plan, PlanFile
+from .split import plan_split
 from .targets import get_target
 
 
@@ -44,22 +45,52 @@ class PlannedSplit:
     critical_path_ms: float | None = None  # a stage DAG's predicted latency, branches in parallel
 
     def to_json(self) -> dict:
-        def breakdown(b: Breakdown | None):
-            if b is None:
-                return None
-            return {"assignment": list(b.assignment), "compute_ms": list(b.compute_ms),
-                    "hop_bytes": list(b.hop_bytes), "hop_ms": list(b.hop_ms),
-                    "return_ms": b.return_ms, "memory_bytes": list(b.memory_bytes),
-                    "latency_ms": b.latency_ms, "bottleneck_ms": b.bottleneck_ms,
-                    "energy_mj": b.energy_mj}
-
-        return {"plan": self.plan.to_json(), "method": self.method,
-                "horizontal": dict(self.horizontal), "stage_devices": list(self.stage_devices),
+        """The plan file ``tvmsplit plan --save`` writes (``plan.PlanFile``, the format and its
+        version are defined there) with the planner's report beside it."""
+        return {**PlanFile(self.plan, self.horizontal).to_json(), "method": self.method,
+                "stage_devices": list(self.stage_devices),
                 "critical_path_ms": self.critical_path_ms,
                 "devices": [{"name": d.name, "target": d.target, "mem_cap_bytes": d.mem_cap_bytes}
                             for d in self.devices],
-                "predicted": breakdown(self.predicted),
-                "baselines": {name: breakdown(b) for name, b in self.baselines}}
+                "predicted": _breakdown_json(self.predicted),
+                "baselines": {name: _breakdown_json(b) for name, b in self.baselines}}
+
+    @classmethod
+    def from_json(cls, d: Mapping, source: str = "the plan") -> "PlannedSplit":
+        """The inverse of ``to_json``, without what the file does not hold (``graph``: rewrite
+        the model with ``split.saved_graph``; ``plan_costs``)."""
+        saved = PlanFile.from_json(d, source)
+        try:
+            return cls(saved.plan, str(d["method"]), _breakdown(d["predicted"]),
+                       tuple(Device(str(x["name"]), str(x["target"]), x.get("mem_cap_bytes"))
+                             for x in d["devices"]),
+                       tuple((str(name), _breakdown(b)) for name, b in d["baselines"].items()),
+                       horizontal=saved.horizontal,
+                       stage_devices=tuple(int(i) for i in d.get("stage_devices", ())),
+                       critical_path_ms=d.get("critical_path_ms"))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PlanningError(f"{source}: the planner's report is malformed (bad or missing "
+                                f"field {exc}); save the plan again") from None
+
+
+_BREAKDOWN_FIELDS = ("assignment", "compute_ms", "hop_bytes", "hop_ms", "return_ms",
+                     "memory_bytes", "latency_ms", "bottleneck_ms", "energy_mj")
+
+
+def _breakdown_json(b: Breakdown | None) -> dict | None:
+    if b is None:
+        return None
+    return {name: list(v) if isinstance(v := getattr(b, name), tuple) else v
+            for name in _BREAKDOWN_FIELDS}
+
+
+def _breakdown(d: Mapping | None) -> Breakdown | None:
+    if d is None:
+        return None
+    return Breakdown(tuple(int(i) for i in d["assignment"]), tuple(float(x) for x in d["compute_ms"]),
+                     tuple(int(x) for x in d["hop_bytes"]), tuple(float(x) for x in d["hop_ms"]),
+                     float(d["return_ms"]), tuple(int(x) for x in d["memory_bytes"]),
+                     float(d["latency_ms"]), float(d["bottleneck_ms"]), float(d["energy_mj"]))
 
 
 def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence[Link],
@@ -147,13 +178,13 @@ def to_plan(graph: LayerGraph, breakdown: Breakdown, devices: Sequence[Device], 
     if stage_of is None or max(stage_of) + 1 == len(set(device_of)):
         used = sorted(set(device_of))
         stage_of_device = {d: s for s, d in enumerate(used)}
-        assignment = {layer.name: stage_of_device[d] for layer, d in zip(graph.layers, device_of)}
-        return (plan_split(graph, assignment=assignment, targets=[devices[d].target for d in used]),
+        by_name = {layer.name: stage_of_device[d] for layer, d in zip(graph.layers, device_of)}
+        return (plan_split(graph, stage_of=by_name, targets=[devices[d].target for d in used]),
                 tuple(used))
     stage_device = [0] * (max(stage_of) + 1)
     for k, s in enumerate(stage_of):
         stage_device[s] = device_of[k]
-    plan_ = plan_split(graph, assignment={layer.name: s for layer, s in zip(graph.layers, stage_of)},
+    plan_ = plan_split(graph, stage_of={layer.name: s for layer, s in zip(graph.layers, stage_of)},
                        targets=[devices[d].target for d in stage_device], routing="direct")
     return plan_, tuple(stage_device)
 
@@ -208,8 +239,6 @@ def critical_path_ms(problem: Problem, plan_: Plan, stage_devices: Sequence[int]
     time), taking the cost table's times; each route costs the cost model's transfer time per
     link crossed (``Link.up_ms`` / ``down_ms``; free within a device; the input as the end device
     sends it); the latency ends with the outputs' return to the end device."""
-    from .split import CLIENT
-
     costs = dict(zip(problem.costs.layers, problem.costs.compute_ms))
 
     def transfer_ms(names, src_dev: int, dst_dev: int) -> float:
@@ -227,9 +256,9 @@ def critical_path_ms(problem: Problem, plan_: Plan, stage_devices: Sequence[int]
         dev = stage_devices[s.index]
         finish = free[dev] = max(ready[s.index], free[dev]) + sum(costs[name][dev] for name in s.layers)
         for route in s.sends:
-            dst = 0 if route.to == CLIENT else stage_devices[route.to]
+            dst = 0 if route.to == CLIENT_END else stage_devices[route.to]
             arrive = finish + transfer_ms(route.tensors, dev, dst)
-            if route.to == CLIENT:
+            if route.to == CLIENT_END:
                 done = max(done, arrive)
             else:
                 ready[route.to] = max(ready[route.to], arrive)

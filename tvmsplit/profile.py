@@ -26,7 +26,8 @@ from .compile import build_stage
 from .errors import TvmsplitError
 from .graph import LayerGraph
 from .monitor import DeviceState, snapshot
-from .split import StagePlan, layer_stage
+from .plan import StagePlan
+from .split import layer_stage
 from .targets import TargetSpec, get_target
 
 

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .bundle import build_bundle
+from .build import build_bundle
 from .devices import Device, Link
 from .graph import LayerGraph
 from .partition import CostTable

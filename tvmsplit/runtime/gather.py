@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..split import Route, end_name
+from ..plan import Route, end_name
 
 MAX_WAITING = 256  # requests a stage (or client) holds while they wait for other senders' parts
 
@@ -30,7 +30,7 @@ MAX_WAITING = 256  # requests a stage (or client) holds while they wait for othe
 class Part:
     """One sender's message for a request: its tensors, trace, arrival time and size."""
 
-    source: int  # the sending stage, or CLIENT
+    source: int  # the sending stage, or CLIENT_END
     tensors: Mapping[str, np.ndarray]
     trace: tuple[dict[str, Any], ...]
     recv_ts: float

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import TvmsplitError
-from ..split import CLIENT as TO_CLIENT
+from ..plan import CLIENT_END
 from .procs import exit_text, kill_groups, log_tail, stop_group
 from .security import CLIENT, WORKER, SecureConfig, SecurityError
 
@@ -283,7 +283,7 @@ def launch_order(plan) -> list[int]:
     destinations are running (and their addresses known) when it starts. Plans number stages
     so that routes go to higher numbers; a plan that does not is refused."""
     back = [(s.index, r.to) for s in plan.stages for r in s.sends
-            if r.to != TO_CLIENT and r.to <= s.index]
+            if r.to != CLIENT_END and r.to <= s.index]
     if back:
         raise LaunchError(f"routes {back} go to a stage that is not later; stages must be "
                           "numbered in data-flow order")
@@ -295,8 +295,8 @@ def next_addresses(plan, index: int, data_of: Mapping[int, str],
     """A stage's ``--next``: per route, its destination's data address, or ``client`` for the
     route to the client (``client`` None: that route is left out, so the worker binds ``out``;
     it is always the last route)."""
-    return [client if r.to == TO_CLIENT else data_of[r.to] for r in plan.stages[index].sends
-            if r.to != TO_CLIENT or client is not None]
+    return [client if r.to == CLIENT_END else data_of[r.to] for r in plan.stages[index].sends
+            if r.to != CLIENT_END or client is not None]
 
 
 class Launcher(Protocol):
@@ -365,7 +365,7 @@ class LocalLauncher:
                                   parent_pid=os.getpid())
                 if secure is not None:  # the client's result socket or a stage, per route
                     spec = spec.replace(secure=str(secure.keys_dir.resolve()), next_key=tuple(
-                        CLIENT if r.to == TO_CLIENT else WORKER
+                        CLIENT if r.to == CLIENT_END else WORKER
                         for r in bundle.stages[index].plan.sends))
                 started[index] = self._start_one(spec)
         except BaseException:
@@ -463,7 +463,7 @@ class GivenEndpoints:
         for i, e in enumerate(self.endpoints):
             if not isinstance(e.get("data"), str):
                 problems.append(f"endpoint {i} has no 'data' address")
-        for i, _ in bundle.plan.senders(TO_CLIENT):
+        for i, _ in bundle.plan.senders(CLIENT_END):
             if i < len(self.endpoints) and not isinstance(self.endpoints[i].get("out"), str):
                 problems.append(f"endpoint {i} has no 'out' address: stage {i} sends to the "
                                 "client, so start its worker without --next for that route (it "

@@ -66,8 +66,7 @@ import zmq
 
 from ..bundle import Bundle
 from ..errors import ShapeError, TvmsplitError, WireError
-from ..split import CLIENT as TO_CLIENT
-from ..split import Route
+from ..plan import CLIENT_END, Route
 from . import control, wire
 from .control import ControlClient
 from .gather import MAX_WAITING, Gather, GatherError, Part, merge_traces
@@ -214,7 +213,7 @@ class Pipeline:
     def _reply_gather(bundle: Bundle, before: Gather | None = None) -> Gather:
         """Where replies come from: every stage with a route to the client. Completed and failed
         ids are remembered (across swaps: ``before``), so that a late part is dropped."""
-        return Gather(bundle.plan.senders(TO_CLIENT), "the client", max_open=1 << 30,
+        return Gather(bundle.plan.senders(CLIENT_END), "the client", max_open=1 << 30,
                       closed=before)
 
     def _check_in_flight(self, bundle: Bundle) -> None:
@@ -283,7 +282,7 @@ class Pipeline:
         self._close_entry()
         self._connect_entry(bundle, workers)
         if not self.launcher.client_binds:
-            for i, _ in bundle.plan.senders(TO_CLIENT):
+            for i, _ in bundle.plan.senders(CLIENT_END):
                 self._recv.connect(workers[i].out)
 
     def _connect_entry(self, bundle: Bundle, workers: Sequence[Worker]) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..graph import TensorSpec
-from ..split import StagePlan
+from ..plan import StagePlan
 
 
 class StageRunner:

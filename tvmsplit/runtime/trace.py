@@ -12,13 +12,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..split import CLIENT
+from ..plan import CLIENT_END
 from .gather import Part
 
 
 @dataclass(frozen=True)
 class Hop:
-    """One message: ``src`` -> ``dst`` (stage indices; ``CLIENT`` = -1 for the client),
+    """One message: ``src`` -> ``dst`` (stage indices; ``CLIENT_END`` = -1 for the client),
     ``nbytes`` on the wire, ``ms`` from the sender's send time to the receiver's receive time
     (wall clocks, so it includes queueing behind earlier requests and any clock offset between
     hosts)."""
@@ -64,7 +64,7 @@ def make_trace(rid: int, send_ts: float, replies: Sequence[Part],
                entries: Sequence[Mapping[str, Any]]) -> Trace:
     """The trace of request ``rid``: sent at ``send_ts``, its reply parts as received, and the
     merged stage entries (KeyError/TypeError when an entry lacks what our workers write)."""
-    sent_at = {CLIENT: send_ts}
+    sent_at = {CLIENT_END: send_ts}
     hops = []
     for e in entries:  # from our workers (worker.py): "parts" lists what the stage received
         stage = e["stage"]
@@ -73,7 +73,7 @@ def make_trace(rid: int, send_ts: float, replies: Sequence[Part],
                             (_num(p, "recv_ts") - sent_at.get(p["from"], math.nan)) * 1e3))
         sent_at[stage] = _num(e, "send_ts")
     for part in replies:
-        hops.append(Hop(part.source, CLIENT, part.nbytes,
+        hops.append(Hop(part.source, CLIENT_END, part.nbytes,
                         (part.recv_ts - sent_at.get(part.source, math.nan)) * 1e3))
     done = max(p.recv_ts for p in replies)
     return Trace(rid, tuple(_num(e, "compute_ms") for e in entries), tuple(hops),

@@ -79,8 +79,7 @@ from typing import Any  # noqa: E402
 import zmq  # noqa: E402
 
 from ..errors import TvmsplitError, WireError  # noqa: E402
-from ..split import CLIENT as TO_CLIENT  # noqa: E402
-from ..split import end_name  # noqa: E402
+from ..plan import CLIENT_END, end_name  # noqa: E402
 from . import control, wire  # noqa: E402
 from .control import MAX_HEADER_BYTES as CONTROL_MAX_HEADER_BYTES  # noqa: E402
 from .gather import Gather, GatherError, Part, merge_traces  # noqa: E402
@@ -143,7 +142,7 @@ class StageWorker:
                                    f"stages 0..{len(bundle.stages) - 1}")
         self.bundle_stage = bundle.stages[stage]
         routes = self.bundle_stage.plan.sends
-        bind_last = (len(next_addrs) == len(routes) - 1 and routes[-1].to == TO_CLIENT)
+        bind_last = (len(next_addrs) == len(routes) - 1 and routes[-1].to == CLIENT_END)
         if len(next_addrs) != len(routes) and not bind_last:
             raise WorkerStartError(
                 f"stage {stage} sends to {', '.join(end_name(r.to) for r in routes)}: give one "
@@ -162,7 +161,7 @@ class StageWorker:
         self.served = 0
         self.errors = 0
         self._input_names = [t.name for t in self.plan.inputs]
-        self._senders_one = senders[0][0] if senders else TO_CLIENT
+        self._senders_one = senders[0][0] if senders else CLIENT_END
         self.runner = None if await_library else StageRunner(self.bundle_stage.library, self.plan)
         self.ctx = zmq.Context()
         self.sockets: list[zmq.Socket] = []
@@ -325,7 +324,7 @@ class StageWorker:
         try:
             for route, sock in zip(self.plan.sends, self.outs):
                 tensors = [(name, outputs[name]) for name in route.tensors]
-                if route.to == TO_CLIENT:
+                if route.to == CLIENT_END:
                     sends.append((sock, wire.reply(rid, self.index, tensors, trace)))
                 else:
                     sends.append((sock, wire.request(rid, route.to, tensors, trace)))

@@ -1,0 +1,57 @@
+"""Build a bundle: compile every stage of a plan (``compile``) and write them with their manifest
+(``bundle``, the format). The one place that joins the two, so neither imports the other's
+orchestration: ``compile`` knows one stage, ``bundle`` knows the directory and its manifest.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from .bundle import MANIFEST, Bundle, check_output_dir, manifest, stage_entry, writing
+from .graph import LayerGraph
+from .plan import Plan
+from .targets import get_target
+
+ProgressFn = Callable[[str], None]
+
+
+def build_bundle(graph: LayerGraph, plan: Plan, out_dir: str | os.PathLike,
+                 progress: ProgressFn | None = None,
+                 db: str | os.PathLike | None = None) -> Bundle:
+    """Compile every stage of ``plan`` (as it is: nothing is planned here) and write the bundle
+    to ``out_dir`` atomically.
+
+    An existing bundle at ``out_dir`` is replaced; any other non-empty directory is refused.
+    CPU stages are scheduled from the tuning database ``db`` where it was tuned for their target
+    (else from each target's default one, when it exists; see ``tunedb``); the manifest records
+    per stage how many kernels were tuned.
+    """
+    import json
+
+    from .compile import build_stage
+    from .tunedb import database_paths
+
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir)
+    specs = [get_target(s.target) for s in plan.stages]  # fail on unknown targets before building
+    dbs = database_paths(specs, db)  # and on a database that fits none of them
+    with writing(out_dir) as tmp:
+        stages_json = []
+        for stage, spec, stage_db in zip(plan.stages, specs, dbs):
+            if progress:
+                progress(f"stage {stage.index + 1}/{len(plan.stages)}: {len(stage.layers)} layer(s) "
+                         f"{stage.layers[0]}..{stage.layers[-1]} for {spec.name}")
+            staging = tmp / f"stage{stage.index}.so"
+            built = build_stage(graph, stage, spec, staging, db=stage_db)
+            if progress and built.tuning is not None:
+                progress(f"  stage {stage.index}: {built.tuning.describe()}")
+            library = tmp / f"stage{stage.index}-{built.sha256[:12]}.so"
+            staging.rename(library)
+            stages_json.append(stage_entry(stage, spec, library,
+                                           built.tuning.to_json() if built.tuning else None))
+        import tvm
+
+        text = json.dumps(manifest(graph, plan, stages_json, tvm.__version__), indent=2)
+        (tmp / MANIFEST).write_text(text + "\n")
+    return Bundle.load(out_dir)
