@@ -67,7 +67,7 @@ def test_plan_json_pins_and_memory_caps(costs):
 def test_plan_errors_are_one_line(costs, tmp_path, monkeypatch):
     monkeypatch.setenv("TVMSPLIT_PREDICTORS", str(tmp_path / "no-predictors"))
     no_costs = invoke("plan", "zoo:chain", "--devices", "end=rpi4b,edge=x86_64")
-    assert no_costs.exit_code == 1 and "tvmsplit profile --device" in no_costs.output
+    assert no_costs.exit_code == 1 and "tvmsplit profile --target" in no_costs.output
     wrong = invoke("plan", "zoo:inception", "--devices", "end=rpi4b,cloud=x86_64", "--costs", costs)
     assert wrong.exit_code == 1 and "cloud" in wrong.output
     cap = invoke("plan", "zoo:inception", "--devices", "end=rpi4b,edge=x86_64", "--costs", costs,

@@ -137,9 +137,9 @@ def test_dataset_round_trip_and_errors(tmp_path, synthetic):
     assert len(back) == len(synthetic) and back.sha256() == synthetic.sha256()
     assert back.rows[3].features() == synthetic.rows[3].features()
     with pytest.raises(PredictorTargetError, match=r"measured for x86_64, you asked for rpi4b; "
-                                                   r"run `tvmsplit profile --device rpi4b`"):
+                                                   r"run `tvmsplit profile --target rpi4b`"):
         Dataset.load(path, target="rpi4b")
-    with pytest.raises(PredictorMissingError, match="run `tvmsplit profile --device x86_64`"):
+    with pytest.raises(PredictorMissingError, match="run `tvmsplit profile --target x86_64`"):
         Dataset.load(tmp_path / "nope.json", target="x86_64")
     bad = tmp_path / "bad.json"
     bad.write_text(path.read_text()[:1000])
@@ -212,13 +212,13 @@ def test_predictor_load_errors_say_what_to_run(tmp_path, trained, monkeypatch):
     with pytest.raises(PredictorTargetError) as e:
         Predictor.load(path, target="rpi4b")
     assert str(e.value).endswith("was trained for x86_64, you asked for rpi4b; run `tvmsplit profile "
-                                 "--device rpi4b` then `tvmsplit train --device rpi4b`")
+                                 "--target rpi4b` then `tvmsplit train --target rpi4b`")
     with pytest.raises(PredictorMissingError, match=r"no predictor for rpi4b at .*rpi4b.predictor.json"
-                                                    r"'; run `tvmsplit profile --device rpi4b` then "
-                                                    r"`tvmsplit train --device rpi4b`"):
+                                                    r"'; run `tvmsplit profile --target rpi4b` then "
+                                                    r"`tvmsplit train --target rpi4b`"):
         predict_model(ts.load(zoo.make("chain", width=0.25)), "rpi4b")
     (tmp_path / "rpi4b.dataset.json").write_text("{}")          # profiled but not trained
-    with pytest.raises(PredictorMissingError, match=r"run `tvmsplit train --device rpi4b`"):
+    with pytest.raises(PredictorMissingError, match=r"run `tvmsplit train --target rpi4b`"):
         Predictor.load(tmp_path / "rpi4b.predictor.json", target="rpi4b")
     text = path.read_text()
     for name, content, err, msg in [
@@ -234,7 +234,7 @@ def test_predictor_load_errors_say_what_to_run(tmp_path, trained, monkeypatch):
         p.write_text(content)
         with pytest.raises(err, match=msg) as e:
             Predictor.load(p, target="x86_64")
-        assert "`tvmsplit train --device x86_64`" in str(e.value), name
+        assert "`tvmsplit train --target x86_64`" in str(e.value), name
         assert isinstance(e.value, TvmsplitError)
     # the same device name, but its target definition changed since training
     changed = json.loads(text)
@@ -248,7 +248,7 @@ def test_predictor_load_errors_say_what_to_run(tmp_path, trained, monkeypatch):
 
 def test_train_device_writes_the_default_file(tmp_path, monkeypatch, synthetic):
     monkeypatch.setenv("TVMSPLIT_PREDICTORS", str(tmp_path))
-    with pytest.raises(PredictorMissingError, match="run `tvmsplit profile --device x86_64`"):
+    with pytest.raises(PredictorMissingError, match="run `tvmsplit profile --target x86_64`"):
         train_device("x86_64")
     synthetic.save(tmp_path / "x86_64.dataset.json")
     predictor, path = train_device("x86_64", rounds=50)

@@ -15,12 +15,13 @@ import importlib
 # imports tvmsplit.runtime does not pay for onnx or TVM's compiler.
 _EXPORTS = {
     "Bundle": "bundle", "BundleStage": "bundle", "build_bundle": "build",
-    "TvmsplitError": "errors", "load": "frontend",
+    "Device": "devices", "Link": "devices", "TvmsplitError": "errors", "load": "frontend",
     "Cut": "graph", "Layer": "graph", "LayerGraph": "graph", "TensorSpec": "graph",
     "Plan": "plan", "PlanFile": "plan", "Route": "plan", "StagePlan": "plan",
     "read_plan_file": "plan", "plan_split": "split",
     "TargetSpec": "targets", "get_target": "targets", "known_targets": "targets",
     "Pipeline": "runtime.pipeline", "PipelineError": "runtime.pipeline", "Trace": "runtime.pipeline",
+    "WorkerSpec": "runtime.launch",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -140,7 +140,7 @@ def profile_device(device: str, *, rpc: str | None = None, tracker: str | None =
                    loads: Sequence[str] = ("none",), zoo: Iterable[tuple[str, int, float]] = DEFAULT_ZOO,
                    out: str | None = None, append: bool = False, seed: int = 0,
                    progress: Callable[[str], None] | None = None, db: str | None = None):
-    """`tvmsplit profile --device D`: measure the sweep + zoo layers on D and save the dataset.
+    """`tvmsplit profile --target D`: measure the sweep + zoo layers on D and save the dataset.
 
     D is a target name (or .toml). It runs here when D's target is this machine's CPU; otherwise
     give ``rpc="HOST:PORT"`` (or ``tracker="HOST:PORT", key=...``) of the device running

@@ -155,7 +155,7 @@ class Dataset:
         device = _device_name(target) if target else "DEVICE"
         if not path.is_file():
             raise PredictorMissingError(f"no profile dataset at {str(path)!r}; run "
-                                        f"`tvmsplit profile --device {device}`")
+                                        f"`tvmsplit profile --target {device}`")
         try:
             data = json.loads(path.read_text())
             if data.get("format") != DATASET_FORMAT:
@@ -164,17 +164,17 @@ class Dataset:
             if version != DATASET_SCHEMA_VERSION:
                 raise PredictorVersionError(
                     f"{path} is a profile dataset of schema version {version}; this tvmsplit reads "
-                    f"version {DATASET_SCHEMA_VERSION}; run `tvmsplit profile --device {device}` again")
+                    f"version {DATASET_SCHEMA_VERSION}; run `tvmsplit profile --target {device}` again")
             ds = cls([Row.from_json(r) for r in data["rows"]], data.get("target"))
         except PredictorError:
             raise
         except Exception as exc:
             raise PredictorCorruptError(f"{path} is not a readable profile dataset "
                                         f"({type(exc).__name__}: {exc}); run `tvmsplit profile "
-                                        f"--device {device}` again") from None
+                                        f"--target {device}` again") from None
         if target is not None and ds.target is not None and ds.target != device:
             raise PredictorTargetError(f"{path} was measured for {ds.target}, you asked for "
-                                       f"{device}; run `tvmsplit profile --device {device}`")
+                                       f"{device}; run `tvmsplit profile --target {device}`")
         return ds
 
     # ---- matrices ------------------------------------------------------------------------

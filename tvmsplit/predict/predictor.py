@@ -29,7 +29,7 @@ MIN_ROWS = 8   # fewer training rows of a type -> its FLOPs baseline instead of 
 
 def _fix(device: str) -> str:
     """The commands that (re)create a device's predictor, for error messages."""
-    return f"run `tvmsplit profile --device {device}` then `tvmsplit train --device {device}`"
+    return f"run `tvmsplit profile --target {device}` then `tvmsplit train --target {device}`"
 
 
 # ---- metrics ----------------------------------------------------------------------------------
@@ -192,7 +192,7 @@ class Predictor:
             raise PredictorError("the dataset names no target; pass target=")
         if not len(dataset):
             raise PredictorError("the dataset is empty; profile the device first "
-                                 f"(`tvmsplit profile --device {target}`)")
+                                 f"(`tvmsplit profile --target {target}`)")
         types: dict[str, TypeModel] = {}
         all_ms, all_wk = [], []
         for t in dataset.types():
@@ -298,7 +298,7 @@ class Predictor:
                 raise PredictorMissingError(f"{str(path)!r} is a directory, not a predictor file")
             fix = _fix(device)
             if spec is not None and dataset_path(spec.name).is_file():
-                fix = (f"run `tvmsplit train --device {device}` "
+                fix = (f"run `tvmsplit train --target {device}` "
                        f"(a profile exists at {dataset_path(spec.name)})")
             raise PredictorMissingError(f"no predictor for {device} at {str(path)!r}; {fix}")
         try:
@@ -308,12 +308,12 @@ class Predictor:
                                  f"not {FORMAT!r}")
         except (OSError, ValueError, UnicodeDecodeError) as exc:
             raise PredictorCorruptError(f"{path} is not a readable predictor ({exc}); retrain it: "
-                                        f"`tvmsplit train --device {device}`") from None
+                                        f"`tvmsplit train --target {device}`") from None
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise PredictorVersionError(
                 f"{path} is a predictor of schema version {version}; this tvmsplit reads version "
-                f"{SCHEMA_VERSION}; retrain it: `tvmsplit train --device {device}` (or {_fix(device)})")
+                f"{SCHEMA_VERSION}; retrain it: `tvmsplit train --target {device}` (or {_fix(device)})")
         try:
             trained_for = str(data["target"]["name"])
             trained_spec = dict(data["target"]["spec"])
@@ -359,7 +359,7 @@ class Predictor:
             raise
         except Exception as exc:
             raise PredictorCorruptError(f"{path} is a damaged predictor ({type(exc).__name__}: {exc}); "
-                                        f"retrain it: `tvmsplit train --device {device}`") from None
+                                        f"retrain it: `tvmsplit train --target {device}`") from None
         return pred
 
 
