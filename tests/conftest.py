@@ -81,7 +81,8 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
     ("test_control", "test_client_reports_no_address_and_no_answer_without_raising"): ("runtime",),
     **{("test_launch", t): ("unit",) for t in (
         "test_argv_and_from_argv_are_inverse", "test_bad_worker_options_exit_with_usage",
-        "test_replace_names_unknown_fields", "test_worker_env_uses_the_runtime_only_library")},
+        "test_replace_names_unknown_fields", "test_worker_env_uses_the_runtime_only_library",
+        "test_worker_help_in_process_leaves_this_process_env_alone")},
     ("test_launch", "test_the_cli_and_python_m_share_one_parser"): ("cli", "runtime"),
     **{("test_predict", t): ("unit",) for t in (
         "test_sweep_is_seeded_and_checks_its_arguments", "test_live_state_round_trips_and_degrades_to_unknown",

@@ -187,3 +187,14 @@ def test_a_killed_clients_run_directory_is_removed_by_the_next_client(built, tmp
     assert not [c for c in psutil.process_iter(["cmdline"])
                 if str(left) in " ".join(c.info["cmdline"] or [])]
     assert Path(tempfile.gettempdir()) == left.parent
+
+
+def test_worker_help_in_process_leaves_this_process_env_alone(monkeypatch):
+    """`tvmsplit worker --help` in a process that later compiles must not switch it to the
+    runtime-only TVM library (that broke every later TVM import in the test session)."""
+    import importlib
+
+    monkeypatch.delenv("TVM_USE_RUNTIME_LIB", raising=False)
+    importlib.import_module("tvmsplit.runtime.worker")
+    assert CliRunner().invoke(cli, ["worker", "--help"]).exit_code == 0
+    assert "TVM_USE_RUNTIME_LIB" not in os.environ

@@ -62,9 +62,6 @@ from __future__ import annotations
 
 import os
 
-# Runtime-only TVM (libtvm_runtime.so, no compiler): smaller and about twice as fast to import.
-# StageRunner needs only tvm.runtime.load_module and tvm.runtime.vm.VirtualMachine, which it has.
-os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
 
 import json  # noqa: E402
 import signal  # noqa: E402
@@ -475,6 +472,12 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run a worker until shutdown; returns the process exit code (0 clean, 2 start failure).
     The options are launch.py's (``WorkerSpec``): `tvmsplit worker` and ``python -m`` share them."""
     spec = WorkerSpec.from_argv(argv, **({"prog": prog} if prog else {}))
+    # Runtime-only TVM (libtvm_runtime.so, no compiler): smaller and about twice as fast to
+    # import; StageRunner needs only tvm.runtime.load_module and the VM, which it has. Set here,
+    # not at import, so that importing this module (the CLI's `worker --help`) changes nothing
+    # for a process that later loads the compiler.
+    if "tvm" not in sys.modules:
+        os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
     stop = threading.Event()
     handlers = {}
     if threading.current_thread() is threading.main_thread():
