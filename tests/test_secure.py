@@ -234,6 +234,43 @@ def test_secure_control_socket_answers_only_authorized_keys(secure, keys, ctx):
     _close(*socks)
 
 
+def test_each_socket_admits_only_its_role(secure, keys, ctx):
+    """A worker's keypair (held by every worker machine) cannot stop a worker or ask its health;
+    a client key cannot feed a stage in the middle; the client's own key still can do both
+    where its role allows."""
+    worker, client = keys["worker"], keys["client"]
+    control = secure.endpoints[1]["control"]
+    socks = []
+    s, monitor = _peer(ctx, zmq.REQ, control, worker, worker.public_key)
+    socks += [s, monitor]
+    assert _wait_event(monitor, zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)["event"] \
+        == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    s.send_json({"cmd": "shutdown"})
+    assert not s.poll(int(QUIET_S * 1000)), "a worker key reached a control socket"
+    before = [h["errors"] for h in secure.health()]
+    # stage 1 is fed by stage 0 only: the client's key is refused on its data socket
+    s, monitor = _peer(ctx, zmq.PUSH, secure.endpoints[1]["data"], client, worker.public_key)
+    socks += [s, monitor]
+    assert _wait_event(monitor, zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)["event"] \
+        == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    # ... while a worker key (stage 0's role) gets in: its malformed message is counted
+    s, monitor = _peer(ctx, zmq.PUSH, secure.endpoints[1]["data"], worker, worker.public_key)
+    socks += [s, monitor]
+    assert _wait_event(monitor, zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)["event"] \
+        == zmq.EVENT_HANDSHAKE_SUCCEEDED
+    s.send_multipart([b"not a header"])
+    deadline = time.monotonic() + 10
+    while [h["errors"] for h in secure.health()] == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [h["errors"] for h in secure.health()] == [before[0], before[1] + 1]
+    assert [h["ok"] for h in secure.health()] == [True, True]
+    _close(*socks)
+    for domain, role in (("clients", client), ("workers", worker)):
+        assert client.is_authorized(role.public_key, domain)
+    assert not client.is_authorized(worker.public_key, "clients")
+    assert not client.is_authorized(client.public_key, "workers")
+
+
 # ------------------------------------------------------------------------------------ keys
 def test_generate_keys_permissions_and_no_overwrite(tmp_path):
     d = tmp_path / "k"

@@ -296,8 +296,8 @@ def test_secure_dag_pipeline(dag, tmp_path):
     a plain-TCP peer and a peer with a valid but unauthorized CURVE key, each sending a valid wire
     message straight into the fan-out targets' and the fan-in stage's data sockets, fail the
     handshake, nothing reaches a worker (served/errors counters unchanged, no error comes back)
-    and the pipeline keeps working. Control: the same message sent with the client's authorized
-    key does arrive."""
+    and the pipeline keeps working; so does the client's own key, which only entry stages admit.
+    Control: the same message sent with a worker's key does arrive."""
     from zmq.auth import load_certificate
 
     from tvmsplit.cli import cli
@@ -307,6 +307,7 @@ def test_secure_dag_pipeline(dag, tmp_path):
         made = CliRunner().invoke(cli, ["keys", str(d), "--names", names])
         assert made.exit_code == 0, made.output
     client = load_certificate(keys / "client.key_secret")
+    worker = load_certificate(keys / "worker.key_secret")
     mallory = load_certificate(outsider / "mallory.key_secret")
     worker_key, _ = load_certificate(keys / "worker.key")
     bundle, x, graph = dag["bundle"], dag["x"], dag["graph"]
@@ -323,7 +324,8 @@ def test_secure_dag_pipeline(dag, tmp_path):
             assert before == [(1, 0)] * 4
             for stage in (1, 2, 3):
                 addr = p.endpoints[stage]["data"]
-                for who, cert in (("plain", None), ("unauthorized", mallory)):
+                # the client's own key too: only stages feed these stages (per-role ZAP)
+                for who, cert in (("plain", None), ("unauthorized", mallory), ("client", client)):
                     s, monitor = _peer(ctx, addr, cert, worker_key)
                     socks += [s, monitor]
                     s.send_multipart(wire.error_reply(700 + stage, stage - 1, "injected", who))
@@ -331,9 +333,10 @@ def test_secure_dag_pipeline(dag, tmp_path):
             assert p.unmatched(timeout_s=1.5) == []  # no error reply came back either
             assert [(h["served"], h["errors"]) for h in p.health()] == before
             _assert_close(p.run(x)[0], dag["ref"], "secure DAG after refused peers")
-            # control: with the client's authorized key the same injection reaches stage 3,
-            # which passes the error on to the client (so the checks above could see one)
-            s, monitor = _peer(ctx, p.endpoints[3]["data"], client, worker_key)
+            # control: with a stage's key (the role that feeds stage 3) the same injection
+            # reaches stage 3, which passes the error on to the client (so the checks above
+            # could see one)
+            s, monitor = _peer(ctx, p.endpoints[3]["data"], worker, worker_key)
             socks += [s, monitor]
             s.send_multipart(wire.error_reply(779, 1, "injected", "authorized peer"))
             assert _handshake(monitor, zmq.EVENT_HANDSHAKE_SUCCEEDED | _REFUSED) == \

@@ -439,10 +439,10 @@ def check_shared_keys(keys: SecureConfig) -> None:
         raise SecurityError(f"{keys.keys_dir / 'worker.key'} does not match "
                             f"{keys.keys_dir / 'worker.key_secret'}; recreate the keys")
     keys.peer_key(CLIENT)  # client.key: the last worker's --next-key
-    if keys.public_key not in worker.authorized:
+    if keys.public_key not in worker.client_keys:
         raise SecurityError(f"the public key of {keys.keys_dir / 'client.key_secret'} is in "
-                            f"no {keys.keys_dir}/*.key file, so the workers would refuse the "
-                            "client; put the matching client.key there or recreate the keys")
+                            f"no {keys.keys_dir}/client*.key file, so the workers would refuse "
+                            "the client; put the matching client.key there or recreate the keys")
 
 
 class GivenEndpoints:

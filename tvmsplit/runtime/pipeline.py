@@ -73,7 +73,7 @@ from .gather import MAX_WAITING, Gather, GatherError, Part, merge_traces
 from .launch import (START_TIMEOUT_S, GivenEndpoints, Launcher, LaunchError, LocalLauncher,
                      Worker)
 from .procs import exit_text
-from .security import CLIENT, WORKER, SecureConfig
+from .security import CLIENT, WORKER, WORKERS, SecureConfig
 from .stage import check_tensors
 from .trace import Hop, Trace, make_trace
 
@@ -224,13 +224,13 @@ class Pipeline:
                                 code="bad_argument")
 
     def _socket(self, kind: int, server: bool = False) -> zmq.Socket:
-        """A socket; when secure a CURVE server (``server``, to bind) or else a CURVE client of
-        the workers' key (to connect to a worker)."""
+        """A socket; when secure a CURVE server (``server``, to bind: the result socket, which
+        admits worker keys only) or else a CURVE client of the workers' key."""
         s = self._ctx.socket(kind)
         s.setsockopt(zmq.LINGER, 0)
         if self._secure is not None:
             if server:
-                self._secure.server(s)
+                self._secure.server(s, WORKERS)
             else:
                 self._secure.client(s, self._worker_key)
         return s

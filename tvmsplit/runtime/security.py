@@ -14,9 +14,25 @@ Key scheme (one flat directory, ZeroMQ's standard certificate files)
     (``tvmsplit keys KEYS_DIR``).
 
     * A process's own keypair is ``<its name>.key_secret`` (``client`` or ``worker``).
-    * **Every public ``*.key`` file in KEYS_DIR is authorized**: a binding socket accepts exactly
-      the peers whose public key is in one of them (ZAP, ``configure_curve(location=KEYS_DIR)``).
-      To add a peer, copy its ``.key`` in; to revoke one, delete its ``.key`` and restart.
+    * **Roles.** A public key file ``client*.key`` (``client.key``, ``client-lab.key``, ...) is a
+      *client* identity; every other ``*.key`` is a *worker* identity. Each binding socket admits
+      only the role that should talk to it (ZAP domains, checked on every handshake):
+
+      ========================================  ===========  ==============================
+      socket                                    ZAP domain   admits
+      ========================================  ===========  ==============================
+      a worker's control socket                 ``clients``  client keys only
+      a worker's bound ``out`` (to the client)  ``clients``  client keys only
+      an entry stage's data socket              ``peers``    client and worker keys
+      any other stage's data socket             ``workers``  worker keys only
+      the client's result socket                ``workers``  worker keys only
+      ========================================  ===========  ==============================
+
+      So a worker's keypair (which every worker machine holds) cannot send ``shutdown`` or
+      ``deploy`` to any worker, nor read another stage's results; a client key cannot feed a
+      stage in the middle of the pipeline. All workers share one identity, so a worker key can
+      still send into the client's result socket: give stages keys of their own (not built yet)
+      to close that. To add a peer, copy its ``.key`` in; to revoke one, delete it and restart.
       Secret files (``*.key_secret``) never count as authorizations.
     * A connecting socket uses the server's public key from ``KEYS_DIR/<server name>.key``:
       ``worker.key`` for stage data and control sockets, ``client.key`` for the last stage's
@@ -52,6 +68,9 @@ from ..errors import TvmsplitError
 
 CLIENT = "client"
 WORKER = "worker"
+# ZAP domains: who may connect to a binding socket (see the table above)
+CLIENTS, WORKERS, PEERS = "clients", "workers", "peers"
+DOMAINS = (CLIENTS, WORKERS, PEERS)
 DEFAULT_NAMES = (CLIENT, WORKER)
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
@@ -174,7 +193,9 @@ class SecureConfig:
     name: str = WORKER
     public_key: bytes = field(init=False)
     secret_key: bytes = field(init=False, repr=False)
-    authorized: frozenset[bytes] = field(init=False, repr=False)
+    authorized: frozenset[bytes] = field(init=False, repr=False)   # every public key
+    client_keys: frozenset[bytes] = field(init=False, repr=False)  # client*.key
+    worker_keys: frozenset[bytes] = field(init=False, repr=False)  # the other *.key
 
     def __post_init__(self):
         _require_curve()
@@ -185,13 +206,20 @@ class SecureConfig:
             raise SecurityError(f"keys directory {keys_dir} does not exist; "
                                 f"{_make_keys_hint(keys_dir)}")
         public, secret = _load_secret(keys_dir / f"{self.name}.key_secret", keys_dir)
-        authorized = frozenset(_load_public(p, keys_dir) for p in sorted(keys_dir.glob("*.key")))
+        files = sorted(keys_dir.glob("*.key"))
+        clients = frozenset(_load_public(p, keys_dir) for p in files
+                            if p.name.startswith(CLIENT))
+        workers = frozenset(_load_public(p, keys_dir) for p in files
+                            if not p.name.startswith(CLIENT))
+        authorized = clients | workers
         if not authorized:
             raise SecurityError(f"keys directory {keys_dir} has no public key (*.key) files, so "
                                 f"no peer could connect; {_make_keys_hint(keys_dir)}")
         object.__setattr__(self, "public_key", public)
         object.__setattr__(self, "secret_key", secret)
         object.__setattr__(self, "authorized", authorized)
+        object.__setattr__(self, "client_keys", clients)
+        object.__setattr__(self, "worker_keys", workers)
 
     @classmethod
     def of(cls, secure: "SecureConfig | str | os.PathLike | None", name: str
@@ -209,11 +237,20 @@ class SecureConfig:
             path = self.keys_dir / f"{peer}.key"
         return _load_public(path, self.keys_dir)
 
-    def is_authorized(self, public_key: bytes) -> bool:
-        return public_key in self.authorized
+    def is_authorized(self, public_key: bytes, domain: str = PEERS) -> bool:
+        """Would a server socket of ``domain`` admit ``public_key``?"""
+        return public_key in self.admitted(domain)
 
-    def server(self, sock: zmq.Socket) -> zmq.Socket:
-        """Make ``sock`` a CURVE server (call before bind)."""
+    def admitted(self, domain: str) -> frozenset[bytes]:
+        if domain not in DOMAINS:
+            raise SecurityError(f"unknown ZAP domain {domain!r}; one of {', '.join(DOMAINS)}")
+        return {CLIENTS: self.client_keys, WORKERS: self.worker_keys,
+                PEERS: self.authorized}[domain]
+
+    def server(self, sock: zmq.Socket, domain: str = PEERS) -> zmq.Socket:
+        """Make ``sock`` a CURVE server admitting the role ``domain`` (call before bind)."""
+        self.admitted(domain)  # a known domain
+        sock.zap_domain = domain.encode()
         sock.curve_secretkey = self.secret_key
         sock.curve_publickey = self.public_key
         sock.curve_server = True
@@ -228,19 +265,26 @@ class SecureConfig:
         return sock
 
     def authenticator(self, ctx: zmq.Context) -> Any:
-        """Start a ZAP handler on ``ctx`` that admits only the authorized public keys. Start it
-        before binding a server socket; ``stop()`` it before ``ctx.term()``."""
+        """Start a ZAP handler on ``ctx`` that admits, per domain, only that role's public keys.
+        Start it before binding a server socket; ``stop()`` it before ``ctx.term()``."""
         from zmq.auth.thread import ThreadAuthenticator
 
         auth = ThreadAuthenticator(ctx)
         auth.start()
         try:
-            auth.configure_curve(domain="*", location=str(self.keys_dir))
-            loaded = set(auth.certs.get("*", {}))
-            if loaded != set(self.authorized):  # fail closed if the directory changed under us
-                raise SecurityError(f"the public keys in {self.keys_dir} changed while loading "
-                                    "them; try again")
+            for domain in DOMAINS:
+                auth.configure_curve_callback(domain, _Admit(self.admitted(domain)))
         except BaseException:
             auth.stop()
             raise
         return auth
+
+
+class _Admit:
+    """A ZAP credentials provider: the public keys (z85) one domain admits."""
+
+    def __init__(self, keys: frozenset[bytes]):
+        self.keys = frozenset(z85.encode(k) if len(k) == 32 else k for k in keys)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.keys

@@ -81,7 +81,7 @@ from . import control, wire  # noqa: E402
 from .control import MAX_HEADER_BYTES as CONTROL_MAX_HEADER_BYTES  # noqa: E402
 from .gather import Gather, GatherError, Part, merge_traces  # noqa: E402
 from .launch import WorkerSpec  # noqa: E402
-from .security import WORKER, SecureConfig  # noqa: E402
+from .security import CLIENTS, PEERS, WORKER, WORKERS, SecureConfig  # noqa: E402
 from .stage import check_tensors  # noqa: E402
 
 POLL_MS = 200           # how often the loop wakes up to check the stop flag and the parent
@@ -166,7 +166,9 @@ class StageWorker:
         try:
             if self.secure is not None:  # the ZAP handler must run before anything is bound
                 self.auth = self.secure.authenticator(self.ctx)
-            self.data_in = self._socket(zmq.PULL, server=True)
+            # the data socket admits its senders' role: the client only feeds entry stages
+            self.data_in = self._socket(zmq.PULL, server=PEERS if any(
+                src == CLIENT_END for src, _ in senders) else WORKERS)
             # no frame larger than the header limit or this stage's largest input: a bigger one
             # disconnects its sender before it is held in memory
             self.data_in.setsockopt(zmq.MAXMSGSIZE, wire.max_frame_bytes(self.plan.inputs))
@@ -177,11 +179,11 @@ class StageWorker:
                 self.outs[-1].connect(addr)
             self.out_bound = bind_last
             if bind_last:
-                self.outs.append(self._socket(zmq.PUSH, server=True))
+                self.outs.append(self._socket(zmq.PUSH, server=CLIENTS))
                 self.outs[-1].bind(out or _ephemeral_like(bind))
             self.control = None
             if control:
-                self.control = self._socket(zmq.REP, server=True)
+                self.control = self._socket(zmq.REP, server=CLIENTS)
                 # no frame larger than the deploy library: a bigger one drops the peer unread
                 self.control.setsockopt(zmq.MAXMSGSIZE, max(self.bundle_stage.library_bytes,
                                                             CONTROL_MAX_HEADER_BYTES))
@@ -195,16 +197,16 @@ class StageWorker:
             raise
         _prime_cpu_percent()
 
-    def _socket(self, kind: int, server: bool = False, server_key: bytes | None = None
+    def _socket(self, kind: int, server: str | None = None, server_key: bytes | None = None
                 ) -> zmq.Socket:
-        """A socket; with --secure a CURVE server (``server``) or a CURVE client of
-        ``server_key``."""
+        """A socket; with --secure a CURVE server admitting the role ``server`` (a ZAP domain,
+        security.py) or a CURVE client of ``server_key``."""
         s = self.ctx.socket(kind)
         s.setsockopt(zmq.LINGER, 0)
         self.sockets.append(s)
         if self.secure is not None:
             if server:
-                self.secure.server(s)
+                self.secure.server(s, server)
             else:
                 self.secure.client(s, server_key)
         return s
