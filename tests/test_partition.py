@@ -298,3 +298,30 @@ def test_several_end_devices_share_one_edge():
                 continue  # the rule: a device fast enough alone does not take edge shares
             brute = min(brute, max(table[(i, p)] for i, p in enumerate(pairs)))
     assert shared.worst_latency_ms == pytest.approx(brute, rel=1e-9)
+
+
+def test_mincut_returns_the_cut_it_prices_with_float_costs():
+    """Regression (found by the property test): with float capacities networkx reported the
+    right cut value (10.903 ms) but a source side worth 11.167 ms ("all on the edge"), because it
+    finds saturated edges by float equality. Integer capacities give the oracle's plan."""
+    from tvmsplit.devices import Link
+    from tvmsplit.graph import Layer, LayerGraph, TensorSpec
+    from tvmsplit.partition.oracle import plan_oracle
+
+    t = lambda n: TensorSpec(n, "float32", (1,))  # noqa: E731
+    def layer(name, ins):
+        return Layer(name=name, op="Op", nodes=(name,), ops=("Op",),
+                     inputs=tuple(t(i) for i in ins), outputs=(t("t" + name[1:]),), macs=0,
+                     flops=0, param_bytes=0, attrs=())
+    layers = (layer("L0", ["x"]), layer("L1", ["x"]), layer("L2", ["x", "t0", "t1"]),
+              layer("L3", ["x"]), layer("L4", ["x"]), layer("L5", ["x"]),
+              layer("L6", ["x", "t2", "t3", "t4", "t5"]))
+    g = LayerGraph("random", layers, (t("x"),), (t("t6"),), "", None)
+    costs = CostTable(("d0", "d1"), tuple(x.name for x in layers),
+                      ((0.0, 0.0), (9.8070806464816, 1.1028889988956854), (1.0, 10.0), (0, 0),
+                       (0, 0), (0, 0), (1.0, 0.0)))
+    problem = Problem(g, costs, (Link("l0", 1e6, 1e6, 0.0),), objective="latency")
+    want = plan_oracle(problem)
+    _, got = plan(problem, "dag-mincut")
+    assert got.assignment == want.assignment == (0, 0, 0, 1, 1, 1, 1)
+    assert math.isclose(got.latency_ms, 10.9030806464816, rel_tol=1e-12)

@@ -121,7 +121,7 @@ def hyps_plan(tmp_path):
     `tvmsplit plan --save` (end 8x slower than the edge, 50 KB per device)."""
     import onnx
 
-    from tvmsplit.links import Link
+    from tvmsplit.devices import Link
     from tvmsplit.partition import CostTable
     from tvmsplit.planning import Device, plan_partition
 
