@@ -201,9 +201,11 @@ def writing(out_dir: str | os.PathLike) -> Iterator[Path]:
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+    with interrupts.deferred():  # no signal between creating tmp and owning its removal
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
+        interrupts.check()
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is meant to be shared
         yield tmp
         if not (tmp / MANIFEST).is_file():
             raise BundleError(f"internal: no {MANIFEST} was written for {str(out_dir)!r}")
