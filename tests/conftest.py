@@ -36,6 +36,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_fuzz": ("tvm", "runtime"),
     "test_graph": ("tvm",),
     "test_imports": ("unit",),
+    "test_interrupts": ("cli", "tvm"),
     "test_launch": ("tvm", "runtime"),
     "test_partition": ("unit",),
     "test_plan_cli": ("cli", "tvm"),

@@ -23,22 +23,39 @@ def build_bundle(graph: LayerGraph, plan: Plan, out_dir: str | os.PathLike,
     to ``out_dir`` atomically.
 
     An existing bundle at ``out_dir`` is replaced; any other non-empty directory is refused.
+    SIGINT (Ctrl-C; in the CLI SIGTERM too) stops the build at the next TVM pass, leaving
+    ``out_dir`` as it was and no temporary directory or partial cache entry (``interrupts``).
     CPU stages are scheduled from the tuning database ``db`` where it was tuned for their target
     (else from each target's default one, when it exists; see ``tunedb``); the manifest records
     per stage how many kernels were tuned.
     """
+    import signal
+
+    from . import interrupts
+
+    with interrupts.catching((signal.SIGINT,), only_default=True):
+        try:
+            return _build_bundle(graph, plan, Path(out_dir), progress, db)
+        except Exception:
+            interrupts.check()  # an error that an interrupt caused is the interrupt
+            raise
+
+
+def _build_bundle(graph: LayerGraph, plan: Plan, out_dir: Path, progress: ProgressFn | None,
+                  db: str | os.PathLike | None) -> Bundle:
     import json
 
+    from . import interrupts
     from .compile import build_stage
     from .tunedb import database_paths
 
-    out_dir = Path(out_dir)
     check_output_dir(out_dir)
     specs = [get_target(s.target) for s in plan.stages]  # fail on unknown targets before building
     dbs = database_paths(specs, db)  # and on a database that fits none of them
     with writing(out_dir) as tmp:
         stages_json = []
         for stage, spec, stage_db in zip(plan.stages, specs, dbs):
+            interrupts.check()
             if progress:
                 progress(f"stage {stage.index + 1}/{len(plan.stages)}: {len(stage.layers)} layer(s) "
                          f"{stage.layers[0]}..{stage.layers[-1]} for {spec.name}")

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, interrupts
 from .errors import BundleError
 from .graph import LayerGraph, TensorSpec
 from .plan import Plan, StagePlan
@@ -193,19 +193,33 @@ def manifest(graph: LayerGraph, plan: Plan, stages: list[dict[str, Any]],
 def writing(out_dir: str | os.PathLike) -> Iterator[Path]:
     """Write a bundle atomically: yields a hidden temporary directory beside ``out_dir`` to fill
     (libraries and ``MANIFEST``); on success it replaces ``out_dir`` (checked first with
-    ``check_output_dir``), on any error it is removed and ``out_dir`` is left as it was."""
+    ``check_output_dir``), on any error it is removed and ``out_dir`` is left as it was.
+
+    The swap is a critical section (``interrupts.deferred``): SIGINT/SIGTERM before it leave
+    ``out_dir`` untouched; one during it is raised after it, with ``written`` set to ``out_dir``
+    (the new bundle is complete there); never does a half-swapped ``out_dir`` remain."""
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+    with interrupts.deferred():  # no signal between creating tmp and owning its removal
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
+        interrupts.check()
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is meant to be shared
         yield tmp
         if not (tmp / MANIFEST).is_file():
             raise BundleError(f"internal: no {MANIFEST} was written for {str(out_dir)!r}")
-        _replace_dir(tmp, out_dir)
+        with interrupts.deferred():  # a signal during the swap waits for it to finish
+            interrupts.check()  # the last point where an interrupt leaves out_dir as it was
+            _replace_dir(tmp, out_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with interrupts.deferred():  # a (first) signal now must not cut the clean-up short
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        interrupts.check()
+    except interrupts.Interrupted as exc:
+        exc.written = out_dir  # it came during the swap: the new bundle is in place
         raise
 
 

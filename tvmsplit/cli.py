@@ -1,10 +1,13 @@
 """The ``tvmsplit`` command line. TVM is imported lazily, so ``--help`` is instant.
 
-Every TvmsplitError becomes one line on stderr (``error: ...``) and exit code 1.
+Every TvmsplitError becomes one line on stderr (``error: ...``) and exit code 1. SIGINT and
+SIGTERM stop ``build``, ``run`` and ``demo`` cleanly (``_interruptible``): one line on stderr
+(``interrupted (SIGINT): ...``) and exit code 130 / 143.
 A MODEL argument is a path to an .onnx file or ``zoo:NAME`` for a built-in model.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -79,6 +82,40 @@ class TvmsplitGroup(click.Group):
             raise UserError(str(exc)) from exc
 
 
+_BUILT = "tvmsplit.bundle_written"  # click context meta: the command's bundle is in place
+
+
+def _interruptible(command):
+    """SIGINT and SIGTERM stop ``command`` the way Ctrl-C does (``interrupts.catching``: the
+    handlers are installed here, while the command runs, never at import): temporary files and
+    directories are removed by the clean-up the interrupt unwinds through, a previous bundle at
+    the output is left as it was, workers are stopped; then one line and exit code 128 + the
+    signal number (130 SIGINT, 143 SIGTERM)."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        import signal
+
+        from . import interrupts
+
+        with interrupts.catching((signal.SIGINT, signal.SIGTERM)):
+            try:
+                return command(*args, **kwargs)
+            except BaseException as exc:
+                signum = interrupts.received()
+                if signum is None:  # not interrupted: errors stay errors
+                    raise
+                written = (getattr(exc, "written", None) is not None
+                           or click.get_current_context().meta.get(_BUILT, False))
+        out_dir, what = kwargs.get("out_dir"), f"{command.__name__} stopped"
+        if out_dir and written:
+            what += f" after the bundle {out_dir!r} was written; temporary files removed"
+        else:
+            what += ", temporary files removed" + (f", {out_dir!r} left as it was" if out_dir else "")
+        click.echo(f"interrupted ({signal.Signals(signum).name}): {what}", err=True)
+        raise SystemExit(128 + signum)
+    return wrapper
+
+
 @click.group(cls=TvmsplitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tvmsplit")
 def cli() -> None:
@@ -146,6 +183,7 @@ def _graph_json(g, cuts) -> dict:
 @click.option("--check", is_flag=True, help="Run host-runnable stages and compare with onnxruntime.")
 @click.option("--tolerance", default=1e-4, show_default=True, help="Max relative error for --check.")
 @db_option
+@_interruptible
 def build(model: str, split_at: str, targets: str, out_dir: str, shapes: tuple[str, ...],
           plan_file: str | None, check: bool, tolerance: float, db: str | None) -> None:
     """Split MODEL, compile every stage for its target and write a bundle."""
@@ -306,6 +344,7 @@ def _build_plan_and_check(g, plan, out_dir: str, check: bool, tolerance: float,
     click.echo(f"building {len(plan.stages)} stage(s) of {g.name} into {out_dir}", err=True)
     start = time.perf_counter()
     bundle = build_bundle(g, plan, out_dir, progress=_progress, db=db)
+    click.get_current_context().meta[_BUILT] = True  # an interrupt from now on comes after it
     click.echo(f"built in {time.perf_counter() - start:.1f} s", err=True)
     for stage in bundle.stages:
         cut = ", ".join(f"{t.name}{list(t.shape)}" for t in stage.plan.outputs)
@@ -409,6 +448,7 @@ def _print_trace(trace, targets: list[str]) -> None:
               help="Run every link over CurveZMQ with the keys in KEYS_DIR (`tvmsplit keys`); "
                    "off by default, plain TCP is fine on loopback.")
 @db_option
+@_interruptible
 def run(model, split_at, targets, out_dir, shapes, plan_file, input_file, workers, requests, check,
         tolerance, secure, db):
     """Build MODEL's stages, run them as a pipeline of workers, print the trace."""
@@ -442,6 +482,7 @@ def _read_inputs(path: str, g) -> dict:
 @click.option("-o", "--output", "out_dir", default="build/demo", show_default=True,
               type=click.Path(file_okay=False))
 @click.option("--requests", default=20, show_default=True, type=click.IntRange(min=1))
+@_interruptible
 def demo(out_dir: str, requests: int) -> None:
     """The main job on a built-in ResNet-style model: split it 3 ways (one cut inside a skip
     connection), build each stage with TVM, run the stages as local worker processes over ZeroMQ,

@@ -16,7 +16,13 @@
 Builds are cached on disk by content (stage ONNX bytes, target, TVM version, the tuning records
 used), so re-planning and
 re-building the same stage is instant. ``TVMSPLIT_CACHE`` sets the directory (default
-``~/.cache/tvmsplit``); ``TVMSPLIT_CACHE=off`` disables the cache.
+``~/.cache/tvmsplit``); ``TVMSPLIT_CACHE=off`` disables the cache. An entry is
+``<key>.so`` (and ``<key>.json``, its tuning summary, written first), each written to a temporary
+file and renamed into place, so an entry is complete or absent even when a build is killed.
+
+A build stops at the next TVM pass after SIGINT/SIGTERM (``interrupts``): every stage compiles
+under ``interrupts.watching_passes``, an error that an interrupt caused is re-raised as the
+interrupt (not a BuildError), and nothing built after a signal is ever cached.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import interrupts
 from .bundle import file_sha256
 from .errors import BuildError
 from .graph import LayerGraph, TensorSpec
@@ -108,8 +115,13 @@ def build_stage(graph: LayerGraph, stage: StagePlan, spec: TargetSpec,
     CPU stages use the tuning database at ``db`` (refused if tuned for another target), else the
     target's default database when one exists (``tunedb.find_database``).
     """
+    with interrupts.watching_passes():
+        return _build_stage(graph, stage, spec, Path(out_path), db)
+
+
+def _build_stage(graph: LayerGraph, stage: StagePlan, spec: TargetSpec, out_path: Path,
+                 db: str | os.PathLike | None) -> BuiltLibrary:
     check_toolchain(spec)
-    out_path = Path(out_path)
     database = find_database(spec, db)
     cache = cache_dir()
     prepared = None
@@ -127,17 +139,31 @@ def build_stage(graph: LayerGraph, stage: StagePlan, spec: TargetSpec,
     if prepared is None:
         prepared = _prepare(graph, stage, spec, None)
     _compile_to(stage, spec, prepared[0], out_path)
+    interrupts.check()  # TVM may have swallowed the interrupt (and built less well): never cache
     if cached is not None:
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".tmp{os.getpid()}")
-            shutil.copyfile(out_path, tmp)
-            if prepared[1] is not None:
-                cached.with_suffix(".json").write_text(json.dumps(prepared[1].to_json()))
-            os.replace(tmp, cached)
-        except OSError:
-            pass  # a read-only or full cache never fails a build
+        _store(cached, out_path, prepared[1])
     return BuiltLibrary(out_path, file_sha256(out_path), cached=False, tuning=prepared[1])
+
+
+def _store(cached: Path, library: Path, tuning: AppliedTuning | None) -> None:
+    """Put ``library`` in the cache as ``cached``: the tuning summary first, the library last,
+    each through a temporary file renamed into place, so that an entry (its ``.so``) is complete
+    or absent; on any error or interrupt the temporary files are removed."""
+    temps = []
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        if tuning is not None:
+            temps.append(cached.with_suffix(f".json.tmp{os.getpid()}"))
+            temps[-1].write_text(json.dumps(tuning.to_json()))
+            os.replace(temps[-1], cached.with_suffix(".json"))
+        temps.append(cached.with_suffix(f".so.tmp{os.getpid()}"))
+        shutil.copyfile(library, temps[-1])
+        os.replace(temps[-1], cached)  # the entry appears whole, or not at all
+    except OSError:
+        pass  # a read-only or full cache never fails a build
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
 
 
 def _read_tuning(cached: Path) -> AppliedTuning | None:
@@ -177,6 +203,7 @@ def _prepare(graph: LayerGraph, stage: StagePlan, spec: TargetSpec,
 
 
 def _build_error(stage: StagePlan, spec: TargetSpec, exc: BaseException) -> BuildError:
+    interrupts.check()  # an interrupt that came back through TVM's C++ as a RuntimeError
     return BuildError(f"compiling stage {stage.index} ({', '.join(stage.layers[:3])}"
                       f"{', ...' if len(stage.layers) > 3 else ''}) for {spec.name} failed: "
                       f"{_first_line(exc)}")
@@ -200,12 +227,43 @@ def _compile_to(stage: StagePlan, spec: TargetSpec, mod, out_path: Path) -> None
         kwargs["fcompile"] = cc.cross_compiler(spec.cross_compiler)
     with tempfile.TemporaryDirectory(prefix="tvmsplit-build-") as tmp:
         tmp_lib = Path(tmp) / out_path.name
+        work = Path(tmp) / "work"  # TVM's object files: here, not in a directory of its own
+        work.mkdir()
+        before = _children()
         try:
-            ex.export_library(str(tmp_lib), **kwargs)
-        except Exception as exc:
+            ex.export_library(str(tmp_lib), workspace_dir=str(work), **kwargs)
+        except BaseException as exc:
+            if interrupts.received() is not None or not isinstance(exc, Exception):
+                _kill(_children() - before)  # the compiler TVM started, before its directory goes
+                interrupts.check()
+                raise
             raise BuildError(f"linking stage {stage.index} for {spec.name} failed: "
                              f"{_first_line(exc)}") from exc
         shutil.move(str(tmp_lib), out_path)
+
+
+def _children() -> set[int]:
+    """The pids of this process's children (Linux; elsewhere none are known)."""
+    pids: set[int] = set()
+    try:
+        for task in Path("/proc/self/task").iterdir():
+            pids.update(int(p) for p in (task / "children").read_text().split())
+    except (OSError, ValueError):
+        pass
+    return pids
+
+
+def _kill(pids: set[int]) -> None:
+    """SIGKILL and reap ``pids``, children of this process (a compiler left running when an
+    interrupt broke into the ``communicate`` that waited for it)."""
+    import signal
+
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (OSError, ChildProcessError):
+            pass
 
 
 def _first_line(exc: BaseException) -> str:
