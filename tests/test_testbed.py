@@ -462,7 +462,12 @@ def capped_bundle(tmp_path_factory):
 def test_capped_end_device_runs_stage0_slowed_by_its_profile(capped_bundle):
     """Stage 0 natively in the device namespace inside pi-class's cgroup (core 0, 10%), stage 1
     on the edge (core 1): output == onnxruntime, and stage 0's compute_ms from the trace is
-    ~1/fraction times the same stage's on the edge (interleaved requests, medians)."""
+    ~1/fraction times the same stage's on the edge core (interleaved requests, medians), +-20%.
+    The machine is shared: when another job takes turns with the edge worker on its core (its
+    wall time per request exceeds its CPU time by > 15%), the edge is slowed and the capped
+    device (which needs only 10% of its core) is not, so the ratio falls; then the test warns
+    and checks only that the cap clearly acts (>= 0.6 x 1/fraction against the edge's CPU
+    time per request)."""
     from tvmsplit.runtime.pipeline import Pipeline
     from tvmsplit.testbed import Testbed, net
 
@@ -486,19 +491,30 @@ def test_capped_end_device_runs_stage0_slowed_by_its_profile(capped_bundle):
             assert psutil.Process(end_pid).environ()["TVM_NUM_THREADS"] == "1"
             for p in (capped, free):
                 p.run(x)
-            c_ms, u_ms = [], []
-            for _ in range(15):
+            c_ms, u_ms, n = [], [], 15
+            procs = [psutil.Process(p.endpoints[0]["pid"]) for p in (capped, free)]
+            cpu0 = [sum(q.cpu_times()[:2]) for q in procs]
+            for _ in range(n):
                 y, trace = capped.run(x)
                 c_ms.append(trace.compute_ms[0])
                 u_ms.append(free.run(x)[1].compute_ms[0])
+            c_cpu, u_cpu = [(sum(q.cpu_times()[:2]) - c) * 1e3 / n for q, c in zip(procs, cpu0)]
             for name, value in want.items():
                 assert compare(y[name], value, name).rel <= RTOL
-        ratio = statistics.median(c_ms) / statistics.median(u_ms)
-        expected = tb.end.expected_slowdown
-        print(f"\npi-class stage 0: capped median {statistics.median(c_ms):.1f} ms (p90 "
-              f"{sorted(c_ms)[13]:.1f}), edge median {statistics.median(u_ms):.1f} ms: "
-              f"{ratio:.2f}x, expected {expected:g}x", file=sys.stderr)
-        assert abs(ratio / expected - 1) <= 0.2, (ratio, c_ms, u_ms)
+        c_med, u_med = statistics.median(c_ms), statistics.median(u_ms)
+        ratio, expected = c_med / u_med, tb.end.expected_slowdown
+        line = (f"pi-class stage 0: capped median {c_med:.1f} ms (p90 {sorted(c_ms)[13]:.1f}, "
+                f"CPU {c_cpu:.1f} ms/request), edge median {u_med:.1f} ms (CPU {u_cpu:.1f} "
+                f"ms/request): {ratio:.2f}x ({c_med / u_cpu:.2f}x vs the edge's CPU time), "
+                f"expected {expected:g}x")
+        print(f"\n{line}", file=sys.stderr)
+        assert abs(c_cpu / u_cpu - 1) <= 0.25, ("the same work on both", c_cpu, u_cpu)
+        if u_med <= 1.15 * u_cpu:
+            assert abs(ratio / expected - 1) <= 0.2, (line, c_ms, u_ms)
+        else:
+            warnings.warn(f"the edge core is shared with another job, so the ratio is not "
+                          f"checked to +-20%: {line}", TestbedSkipped)
+            assert c_med / u_cpu >= 0.6 * expected, (line, c_ms, u_ms)
         lay = tb.lay
     assert not [d for d in dirs if os.path.exists(d)], "cgroups left behind"
     assert not ({lay.ns_dev, lay.ns_edge} & net.namespaces())
@@ -517,7 +533,7 @@ def test_cli_up_end_and_down_removes_its_cgroups():
                  "--no-device", "--end", "phone-class", "--json")
         assert up.returncode == 0, up.stderr
         state = json.loads(up.stdout)
-        assert state["end"]["name"] == "phone-class" and state["end"]["quota_us"] == 4000
+        assert state["end"]["name"] == "phone-class" and state["end"]["quota_us"] == 2000
         dirs = [d for cg in state["cgroups"].values() for d in cg["dirs"]]
         assert dirs and all(os.path.isdir(d) for d in dirs)
         text = run("status", "--index", str(k))

@@ -34,6 +34,9 @@ def build_parser(prog: str = "python -m tvmsplit.testbed") -> argparse.ArgumentP
                     help="also a capped end device (placement 'end'): a native worker in the "
                          "device's namespace inside a cgroup, e.g. pi-class, phone-class "
                          "(targets/capped/); the edge's workers are pinned to the other cores")
+    up.add_argument("--end-rpc", action="store_true",
+                    help="with --end: a TVM RPC server on the capped device (port 9091), for "
+                         "`tvmsplit profile --target PROFILE --rpc HOST:9091`")
     up.add_argument("--no-device", action="store_true",
                     help="no qemu ARM device (no sysroot; implies --no-rpc): e.g. with --end")
     up.add_argument("--bundle", default=None, help="also start one worker per stage of this bundle")
@@ -71,6 +74,9 @@ def _print_state(state: dict) -> None:
               f"memory {e['memory_bytes']}")
     for role, cg in (state.get("cgroups") or {}).items():
         print(f"  cgroup  {role}: {', '.join(cg['dirs'])}")
+    if state.get("end_rpc"):
+        print(f"  end rpc tvmsplit profile --target {state['end']['name']} --rpc "
+              f"{state['end_rpc']['host']}:{state['end_rpc']['port']}")
     if state.get("rpc"):
         print(f"  rpc     tvm.rpc.connect({state['rpc']['host']!r}, {state['rpc']['port']})")
     for w in state.get("workers", []):
@@ -100,6 +106,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tvmsplit.test
                               device=not args.no_device, end=args.end, log=log)
             tb.up(detach=True)
             try:
+                if args.end_rpc:
+                    if not args.end:
+                        raise core.TestbedError("--end-rpc needs --end PROFILE")
+                    tb.start_end_rpc()
                 if args.bundle:
                     from ..bundle import Bundle
 

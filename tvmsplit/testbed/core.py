@@ -130,6 +130,7 @@ class Testbed:
         self.procs: list[dict] = []            # records: role, pid, create_time, log
         self._popen: dict[int, subprocess.Popen] = {}
         self.rpc_port: int | None = None
+        self.end_rpc_port: int | None = None
         self.shaper: dict = {}
         self.workers: list[dict] = []
         self.timings: dict[str, float] = {}
@@ -451,6 +452,26 @@ class Testbed:
                                "'pi-class') or `testbed up --end pi-class`")
 
     # ----------------------------------------------------------------------------------- RPC
+    END_RPC_PORT = 9091
+
+    def start_end_rpc(self) -> tuple[str, int]:
+        """A TVM RPC server on the capped end device (native, inside its cgroup, in the device's
+        namespace, on the device's host-link address): so ``tvmsplit profile --target pi-class
+        --rpc HOST:PORT`` and :class:`tvmsplit.profile.RPCSession` compile here, uncapped, and
+        time every layer there, capped. Returns its (host, port); stopped by :meth:`down`."""
+        if self.end_rpc_port is not None:
+            return self.device_ip, self.end_rpc_port
+        ready = self.dir / f"end-rpc-{len(self.procs)}.ready.json"
+        cmd = [sys.executable, "-m", "tvmsplit.testbed.rpc_server", "--host", self.device_ip,
+               "--port", str(self.END_RPC_PORT), "--ready-file", str(ready),
+               *([] if self.detached else ["--parent-pid", str(os.getpid())])]
+        proc = self.spawn("end", cmd, role="end-rpc")
+        info = _wait_ready(ready, proc, "the capped end device's RPC server",
+                           Path(self.procs[-1]["log"]), DEVICE_START_TIMEOUT_S)
+        self.end_rpc_port = int(info["port"])
+        self._save_state()
+        return self.device_ip, self.end_rpc_port
+
     def rpc_connect(self, timeout_s: float = 60.0):
         """A ``tvm.rpc`` session to the device's RPC server (retried until it accepts)."""
         from tvm import rpc
@@ -478,6 +499,8 @@ class Testbed:
                 "link": "tun+linkemu" if self.profile.needs_emulator else "veth",
                 "shaper": self.shaper,
                 "rpc": {"host": lay.device_ip, "port": self.rpc_port} if self.rpc_port else None,
+                "end_rpc": ({"host": lay.device_ip, "port": self.end_rpc_port}
+                            if self.end_rpc_port else None),
                 "sysroot": str(self.sysroot.path) if self.sysroot else None,
                 "processes": self.procs,
                 "end": self.end.to_json() if self.end is not None else None,
