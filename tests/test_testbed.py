@@ -544,3 +544,27 @@ def test_cli_up_end_and_down_removes_its_cgroups():
     assert not [d for d in dirs if os.path.exists(d)]
     bad = run("up", "--index", str(k), "--no-device", "--end", "x86_64")
     assert bad.returncode == 1 and "no [capped] table" in bad.stderr
+
+
+def test_profile_layers_on_the_capped_device_over_rpc():
+    """Issue 15 part 2: a TVM RPC server inside the capped device's cgroup; the profiler
+    compiles here (uncapped) and times each layer there: ~1/fraction of the local time."""
+    _require_cgroups()
+    from tvmsplit.profile import LocalSession, RPCSession, profile_layers
+    from tvmsplit.testbed import Testbed
+
+    g = ts.load(zoo.make("chain", input_size=32), name="chain32")
+    layers = ["conv2", "conv4"]
+    with Testbed("wifi", delay_ms=0, end="pi-class", device=False, rpc=False) as tb:
+        host, port = tb.start_end_rpc()
+        assert tb.state()["end_rpc"] == {"host": tb.device_ip, "port": port}
+        rpc_pid = [r["pid"] for r in tb.procs if r["role"].startswith("end-rpc")][0]
+        assert rpc_pid in tb.cgroups["end"].pids()
+        with RPCSession(host, port) as s:
+            capped = profile_layers(g, "pi-class", s, number=3, repeat=3, layers=layers)
+    local = profile_layers(g, "pi-class", LocalSession(), number=3, repeat=3, layers=layers)
+    ratios = [c.timing.median_ms / f.timing.median_ms for c, f in zip(capped, local)]
+    print(f"\nlayers on pi-class over RPC vs local: "
+          + ", ".join(f"{c.layer} {c.timing.median_ms:.1f}/{f.timing.median_ms:.2f} ms = {r:.1f}x"
+                      for c, f, r in zip(capped, local, ratios)), file=sys.stderr)
+    assert all(0.6 <= r / 10 <= 1.3 for r in ratios), ratios
