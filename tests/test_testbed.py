@@ -568,3 +568,38 @@ def test_profile_layers_on_the_capped_device_over_rpc():
           + ", ".join(f"{c.layer} {c.timing.median_ms:.1f}/{f.timing.median_ms:.2f} ms = {r:.1f}x"
                       for c, f, r in zip(capped, local, ratios)), file=sys.stderr)
     assert all(0.6 <= r / 10 <= 1.3 for r in ratios), ratios
+
+
+def test_cgroups_are_removed_after_a_failed_up_and_a_crashed_owner(tmp_path):
+    _require_cgroups()
+    from dataclasses import replace
+
+    from tvmsplit.testbed import Testbed, net
+    from tvmsplit.testbed.capped import get_capped
+    from tvmsplit.testbed.cgroup import find_named
+    from tvmsplit.testbed.core import indices_in_use, teardown
+
+    with pytest.raises(TestbedError, match="wants core 99"):
+        Testbed("wifi", delay_ms=0, end=replace(get_capped("pi-class"), core=99),
+                device=False, rpc=False).up()
+    k = min(set(range(40, 64)) - set(indices_in_use()))
+    assert not find_named(f"tvmsplit-tb{k}-")
+    # an owner killed without down(): its cgroups stay until `down` (or the next up) removes them
+    code = ("import os, sys, time; from tvmsplit.testbed import Testbed\n"
+            f"tb = Testbed('wifi', delay_ms=0, end='pi-class', device=False, rpc=False, index={k})\n"
+            "tb.up(); print('up', flush=True); time.sleep(120)")
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        assert owner.stdout.readline().strip() == "up"
+        left = find_named(f"tvmsplit-tb{k}-")
+        assert len(left) >= 3, left  # end: cpu, cpuset, memory; edge: cpuset
+    finally:
+        owner.kill()
+        owner.wait()
+        owner.stdout.close()
+    assert find_named(f"tvmsplit-tb{k}-"), "SIGKILL leaves them (no atexit)"
+    removed = teardown(k)
+    assert any(r.startswith("cgroup ") for r in removed), removed
+    assert not find_named(f"tvmsplit-tb{k}-")
+    assert not ({f"tvmsplit-tb{k}-dev", f"tvmsplit-tb{k}-edge"} & net.namespaces())
