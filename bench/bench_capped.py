@@ -17,6 +17,11 @@ alternately (interleaved, so load from other users of the machine hits both alik
 (b) Zoo models at a few input sizes, cut at the middle cut candidate: stage 0 capped as
     pi-class and phone-class vs on the edge core: medians, ratio, against 1/fraction.
 
+(c) A model's own layers profiled on the capped device (issue 15 part 2): a TVM RPC server in
+    its cgroup (``Testbed.start_end_rpc``), ``profile_layers`` over ``RPCSession`` (compiled
+    here, timed there, ``time_evaluator``: back-to-back runs) vs the same layers timed here in a
+    process pinned to the edge core.
+
 Prints markdown tables and writes them to ``--out``. Needs root and writable cgroups.
 """
 from __future__ import annotations
@@ -194,6 +199,36 @@ def bench_zoo(root: Path, models, requests: int) -> list[str]:
     return rows
 
 
+def bench_profile(models) -> list[str]:
+    from tvmsplit.profile import LocalSession, RPCSession, profile_layers
+
+    rows = ["| model | input | layer | op | capped ms | edge core ms | ratio |",
+            "|---|---|---|---|---|---|---|"]
+    others = set(os.sched_getaffinity(0)) - {0}
+    ratios = []
+    for model, size in models:
+        g = ts.load(zoo.make(model, input_size=size), name=f"{model}{size}")
+        with Testbed("wifi", delay_ms=0, end="pi-class", device=False, rpc=False, log=log) as tb:
+            with RPCSession(*tb.start_end_rpc()) as s:
+                capped = profile_layers(g, "pi-class", s, number=3, repeat=3)
+        mask = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, others or mask)  # this process on the edge's core(s)
+        try:
+            free = profile_layers(g, "pi-class", LocalSession(), number=3, repeat=3)
+        finally:
+            os.sched_setaffinity(0, mask)
+        for c, f in zip(capped, free):
+            r = c.timing.median_ms / f.timing.median_ms
+            ratios.append(r)
+            rows.append(f"| {model} | {size}x{size} | {c.layer} | {c.op} | {c.timing.median_ms:.2f} "
+                        f"| {f.timing.median_ms:.3f} | {r:.2f}x |")
+        log(f"{model}{size}: {len(capped)} layers")
+    qs = statistics.quantiles(ratios, n=10)
+    return ["pi-class (expected 10x); each time the median of 3 repeats of 3 back-to-back runs", "",
+            *rows, "", f"ratio over {len(ratios)} layers: median {statistics.median(ratios):.2f}x, "
+            f"p10 {qs[0]:.2f}x, p90 {qs[-1]:.2f}x"]
+
+
 def setup_lines(requests: int) -> list[str]:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), platform.processor())
@@ -217,7 +252,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=15)
     ap.add_argument("--quick", action="store_true", help="two zoo models, fewer requests")
     ap.add_argument("--loop", nargs=3, metavar=("BUNDLE", "N", "GAP_S"), help=argparse.SUPPRESS)
-    ap.add_argument("--only", choices=["loop", "pipeline", "zoo"], default=None)
+    ap.add_argument("--only", choices=["loop", "pipeline", "zoo", "profile"], default=None)
     args = ap.parse_args()
     if args.loop:
         loop(args.loop[0], int(args.loop[1]), float(args.loop[2]))
@@ -242,6 +277,9 @@ def main() -> int:
         if want("zoo"):
             lines += ["### (b) Zoo models: stage 0 on the capped device vs the edge core", "",
                       *bench_zoo(root, QUICK_ZOO if args.quick else ZOO, requests), ""]
+        if want("profile"):
+            lines += ["### (c) A model's layers profiled on the capped device over TVM RPC", "",
+                      *bench_profile([("chain", 64), ("resnet", 32)]), ""]
         lines.append(f"(bench run time {time.monotonic() - t0:.0f} s)")
     text = "\n".join(lines) + "\n"
     print(text)
