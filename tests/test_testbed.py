@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -339,3 +340,271 @@ def test_cli_up_status_down():
     assert down.returncode == 0 and "removed" in down.stdout
     st = run("status", "--index", str(k), "--json")
     assert not json.loads(st.stdout)[0]["up"] and not json.loads(st.stdout)[0]["namespaces_present"]
+
+
+# ------------------------------------------------- the capped end device (issue 15)
+def _require_cgroups() -> None:
+    _require(device=False, delay=False)
+    from tvmsplit.testbed.cgroup import unavailable_reason as cgroup_reason
+
+    reason = cgroup_reason()
+    if reason is None and len(os.sched_getaffinity(0)) < 2:
+        reason = "the capped end device and the edge need two cores, this process may use one"
+    if reason:
+        warnings.warn(f"capped testbed skipped: {reason}", TestbedSkipped, stacklevel=2)
+        pytest.skip(f"capped testbed: {reason}")
+
+
+def test_capped_profiles_are_targets_and_limits_are_checked():
+    from tvmsplit.targets import get_target, known_targets
+    from tvmsplit.testbed.capped import get_capped, known_capped
+    from tvmsplit.testbed.cgroup import CgroupError, Limits
+
+    assert {"pi-class", "phone-class"} <= set(known_capped())
+    assert {"pi-class", "phone-class"} <= set(known_targets())
+    pi = get_capped("pi-class")
+    assert get_target("pi-class").runs_on_host and pi.target.target_dict["num-cores"] == 1
+    assert (pi.cpu_fraction, pi.period_us, pi.quota_us, pi.core, pi.threads) == \
+        (0.1, 10_000, 1000, 0, 1)
+    assert 5 <= pi.expected_slowdown <= 15 and pi.memory_bytes == 1 << 30
+    assert pi.limits() == Limits(1000, 10_000, "0", 1 << 30)
+    assert get_capped("phone-class").expected_slowdown == pytest.approx(2.5)
+    with pytest.raises(TestbedError, match="no \\[capped\\] table.*pi-class"):
+        get_capped("x86_64")
+    with pytest.raises(CgroupError, match="quotas under 1 ms"):
+        Limits.fraction(0.05, 10_000)
+    with pytest.raises(CgroupError, match="cpu_period_us"):
+        Limits(cpu_quota_us=2000, cpu_period_us=2_000_000)
+    with pytest.raises(CgroupError, match="cpuset list"):
+        Limits(cpus="zero")
+
+
+def test_cgroup_v2_files_on_a_fake_tree(tmp_path):
+    """The v2 code path (these machines have v1): detection and the files written."""
+    from tvmsplit.testbed.cgroup import Cgroup, Limits, detect
+
+    root = tmp_path / "cg"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (root / "cgroup.subtree_control").write_text("memory\n")
+    mi = tmp_path / "mountinfo"
+    mi.write_text(f"30 23 0:26 / {root} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+                  "31 23 0:27 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n")
+    h = detect(str(mi))
+    assert (h.version, h.v2) == (2, str(root))  # v1 has cpu only: the unified one is used
+    cg = Cgroup("tvmsplit-tbX-end", Limits(2000, 10_000, "0", 1 << 30), hierarchy=h)
+    cg.create()
+    d = root / "tvmsplit" / "tvmsplit-tbX-end"
+    assert cg.dirs == [d] and cg.created == [d]
+    assert (d / "cpu.max").read_text() == "2000 10000"
+    assert (d / "cpuset.cpus").read_text() == "0" and (d / "memory.max").read_text() == str(1 << 30)
+    assert (root / "cgroup.subtree_control").read_text() == "+cpu +cpuset"
+    assert cg.prefix()[-3:] == ["--cgroup", str(d), "--"]
+    assert Cgroup("x", Limits(), hierarchy=h).dirs == [root / "tvmsplit" / "x"]
+    mi.write_text("31 23 0:27 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu,cpuacct\n"
+                  "32 23 0:28 / /sys/fs/cgroup/cpuset rw - cgroup cgroup rw,cpuset\n"
+                  "33 23 0:29 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+                  f"34 23 0:30 / {tmp_path}/none rw - cgroup2 cgroup2 rw\n")
+    h1 = detect(str(mi))
+    assert h1.version == 1 and h1.mount("cpuset") == Path("/sys/fs/cgroup/cpuset")
+
+
+def test_cgroup_limits_a_process_and_is_removed_with_it():
+    """Root: create, the limits as the kernel holds them, a process inside from its first
+    instruction (cgexec), its CPU share, removal with the process still inside."""
+    _require_cgroups()
+    from tvmsplit.testbed.cgroup import CGEXEC, Cgroup, CgroupError, Limits, pids_in
+
+    name = f"tvmsplit-test-{os.getpid()}"
+    busy = ("import time,sys; open(sys.argv[1],'w').write(open('/proc/self/status').read()"
+            ".split('Cpus_allowed_list:')[1].split()[0]); w=time.monotonic(); c=time.process_time()\n"
+            "while time.process_time()-c<0.4: pass\n"
+            "print(time.process_time()-c, time.monotonic()-w); sys.stdout.flush(); time.sleep(60)")
+    cg = Cgroup(name, Limits.fraction(0.25, 10_000, cpus="0", memory_max_bytes=256 << 20))
+    with cg:
+        with pytest.raises(CgroupError, match="exists already"):
+            Cgroup(name, cg.limits).create()
+        got = cg.read_limits()
+        assert got["version"] in (1, 2)
+        if got["version"] == 1:
+            assert (got["cpu.cfs_quota_us"], got["cpu.cfs_period_us"]) == ("2500", "10000")
+            assert got["memory.limit_in_bytes"] == str(256 << 20)
+        else:
+            assert got["cpu.max"] == "2500 10000" and got["memory.max"] == str(256 << 20)
+        assert got["cpuset.cpus"] == "0"
+        import tempfile
+
+        with tempfile.NamedTemporaryFile("r") as cpus:
+            p = subprocess.Popen([*cg.prefix(), sys.executable, "-c", busy, cpus.name],
+                                 stdout=subprocess.PIPE, text=True, start_new_session=True)
+            cpu_s, wall_s = map(float, p.stdout.readline().split())
+            assert cpus.read() == "0" and cg.pids() == {p.pid}
+        # 0.4 s of CPU at 25% of a core takes >= 1.6 s (more when others use core 0)
+        print(f"\ncgroup 25%: {cpu_s:.2f} s CPU in {wall_s:.2f} s wall = {cpu_s / wall_s:.0%}",
+              file=sys.stderr)
+        assert 0.15 <= cpu_s / wall_s <= 0.3, (cpu_s, wall_s)
+        dirs = list(cg.created)
+    assert p.wait(timeout=10) == -9, "remove() kills what is left inside"
+    p.stdout.close()
+    assert not [d for d in dirs if d.exists()] and not pids_in(dirs)
+    missing = subprocess.run([sys.executable, str(CGEXEC), "--cgroup", str(dirs[0]), "--", "true"],
+                             capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 126 and "cannot join cgroup" in missing.stderr
+
+
+@pytest.fixture(scope="module")
+def capped_bundle(tmp_path_factory):
+    """chain (64x64) cut after pool1: stage 0 for pi-class (host code, run capped), 1 x86_64."""
+    _require_cgroups()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TVMSPLIT_CACHE", str(tmp_path_factory.getbasetemp() / "build-cache"))
+        g = ts.load(zoo.make("chain", input_size=64), name="chain64")
+        b = ts.build_bundle(g, ts.plan_split(g, ["pool1"], targets=["pi-class", "x86_64"]),
+                            tmp_path_factory.mktemp("capped") / "b")
+    return g, b
+
+
+def test_capped_end_device_runs_stage0_slowed_by_its_profile(capped_bundle):
+    """Stage 0 natively in the device namespace inside pi-class's cgroup (core 0, 10%), stage 1
+    on the edge (core 1): output == onnxruntime, and stage 0's compute_ms from the trace is
+    ~1/fraction times the same stage's on the edge core (interleaved requests, medians), +-20%.
+    The machine is shared: when another job takes turns with the edge worker on its core (its
+    wall time per request exceeds its CPU time by > 15%), the edge is slowed and the capped
+    device (which needs only 10% of its core) is not, so the ratio falls; then the test warns
+    and checks only that the cap clearly acts (>= 0.6 x 1/fraction against the edge's CPU
+    time per request)."""
+    from tvmsplit.runtime.pipeline import Pipeline
+    from tvmsplit.testbed import Testbed, net
+
+    g, bundle = capped_bundle
+    x = random_inputs(g.inputs, seed=4)
+    want = reference(g, x)
+    tb = Testbed("wifi", delay_ms=0, end="pi-class", device=False, rpc=False,
+                 log=lambda m: print(m, file=sys.stderr))
+    with tb:
+        dirs = [d for cg in tb.state()["cgroups"].values() for d in cg["dirs"]]
+        assert dirs and all(os.path.isdir(d) for d in dirs)
+        with pytest.raises(TestbedError, match="placement 'end' needs a capped end device"):
+            Testbed("wifi").launcher(["end", "edge"])
+        with Pipeline(bundle, launcher=tb.launcher(["end", "edge"]), timeout_s=120) as capped, \
+                Pipeline(bundle, launcher=tb.launcher(["edge", "edge"]), timeout_s=120) as free:
+            end_pid, edge_pid = capped.endpoints[0]["pid"], capped.endpoints[1]["pid"]
+            assert os.path.basename(psutil.Process(end_pid).exe()).startswith("python")
+            assert end_pid in tb.cgroups["end"].pids() and edge_pid in tb.cgroups["edge"].pids()
+            assert psutil.Process(end_pid).cpu_affinity() == [0]
+            assert 0 not in psutil.Process(edge_pid).cpu_affinity()
+            assert psutil.Process(end_pid).environ()["TVM_NUM_THREADS"] == "1"
+            for p in (capped, free):
+                p.run(x)
+            c_ms, u_ms, n = [], [], 15
+            procs = [psutil.Process(p.endpoints[0]["pid"]) for p in (capped, free)]
+            cpu0 = [sum(q.cpu_times()[:2]) for q in procs]
+            for _ in range(n):
+                y, trace = capped.run(x)
+                c_ms.append(trace.compute_ms[0])
+                u_ms.append(free.run(x)[1].compute_ms[0])
+            c_cpu, u_cpu = [(sum(q.cpu_times()[:2]) - c) * 1e3 / n for q, c in zip(procs, cpu0)]
+            for name, value in want.items():
+                assert compare(y[name], value, name).rel <= RTOL
+        c_med, u_med = statistics.median(c_ms), statistics.median(u_ms)
+        ratio, expected = c_med / u_med, tb.end.expected_slowdown
+        line = (f"pi-class stage 0: capped median {c_med:.1f} ms (p90 {sorted(c_ms)[13]:.1f}, "
+                f"CPU {c_cpu:.1f} ms/request), edge median {u_med:.1f} ms (CPU {u_cpu:.1f} "
+                f"ms/request): {ratio:.2f}x ({c_med / u_cpu:.2f}x vs the edge's CPU time), "
+                f"expected {expected:g}x")
+        print(f"\n{line}", file=sys.stderr)
+        assert abs(c_cpu / u_cpu - 1) <= 0.25, ("the same work on both", c_cpu, u_cpu)
+        if u_med <= 1.15 * u_cpu:
+            assert abs(ratio / expected - 1) <= 0.2, (line, c_ms, u_ms)
+        else:
+            warnings.warn(f"the edge core is shared with another job, so the ratio is not "
+                          f"checked to +-20%: {line}", TestbedSkipped)
+            assert c_med / u_cpu >= 0.6 * expected, (line, c_ms, u_ms)
+        lay = tb.lay
+    assert not [d for d in dirs if os.path.exists(d)], "cgroups left behind"
+    assert not ({lay.ns_dev, lay.ns_edge} & net.namespaces())
+
+
+def test_cli_up_end_and_down_removes_its_cgroups():
+    _require_cgroups()
+    from tvmsplit.testbed.core import indices_in_use
+
+    k = min(set(range(40, 64)) - set(indices_in_use()))
+    me = [sys.executable, "-m", "tvmsplit.testbed"]
+    run = lambda *a: subprocess.run([*me, *a], capture_output=True, text=True,  # noqa: E731
+                                    timeout=300)
+    try:
+        up = run("up", "--index", str(k), "--profile", "wifi", "--delay-ms", "0",
+                 "--no-device", "--end", "phone-class", "--json")
+        assert up.returncode == 0, up.stderr
+        state = json.loads(up.stdout)
+        assert state["end"]["name"] == "phone-class" and state["end"]["quota_us"] == 2000
+        dirs = [d for cg in state["cgroups"].values() for d in cg["dirs"]]
+        assert dirs and all(os.path.isdir(d) for d in dirs)
+        text = run("status", "--index", str(k))
+        assert "phone-class: core 0 at 40%" in text.stdout and "cgroup  end" in text.stdout
+    finally:
+        down = run("down", "--index", str(k))
+    assert down.returncode == 0 and "cgroup" in down.stdout, down.stdout
+    assert not [d for d in dirs if os.path.exists(d)]
+    bad = run("up", "--index", str(k), "--no-device", "--end", "x86_64")
+    assert bad.returncode == 1 and "no [capped] table" in bad.stderr
+
+
+def test_profile_layers_on_the_capped_device_over_rpc():
+    """Issue 15 part 2: a TVM RPC server inside the capped device's cgroup; the profiler
+    compiles here (uncapped) and times each layer there: ~1/fraction of the local time."""
+    _require_cgroups()
+    from tvmsplit.profile import LocalSession, RPCSession, profile_layers
+    from tvmsplit.testbed import Testbed
+
+    g = ts.load(zoo.make("chain", input_size=32), name="chain32")
+    layers = ["conv2", "conv4"]
+    with Testbed("wifi", delay_ms=0, end="pi-class", device=False, rpc=False) as tb:
+        host, port = tb.start_end_rpc()
+        assert tb.state()["end_rpc"] == {"host": tb.device_ip, "port": port}
+        rpc_pid = [r["pid"] for r in tb.procs if r["role"].startswith("end-rpc")][0]
+        assert rpc_pid in tb.cgroups["end"].pids()
+        with RPCSession(host, port) as s:
+            capped = profile_layers(g, "pi-class", s, number=3, repeat=3, layers=layers)
+    local = profile_layers(g, "pi-class", LocalSession(), number=3, repeat=3, layers=layers)
+    ratios = [c.timing.median_ms / f.timing.median_ms for c, f in zip(capped, local)]
+    print(f"\nlayers on pi-class over RPC vs local: "
+          + ", ".join(f"{c.layer} {c.timing.median_ms:.1f}/{f.timing.median_ms:.2f} ms = {r:.1f}x"
+                      for c, f, r in zip(capped, local, ratios)), file=sys.stderr)
+    assert all(0.6 <= r / 10 <= 1.3 for r in ratios), ratios
+
+
+def test_cgroups_are_removed_after_a_failed_up_and_a_crashed_owner(tmp_path):
+    _require_cgroups()
+    from dataclasses import replace
+
+    from tvmsplit.testbed import Testbed, net
+    from tvmsplit.testbed.capped import get_capped
+    from tvmsplit.testbed.cgroup import find_named
+    from tvmsplit.testbed.core import indices_in_use, teardown
+
+    with pytest.raises(TestbedError, match="wants core 99"):
+        Testbed("wifi", delay_ms=0, end=replace(get_capped("pi-class"), core=99),
+                device=False, rpc=False).up()
+    k = min(set(range(40, 64)) - set(indices_in_use()))
+    assert not find_named(f"tvmsplit-tb{k}-")
+    # an owner killed without down(): its cgroups stay until `down` (or the next up) removes them
+    code = ("import os, sys, time; from tvmsplit.testbed import Testbed\n"
+            f"tb = Testbed('wifi', delay_ms=0, end='pi-class', device=False, rpc=False, index={k})\n"
+            "tb.up(); print('up', flush=True); time.sleep(120)")
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        assert owner.stdout.readline().strip() == "up"
+        left = find_named(f"tvmsplit-tb{k}-")
+        assert len(left) >= 3, left  # end: cpu, cpuset, memory; edge: cpuset
+    finally:
+        owner.kill()
+        owner.wait()
+        owner.stdout.close()
+    assert find_named(f"tvmsplit-tb{k}-"), "SIGKILL leaves them (no atexit)"
+    removed = teardown(k)
+    assert any(r.startswith("cgroup ") for r in removed), removed
+    assert not find_named(f"tvmsplit-tb{k}-")
+    assert not ({f"tvmsplit-tb{k}-dev", f"tvmsplit-tb{k}-edge"} & net.namespaces())

@@ -44,7 +44,8 @@ this machine's CPU.
 How it is found: ``get_target`` takes a name or the path of a ``.toml`` file (read directly,
 not registered). Names are looked up in every ``*.toml`` of the directories in
 ``$TVMSPLIT_TARGETS`` (``os.pathsep``-separated), then in the built-in ``targets/`` next to the
-package; the file name does not matter, the ``name`` field does. A name defined twice (in any two
+package and its ``targets/capped/`` (the testbed's cgroup-capped end devices, whose extra
+``[capped]`` table :mod:`tvmsplit.testbed.capped` reads; this module ignores it); the file name does not matter, the ``name`` field does. A name defined twice (in any two
 files) is an error naming both; a miss lists the known names. The registry is read once per
 process (per value of ``$TVMSPLIT_TARGETS``).
 
@@ -75,6 +76,9 @@ from typing import Any
 from .errors import TargetError
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "targets"
+# The testbed's capped end devices (pi-class, phone-class): targets with a [capped] table, read
+# by tvmsplit.testbed.capped; kept apart so targets/ lists real device kinds first.
+CAPPED_DIR = BUILTIN_DIR / "capped"
 
 
 @dataclass(frozen=True)
@@ -202,7 +206,7 @@ def parse_target_file(path: str | os.PathLike) -> TargetSpec:
 
 def target_dirs() -> list[Path]:
     dirs = [Path(p) for p in os.environ.get("TVMSPLIT_TARGETS", "").split(os.pathsep) if p]
-    return [*dirs, BUILTIN_DIR]
+    return [*dirs, BUILTIN_DIR, CAPPED_DIR]
 
 
 @cache

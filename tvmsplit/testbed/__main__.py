@@ -30,10 +30,20 @@ def build_parser(prog: str = "python -m tvmsplit.testbed") -> argparse.ArgumentP
                     help="testbed number 0..63: names tvmsplit-tb{k}-dev/-edge, addresses "
                          "10.77.{2k}.0/24 and 10.77.{2k+1}.0/24 (default 0)")
     up.add_argument("--no-rpc", action="store_true", help="do not start the TVM RPC server")
+    up.add_argument("--end", default=None, metavar="PROFILE",
+                    help="also a capped end device (placement 'end'): a native worker in the "
+                         "device's namespace inside a cgroup, e.g. pi-class, phone-class "
+                         "(targets/capped/); the edge's workers are pinned to the other cores")
+    up.add_argument("--end-rpc", action="store_true",
+                    help="with --end: a TVM RPC server on the capped device (port 9091), for "
+                         "`tvmsplit profile --target PROFILE --rpc HOST:9091`")
+    up.add_argument("--no-device", action="store_true",
+                    help="no qemu ARM device (no sysroot; implies --no-rpc): e.g. with --end")
     up.add_argument("--bundle", default=None, help="also start one worker per stage of this bundle")
     up.add_argument("--place", default=None,
-                    help="with --bundle: where each stage runs, e.g. device,edge (default: stage 0 "
-                         "on the device, the rest on the edge)")
+                    help="with --bundle: where each stage runs: device (qemu ARM), end (the "
+                         "capped device, needs --end) or edge, e.g. device,edge (default: stage 0 "
+                         "on the end device with --end, else on the device; the rest on the edge)")
     up.add_argument("--json", action="store_true", help="print the state as JSON")
     down = sub.add_parser("down", help="stop the testbed's processes and remove its namespaces")
     down.add_argument("--index", type=int, default=0)
@@ -57,6 +67,16 @@ def _print_state(state: dict) -> None:
     print(f"  device  {state['namespaces']['device']}  {a['device']} (host link), "
           f"{a['device_link']} (access link)")
     print(f"  edge    {state['namespaces']['edge']}  {a['edge']}")
+    if state.get("end"):
+        e = state["end"]
+        print(f"  end     {e['name']}: core {e['core']} at {e['cpu_fraction']:.0%} (quota "
+              f"{e['quota_us']} us / period {e['period_us']} us), {e['threads']} thread(s), "
+              f"memory {e['memory_bytes']}")
+    for role, cg in (state.get("cgroups") or {}).items():
+        print(f"  cgroup  {role}: {', '.join(cg['dirs'])}")
+    if state.get("end_rpc"):
+        print(f"  end rpc tvmsplit profile --target {state['end']['name']} --rpc "
+              f"{state['end_rpc']['host']}:{state['end_rpc']['port']}")
     if state.get("rpc"):
         print(f"  rpc     tvm.rpc.connect({state['rpc']['host']!r}, {state['rpc']['port']})")
     for w in state.get("workers", []):
@@ -82,15 +102,20 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tvmsplit.test
         if args.cmd == "up":
             tb = core.Testbed(args.profile, index=args.index, up_mbps=args.up_mbps,
                               down_mbps=args.down_mbps, delay_ms=args.delay_ms, loss=args.loss,
-                              rpc=not args.no_rpc, log=log)
+                              rpc=not (args.no_rpc or args.no_device),
+                              device=not args.no_device, end=args.end, log=log)
             tb.up(detach=True)
             try:
+                if args.end_rpc:
+                    if not args.end:
+                        raise core.TestbedError("--end-rpc needs --end PROFILE")
+                    tb.start_end_rpc()
                 if args.bundle:
                     from ..bundle import Bundle
 
                     n = len(Bundle.load(args.bundle, stages=[]).stages)
                     place = (args.place.split(",") if args.place
-                             else ["device"] + ["edge"] * (n - 1))
+                             else ["end" if args.end else "device"] + ["edge"] * (n - 1))
                     if len(place) != n:
                         raise core.TestbedError(f"--place names {len(place)} stage(s), the bundle "
                                                 f"has {n}")

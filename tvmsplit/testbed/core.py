@@ -12,6 +12,16 @@ runs on ``__exit__``, on a failed :meth:`up`, and at interpreter exit (atexit) f
 was not detached. ``up(detach=True)`` (the command line) leaves it running and records it in
 ``$TVMSPLIT_TESTBED_RUN/tb{k}/state.json`` (default ``/run/tvmsplit-testbed``); ``down`` reads
 that file, and also removes by name whatever a crashed run left behind.
+
+A capped end device (``Testbed(end="pi-class")``, :mod:`.capped`): placement ``"end"`` runs a
+stage's worker natively in the device's namespace inside a cgroup (:mod:`.cgroup`: one core at
+a fraction of its time, a memory limit), so its compute times are real; the edge's workers then
+run in a cgroup pinned to the other cores. ``"device"`` stays the qemu ARM device. The cgroups
+are made at :meth:`Testbed.up`, recorded in ``state.json`` and removed by ``down``::
+
+    with Testbed("wifi", end="pi-class", device=False, rpc=False) as tb:
+        with Pipeline(bundle, launcher=tb.launcher(["end", "edge"])) as p:
+            y, trace = p.run(x)                  # trace.compute_ms[0]: the capped device's
 """
 from __future__ import annotations
 
@@ -33,6 +43,7 @@ from ..runtime.launch import (LaunchError, WorkerSpec, Worker, python_worker, sp
                               stop_processes, same_addresses)
 from ..runtime.procs import killpg, stop_group
 from . import net
+from .cgroup import Cgroup, CgroupError, Limits, find_named, parse_cpus, remove_dirs
 from .net import Layout
 from .profiles import LinkProfile, TestbedError, get_profile
 from .sysroot import Sysroot, ensure_sysroot
@@ -40,7 +51,7 @@ from .sysroot import Sysroot, ensure_sysroot
 REPO = Path(__file__).resolve().parents[2]
 STOP_GRACE_S = 3.0
 DEVICE_START_TIMEOUT_S = 180.0   # an emulated Python importing TVM takes 5-10 s; CI is slower
-WHERE = ("device", "edge")
+WHERE = ("device", "edge", "end")   # end: the capped end device (native, in a cgroup)
 
 
 def run_dir() -> Path:
@@ -96,6 +107,9 @@ class Testbed:
     ``Link`` (e.g. ``Link.profile("4g")``), shaped as it is. ``index`` picks names and addresses
     (see :mod:`.net`); None takes the first free one. ``rpc``: start the TVM RPC server on the
     device. ``device``: False skips the ARM sysroot (network only). ``log(str)`` receives progress lines.
+    ``end``: a capped end device (:func:`.capped.get_capped`: ``pi-class``, ``phone-class`` or a
+    .toml path), which makes placement ``"end"`` available and pins the edge's workers to the
+    other cores; None (the default): no cgroups.
     """
 
     __test__ = False  # not a pytest test class despite its name
@@ -103,7 +117,7 @@ class Testbed:
     def __init__(self, profile: str | Link = "4g", *, index: int | None = None,
                  up_mbps: float | None = None, down_mbps: float | None = None,
                  delay_ms: float | None = None, loss: float | None = None, rpc: bool = True,
-                 device: bool = True, log=None):
+                 device: bool = True, end=None, log=None):
         self.profile = LinkProfile.of(profile) if isinstance(profile, Link) else get_profile(
             profile, up_mbps=up_mbps, down_mbps=down_mbps, delay_ms=delay_ms, loss=loss)
         self._index = index
@@ -116,11 +130,18 @@ class Testbed:
         self.procs: list[dict] = []            # records: role, pid, create_time, log
         self._popen: dict[int, subprocess.Popen] = {}
         self.rpc_port: int | None = None
+        self.end_rpc_port: int | None = None
         self.shaper: dict = {}
         self.workers: list[dict] = []
         self.timings: dict[str, float] = {}
         self.detached = False
         self._is_up = False
+        self.end = None
+        if end is not None:
+            from .capped import get_capped
+
+            self.end = get_capped(end)
+        self.cgroups: dict[str, Cgroup] = {}   # "end", "edge": made at up() when end is set
 
     # ----------------------------------------------------------------------------- properties
     def _layout(self) -> Layout:
@@ -151,11 +172,11 @@ class Testbed:
     def ns(self, where: str) -> str:
         _check_where(where)
         lay = self._layout()
-        return lay.ns_dev if where == "device" else lay.ns_edge
+        return lay.ns_edge if where == "edge" else lay.ns_dev
 
     def ip(self, where: str) -> str:
         _check_where(where)
-        return self.device_ip if where == "device" else self.edge_ip
+        return self.edge_ip if where == "edge" else self.device_ip
 
     # ------------------------------------------------------------------------------ lifecycle
     def __enter__(self) -> "Testbed":
@@ -188,6 +209,8 @@ class Testbed:
             t1 = time.monotonic()
             self._make_network()
             self.timings["network_s"] = time.monotonic() - t1
+            if self.end is not None:
+                self._make_cgroups()
             if self.want_rpc:
                 t2 = time.monotonic()
                 self._start_rpc()
@@ -216,6 +239,7 @@ class Testbed:
             removed.append(f"{rec['role']} (pid {rec['pid']})")
         self.procs.clear()
         self._popen.clear()
+        removed += self._remove_cgroups()
         removed += net.teardown(self._layout())
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -240,6 +264,56 @@ class Testbed:
             net.create_veth_access_link(lay)
         self.shaper = net.shape(lay, self.profile, tun)
         net.add_routes(lay)
+
+    def _make_cgroups(self) -> None:
+        """The end device's cgroup (its profile's core, quota, memory) and the edge's (cpuset:
+        the other cores we may use); each recorded in state.json as soon as it exists."""
+        end, lay = self.end, self._layout()
+        allowed = sorted(os.sched_getaffinity(0))
+        if end.core not in allowed:
+            raise TestbedError(f"capped device {end.name!r} wants core {end.core}, but this "
+                               f"process may use cores {allowed} only; set core in "
+                               f"[capped] of {end.target.source}")
+        others = [c for c in allowed if c != end.core]
+        for role, limits in (("end", end.limits()),
+                             ("edge", Limits(cpus=",".join(map(str, others))) if others else None)):
+            if limits is None:
+                self.log(f"only core {end.core} is usable: the edge shares it with the end device")
+                continue
+            cg = Cgroup(f"tvmsplit-{lay.name}-{role}", limits)
+            self.cgroups[role] = cg.create()
+            self._save_state()
+        self.log(f"capped end device {end.describe()}; edge on cores {others or [end.core]}")
+
+    def _remove_cgroups(self) -> list[str]:
+        removed = []
+        for role in list(self.cgroups):
+            try:
+                removed += self.cgroups.pop(role).remove()
+            except CgroupError as exc:
+                self.log(f"warning: {exc}")
+        return removed
+
+    def threads(self, where: str) -> int | None:
+        """TVM_NUM_THREADS of a worker on ``where``: the capped device's profile; the edge's
+        cores when it is pinned; None (TVM's default) otherwise."""
+        if where == "end" and self.end is not None:
+            return self.end.threads
+        cg = self.cgroups.get("edge") if where == "edge" else None
+        return len(parse_cpus(cg.limits.cpus)) if cg is not None else None
+
+    def _native(self, where: str, env: dict) -> tuple[list[str], dict]:
+        """(prefix, env) of a native process on ``where``: cgexec into its cgroup (before
+        `ip netns exec`, which hides /sys/fs/cgroup), the namespace, the thread count."""
+        if where == "end" and "end" not in self.cgroups:
+            raise TestbedError("placement 'end' needs a capped end device: Testbed(end="
+                               "'pi-class') or `testbed up --end pi-class` (capped devices: "
+                               "tvmsplit.testbed.capped.known_capped())")
+        cg = self.cgroups.get(where)
+        threads = self.threads(where)
+        if threads is not None:
+            env = {**env, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+        return [*(cg.prefix() if cg is not None else []), *net.in_ns(self.ns(where))], env
 
     def _start_rpc(self) -> None:
         ready = self.dir / "rpc.ready.json"
@@ -271,17 +345,19 @@ class Testbed:
               emulated: bool = False, stdout=None) -> subprocess.Popen:
         """Start ``cmd`` in the device or edge namespace (``emulated``: a Python command line
         ``["-m", ...]`` run by the device's aarch64 Python under qemu; else as given, with this
-        checkout on PYTHONPATH). Stopped by :meth:`down`, or earlier with :meth:`stop`."""
+        checkout on PYTHONPATH; ``where="end"``: natively in the device's namespace inside the
+        capped device's cgroup). Stopped by :meth:`down`, or earlier with :meth:`stop`."""
         if not self._is_up:
             raise TestbedError("the testbed is not up")
         if emulated:
             if self.sysroot is None:
                 raise TestbedError("this testbed has no ARM device (device=False)")
             cmd, env = self.sysroot.command(*cmd), self.sysroot.env(REPO)
+            prefix = net.in_ns(self.ns(where))
         else:
-            env = _host_env()
+            prefix, env = self._native(where, _host_env())
         role = f"{role}-{len(self.procs)}"
-        proc, _ = self._spawn(role, net.in_ns(self.ns(where), *cmd), env, stdout)
+        proc, _ = self._spawn(role, [*prefix, *cmd], env, stdout)
         return proc
 
     def stop(self, proc: subprocess.Popen) -> None:
@@ -311,10 +387,13 @@ class Testbed:
         emulated = where == "device"
         if emulated and self.sysroot is None:
             raise TestbedError("this testbed has no ARM device (device=False)")
-        program = self.sysroot.command("-m", "tvmsplit.runtime.worker") if emulated \
-            else python_worker()
-        env = self.sysroot.env(REPO) if emulated else _host_env()
-        proc = spawn(spec, self.dir, program=program, prefix=net.in_ns(self.ns(where)), env=env,
+        if emulated:
+            program = self.sysroot.command("-m", "tvmsplit.runtime.worker")
+            prefix, env = net.in_ns(self.ns(where)), self.sysroot.env(REPO)
+        else:
+            program = python_worker()
+            prefix, env = self._native(where, _host_env())
+        proc = spawn(spec, self.dir, program=program, prefix=prefix, env=env,
                      cwd="/", what=f"stage {spec.stage} worker on the {where}")
         self._record(f"worker-s{spec.stage}-{where}-{len(self.procs)}", proc.popen, proc.log)
         return proc
@@ -335,7 +414,7 @@ class Testbed:
     def _start(self, spec: WorkerSpec, where: str) -> tuple[dict[str, Any], Any]:
         proc = self.spawn_worker(spec, where)
         try:
-            info = proc.wait_ready(DEVICE_START_TIMEOUT_S if where == "device" else 60.0)
+            info = proc.wait_ready(60.0 if where == "edge" else DEVICE_START_TIMEOUT_S)
         except LaunchError as exc:
             raise TestbedError(str(exc)) from None
         info["where"] = where
@@ -350,8 +429,7 @@ class Testbed:
         in launch order (last stage first); the endpoints for ``Pipeline(bundle, endpoints=)``."""
         from ..bundle import Bundle
 
-        for w in placement:
-            _check_where(w)
+        self._check_placement(placement)
         plan = Bundle.load(bundle, stages=[]).plan  # routes only: libraries live on the devices
         started: dict[int, dict] = {}
         for stage in launch_order(plan):
@@ -363,11 +441,37 @@ class Testbed:
                  ) -> "TestbedLauncher":
         """A launcher for ``Pipeline(bundle, launcher=...)``: stage i's worker on
         ``placement[i]``; the Pipeline then owns them (restart, swap, death noticed)."""
-        for w in placement:
-            _check_where(w)
+        self._check_placement(placement)
         return TestbedLauncher(self, list(placement), list(worker_args))
 
+    def _check_placement(self, placement: Sequence[str]) -> None:
+        for w in placement:
+            _check_where(w)
+        if "end" in placement and self.end is None:
+            raise TestbedError("placement 'end' needs a capped end device: Testbed(end="
+                               "'pi-class') or `testbed up --end pi-class`")
+
     # ----------------------------------------------------------------------------------- RPC
+    END_RPC_PORT = 9091
+
+    def start_end_rpc(self) -> tuple[str, int]:
+        """A TVM RPC server on the capped end device (native, inside its cgroup, in the device's
+        namespace, on the device's host-link address): so ``tvmsplit profile --target pi-class
+        --rpc HOST:PORT`` and :class:`tvmsplit.profile.RPCSession` compile here, uncapped, and
+        time every layer there, capped. Returns its (host, port); stopped by :meth:`down`."""
+        if self.end_rpc_port is not None:
+            return self.device_ip, self.end_rpc_port
+        ready = self.dir / f"end-rpc-{len(self.procs)}.ready.json"
+        cmd = [sys.executable, "-m", "tvmsplit.testbed.rpc_server", "--host", self.device_ip,
+               "--port", str(self.END_RPC_PORT), "--ready-file", str(ready),
+               *([] if self.detached else ["--parent-pid", str(os.getpid())])]
+        proc = self.spawn("end", cmd, role="end-rpc")
+        info = _wait_ready(ready, proc, "the capped end device's RPC server",
+                           Path(self.procs[-1]["log"]), DEVICE_START_TIMEOUT_S)
+        self.end_rpc_port = int(info["port"])
+        self._save_state()
+        return self.device_ip, self.end_rpc_port
+
     def rpc_connect(self, timeout_s: float = 60.0):
         """A ``tvm.rpc`` session to the device's RPC server (retried until it accepts)."""
         from tvm import rpc
@@ -395,8 +499,12 @@ class Testbed:
                 "link": "tun+linkemu" if self.profile.needs_emulator else "veth",
                 "shaper": self.shaper,
                 "rpc": {"host": lay.device_ip, "port": self.rpc_port} if self.rpc_port else None,
+                "end_rpc": ({"host": lay.device_ip, "port": self.end_rpc_port}
+                            if self.end_rpc_port else None),
                 "sysroot": str(self.sysroot.path) if self.sysroot else None,
                 "processes": self.procs,
+                "end": self.end.to_json() if self.end is not None else None,
+                "cgroups": {role: cg.to_json() for role, cg in self.cgroups.items()},
                 # in stage order: what Pipeline(bundle, endpoints=state["workers"]) takes
                 "workers": sorted(self.workers, key=lambda w: w["stage"]),
                 "timings": {k: round(v, 2) for k, v in self.timings.items()}}
@@ -471,7 +579,8 @@ class TestbedLauncher:
 
 def _check_where(where: str) -> None:
     if where not in WHERE:
-        raise TestbedError(f"where must be 'device' or 'edge', got {where!r}")
+        raise TestbedError(f"where must be 'device' (qemu ARM), 'edge' or 'end' (the capped "
+                           f"end device), got {where!r}")
 
 
 def _host_env() -> dict[str, str]:
@@ -542,9 +651,21 @@ def teardown(index: int) -> list[str]:
         if _same_process(rec):
             stop_recorded(rec)
             removed.append(f"{rec.get('role')} (pid {rec['pid']})")
+    removed += remove_cgroups(state, lay)
     removed += net.teardown(lay)
     shutil.rmtree(run_dir() / lay.name, ignore_errors=True)
     return removed
+
+
+def remove_cgroups(state: dict | None, lay: Layout) -> list[str]:
+    """The cgroups of a testbed: those its state file records, and any named after it (a run
+    that crashed before recording them)."""
+    dirs = [d for cg in ((state or {}).get("cgroups") or {}).values() for d in cg.get("dirs", [])]
+    dirs += [str(d) for d in find_named(f"tvmsplit-{lay.name}-") if str(d) not in dirs]
+    try:
+        return remove_dirs(dirs)
+    except CgroupError as exc:
+        return [f"NOT removed: {exc}"]
 
 
 def status(index: int) -> dict:
