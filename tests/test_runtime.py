@@ -416,6 +416,59 @@ def test_connect_to_running_workers_and_sigterm_exits_cleanly(built, tmp_path):
         assert [proc.wait(timeout=10) for proc in workers.procs] == [0, 0]
 
 
+def test_replicas_share_a_stage_and_losing_one_loses_nothing(built, tmp_path):
+    """Hand-started workers: stage 1 has two replicas (stage 0 sends to `--next A,B`). Both
+    serve; when one is SIGKILLed mid-stream its heartbeats stop, the client drops it and
+    re-sends what was in flight: every request answered once, equal to onnxruntime."""
+    bundle = built["bundles"]["chain3"]
+    g = built["graphs"]["chain"]
+    xs = _inputs(g, 120)
+    session = _ort_session(g)
+    with HandStartedWorkers(bundle, tmp_path) as workers:
+        s2 = workers.start(2)
+        s1 = [workers.start(1, "--next", s2["data"]) for _ in range(2)]
+        s0 = workers.start(0, "--next", ",".join(r["data"] for r in s1))
+        with Pipeline(bundle, endpoints=[s0, s1, s2], timeout_s=30) as p:
+            assert p.failover is True
+            for _ in range(20):  # round-robin over the replicas that are up
+                p.run(xs[0])
+            assert all(h["served"] > 0 for h in p.health() if h["stage"] == 1)
+            got, t_kill = [], None
+            for item in p.stream(xs):
+                got.append(item)
+                if len(got) == 40:
+                    os.killpg(s1[0]["pid"], signal.SIGKILL)
+                    t_kill = time.monotonic()
+            assert len(got) == len(xs)
+            for i, (y, _) in enumerate(got):
+                assert compare(y["output"], session.run(None, xs[i])[0], "output").rel <= RTOL
+            assert [(f.stage, f.old_pid, f.how) for f in p.failovers] == \
+                [(1, s1[0]["pid"], "replica")]
+            assert [e["pid"] for e in p.endpoints] == [s0["pid"], s1[1]["pid"], s2["pid"]]
+            assert t_kill is not None
+
+
+def test_a_silent_remote_worker_is_noticed_by_heartbeats_not_the_timeout(built, tmp_path):
+    bundle = built["bundles"]["chain2"]
+    x, whole, _ = built["expected"]["chain"]
+    with HandStartedWorkers(bundle, tmp_path) as workers:
+        s1 = workers.start(1)
+        s0 = workers.start(0, "--next", s1["data"])
+        with Pipeline(bundle, endpoints=[s0, s1], timeout_s=60) as p:
+            assert p.failover is False  # nothing to fail over to
+            _assert_close(p.run(x)[0], whole, "before")
+            os.killpg(s1["pid"], signal.SIGSTOP)
+            try:
+                t0 = time.monotonic()
+                with pytest.raises(PipelineError) as err:
+                    p.run(x)
+                waited = time.monotonic() - t0
+            finally:
+                os.killpg(s1["pid"], signal.SIGCONT)
+            assert err.value.code == "worker_died" and err.value.stage == 1
+            assert "heartbeat" in str(err.value) and waited < 10  # not the 60 s timeout
+
+
 def test_worker_start_failure_is_reported(built, tmp_path):
     bundle = built["bundles"]["chain2"]
     proc = subprocess.Popen(worker_command(bundle, 5, "--ready-file", str(tmp_path / "ready")),

@@ -215,3 +215,45 @@ class ControlClient:
             for s in socks:
                 if s is not None:
                     s.close(linger=0)
+
+
+class Heartbeat:
+    """Health requests to one worker, without blocking: ``beat(now)`` sends one every
+    ``interval_s`` and reads the answer when it is there; ``dead(now)`` is True once a request
+    has gone unanswered for ``dead_after_s`` (a worker that is busy computing answers late, so
+    ``dead_after_s`` must exceed the longest stage compute). The socket comes from
+    ``make_socket`` like :class:`ControlClient`'s."""
+
+    def __init__(self, make_socket: Callable[[], zmq.Socket], address: str, *,
+                 interval_s: float = 0.25, dead_after_s: float = 1.0):
+        self.address, self.interval_s, self.dead_after_s = address, interval_s, dead_after_s
+        self._make_socket = make_socket
+        self._sock: zmq.Socket | None = None
+        self._sent_at: float | None = None   # the unanswered request's send time
+        self._last_sent = -float("inf")
+        self.last_answer: dict[str, Any] | None = None
+
+    def beat(self, now: float) -> None:
+        if self._sock is None:
+            self._sock = self._make_socket()
+            self._sock.connect(self.address)
+        if self._sent_at is not None:
+            if self._sock.poll(0, zmq.POLLIN):
+                try:
+                    self.last_answer = parse_reply(self._sock.recv_multipart())
+                except ControlError:
+                    self.last_answer = failure("bad_reply", f"{self.address}: bad reply")
+                self._sent_at = None
+            return
+        if now - self._last_sent >= self.interval_s:
+            self._sock.send_multipart(encode_request(HEALTH), copy=False)
+            self._sent_at = self._last_sent = now
+
+    def dead(self, now: float) -> bool:
+        return self._sent_at is not None and now - self._sent_at > self.dead_after_s
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        self._sent_at = None

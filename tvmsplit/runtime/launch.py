@@ -82,7 +82,8 @@ def worker_parser(prog: str = f"python -m {WORKER_MODULE}") -> argparse.Argument
     p.add_argument("--next", action="append", default=[], metavar="ADDR",
                    help="address to send results to (PUSH connect): the next stage's --bind, or "
                         "the client's result address; repeat it once per route of the stage, in "
-                        "the order of the manifest's 'sends'")
+                        "the order of the manifest's 'sends'. ADDR,ADDR,... names the replicas "
+                        "of that stage: each message goes to one replica that is up")
     p.add_argument("--out", default=None, metavar="ADDR",
                    help="when the last route (to the client) has no --next: address to bind it on "
                         "(default: port 0 on the --bind host); a client connects its PULL socket "
@@ -447,12 +448,18 @@ def check_shared_keys(keys: SecureConfig) -> None:
 
 class GivenEndpoints:
     """Workers already running (on other machines, started by hand or by a testbed): their
-    ready-file dicts, one per stage in stage order. Nothing is started or stopped."""
+    ready-file dicts in stage order, one per stage, or a list of them for a stage served by
+    several *replicas* (each message goes to one replica that is up; the stages sending to it
+    name them all in one ``--next A,B``). Nothing is started or stopped. The client watches
+    these workers by heartbeats on their control sockets; with replicas, losing one loses
+    nothing (failover re-sends what it held)."""
 
     client_binds = False
 
-    def __init__(self, endpoints: Sequence[Mapping[str, Any]]):
-        self.endpoints = [dict(e) for e in endpoints]
+    def __init__(self, endpoints: Sequence[Mapping[str, Any] | Sequence[Mapping[str, Any]]]):
+        self.endpoints = [[dict(r) for r in e] if isinstance(e, (list, tuple)) else [dict(e)]
+                          for e in endpoints]
+        self.replicated = any(len(e) > 1 for e in self.endpoints)
 
     def start(self, bundle, result_addr: str | None,
               secure: SecureConfig | None) -> list[Worker]:
@@ -460,17 +467,24 @@ class GivenEndpoints:
         problems = []
         if len(self.endpoints) != n:
             problems.append(f"{len(self.endpoints)} endpoint(s) given for {n} stage(s)")
-        for i, e in enumerate(self.endpoints):
-            if not isinstance(e.get("data"), str):
-                problems.append(f"endpoint {i} has no 'data' address")
-        for i, _ in bundle.plan.senders(CLIENT_END):
-            if i < len(self.endpoints) and not isinstance(self.endpoints[i].get("out"), str):
-                problems.append(f"endpoint {i} has no 'out' address: stage {i} sends to the "
-                                "client, so start its worker without --next for that route (it "
-                                "binds one)")
+        replying = {i for i, _ in bundle.plan.senders(CLIENT_END)}
+        for i, replicas in enumerate(self.endpoints):
+            if not replicas:
+                problems.append(f"endpoint {i} is an empty list of replicas")
+            for e in replicas:
+                if not isinstance(e.get("data"), str):
+                    problems.append(f"endpoint {i} has no 'data' address")
+                if i in replying and not isinstance(e.get("out"), str):
+                    problems.append(f"endpoint {i} has no 'out' address: stage {i} sends to the "
+                                    "client, so start its worker without --next for that route "
+                                    "(it binds one)")
+            if len(replicas) > 1 and i < n and len(bundle.plan.senders(i)) > 1:
+                problems.append(f"stage {i} gathers from several stages, so it cannot have "
+                                f"replicas (the parts of a request could reach different ones)")
         if problems:
             raise LaunchError("; ".join(problems))
-        return [Worker.from_ready(e, i) for i, e in enumerate(self.endpoints)]
+        return [Worker.from_ready(e, i) for i, replicas in enumerate(self.endpoints)
+                for e in replicas]
 
     def stop(self, workers: Sequence[Worker], grace_s: float) -> None:
         pass  # not ours

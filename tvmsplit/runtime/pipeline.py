@@ -68,13 +68,14 @@ from ..bundle import Bundle
 from ..errors import ShapeError, TvmsplitError, WireError
 from ..plan import CLIENT_END, Route
 from . import control, wire
-from .control import ControlClient
+from .control import ControlClient, Heartbeat
 from .gather import MAX_WAITING, Gather, GatherError, Part, merge_traces
 from .launch import (START_TIMEOUT_S, GivenEndpoints, Launcher, LaunchError, LocalLauncher,
                      Worker)
 from .procs import exit_text
 from .security import CLIENT, WORKER, WORKERS, SecureConfig
 from .stage import check_tensors
+from .worker import connect_replicas
 from .trace import Hop, Trace, make_trace
 
 __all__ = ["Pipeline", "PipelineError", "Trace", "Hop"]
@@ -136,7 +137,8 @@ class Pipeline:
                  endpoints: Sequence[Mapping[str, Any]] | None = None,
                  secure: SecureConfig | str | os.PathLike | None = None,
                  launcher: Launcher | None = None, failover: bool | None = None,
-                 max_attempts: int = 3, allow_nonfinite: bool = False):
+                 max_attempts: int = 3, allow_nonfinite: bool = False,
+                 dead_after_s: float = 1.0):
         problems = []
         if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
             problems.append(f"timeout_s must be a number > 0, got {timeout_s!r}")
@@ -159,12 +161,16 @@ class Pipeline:
         self.launcher: Launcher = (GivenEndpoints(endpoints) if endpoints is not None
                                    else launcher or LocalLauncher(start_timeout_s))
         can_respawn = callable(getattr(self.launcher, "respawn", None))
-        if failover and not can_respawn:
-            raise PipelineError(f"failover needs a launcher that can replace a worker; "
-                                f"{type(self.launcher).__name__} cannot", code="bad_argument")
-        self.failover = can_respawn if failover is None else bool(failover)
+        replicated = getattr(self.launcher, "replicated", False)
+        if failover and not (can_respawn or replicated):
+            raise PipelineError(f"failover needs a launcher that can replace a worker, or "
+                                f"replicas; {type(self.launcher).__name__} has neither",
+                                code="bad_argument")
+        self.failover = (can_respawn or replicated) if failover is None else bool(failover)
         self.max_attempts = max_attempts
         self.allow_nonfinite = bool(allow_nonfinite)
+        self.dead_after_s = float(dead_after_s)
+        self._heartbeats: dict[int, Heartbeat] = {}  # workers we do not own, by id(Worker)
         self.failovers: list[Failover] = []  # what failover did, in order
         # ids start at random: long-lived workers (endpoints) that gather parts by id must not
         # take a new client's request 1 for an old one's
@@ -282,15 +288,21 @@ class Pipeline:
         self._close_entry()
         self._connect_entry(bundle, workers)
         if not self.launcher.client_binds:
-            for i, _ in bundle.plan.senders(CLIENT_END):
-                self._recv.connect(workers[i].out)
+            replying = {i for i, _ in bundle.plan.senders(CLIENT_END)}
+            for w in workers:
+                if w.stage in replying:
+                    self._recv.connect(w.out)
+        self._heartbeats = {id(w): Heartbeat(lambda: self._socket(zmq.REQ), w.control,
+                                             dead_after_s=self.dead_after_s)
+                            for w in workers if w.process is None and w.control}
 
     def _connect_entry(self, bundle: Bundle, workers: Sequence[Worker]) -> None:
         """One PUSH per entry route (a PUSH with several peers would share requests out)."""
         for route in bundle.plan.entry:
             sock = self._socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDTIMEO, int(self.timeout_s * 1000))
-            sock.connect(workers[route.to].data)
+            # one PUSH per entry stage, connected to each of its replicas (round-robin)
+            connect_replicas(sock, ",".join(w.data for w in workers if w.stage == route.to))
             self._entry.append((route, sock))
 
     def _close_entry(self) -> None:
@@ -315,6 +327,9 @@ class Pipeline:
 
     def _close_sockets(self) -> None:
         self._close_entry()
+        for hb in self._heartbeats.values():
+            hb.close()
+        self._heartbeats = {}
         if self._recv is not None:
             self._recv.close(linger=0)
         self._recv = None
@@ -404,12 +419,12 @@ class Pipeline:
         wanted = range(self.num_stages) if stages is None else stages
         problems = []
         for index in wanted:
-            w = self._workers[index]
-            answer = self._control.ask(w.control, control.DEPLOY,
-                                       self.bundle.stages[index].library.read_bytes(),
-                                       timeout_s=timeout_s)
-            if not answer.get("ok"):
-                problems.append(f"stage {index}: {answer.get('error')}")
+            for w in [w for w in self._workers if w.stage == index]:  # every replica
+                answer = self._control.ask(w.control, control.DEPLOY,
+                                           self.bundle.stages[index].library.read_bytes(),
+                                           timeout_s=timeout_s)
+                if not answer.get("ok"):
+                    problems.append(f"{w.describe()}: {answer.get('error')}")
         if problems:
             raise PipelineError("deploying stage libraries failed: " + "; ".join(problems),
                                 code="deploy_failed")
@@ -465,7 +480,8 @@ class Pipeline:
             except zmq.Again:
                 self._replies.fail(wire_id)  # a part already sent to another entry stage is dropped
                 raise PipelineError(f"request {rid}: stage {stage} did not accept it within "
-                                    f"{self.timeout_s:g} s ({self._workers[stage].describe()})",
+                                    f"{self.timeout_s:g} s ("
+                                    f"{', '.join(w.describe() for w in self._workers if w.stage == stage)})",
                                     request_id=rid, stage=stage, code="timeout") from None
         return send_ts
 
@@ -574,20 +590,48 @@ class Pipeline:
     def _check_workers(self) -> None:
         if self._dead is not None:
             return
+        now = time.monotonic()
+        for hb in self._heartbeats.values():
+            hb.beat(now)
+        silent = [w for w in self._workers
+                  if id(w) in self._heartbeats and self._heartbeats[id(w)].dead(now)]
         dead = [(w, w.process.poll()) for w in self._workers
                 if w.process is not None and w.process.poll() is not None]
-        if not dead:
+        if not dead and not silent:
             return
         self._drain()  # results that made it out before the death still count
-        if self.failover and self._fail_over([w for w, _ in dead]):
+        if silent and self._drop_replicas(silent):
             return
-        self._dead = "; ".join(f"stage {w.stage} worker (pid {w.pid}) died with {exit_text(rc)}"
-                               + (f": {w.process.log_tail(500)}" if w.process.log_tail(500) else "")
-                               for w, rc in dead)
+        if dead and self.failover and self._fail_over([w for w, _ in dead]):
+            return
+        self._dead = "; ".join(
+            [f"stage {w.stage} worker (pid {w.pid}) died with {exit_text(rc)}"
+             + (f": {w.process.log_tail(500)}" if w.process.log_tail(500) else "")
+             for w, rc in dead]
+            + [f"{w.describe()} did not answer a heartbeat within {self.dead_after_s:g} s"
+               for w in silent])
+        dead = dead or [(w, None) for w in silent]
         first = dead[0][0].stage
         self._fail_all(lambda rid: PipelineError(
             f"request {rid} was lost: {self._dead} while it was in flight; call restart()",
             request_id=rid, stage=first, code="worker_died"))
+
+    def _drop_replicas(self, silent: Sequence[Worker]) -> bool:
+        """Workers we do not own stopped answering: drop them; when every stage still has a
+        replica (and failover is on), send the requests in flight again and go on."""
+        gone = {id(w) for w in silent}
+        left = [w for w in self._workers if id(w) not in gone]
+        if not self.failover or {w.stage for w in left} != set(range(self.num_stages)):
+            return False
+        t0 = time.monotonic()
+        for w in silent:
+            self._heartbeats.pop(id(w)).close()
+        self._workers = left
+        resent = self._resend_all()
+        for w in silent:
+            self.failovers.append(Failover(w.stage, w.pid, None, time.monotonic() - t0, resent,
+                                           "replica"))
+        return True
 
     def _fail_over(self, dead: Sequence[Worker]) -> bool:
         """Replace the dead workers (the stage alone, at its old addresses, so its neighbours

@@ -176,7 +176,7 @@ class StageWorker:
             self.outs: list[zmq.Socket] = []  # one per route, in the order of plan.sends
             for addr, key in zip(next_addrs, server_keys):
                 self.outs.append(self._socket(zmq.PUSH, server_key=key))
-                self.outs[-1].connect(addr)
+                connect_replicas(self.outs[-1], addr)
             self.out_bound = bind_last
             if bind_last:
                 self.outs.append(self._socket(zmq.PUSH, server=CLIENTS))
@@ -435,6 +435,25 @@ class StageWorker:
                     blocked.add(sock)
             held.append((sock, frames))
         return held
+
+
+HEARTBEAT_IVL_MS = 250      # ZMTP heartbeats on data connections: a silent peer is dropped
+HEARTBEAT_TIMEOUT_MS = 1000  # after this long, so a replica that vanished gets no more sends
+
+
+def connect_replicas(sock: zmq.Socket, addresses: str) -> list[str]:
+    """Connect a PUSH socket to one destination stage given as ``ADDR[,ADDR...]``: its replicas.
+    Messages go round-robin to the replicas that are connected (``ZMQ_IMMEDIATE``: none is
+    queued for a replica that is gone), so losing one loses only what it held."""
+    replicas = [a.strip() for a in addresses.split(",") if a.strip()]
+    if not replicas:
+        raise WorkerStartError(f"--next {addresses!r} names no address")
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    for addr in replicas:
+        sock.connect(addr)
+    return replicas
 
 
 def _prime_cpu_percent() -> None:
