@@ -7,6 +7,9 @@
     duplicated, lost.
 (b) SIGSTOP one stage for ``--stop-s`` seconds mid-stream, then SIGCONT: no request lost
     (timeout_s is above the pause).
+(c) Hand-started ("remote") workers, stage 1 served by two replicas (stage 0 started with
+    ``--next A,B``): SIGKILL one replica mid-stream; the client notices by heartbeats (its
+    control socket stops answering; dead after 1 s) and re-sends what was in flight.
 
 Model: the zoo "chain" (3x32x32 float32 input), split after pool1 and pool2; workers run with
 TVM_NUM_THREADS=1 on this machine's cores; loopback TCP.
@@ -53,6 +56,47 @@ def stream_with_kills(bundle, xs, kill_at: dict[int, int], stop_s: float | None 
         return answers, faults, list(p.failovers)
 
 
+def remote_replicas(bundle, xs, tmp: str):
+    """(c): stream through hand-started workers with two replicas of stage 1, kill one."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    procs = []
+
+    def start(stage: int, *extra: str) -> dict:
+        ready = Path(tmp) / f"r{stage}-{len(procs)}.json"
+        procs.append(subprocess.Popen([sys.executable, "-m", "tvmsplit.runtime.worker",
+                                       "--bundle", str(bundle.path), "--stage", str(stage),
+                                       "--ready-file", str(ready), *extra],
+                                      start_new_session=True))
+        while not ready.exists():
+            time.sleep(0.02)
+        return json.loads(ready.read_text())
+
+    try:
+        s2 = start(2)
+        s1 = [start(1, "--next", s2["data"]) for _ in range(2)]
+        s0 = start(0, "--next", ",".join(r["data"] for r in s1))
+        answers, t_kill = [], None
+        with ts.Pipeline(bundle, endpoints=[s0, s1, s2], timeout_s=30) as p:
+            for out in p.stream(xs):
+                answers.append((time.monotonic(), out))
+                if len(answers) == len(xs) // 2:
+                    os.killpg(s1[0]["pid"], signal.SIGKILL)
+                    t_kill = time.monotonic()
+            failovers = list(p.failovers)
+        return answers, t_kill, failovers
+    finally:
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=1000)
@@ -97,6 +141,16 @@ def main() -> None:
                   f"{n - len(answers)}, failovers {len(failovers)} (a stopped worker is alive: "
                   f"none expected); longest gap between answers {max(gaps):.1f} s, median "
                   f"{statistics.median(gaps) * 1e3:.2f} ms", ""]
+        answers, t_kill, failovers = remote_replicas(bundle, xs, tmp)
+        correct = sum(compare(out[0]["output"], want[i], "output").rel <= 1e-4
+                      for i, (_, out) in enumerate(answers))
+        k = n // 2  # the requests in flight at the kill are answers k .. k+7 (max_in_flight 8)
+        t_back = answers[min(k + 7, len(answers) - 1)][0]
+        lines += ["## (c) hand-started workers, stage 1 on two replicas, SIGKILL one", "",
+                  f"answered {len(answers)}/{n}, equal to onnxruntime {correct}, lost "
+                  f"{n - len(answers)}; failovers {[(x.stage, x.how, x.resent) for x in failovers]}"
+                  f"; kill -> the requests in flight at the kill all answered "
+                  f"{(t_back - t_kill) * 1e3:.0f} ms (heartbeat: dead after 1 s unanswered)", ""]
     text = "\n".join(lines)
     print(text)
     if args.out:
