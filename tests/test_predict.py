@@ -26,7 +26,7 @@ from tvmsplit import zoo
 from tvmsplit.errors import TargetError, TvmsplitError
 from tvmsplit.monitor import DeviceState
 from tvmsplit.predict import (
-    ABLATIONS, LAYER_TYPES, REGRESSORS, Dataset, LiveState, Predictor, PredictorCorruptError, PredictorError,
+    ABLATIONS, LAYER_TYPES, REGRESSORS, Dataset, Predictor, PredictorCorruptError, PredictorError,
     PredictorMissingError, PredictorTargetError, PredictorVersionError, Row, compare_regressors,
     config_id, dynamic_features, layer_type, live_snapshot, metrics, predict_graph, predict_model, split_by_config, split_by_model,
     state_from_json, static_features, train_device,
@@ -88,7 +88,7 @@ def test_layer_types_of_zoo_models():
 
 # ---- synthetic data ---------------------------------------------------------------------------
 def _state(cpu: float, rng: np.random.Generator) -> DeviceState:
-    return LiveState(cpu_percent=float(cpu), system_cpu_percent=float(cpu) * 0.05,
+    return DeviceState(cpu_percent=float(cpu), system_cpu_percent=float(cpu) * 0.05,
                      mem_available_bytes=int(rng.uniform(14, 20) * 2 ** 30),
                      mem_used_percent=float(rng.uniform(15, 35)), load_avg_1m=float(cpu) / 100,
                      cores=2, runnable_per_core=float(rng.uniform(0, 2)))
@@ -276,7 +276,7 @@ def test_compare_regressors_reports_every_regressor_and_type():
 
 def test_live_state_round_trips_and_degrades_to_unknown():
     s = live_snapshot(interval_s=0.05)
-    assert isinstance(s, LiveState) and s.runnable_per_core >= 0 and s.cores >= 1
+    assert isinstance(s, DeviceState) and s.runnable_per_core >= 0 and s.cores >= 1
     assert state_from_json(json.loads(json.dumps(s.to_json()))) == s
     plain = DeviceState(50.0, 2.0, 8 << 30, 40.0, 0.5, 2)       # e.g. from a remote device
     assert state_from_json(plain.to_json()).to_json() == plain.to_json()  # (NaN != NaN)

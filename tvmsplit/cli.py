@@ -238,7 +238,6 @@ def tune(model, target_name, db, trials, time_budget, rpc, tracker, key, num_cor
     later build, run and profile for that target uses."""
     import sys
 
-    from .split import plan_split
     from .targets import get_target
     from .tune import tune as run_tune
 
@@ -250,10 +249,9 @@ def tune(model, target_name, db, trials, time_budget, rpc, tracker, key, num_cor
     g = _load_graph(model, shapes)
     plans = []
     if split_at or plan_file:
-        g, how = _split_how(g, split_at, target_name, plan_file)
-        cuts, targets, assignment, routing = how
-        plans.append(plan_split(g, cuts, targets if plan_file else [spec.name],
-                                stage_of=assignment, routing=routing))
+        # the saved plan as it is (never re-planned), or --split-at's stages, all on this target
+        g, saved = _plan_to_build(g, split_at, spec.name, plan_file)
+        plans.append(saved)
     tty = sys.stderr.isatty()
     last = [0.0]
 
@@ -277,19 +275,6 @@ def tune(model, target_name, db, trials, time_budget, rpc, tracker, key, num_cor
     if tty:
         click.echo("", err=True)
     click.echo(f"tuned {g.name} for {spec.name}: {result.describe()}")
-
-
-def _split_how(g, split_at: str, targets: str, plan_file: str | None):
-    """``(graph, (split_at, targets, stage_of, routing))`` from --split-at/--targets, or from a
-    plan saved by `tvmsplit plan --save` (its graph rewritten by the saved horizontal splits; the
-    model's hash checked): the arguments of ``split.plan_split`` (``tune`` re-derives its stage
-    modules from them; ``build`` and ``run`` take the saved Plan as it is, ``_plan_to_build``)."""
-    if not plan_file:
-        return g, (_split_list(split_at, "--split-at"), _split_list(targets, "--targets"), None,
-                   "chain")
-    g, plan = _plan_to_build(g, split_at, targets, plan_file)
-    return g, ([], [s.target for s in plan.stages],
-               {layer: s.index for s in plan.stages for layer in s.layers}, plan.routing)
 
 
 def _plan_to_build(g, split_at: str, targets: str, plan_file: str | None):

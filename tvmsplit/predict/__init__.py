@@ -8,7 +8,7 @@ A layer's latency on a device is predicted from
   layer its FLOPs, MACs, weight bytes, input/output bytes and the operators fused into it, and
 - the device's *dynamic* state when it runs (``monitor.DeviceState``): CPU utilisation, system CPU
   time, free memory, memory usage and load average, plus the run-queue length per core
-  (``LiveState``; on a saturated CPU it is the only reading that still tracks the slowdown).
+  (``monitor.DeviceState``; on a saturated CPU it is the only reading that still tracks the slowdown).
 
 Layers are grouped into coarse types (``LAYER_TYPES``: conv, depthwise_conv, dense, pool,
 elementwise, concat, other) and one regressor is trained per type; XGBoost by default.
@@ -43,7 +43,7 @@ from .dataset import (DATASET_FORMAT, DATASET_SCHEMA_VERSION, Dataset, Row, data
                       predictors_dir, split_by_config, split_by_model)
 from .errors import (PredictorCorruptError, PredictorError, PredictorMissingError, PredictorTargetError,
                      PredictorVersionError)
-from .features import (DYNAMIC_FEATURES, LAYER_TYPES, STATIC_FEATURES, LiveState, config_id,
+from .features import (DYNAMIC_FEATURES, LAYER_TYPES, STATIC_FEATURES, config_id,
                        dynamic_features, feature_names, layer_from_json, layer_to_json, layer_type,
                        live_snapshot, state_from_json, static_features, work)
 from .predictor import (DEFAULT_ROUNDS, DEFAULT_XGB_PARAMS, FORMAT, MIN_ROWS, SCHEMA_VERSION,
@@ -52,7 +52,7 @@ from .predictor import (DEFAULT_ROUNDS, DEFAULT_XGB_PARAMS, FORMAT, MIN_ROWS, SC
 
 __all__ = [
     # features
-    "LAYER_TYPES", "DYNAMIC_FEATURES", "STATIC_FEATURES", "LiveState", "live_snapshot",
+    "LAYER_TYPES", "DYNAMIC_FEATURES", "STATIC_FEATURES", "live_snapshot",
     "state_from_json", "layer_type", "static_features", "dynamic_features", "feature_names", "work",
     "layer_to_json", "layer_from_json", "config_id",
     # dataset

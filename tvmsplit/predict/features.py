@@ -46,8 +46,6 @@ STATIC_FEATURES: dict[str, tuple[str, ...]] = {
 
 
 # ---- live state -------------------------------------------------------------------------------
-# DeviceState carries the run-queue length itself now; these names stay for callers.
-LiveState = DeviceState
 
 
 def live_snapshot(interval_s: float = 0.1) -> DeviceState:
