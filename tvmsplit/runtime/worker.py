@@ -444,11 +444,14 @@ HEARTBEAT_TIMEOUT_MS = 1000  # after this long, so a replica that vanished gets 
 def connect_replicas(sock: zmq.Socket, addresses: str) -> list[str]:
     """Connect a PUSH socket to one destination stage given as ``ADDR[,ADDR...]``: its replicas.
     Messages go round-robin to the replicas that are connected (``ZMQ_IMMEDIATE``: none is
-    queued for a replica that is gone), so losing one loses only what it held."""
+    queued for a replica that is gone), so losing one loses only what it held. A single
+    address keeps ZeroMQ's queueing: messages wait for it to (re)connect (a respawned worker
+    binds the same address)."""
     replicas = [a.strip() for a in addresses.split(",") if a.strip()]
     if not replicas:
         raise WorkerStartError(f"--next {addresses!r} names no address")
-    sock.setsockopt(zmq.IMMEDIATE, 1)
+    if len(replicas) > 1:  # one destination: queue while it (re)connects, as before
+        sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
     for addr in replicas:
