@@ -116,7 +116,7 @@ def test_encoder_refuses_what_the_parser_would():
 def test_client_reports_no_address_and_no_answer_without_raising():
     ctx = zmq.Context()
     try:
-        def socket():
+        def socket(address):
             s = ctx.socket(zmq.REQ)
             s.setsockopt(zmq.LINGER, 0)
             return s

@@ -274,6 +274,38 @@ def test_each_socket_admits_only_its_role(secure, keys, ctx):
     assert not client.is_authorized(client.public_key, "workers")
 
 
+def test_per_stage_keys_admit_exactly_the_senders_in_the_plan(built, tmp_path, ctx):
+    """With stage0/stage1 keys (no shared worker key) each stage holds only its own secret;
+    the client's result socket admits only the replying stage 1, stage 1's data socket only
+    stage 0."""
+    bundle, x, ort_out = built
+    keys_dir = tmp_path / "keys"
+    generate_keys(keys_dir, ["client", "stage0", "stage1"])
+    k = {n: SecureConfig(keys_dir, n) for n in ("client", "stage0", "stage1")}
+    with Pipeline(bundle, secure=keys_dir) as p:
+        _assert_close(p.run(x)[0], ort_out, "per-stage keys")
+        event = lambda m: _wait_event(  # noqa: E731
+            m, zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)["event"]
+        cases = [  # (who, where, the server's key, admitted?)
+            ("stage0", p._result_addr, k["client"].public_key, False),
+            ("stage1", p._result_addr, k["client"].public_key, True),
+            ("client", p.endpoints[1]["data"], k["stage1"].public_key, False),
+            ("stage1", p.endpoints[1]["data"], k["stage1"].public_key, False),
+            ("stage0", p.endpoints[1]["data"], k["stage1"].public_key, True),
+            ("client", p.endpoints[0]["data"], k["stage0"].public_key, True),
+            ("stage1", p.endpoints[0]["control"], k["stage0"].public_key, False),
+        ]
+        socks = []
+        for who, addr, server_key, admitted in cases:
+            kind = zmq.REQ if addr == p.endpoints[0]["control"] else zmq.PUSH
+            s, monitor = _peer(ctx, kind, addr, k[who], server_key)
+            socks += [s, monitor]
+            want = zmq.EVENT_HANDSHAKE_SUCCEEDED if admitted else zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            assert event(monitor) == want, (who, addr)
+        _close(*socks)
+        _assert_close(p.run(x)[0], ort_out, "after the probes")
+
+
 # ------------------------------------------------------------------------------------ keys
 def test_generate_keys_permissions_and_no_overwrite(tmp_path):
     d = tmp_path / "k"

@@ -171,10 +171,11 @@ def failure(code: str, message: str, **fields: Any) -> dict[str, Any]:
 
 
 class ControlClient:
-    """Sends control requests. ``make_socket()`` returns a fresh REQ socket (linger 0; with
-    CurveZMQ already a client of the workers' key): one per request, closed after it."""
+    """Sends control requests. ``make_socket(address)`` returns a fresh REQ socket for that
+    worker (linger 0; with CurveZMQ already a client of its key): one per request, closed after
+    it."""
 
-    def __init__(self, make_socket: Callable[[], zmq.Socket]):
+    def __init__(self, make_socket: Callable[[str], zmq.Socket]):
         self._make_socket = make_socket
 
     def ask(self, address: str | None, cmd: str, *payload: bytes,
@@ -193,7 +194,7 @@ class ControlClient:
             for addr in addresses:
                 s = None
                 if addr:
-                    s = self._make_socket()
+                    s = self._make_socket(addr)
                     s.connect(addr)
                     s.send_multipart(frames, copy=False)
                 socks.append(s)
@@ -224,7 +225,7 @@ class Heartbeat:
     ``dead_after_s`` must exceed the longest stage compute). The socket comes from
     ``make_socket`` like :class:`ControlClient`'s."""
 
-    def __init__(self, make_socket: Callable[[], zmq.Socket], address: str, *,
+    def __init__(self, make_socket: Callable[[str], zmq.Socket], address: str, *,
                  interval_s: float = 0.25, dead_after_s: float = 1.0):
         self.address, self.interval_s, self.dead_after_s = address, interval_s, dead_after_s
         self._make_socket = make_socket
@@ -235,7 +236,7 @@ class Heartbeat:
 
     def beat(self, now: float) -> None:
         if self._sock is None:
-            self._sock = self._make_socket()
+            self._sock = self._make_socket(self.address)
             self._sock.connect(self.address)
         if self._sent_at is not None:
             if self._sock.poll(0, zmq.POLLIN):

@@ -52,7 +52,7 @@ from typing import Any, Protocol
 from ..errors import TvmsplitError
 from ..plan import CLIENT_END
 from .procs import exit_text, kill_groups, log_tail, stop_group
-from .security import CLIENT, WORKER, SecureConfig, SecurityError
+from .security import CLIENT, SecureConfig, SecurityError, stage_identity
 
 WORKER_MODULE = "tvmsplit.runtime.worker"
 DEFAULT_BIND = "tcp://127.0.0.1:0"
@@ -103,8 +103,10 @@ def worker_parser(prog: str = f"python -m {WORKER_MODULE}") -> argparse.Argument
                         "KEYS_DIR/worker.key_secret, accepted peers = public keys KEYS_DIR/*.key")
     p.add_argument("--next-key", action="append", default=[], metavar="NAME|FILE",
                    help="with --secure and --next: the public key of the --next server, as a "
-                        "name in KEYS_DIR ('worker': a stage, the default; 'client': a Pipeline's "
-                        "result socket) or a .key file; once for all --next or once per --next")
+                        "name in KEYS_DIR ('worker', 'stage2', 'client': a Pipeline's result "
+                        "socket) or a .key file; once for all --next or once per --next "
+                        "(default: the destination's own key, stage<i> or worker; client for the "
+                        "route to the client)")
     return p
 
 
@@ -356,7 +358,7 @@ class LocalLauncher:
             raise LaunchError(f"cannot run {', '.join(off_host)} on this machine; start those "
                               "workers on their devices and pass endpoints=[...]")
         if secure is not None:
-            check_shared_keys(secure)
+            check_shared_keys(secure, len(bundle.stages))
         started: dict[int, Worker] = {}
         try:
             for index in launch_order(bundle.plan):
@@ -364,10 +366,8 @@ class LocalLauncher:
                                      result_addr)
                 spec = WorkerSpec(str(bundle.path), index, next=tuple(nxt),
                                   parent_pid=os.getpid())
-                if secure is not None:  # the client's result socket or a stage, per route
-                    spec = spec.replace(secure=str(secure.keys_dir.resolve()), next_key=tuple(
-                        CLIENT if r.to == CLIENT_END else WORKER
-                        for r in bundle.stages[index].plan.sends))
+                if secure is not None:  # each route's server key is derived by the worker
+                    spec = spec.replace(secure=str(secure.keys_dir.resolve()))
                 started[index] = self._start_one(spec)
         except BaseException:
             kill_groups([w.process.popen for w in started.values() if w.process is not None])
@@ -433,12 +433,14 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def check_shared_keys(keys: SecureConfig) -> None:
-    """Workers a client launches share its keys directory: it must let them and the client in."""
-    worker = SecureConfig(keys.keys_dir, WORKER)  # worker.key_secret present and sound
-    if worker.public_key != keys.peer_key(WORKER):
-        raise SecurityError(f"{keys.keys_dir / 'worker.key'} does not match "
-                            f"{keys.keys_dir / 'worker.key_secret'}; recreate the keys")
+def check_shared_keys(keys: SecureConfig, n_stages: int) -> None:
+    """Workers a client launches share its keys directory: it must hold each stage's secret
+    (``stage<i>`` or ``worker``) and let them and the client in."""
+    for name in sorted({stage_identity(keys.keys_dir, i) for i in range(n_stages)}):
+        worker = SecureConfig(keys.keys_dir, name)  # <name>.key_secret present and sound
+        if worker.public_key != keys.peer_key(name):
+            raise SecurityError(f"{keys.keys_dir / (name + '.key')} does not match "
+                                f"{keys.keys_dir / (name + '.key_secret')}; recreate the keys")
     keys.peer_key(CLIENT)  # client.key: the last worker's --next-key
     if keys.public_key not in worker.client_keys:
         raise SecurityError(f"the public key of {keys.keys_dir / 'client.key_secret'} is in "

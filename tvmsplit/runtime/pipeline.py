@@ -73,13 +73,14 @@ from .gather import MAX_WAITING, Gather, GatherError, Part, merge_traces
 from .launch import (START_TIMEOUT_S, GivenEndpoints, Launcher, LaunchError, LocalLauncher,
                      Worker)
 from .procs import exit_text
-from .security import CLIENT, WORKER, WORKERS, SecureConfig
+from .security import CLIENT, SecureConfig, admit
 from .stage import check_tensors
 from .worker import connect_replicas
 from .trace import Hop, Trace, make_trace
 
 __all__ = ["Pipeline", "PipelineError", "Trace", "Hop"]
 
+RESULT_DOMAIN = "result"  # the ZAP domain of the client's result socket: the replying stages
 SHUTDOWN_WAIT_S = 2.0
 _POLL_S = 0.05
 _MAX_UNMATCHED = 1000
@@ -153,7 +154,7 @@ class Pipeline:
             raise PipelineError("; ".join(problems), code="bad_argument")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self._secure = SecureConfig.of(secure, CLIENT)
-        self._worker_key = self._secure.peer_key(WORKER) if self._secure else None
+        self._stage_of_addr: dict[str, int] = {}  # a worker's addresses -> its stage (its key)
         self.timeout_s = float(timeout_s)
         self.max_in_flight = max_in_flight
         self._check_in_flight(self.bundle)
@@ -184,7 +185,7 @@ class Pipeline:
         self._workers: list[Worker] = []
         self._closed = False
         self._ctx = zmq.Context()
-        self._control = ControlClient(lambda: self._socket(zmq.REQ))
+        self._control = ControlClient(self._req_socket)
         self._entry: list[tuple[Route, zmq.Socket]] = []  # one PUSH per entry route
         self._recv: zmq.Socket | None = None
         self._result_addr: str | None = None
@@ -229,17 +230,26 @@ class Pipeline:
                                 "requests a gathering stage of a stage DAG holds; lower it",
                                 code="bad_argument")
 
-    def _socket(self, kind: int, server: bool = False) -> zmq.Socket:
+    def _socket(self, kind: int, server: bool = False, stage: int | None = None) -> zmq.Socket:
         """A socket; when secure a CURVE server (``server``, to bind: the result socket, which
-        admits worker keys only) or else a CURVE client of the workers' key."""
+        admits the replying stages' keys only) or a CURVE client of stage ``stage``'s key."""
         s = self._ctx.socket(kind)
         s.setsockopt(zmq.LINGER, 0)
         if self._secure is not None:
             if server:
-                self._secure.server(s, WORKERS)
+                self._secure.server(s, RESULT_DOMAIN)
             else:
-                self._secure.client(s, self._worker_key)
+                self._secure.client(s, self._secure.stage_key(0 if stage is None else stage))
         return s
+
+    def _req_socket(self, address: str) -> zmq.Socket:
+        """A REQ socket for a worker's control address (a CURVE client of that worker's key)."""
+        return self._socket(zmq.REQ, stage=self._stage_of_addr.get(address))
+
+    def _result_keys(self, bundle: Bundle) -> dict[str, frozenset[bytes]]:
+        """The result socket's ZAP domain: exactly the stages that reply."""
+        return {RESULT_DOMAIN: self._secure.senders_keys(
+            [i for i, _ in bundle.plan.senders(CLIENT_END)], client=False)}
 
     @property
     def secure(self) -> SecureConfig | None:
@@ -249,7 +259,8 @@ class Pipeline:
     def _start(self) -> None:
         binds = self.launcher.client_binds
         if binds and self._secure is not None:
-            self._auth = self._secure.authenticator(self._ctx)  # before the result socket binds
+            # before the result socket binds
+            self._auth = self._secure.authenticator(self._ctx, self._result_keys(self.bundle))
         self._recv = self._socket(zmq.PULL, server=binds)
         self._recv.setsockopt(zmq.MAXMSGSIZE, wire.max_frame_bytes(self.bundle.outputs))
         if binds:
@@ -270,6 +281,7 @@ class Pipeline:
             workers = self.launcher.start(bundle, self._result_addr, self._secure)
         except LaunchError as exc:
             raise PipelineError(str(exc), stage=exc.stage, code="start_failed") from None
+        self._know(workers)
         if not self.launcher.client_binds:
             problems = []
             for w, h in zip(workers, self._ask(workers, control.HEALTH, 2.0)):
@@ -282,6 +294,12 @@ class Pipeline:
                 raise PipelineError("; ".join(problems), code="bad_endpoints")
         return workers
 
+    def _know(self, workers: Sequence[Worker]) -> None:
+        for w in workers:
+            for addr in (w.data, w.control, w.out):
+                if addr:
+                    self._stage_of_addr[addr] = w.stage
+
     def _connect(self, bundle: Bundle, workers: Sequence[Worker]) -> None:
         """Requests go to the entry stages; replies come from the client's bound result socket,
         or (workers that bind ``out``) from every replying worker's ``out``."""
@@ -291,15 +309,17 @@ class Pipeline:
             replying = {i for i, _ in bundle.plan.senders(CLIENT_END)}
             for w in workers:
                 if w.stage in replying:
+                    if self._secure is not None:  # this connection's server: that worker
+                        self._recv.curve_serverkey = self._secure.stage_key(w.stage)
                     self._recv.connect(w.out)
-        self._heartbeats = {id(w): Heartbeat(lambda: self._socket(zmq.REQ), w.control,
+        self._heartbeats = {id(w): Heartbeat(self._req_socket, w.control,
                                              dead_after_s=self.dead_after_s)
                             for w in workers if w.process is None and w.control}
 
     def _connect_entry(self, bundle: Bundle, workers: Sequence[Worker]) -> None:
         """One PUSH per entry route (a PUSH with several peers would share requests out)."""
         for route in bundle.plan.entry:
-            sock = self._socket(zmq.PUSH)
+            sock = self._socket(zmq.PUSH, stage=route.to)
             sock.setsockopt(zmq.SNDTIMEO, int(self.timeout_s * 1000))
             # one PUSH per entry stage, connected to each of its replicas (round-robin)
             connect_replicas(sock, ",".join(w.data for w in workers if w.stage == route.to))
@@ -376,6 +396,9 @@ class Pipeline:
         if off_host and isinstance(self.launcher, LocalLauncher):
             raise PipelineError(f"cannot run stage(s) {off_host} of {new.path} on this machine",
                                 code="bad_swap")
+        if self._auth is not None:  # the new plan's replying stages may be others
+            admit(self._auth, RESULT_DOMAIN, self._result_keys(new)[RESULT_DOMAIN]
+                  | self._result_keys(self.bundle)[RESULT_DOMAIN])
         started = self._start_workers(new)
         try:
             while self._inflight:  # requests in flight finish on the old plan

@@ -30,10 +30,15 @@ Key scheme (one flat directory, ZeroMQ's standard certificate files)
 
       So a worker's keypair (which every worker machine holds) cannot send ``shutdown`` or
       ``deploy`` to any worker, nor read another stage's results; a client key cannot feed a
-      stage in the middle of the pipeline. All workers share one identity, so a worker key can
-      still send into the client's result socket: give stages keys of their own (not built yet)
-      to close that. To add a peer, copy its ``.key`` in; to revoke one, delete it and restart.
-      Secret files (``*.key_secret``) never count as authorizations.
+      stage in the middle of the pipeline. To add a peer, copy its ``.key`` in; to revoke one,
+      delete it and restart. Secret files (``*.key_secret``) never count as authorizations.
+    * **Per-stage keys** (optional: ``tvmsplit keys DIR --names client,stage0,stage1,...``). When
+      ``stage<i>.key`` exists, stage i's worker uses ``stage<i>.key_secret`` instead of
+      ``worker``'s, and the sockets it binds or connects to know it by that key alone: a stage's
+      data socket then admits exactly its senders in the plan (the client's keys for entry
+      stages, each sending stage's key), and the client's result socket exactly the stages that
+      reply. A stage machine then holds only its own secret, and a stolen one can feed only the
+      stages that one sends to. Stages without their own key share ``worker``.
     * A connecting socket uses the server's public key from ``KEYS_DIR/<server name>.key``:
       ``worker.key`` for stage data and control sockets, ``client.key`` for the last stage's
       link to a launching Pipeline's result socket (the worker's ``--next-key client``).
@@ -71,6 +76,12 @@ WORKER = "worker"
 # ZAP domains: who may connect to a binding socket (see the table above)
 CLIENTS, WORKERS, PEERS = "clients", "workers", "peers"
 DOMAINS = (CLIENTS, WORKERS, PEERS)
+
+
+def stage_identity(keys_dir: str | os.PathLike, stage: int) -> str:
+    """The key name stage ``stage``'s worker goes by: ``stage<i>`` when ``stage<i>.key`` is in
+    ``keys_dir``, else the shared ``worker``."""
+    return f"stage{stage}" if (Path(keys_dir) / f"stage{stage}.key").exists() else WORKER
 DEFAULT_NAMES = (CLIENT, WORKER)
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
@@ -241,6 +252,15 @@ class SecureConfig:
         """Would a server socket of ``domain`` admit ``public_key``?"""
         return public_key in self.admitted(domain)
 
+    def stage_key(self, stage: int) -> bytes:
+        """The public key stage ``stage``'s worker serves and connects with."""
+        return self.peer_key(stage_identity(self.keys_dir, stage))
+
+    def senders_keys(self, stages: Iterable[int], client: bool) -> frozenset[bytes]:
+        """The public keys of these stages (and of the clients, when ``client``)."""
+        keys = {self.stage_key(i) for i in stages}
+        return frozenset(keys | (set(self.client_keys) if client else set()))
+
     def admitted(self, domain: str) -> frozenset[bytes]:
         if domain not in DOMAINS:
             raise SecurityError(f"unknown ZAP domain {domain!r}; one of {', '.join(DOMAINS)}")
@@ -248,8 +268,8 @@ class SecureConfig:
                 PEERS: self.authorized}[domain]
 
     def server(self, sock: zmq.Socket, domain: str = PEERS) -> zmq.Socket:
-        """Make ``sock`` a CURVE server admitting the role ``domain`` (call before bind)."""
-        self.admitted(domain)  # a known domain
+        """Make ``sock`` a CURVE server admitting the role ``domain`` (one of ``DOMAINS`` or one
+        given to :meth:`authenticator`; call before bind)."""
         sock.zap_domain = domain.encode()
         sock.curve_secretkey = self.secret_key
         sock.curve_publickey = self.public_key
@@ -264,9 +284,12 @@ class SecureConfig:
         sock.curve_serverkey = server_key
         return sock
 
-    def authenticator(self, ctx: zmq.Context) -> Any:
-        """Start a ZAP handler on ``ctx`` that admits, per domain, only that role's public keys.
-        Start it before binding a server socket; ``stop()`` it before ``ctx.term()``."""
+    def authenticator(self, ctx: zmq.Context,
+                      extra: dict[str, frozenset[bytes]] | None = None) -> Any:
+        """Start a ZAP handler on ``ctx`` that admits, per domain, only that role's public keys
+        (``extra``: more domains with their keys, e.g. a stage's exact senders). Start it before
+        binding a server socket; ``stop()`` it before ``ctx.term()``."""
+        extra = dict(extra or {})
         from zmq.auth.thread import ThreadAuthenticator
 
         auth = ThreadAuthenticator(ctx)
@@ -274,10 +297,18 @@ class SecureConfig:
         try:
             for domain in DOMAINS:
                 auth.configure_curve_callback(domain, _Admit(self.admitted(domain)))
+            for domain, keys in extra.items():
+                auth.configure_curve_callback(domain, _Admit(keys))
         except BaseException:
             auth.stop()
             raise
         return auth
+
+
+def admit(auth: Any, domain: str, keys: frozenset[bytes]) -> None:
+    """Let ``auth`` (from :meth:`SecureConfig.authenticator`) admit exactly ``keys`` on
+    ``domain`` from now on (e.g. a new plan's replying stages)."""
+    auth.configure_curve_callback(domain, _Admit(keys))
 
 
 class _Admit:

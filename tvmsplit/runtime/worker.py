@@ -81,7 +81,9 @@ from . import control, wire  # noqa: E402
 from .control import MAX_HEADER_BYTES as CONTROL_MAX_HEADER_BYTES  # noqa: E402
 from .gather import Gather, GatherError, Part, merge_traces  # noqa: E402
 from .launch import WorkerSpec  # noqa: E402
-from .security import CLIENTS, PEERS, WORKER, WORKERS, SecureConfig  # noqa: E402
+from .security import CLIENT, CLIENTS, SecureConfig, stage_identity  # noqa: E402
+
+DATA_DOMAIN = "data"  # the ZAP domain of a worker's data socket: its senders' keys
 from .stage import check_tensors  # noqa: E402
 
 POLL_MS = 200           # how often the loop wakes up to check the stop flag and the parent
@@ -116,21 +118,25 @@ class StageWorker:
                  control: str | None = "tcp://127.0.0.1:0", out: str | None = None,
                  parent_pid: int | None = None,
                  secure: SecureConfig | str | os.PathLike | None = None,
-                 next_key: str | os.PathLike | Sequence[str | os.PathLike] = WORKER,
+                 next_key: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
                  await_library: bool = False):
         from ..bundle import Bundle
         from .stage import StageRunner
 
         next_addrs = [next_addr] if isinstance(next_addr, str) else list(next_addr or [])
-        next_keys = [next_key] if isinstance(next_key, (str, os.PathLike)) else list(next_key)
-        # keys first: a missing key fails fast, before the stage library is loaded
-        self.secure = SecureConfig.of(secure, WORKER)
-        if len(next_keys) not in (1, len(next_addrs)) and self.secure is not None:
+        next_keys = ([] if next_key is None else [next_key]
+                     if isinstance(next_key, (str, os.PathLike)) else list(next_key))
+        # keys first: a missing key fails fast, before the stage library is loaded. The worker's
+        # identity: stage<i> when that key exists, else the shared "worker" (security.py)
+        if secure is not None and not isinstance(secure, SecureConfig):
+            secure = SecureConfig(secure, stage_identity(secure, stage))
+        self.secure = secure
+        if next_keys and len(next_keys) not in (1, len(next_addrs)) and self.secure is not None:
             raise WorkerStartError(f"{len(next_keys)} --next-key for {len(next_addrs)} --next; "
                                    "give one for all or one per --next")
         next_keys = next_keys * len(next_addrs) if len(next_keys) == 1 else next_keys
-        server_keys = ([self.secure.peer_key(k) for k in next_keys] if self.secure
-                       else [None] * len(next_addrs))
+        explicit = ([self.secure.peer_key(k) for k in next_keys] if self.secure and next_keys
+                    else None)
         # validates the manifest and this stage's library only: a device holds just its own stage
         # (with await_library the library comes later, pushed over the control socket)
         bundle = Bundle.load(bundle_dir, stages=[] if await_library or stage < 0 else [stage])
@@ -153,6 +159,11 @@ class StageWorker:
         self.index = stage
         senders = bundle.plan.senders(stage)
         self.gather = Gather(senders, f"stage {stage}") if len(senders) > 1 else None
+        # the server key of each --next: given, or the destination's own (the client's for the
+        # route to the client)
+        server_keys = explicit or [
+            None if self.secure is None else self.secure.peer_key(CLIENT) if r.to == CLIENT_END
+            else self.secure.stage_key(r.to) for r in routes][:len(next_addrs)]
         self.parent_pid = parent_pid
         self.host = socket.gethostname()
         self.served = 0
@@ -165,10 +176,12 @@ class StageWorker:
         self.auth = None
         try:
             if self.secure is not None:  # the ZAP handler must run before anything is bound
-                self.auth = self.secure.authenticator(self.ctx)
-            # the data socket admits its senders' role: the client only feeds entry stages
-            self.data_in = self._socket(zmq.PULL, server=PEERS if any(
-                src == CLIENT_END for src, _ in senders) else WORKERS)
+                # the data socket admits exactly this stage's senders: the clients for an entry
+                # stage, and each sending stage's key
+                self.auth = self.secure.authenticator(self.ctx, {DATA_DOMAIN: self.secure.senders_keys(
+                    [src for src, _ in senders if src != CLIENT_END],
+                    client=any(src == CLIENT_END for src, _ in senders))})
+            self.data_in = self._socket(zmq.PULL, server=DATA_DOMAIN)
             # no frame larger than the header limit or this stage's largest input: a bigger one
             # disconnects its sender before it is held in memory
             self.data_in.setsockopt(zmq.MAXMSGSIZE, wire.max_frame_bytes(self.plan.inputs))
@@ -511,7 +524,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         try:
             worker = StageWorker(spec.bundle, spec.stage, spec.bind, spec.next, spec.control,
                                  spec.out, spec.parent_pid, secure=spec.secure,
-                                 next_key=spec.next_key or WORKER,
+                                 next_key=spec.next_key or None,
                                  await_library=spec.await_library)
         except TvmsplitError as exc:
             print(f"tvmsplit worker: {exc}", file=sys.stderr, flush=True)
