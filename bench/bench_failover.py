@@ -14,7 +14,11 @@
 Model: the zoo "chain" (3x32x32 float32 input), split after pool1 and pool2; workers run with
 TVM_NUM_THREADS=1 on this machine's cores; loopback TCP.
 
-Usage: python bench/bench_failover.py [--requests 1000] [--stop-s 10] [--out FILE]
+(d) ``--soak N``: N requests with one stage worker SIGKILLed every 1,000 (stages in turn);
+    answered, equal to onnxruntime, lost, and the resident memory of the client and of the
+    workers every 1,000 requests (it must stay flat).
+
+Usage: python bench/bench_failover.py [--requests 1000] [--stop-s 10] [--soak 10000] [--out FILE]
 """
 from __future__ import annotations
 
@@ -97,10 +101,38 @@ def remote_replicas(bundle, xs, tmp: str):
             proc.wait()
 
 
+def soak(bundle, g, n: int) -> list[str]:
+    """(d): n requests, a worker killed every 1,000; correctness and RSS every 1,000."""
+    import psutil
+
+    sess = ort.InferenceSession(g.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    inputs = [random_inputs(g.inputs, seed=i) for i in range(100)]
+    want = [sess.run(None, x)[0] for x in inputs]
+    me = psutil.Process()
+    rows, answered, correct, kills = [], 0, 0, 0
+    with ts.Pipeline(bundle, timeout_s=30, max_in_flight=8) as p:
+        for i, (y, _) in enumerate(p.stream(inputs[k % 100] for k in range(n))):
+            answered += 1
+            correct += compare(y["output"], want[i % 100], "output").rel <= 1e-4
+            if answered % 1000 == 0:
+                workers = sum(psutil.Process(e["pid"]).memory_info().rss for e in p.endpoints)
+                rows.append(f"| {answered} | {me.memory_info().rss / 2**20:.1f} | "
+                            f"{workers / 2**20:.1f} | {len(p.failovers)} |")
+                if answered < n:
+                    os.killpg(p.endpoints[kills % len(p.endpoints)]["pid"], signal.SIGKILL)
+                    kills += 1
+    return [f"## (d) soak: {n} requests, a stage worker SIGKILLed every 1,000", "",
+            f"answered {answered}/{n}, equal to onnxruntime {correct}, lost {n - answered}, "
+            f"workers killed {kills}", "",
+            "| answered | client RSS MiB | workers RSS MiB (sum) | failovers so far |",
+            "|---|---|---|---|", *rows, ""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--stop-s", type=float, default=10.0)
+    ap.add_argument("--soak", type=int, default=0, help="also run (d) with this many requests")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     n = args.requests
@@ -151,6 +183,8 @@ def main() -> None:
                   f"{n - len(answers)}; failovers {[(x.stage, x.how, x.resent) for x in failovers]}"
                   f"; kill -> the requests in flight at the kill all answered "
                   f"{(t_back - t_kill) * 1e3:.0f} ms (heartbeat: dead after 1 s unanswered)", ""]
+        if args.soak:
+            lines += soak(bundle, g, args.soak)
     text = "\n".join(lines)
     print(text)
     if args.out:

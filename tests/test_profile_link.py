@@ -62,6 +62,18 @@ def test_profile_layers_locally_and_over_rpc(rpc_server):
     assert there[0].timing.median_ms > 5 * there[1].timing.median_ms
 
 
+def test_one_rpc_session_profiles_two_models_whose_layer_files_share_names(rpc_server):
+    """Regression: every model's layers are written as layer{i}.so; the session used to reuse
+    the first model's upload for the second (a shape mismatch, or the wrong layer timed)."""
+    small, wide = ts.load(zoo.make("chain", width=0.25)), ts.load(zoo.make("chain"))
+    with RPCSession(*rpc_server) as remote:
+        a = profile_layers(small, "x86_64", remote, layers=["conv2"], number=3, repeat=3)
+        b = profile_layers(wide, "x86_64", remote, layers=["conv2"], number=3, repeat=3)
+    assert small.index("conv2") == wide.index("conv2")  # the same file name, layer{i}.so
+    # 16x the MACs (4x the channels in and out): the wide layer really ran
+    assert b[0].timing.median_ms > 3 * a[0].timing.median_ms
+
+
 @pytest.mark.timeout(300)
 def test_profile_a_bundle_with_a_multi_output_stage_over_rpc(rpc_server, tmp_path):
     g = ts.load(zoo.make("resnet"))

@@ -115,9 +115,15 @@ class RPCSession:
         return DeviceState.from_json(json.loads(f()))
 
     def load(self, library: Path):
-        name = library.name
+        """Upload ``library`` (once per content: the remote name carries its sha256, so two
+        libraries with the same file name, e.g. ``layer3.so`` of two models, never mix) and
+        load it."""
+        import hashlib
+
+        data = Path(library).read_bytes()
+        name = f"{hashlib.sha256(data).hexdigest()[:16]}-{Path(library).name}"
         if name not in self._uploaded:
-            self.remote.upload(str(library))
+            self.remote.upload(bytearray(data), target=name)
             self._uploaded.add(name)
         return self.remote.load_module(name), self.remote.cpu()
 
