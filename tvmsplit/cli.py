@@ -653,15 +653,22 @@ def _print_plan(g, result, links, objective: str) -> None:
 
 @cli.command()
 @click.argument("keys_dir", type=click.Path(file_okay=False))
-@click.option("--names", default="client,worker", show_default=True, metavar="N1,N2,...")
+@click.option("--names", default=None, metavar="N1,N2,...",
+              help="Key names.  [default: client,worker; with --stages: client,stage0,...]")
+@click.option("--stages", type=click.IntRange(min=1), default=None, metavar="N",
+              help="One key per stage (stage0..stageN-1) instead of the shared 'worker': each "
+                   "stage's sockets then admit exactly its senders in the plan.")
 @click.option("--force", is_flag=True,
               help="Overwrite existing keys (peers holding the old public keys are locked out).")
-def keys(keys_dir, names, force):
+def keys(keys_dir, names, stages, force):
     """Create CurveZMQ keypairs (<name>.key public, <name>.key_secret 0600) for --secure."""
     from .runtime.security import generate_keys
 
-    for name, (pub, sec) in generate_keys(keys_dir, _split_list(names, "--names"),
-                                          overwrite=force).items():
+    wanted = _split_list(names, "--names") if names else (
+        ["client", *(f"stage{i}" for i in range(stages))] if stages else ["client", "worker"])
+    if names and stages:
+        wanted += [f"stage{i}" for i in range(stages) if f"stage{i}" not in wanted]
+    for name, (pub, sec) in generate_keys(keys_dir, wanted, overwrite=force).items():
         click.echo(f"{name}: {pub} (public), {sec} (secret)")
 
 
