@@ -32,12 +32,11 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
-from onnx import TensorProto, helper, numpy_helper
 
 os.environ.setdefault("TVM_NUM_THREADS", "1")  # inherited by the worker processes
 
-import tvmsplit as ts  # noqa: E402
+import tvmsplit as ts
+from tvmsplit.onnxbuild import mlp  # noqa: E402
 from tvmsplit import zoo  # noqa: E402
 from tvmsplit.check import compare, random_inputs, reference  # noqa: E402
 from tvmsplit.devices import Device, Link  # noqa: E402
@@ -51,17 +50,7 @@ CAP = 100_000_000
 
 def big_mlp():
     """input [1,4096] -> fc1 Gemm 4096x8192 + Relu -> fc2 Gemm 8192x1000 -> output."""
-    rng = np.random.default_rng(0)
-    w = lambda name, *shape: numpy_helper.from_array(  # noqa: E731
-        (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32), name)
-    nodes = [helper.make_node("Gemm", ["input", "w1", "b1"], ["h"], name="fc1", transB=1),
-             helper.make_node("Relu", ["h"], ["r"], name="relu1"),
-             helper.make_node("Gemm", ["r", "w2", "b2"], ["output"], name="fc2", transB=1)]
-    graph = helper.make_graph(
-        nodes, "big_mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4096])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1000])],
-        initializer=[w("w1", 8192, 4096), w("b1", 8192), w("w2", 1000, 8192), w("b2", 1000)])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return mlp("big_mlp", [4096, 8192, 1000])
 
 
 def side_by_side(label: str, graph, bundles: dict, repeats: int,

@@ -99,20 +99,9 @@ def test_plan_energy_and_plot(costs, tmp_path):
 def _small_mlp(seed: int = 0):
     """input [1,64] -> fc1 Gemm 64x256 + Relu -> fc2 Gemm 256x10: fc1 (66.5 KB of weights) fits
     no device with a 50 KB cap, so planning splits it into H-parts on both devices (HyPS)."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
+    from tvmsplit.onnxbuild import mlp
 
-    rng = np.random.default_rng(seed)
-    w = lambda name, *shape: numpy_helper.from_array(  # noqa: E731
-        (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32), name)
-    nodes = [helper.make_node("Gemm", ["input", "w1", "b1"], ["h"], name="fc1", transB=1),
-             helper.make_node("Relu", ["h"], ["r"], name="relu1"),
-             helper.make_node("Gemm", ["r", "w2", "b2"], ["output"], name="fc2", transB=1)]
-    graph = helper.make_graph(
-        nodes, "mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 64])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 10])],
-        initializer=[w("w1", 256, 64), w("b1", 256), w("w2", 10, 256), w("b2", 10)])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return mlp("mlp", [64, 256, 10], seed=seed)
 
 
 @pytest.fixture()

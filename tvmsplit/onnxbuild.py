@@ -1,6 +1,7 @@
 """The one ONNX graph builder behind every model tvmsplit makes in code.
 
-``zoo`` (test and benchmark CNNs) and ``layergen`` (single-layer models for profiling) both build
+``zoo`` (test and benchmark CNNs), ``layergen`` (single-layer models for profiling) and :func:`mlp`
+(the HyPS tests' and benchmarks' perceptrons) build
 their graphs with a ``GraphBuilder``: it collects nodes and float32 initializers, draws weights from
 ``numpy.random.default_rng(seed)`` (so the same calls always give byte-identical models) and turns
 them into a ``ModelProto`` (opset ``OPSET``, IR version ``IR_VERSION``).
@@ -83,6 +84,15 @@ class GraphBuilder:
             self.const(f"{bounds}.max", np.array(hi))
         return self.node("Clip", name, [x, f"{bounds}.min", f"{bounds}.max"])
 
+    def relu(self, name: str, x: str) -> str:
+        return self.node("Relu", name, [x])
+
+    def gemm(self, name: str, x: str, fin: int, fout: int) -> str:
+        """A fully connected layer ``fin -> fout`` (Gemm, ``<name>.weight`` [fout, fin], He)."""
+        w = self.he_weight(f"{name}.weight", (fout, fin), fin)
+        b = self.uniform(f"{name}.bias", (fout,), 0.01)
+        return self.node("Gemm", name, [x, w, b], transB=1)
+
     # ---- the model ---------------------------------------------------------------------------
     def finish(self, graph_name: str, inputs: Sequence[tuple[str, Sequence[int]]],
                output: tuple[str, Sequence[int] | None], producer: str) -> onnx.ModelProto:
@@ -107,3 +117,17 @@ class GraphBuilder:
             t.raw_data = value.tobytes()
         self.inits.clear()
         return model
+
+
+def mlp(name: str, sizes: Sequence[int], seed: int = 0) -> onnx.ModelProto:
+    """``input [1, sizes[0]]`` -> fc1 -> relu1 -> fc2 -> ... -> ``output [1, sizes[-1]]``: a plain
+    multi-layer perceptron (HyPS tests and benchmarks split its big Gemms horizontally)."""
+    if len(sizes) < 2:
+        raise ValueError(f"an MLP needs at least an input and an output size, got {list(sizes)}")
+    g = GraphBuilder(seed)
+    x = "input"
+    for i, (fin, fout) in enumerate(zip(sizes, sizes[1:]), start=1):
+        x = g.gemm(f"fc{i}", x, fin, fout)
+        if i < len(sizes) - 1:
+            x = g.relu(f"relu{i}", x)
+    return g.finish(name, [("input", (1, sizes[0]))], ("output", (1, sizes[-1])), "tvmsplit")

@@ -58,9 +58,6 @@ class _Builder(GraphBuilder):
         return self.node("Conv", name, inputs, kernel_shape=[k, k], strides=[stride, stride],
                          pads=[k // 2] * 4, group=group)
 
-    def relu(self, name: str, x: str) -> str:
-        return self.node("Relu", name, [x])
-
     def relu6(self, name: str, x: str) -> str:
         return self.clip(name, x, bounds="relu6")  # one pair of scalar bounds for the whole net
 
@@ -80,10 +77,6 @@ class _Builder(GraphBuilder):
     def flatten(self, name: str, x: str) -> str:
         return self.node("Flatten", name, [x], axis=1)
 
-    def gemm(self, name: str, x: str, fin: int, fout: int) -> str:
-        w = self.he_weight(f"{name}.weight", (fout, fin), fin)
-        b = self.uniform(f"{name}.bias", (fout,), 0.01)
-        return self.node("Gemm", name, [x, w, b], transB=1)
 
 
 def _ch(c: int, width: float) -> int:
