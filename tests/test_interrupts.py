@@ -57,16 +57,25 @@ def _interrupted_build(tmp_path: Path, previous: Path, signum: int):
             pytest.fail(f"no progress line: {''.join(seen)}")
         time.sleep(1.5)  # into TVM: from_onnx, FoldConstant, lowering
         assert proc.poll() is None, "the build finished before it could be interrupted"
-        sent = time.monotonic()
-        proc.send_signal(signum)
-        rest = proc.stderr.read()
-        rc = proc.wait(timeout=30)
-        elapsed = time.monotonic() - sent
+        rest, rc, elapsed = _signal_and_wait(proc, signum)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _reap(proc)
     return out, before, cache, rc, rest, elapsed
+
+
+def _signal_and_wait(proc, signum) -> tuple[str, int, float]:
+    """Send ``signum``; the rest of its stderr, its exit code and how long it took to exit."""
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    rest = proc.stderr.read()
+    rc = proc.wait(timeout=30)
+    return rest, rc, time.monotonic() - sent
+
+
+def _reap(proc) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
@@ -116,15 +125,9 @@ def test_sigterm_during_run_stops_the_workers_and_removes_the_temporary_bundle(t
         time.sleep(2.0)  # streaming requests through the workers
         assert proc.poll() is None
         assert _ours(str(tmp_path / "tmp")), "no worker serves the temporary bundle"
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        rest = proc.stderr.read()
-        rc = proc.wait(timeout=30)
-        elapsed = time.monotonic() - sent
+        rest, rc, elapsed = _signal_and_wait(proc, signal.SIGTERM)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _reap(proc)
     assert rc == 143, rest
     assert rest.strip().splitlines()[-1] == ("interrupted (SIGTERM): run stopped, temporary files "
                                              "removed"), rest

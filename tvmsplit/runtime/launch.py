@@ -49,9 +49,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
+import zmq
+
 from ..errors import TvmsplitError
 from ..plan import CLIENT_END
-from .procs import exit_text, kill_groups, log_tail, stop_group
+from .procs import exit_text, kill_groups, log_tail, pid_alive, stop_group
 from .security import CLIENT, SecureConfig, SecurityError, stage_identity
 
 WORKER_MODULE = "tvmsplit.runtime.worker"
@@ -281,6 +283,28 @@ class Worker:
         return f"stage {self.stage} ({where}{self.data})"
 
 
+HEARTBEAT_IVL_MS = 250      # ZMTP heartbeats on data connections: a silent peer is dropped
+HEARTBEAT_TIMEOUT_MS = 1000  # after this long, so a replica that vanished gets no more sends
+
+
+def connect_replicas(sock: zmq.Socket, addresses: str) -> list[str]:
+    """Connect a PUSH socket to one destination stage given as ``ADDR[,ADDR...]``: its replicas.
+    Messages go round-robin to the replicas that are connected (``ZMQ_IMMEDIATE``: none is
+    queued for a replica that is gone), so losing one loses only what it held. A single
+    address keeps ZeroMQ's queueing: messages wait for it to (re)connect (a respawned worker
+    binds the same address)."""
+    replicas = [a.strip() for a in addresses.split(",") if a.strip()]
+    if not replicas:
+        raise LaunchError(f"--next {addresses!r} names no address")
+    if len(replicas) > 1:  # one destination: queue while it (re)connects, as before
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    for addr in replicas:
+        sock.connect(addr)
+    return replicas
+
+
 def launch_order(plan) -> list[int]:
     """Stage indices in the order to start them: last first, so that every stage's
     destinations are running (and their addresses known) when it starts. Plans number stages
@@ -417,20 +441,10 @@ def remove_orphan_run_dirs() -> list[Path]:
     removed = []
     for d in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*-*"):
         pid = d.name[len(RUN_DIR_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)) and d.is_dir():
+        if pid.isdigit() and not pid_alive(int(pid)) and d.is_dir():
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 def check_shared_keys(keys: SecureConfig, n_stages: int) -> None:

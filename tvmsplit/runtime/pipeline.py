@@ -71,11 +71,10 @@ from . import control, wire
 from .control import ControlClient, Heartbeat
 from .gather import MAX_WAITING, Gather, GatherError, Part, merge_traces
 from .launch import (START_TIMEOUT_S, GivenEndpoints, Launcher, LaunchError, LocalLauncher,
-                     Worker)
+                     Worker, connect_replicas)
 from .procs import exit_text
 from .security import CLIENT, SecureConfig, admit
 from .stage import check_tensors
-from .worker import connect_replicas
 from .trace import Hop, Trace, make_trace
 
 __all__ = ["Pipeline", "PipelineError", "Trace", "Hop"]
@@ -312,6 +311,8 @@ class Pipeline:
                     if self._secure is not None:  # this connection's server: that worker
                         self._recv.curve_serverkey = self._secure.stage_key(w.stage)
                     self._recv.connect(w.out)
+        for hb in self._heartbeats.values():  # a relaunch replaces them all
+            hb.close()
         self._heartbeats = {id(w): Heartbeat(self._req_socket, w.control,
                                              dead_after_s=self.dead_after_s)
                             for w in workers if w.process is None and w.control}

@@ -52,8 +52,18 @@ def stop_group(proc: subprocess.Popen, grace_s: float = 3.0) -> None:
 
 
 def group_exists(pgid: int) -> bool:
+    """Is any process left in group ``pgid``?"""
+    return _probe(os.killpg, pgid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Is process ``pid`` running (one of another user's counts as running)?"""
+    return _probe(os.kill, pid)
+
+
+def _probe(kill, target: int) -> bool:
     try:
-        os.killpg(pgid, 0)
+        kill(target, 0)
         return True
     except ProcessLookupError:
         return False

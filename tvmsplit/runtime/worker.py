@@ -80,7 +80,7 @@ from ..plan import CLIENT_END, end_name  # noqa: E402
 from . import control, wire  # noqa: E402
 from .control import MAX_HEADER_BYTES as CONTROL_MAX_HEADER_BYTES  # noqa: E402
 from .gather import Gather, GatherError, Part, merge_traces  # noqa: E402
-from .launch import WorkerSpec  # noqa: E402
+from .launch import WorkerSpec, connect_replicas  # noqa: E402
 from .security import CLIENT, CLIENTS, SecureConfig, stage_identity  # noqa: E402
 
 DATA_DOMAIN = "data"  # the ZAP domain of a worker's data socket: its senders' keys
@@ -448,28 +448,6 @@ class StageWorker:
                     blocked.add(sock)
             held.append((sock, frames))
         return held
-
-
-HEARTBEAT_IVL_MS = 250      # ZMTP heartbeats on data connections: a silent peer is dropped
-HEARTBEAT_TIMEOUT_MS = 1000  # after this long, so a replica that vanished gets no more sends
-
-
-def connect_replicas(sock: zmq.Socket, addresses: str) -> list[str]:
-    """Connect a PUSH socket to one destination stage given as ``ADDR[,ADDR...]``: its replicas.
-    Messages go round-robin to the replicas that are connected (``ZMQ_IMMEDIATE``: none is
-    queued for a replica that is gone), so losing one loses only what it held. A single
-    address keeps ZeroMQ's queueing: messages wait for it to (re)connect (a respawned worker
-    binds the same address)."""
-    replicas = [a.strip() for a in addresses.split(",") if a.strip()]
-    if not replicas:
-        raise WorkerStartError(f"--next {addresses!r} names no address")
-    if len(replicas) > 1:  # one destination: queue while it (re)connects, as before
-        sock.setsockopt(zmq.IMMEDIATE, 1)
-    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-    for addr in replicas:
-        sock.connect(addr)
-    return replicas
 
 
 def _prime_cpu_percent() -> None:
