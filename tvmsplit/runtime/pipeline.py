@@ -472,7 +472,9 @@ class Pipeline:
             self._check_usable()
         rid = next(self._ids)
         kept = ({name: np.array(inputs[name]) for name in inputs} if self.failover else None)
-        send_ts = self._send_request(rid, rid, inputs)
+        # our own copy (kept for a re-send) goes out zero-copy; the caller's arrays are copied
+        send_ts = self._send_request(rid, rid, kept if kept is not None else inputs,
+                                     owned=kept is not None)
         self._inflight[rid] = _InFlight(send_ts, time.monotonic() + self.timeout_s, rid, kept)
         self._by_wire[rid] = rid
         return rid
@@ -491,7 +493,8 @@ class Pipeline:
                                 "Pipeline(allow_nonfinite=True) to send it anyway (results may "
                                 "differ from onnxruntime)", code="nonfinite_input")
 
-    def _send_request(self, rid: int, wire_id: int, inputs: Mapping[str, np.ndarray]) -> float:
+    def _send_request(self, rid: int, wire_id: int, inputs: Mapping[str, np.ndarray],
+                      owned: bool = False) -> float:
         """Send request ``rid``'s parts to the entry stages under ``wire_id``; the send time."""
         messages = [(route.to, sock, wire.request(wire_id, route.to, [
             (name, np.asarray(inputs[name])) for name in route.tensors]))
@@ -499,8 +502,9 @@ class Pipeline:
         send_ts = time.time()
         for stage, sock, frames in messages:
             try:
-                # copy=True: the caller may reuse its arrays as soon as submit returns
-                sock.send_multipart(frames, copy=True)
+                # copy unless the arrays are ours: the caller may reuse its arrays as soon as
+                # submit returns
+                sock.send_multipart(frames, copy=not owned)
             except zmq.Again:
                 self._replies.fail(wire_id)  # a part already sent to another entry stage is dropped
                 raise PipelineError(f"request {rid}: stage {stage} did not accept it within "
@@ -701,7 +705,8 @@ class Pipeline:
             pending.deadline = time.monotonic() + self.timeout_s
             self._by_wire[pending.wire_id] = rid
             try:  # the trace describes the attempt that is answered
-                pending.send_ts = self._send_request(rid, pending.wire_id, pending.inputs)
+                pending.send_ts = self._send_request(rid, pending.wire_id, pending.inputs,
+                                                     owned=True)
             except PipelineError as exc:
                 self._finish(rid, exc)
                 continue
