@@ -325,3 +325,26 @@ def test_mincut_returns_the_cut_it_prices_with_float_costs():
     _, got = plan(problem, "dag-mincut")
     assert got.assignment == want.assignment == (0, 0, 0, 1, 1, 1, 1)
     assert math.isclose(got.latency_ms, 10.9030806464816, rel_tol=1e-12)
+
+
+def test_evaluation_candidates_are_both_single_sites_and_every_single_cut():
+    """evaluate.candidates: all-end, all-edge, one plan per cut candidate (a DAG's cuts too),
+    each priced by the cost model; the planner's choice is named after the one it equals."""
+    from tvmsplit.evaluate import candidates
+
+    g = ts.load(zoo.make("inception"))
+    costs = CostTable.from_flops(g, {"end": 1.0, "edge": 10.0})
+    problem = Problem(g, costs, (Link("l", up_bps=8e6, down_bps=16e6, rtt_s=0.01),))
+    best = plan(problem)[1]
+    cands, chosen = candidates(problem, best.assignment)
+    names = [c.name for c in cands]
+    assert names[:2] == ["all-end", "all-edge"]
+    assert names[2:len(g.cut_candidates) + 2] == [f"cut@{c.after}" for c in g.cut_candidates]
+    assert len({c.assignment for c in cands}) == len(cands)       # no plan measured twice
+    assert chosen in names and next(c for c in cands if c.name == chosen).assignment == \
+        best.assignment
+    for c in cands:
+        assert c.predicted == evaluate(problem, c.assignment)
+        assert c.placement == tuple(("end", "edge")[d] for d in sorted(set(c.assignment)))
+    # a cut's prefix runs on the end device: never an edge layer before an end layer
+    assert all(list(c.assignment) == sorted(c.assignment) for c in cands if c.name != chosen)

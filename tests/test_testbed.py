@@ -608,3 +608,69 @@ def test_cgroups_are_removed_after_a_failed_up_and_a_crashed_owner(tmp_path):
     assert any(r.startswith("cgroup ") for r in removed), removed
     assert not find_named(f"tvmsplit-tb{k}-")
     assert not ({f"tvmsplit-tb{k}-dev", f"tvmsplit-tb{k}-edge"} & net.namespaces())
+
+
+# ------------------------------------------------------- issue 15: plan quality, end to end
+def _tiny_mlp(tmp_path) -> Path:
+    from tvmsplit.onnxbuild import mlp
+
+    path = tmp_path / "mlp.onnx"
+    path.write_bytes(mlp("mlp", [512, 1024, 256, 10]).SerializeToString())
+    return path
+
+
+def test_evaluate_runs_every_plan_on_the_testbed_and_regret_is_at_least_one(tmp_path, monkeypatch):
+    """`tvmsplit evaluate` on a tiny model: costs measured on the capped end device and the
+    edge, the chosen plan and every alternative run as real pipelines over a shaped link, each
+    output == onnxruntime; regret >= 1, and the JSON has what the issue asks for."""
+    _require_cgroups()
+    from click.testing import CliRunner
+
+    from tvmsplit.cli import cli
+
+    monkeypatch.setenv("TVMSPLIT_CACHE", str(tmp_path / "cache"))
+    model = _tiny_mlp(tmp_path)
+    result = CliRunner().invoke(cli, ["evaluate", str(model), "--link", "4g", "--requests", "3",
+                                      "--rounds", "1", "--json", "--save", str(tmp_path / "ev.json")])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert json.loads((tmp_path / "ev.json").read_text()) == data
+    names = [p["name"] for p in data["plans"]]
+    assert names[:2] == ["all-end", "all-edge"] and names[2:] == ["cut@fc1", "cut@fc2"]
+    assert data["chosen"] in names and data["regret"] >= 1.0 and data["speedup"] > 0
+    assert set(data["single_site"]) == {"end: tvmsplit", "end: onnxruntime", "edge: tvmsplit",
+                                        "edge: onnxruntime"}
+    best = min(p["measured"] for p in data["plans"])
+    chosen = next(p for p in data["plans"] if p["name"] == data["chosen"])
+    assert data["regret"] == pytest.approx(chosen["measured"] / best)
+    for p in data["plans"]:
+        assert p["latency_ms"]["n"] == 3 and p["measured"] > 0 and p["max_rel_error"] < 1e-3
+        assert len(p["stage_ms"]) == len(p["placement"]) and np.isfinite(p["error"])
+    assert 0 <= data["noise"] < 1
+    # the measured costs were cached for the next plan of this model on these devices
+    assert list((tmp_path / "cache" / "costs").glob("*.json"))
+
+
+def test_plan_works_on_a_fresh_machine_with_the_testbeds_devices(tmp_path, monkeypatch):
+    """No trained predictor, no cost file: `plan --devices end=pi-class,edge=host` measures the
+    model's layers on the testbed's devices (then reuses them), and the plan is buildable."""
+    _require_cgroups()
+    from click.testing import CliRunner
+
+    from tvmsplit.cli import cli
+
+    monkeypatch.setenv("TVMSPLIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TVMSPLIT_PREDICTORS", str(tmp_path / "no-predictors"))
+    model = _tiny_mlp(tmp_path)
+    args = ["plan", str(model), "--devices", "end=pi-class,edge=host", "--link", "3g", "--json"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    assert "profiling 3 layers on the end" in first.stderr
+    plan = json.loads(first.stdout)
+    assert [d["target"] for d in plan["devices"]] == ["pi-class", "host"]
+    again = CliRunner().invoke(cli, [*args, "--save", str(tmp_path / "plan.json")])
+    assert again.exit_code == 0 and "from the cache" in again.stderr
+    assert json.loads(again.stdout)["predicted"]["assignment"] == plan["predicted"]["assignment"]
+    asked = CliRunner().invoke(cli, [*args[:4], "--costs", "predict"])
+    assert asked.exit_code == 1 and "tvmsplit profile --target" in asked.output \
+        and "end=pi-class,edge=host" in asked.output

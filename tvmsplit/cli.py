@@ -549,9 +549,12 @@ def parse_bytes(text: str) -> int:
               help="The device path, end first: e.g. end=rpi4b,edge=x86_64 (target names or .toml files).")
 @click.option("--link", "links", default="4g", show_default=True, metavar="PROFILE,...",
               help="One link per hop: 3g, 4g, wifi or NAME:UP_MBPS/DOWN_MBPS[/RTT_MS].")
-@click.option("--costs", "costs_file", type=click.Path(exists=True, dir_okay=False),
-              help="Per-layer compute times (JSON or CSV, see README); default: each device's "
-                   "trained predictor (`tvmsplit train`).")
+@click.option("--costs", "costs_file", metavar="FILE|measure|predict",
+              help="Per-layer compute times: a JSON or CSV file (see README); 'measure': time "
+                   "every layer on the testbed's devices (end=pi-class,edge=host; root); "
+                   "'predict': each device's trained predictor (`tvmsplit train`). Default: the "
+                   "predictors when every device has one, else measure when the devices are "
+                   "the testbed's.")
 @click.option("--objective", type=click.Choice(["latency", "throughput", "energy"]),
               default="latency", show_default=True)
 @click.option("--power", "powers", default="", metavar="NAME=BUSY/IDLE/TX,...",
@@ -571,7 +574,7 @@ def plan_cmd(model, devices, links, costs_file, objective, powers, method, mem_c
              input_bytes, shapes, as_json, save, plot) -> None:
     """Choose where to split MODEL across a path of devices, with the baselines side by side."""
     from .devices import Device, Link
-    from .partition import CostTable, PowerModel
+    from .partition import PowerModel
     from .planning import plan_partition
 
     g = _load_graph(model, shapes)
@@ -587,12 +590,7 @@ def plan_cmd(model, devices, links, costs_file, objective, powers, method, mem_c
             power[name] = PowerModel(*(float(w) for w in watts.split("/")))
         except (TypeError, ValueError):
             raise TvmsplitError(f"--power {name}={watts} is not BUSY/IDLE/TX watts, e.g. 5/0.5/2") from None
-    if costs_file:
-        costs = CostTable.from_file(costs_file)
-    else:  # each device's trained predictor, under this machine's live load
-        from .predict import cost_table, predict_model
-
-        costs = cost_table(g, {d.name: predict_model(g, d.target) for d in devs})
+    costs = _plan_costs(g, devs, costs_file)
     result = plan_partition(g, devs, link_list, costs,
                             objective=objective, method=method, pins=dict(_parse_pairs(pins, "--pin")),
                             input_bytes=input_bytes, power=power)
@@ -608,6 +606,35 @@ def plan_cmd(model, devices, links, costs_file, objective, powers, method, mem_c
         click.echo(json.dumps(result.to_json(), indent=2))
         return
     _print_plan(result.graph, result, link_list, objective)
+
+
+def _plan_costs(g, devs, choice: str | None):
+    """The cost table ``plan --costs`` asks for (see its help)."""
+    from .evaluate import measurable_here, measured_costs
+    from .partition import CostTable
+    from .predict import cost_table, predict_model
+    from .predict.errors import PredictorMissingError
+
+    if choice not in (None, "measure", "predict"):
+        if not Path(choice).is_file():
+            raise TvmsplitError(f"--costs {choice!r} is not a file, 'measure' or 'predict'")
+        return CostTable.from_file(choice)
+    why_not = measurable_here(devs)
+    if choice == "measure" or (choice is None and why_not is None and not _all_trained(devs)):
+        if why_not is not None:
+            raise TvmsplitError(f"--costs measure: {why_not}")
+        return measured_costs(g, devs, log=_progress)
+    try:  # each device's trained predictor, under this machine's live load
+        return cost_table(g, {d.name: predict_model(g, d.target) for d in devs})
+    except PredictorMissingError as exc:
+        raise TvmsplitError(f"{exc}; or plan on the testbed's devices, whose layers are measured "
+                            f"(root): `tvmsplit plan MODEL --devices end=pi-class,edge=host`") from None
+
+
+def _all_trained(devs) -> bool:
+    from .predict.dataset import predictor_path
+
+    return all(predictor_path(d.target).exists() for d in devs)
 
 
 def _print_plan(g, result, links, objective: str) -> None:
@@ -649,6 +676,74 @@ def _print_plan(g, result, links, objective: str) -> None:
         ratio = base.objective(objective) / max(b.objective(objective), 1e-12)
         click.echo(f"{name:<14} {base.latency_ms:>11.3f} {ratio:>7.2f}x "
                    f"{1000.0 / base.bottleneck_ms if base.bottleneck_ms else float('inf'):>8.1f}")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--devices", default="end=pi-class,edge=host", show_default=True,
+              metavar="END=CAPPED,EDGE=TARGET",
+              help="The testbed's capped end device (pi-class, phone-class) and its edge.")
+@click.option("--link", default="4g", show_default=True, metavar="PROFILE",
+              help="3g, 4g, wifi or NAME:UP_MBPS/DOWN_MBPS[/RTT_MS]; the testbed shapes it.")
+@click.option("--load", type=click.Choice(["none", "medium", "high"]), default="none",
+              show_default=True, help="Background CPU load on the end device (in its cgroup).")
+@click.option("--objective", type=click.Choice(["latency", "throughput"]), default="latency",
+              show_default=True)
+@click.option("--requests", type=click.IntRange(3), default=30, show_default=True,
+              help="Measured requests per plan, spread over the rounds.")
+@click.option("--rounds", type=click.IntRange(1), default=3, show_default=True,
+              help="Interleaved rounds: each runs every plan in turn.")
+@click.option("--input-bytes", type=int, default=None,
+              help="Size of the input as the end device sends it (not measurable yet).")
+@click.option("--costs", "costs_file", type=click.Path(exists=True, dir_okay=False),
+              help="Plan on this cost table instead of measuring the layers on the testbed.")
+@shape_option
+@click.option("--json", "as_json", is_flag=True, help="Print the evaluation as JSON.")
+@click.option("--save", type=click.Path(dir_okay=False), help="Also write the JSON here.")
+@_interruptible
+def evaluate(model, devices, link, load, objective, requests, rounds, input_bytes, costs_file,
+             shapes, as_json, save) -> None:
+    """Run the plan the planner chooses and every alternative (all on the end device, all on
+    the edge, every single cut) on the testbed (root): predicted vs measured latency, regret and
+    speedup over the best single site."""
+    from .devices import Device, Link
+    from .evaluate import evaluate as run_evaluation, measurable_here
+    from .partition import CostTable
+
+    g = _load_graph(model, shapes)
+    devs = [Device(name, target) for name, target in _parse_pairs(devices, "--devices")]
+    why_not = measurable_here(devs)
+    if why_not is not None:
+        raise TvmsplitError(why_not)
+    ev = run_evaluation(g, devices=devs, link=Link.profile(link), load=load, objective=objective,
+                        requests=requests, rounds=rounds, input_bytes=input_bytes,
+                        costs=CostTable.from_file(costs_file) if costs_file else None,
+                        log=_progress)
+    data = ev.to_json()
+    if save:
+        from .atomic import write_json
+
+        write_json(save, data)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    unit = data["unit"]
+    click.echo(f"{g.name} on {' -> '.join(f'{d.name}={d.target}' for d in devs)}, link "
+               f"{ev.link.name}, end load {load}, objective {objective} ({unit}; "
+               f"{requests} requests per plan in {rounds} interleaved rounds)")
+    click.echo(f"{'plan':<26} {'where':<9} {'predicted':>10} {'measured':>10} {'p90 ms':>8} "
+               f"{'error':>7} {'spread':>7}")
+    for p in data["plans"]:
+        mark = "*" if p["name"] == ev.chosen else " "
+        click.echo(f"{mark}{p['name'][:25]:<25} {'+'.join(p['placement']):<9} "
+                   f"{p['predicted']:>10.2f} {p['measured']:>10.2f} {p['latency_ms']['p90']:>8.2f} "
+                   f"{p['error']:>+7.1%} {p['spread']:>7.1%}")
+    for label, value in ev.single_site:
+        click.echo(f"single site {label:<20} {value:>10.2f} {unit}")
+    click.echo(f"chosen (*) {ev.chosen} by {ev.method}; best measured {data['best']}; "
+               f"regret {ev.regret:.3f}; speedup over the best single site "
+               f"({ev.best_single_site[0]}) {ev.speedup:.2f}x; noise floor (median spread) "
+               f"{ev.noise:.1%}")
 
 
 @cli.command()

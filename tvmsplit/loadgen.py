@@ -3,6 +3,8 @@
 ``BackgroundLoad(cpu_workers=2, duty=0.5, mem_bytes=2 << 30)`` starts processes that burn CPU for
 ``duty`` of every 100 ms period and one that holds (and touches) ``mem_bytes`` of memory. All of
 them run in one new process group, which ``stop()`` / leaving the ``with`` block kills.
+``prefix`` is put before each command line: e.g. a cgroup's ``Cgroup.prefix()``, so the load
+lands on a capped testbed device instead of the whole machine.
 """
 from __future__ import annotations
 
@@ -36,11 +38,13 @@ while True:
 class BackgroundLoad:
     """CPU and memory pressure in a process group of its own (a context manager)."""
 
-    def __init__(self, cpu_workers: int = 0, duty: float = 1.0, mem_bytes: int = 0):
+    def __init__(self, cpu_workers: int = 0, duty: float = 1.0, mem_bytes: int = 0,
+                 prefix: tuple[str, ...] | list[str] = ()):
         if cpu_workers < 0 or not 0.0 <= duty <= 1.0 or mem_bytes < 0:
             raise TvmsplitError(f"background load: cpu_workers >= 0, 0 <= duty <= 1, mem_bytes >= 0 "
                                 f"(got {cpu_workers}, {duty}, {mem_bytes})")
         self.cpu_workers, self.duty, self.mem_bytes = cpu_workers, duty, mem_bytes
+        self.prefix = list(prefix)
         self._procs: list[subprocess.Popen] = []
         self._pgid: int | None = None
 
@@ -53,7 +57,7 @@ class BackgroundLoad:
 
     def _spawn(self, code: str, arg: str) -> None:
         kwargs = {"process_group": 0 if self._pgid is None else self._pgid}  # one new group
-        proc = subprocess.Popen([sys.executable, "-c", code, arg], stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([*self.prefix, sys.executable, "-c", code, arg], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
         if self._pgid is None:
             self._pgid = proc.pid

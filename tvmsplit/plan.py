@@ -56,6 +56,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_json
 from .errors import SplitError
 from .graph import TensorSpec
 
@@ -310,8 +311,7 @@ def save_plan_file(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
     """Write a plan file's JSON (``PlanFile.to_json()`` or ``PlannedSplit.to_json()``)."""
     path = Path(path)
     PlanFile.from_json(data, str(path))  # never write what cannot be read back
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
+    return write_json(path, data)
 
 
 def read_plan_file(path: str | os.PathLike) -> PlanFile:

@@ -132,8 +132,11 @@ Session = LocalSession | RPCSession
 
 
 def time_library(session: Session, library: Path, stage: StagePlan, *, number: int = 10,
-                 repeat: int = 5, seed: int = 0) -> Timing:
-    """Time one stage library with random inputs: ``repeat`` samples, each the mean of ``number`` runs."""
+                 repeat: int = 5, seed: int = 0, min_repeat_ms: int = 0) -> Timing:
+    """Time one stage library with random inputs: ``repeat`` samples, each the mean of ``number``
+    runs (more, when ``min_repeat_ms`` asks each sample to last that long: on a CPU-capped
+    device, 100 ms spans ten 10 ms quota periods, so a sample is the steady capped rate and not
+    one lucky burst)."""
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
@@ -146,14 +149,16 @@ def time_library(session: Session, library: Path, stage: StagePlan, *, number: i
             else np.zeros(t.shape, t.dtype)
         args.append(tvm.runtime.tensor(data, dev))
     vm.set_input("main", *args)
-    result = vm.time_evaluator("invoke_stateful", dev, number=number, repeat=repeat)("main")
+    result = vm.time_evaluator("invoke_stateful", dev, number=number, repeat=repeat,
+                               min_repeat_ms=min_repeat_ms)("main")
     return Timing.of([r * 1e3 for r in result.results])
 
 
 def profile_layers(graph: LayerGraph, target: str | TargetSpec, session: Session, *,
                    number: int = 10, repeat: int = 5, layers: Sequence[str] | None = None,
                    progress: Callable[[str], None] | None = None,
-                   db: str | Path | None = None) -> tuple[LayerMeasurement, ...]:
+                   db: str | Path | None = None,
+                   min_repeat_ms: int = 0) -> tuple[LayerMeasurement, ...]:
     """Compile every layer (or ``layers``) alone for ``target`` and time it in ``session``.
 
     Layers are built as stages are (``compile.build_stage``): scheduled from the tuning database
@@ -169,7 +174,8 @@ def profile_layers(graph: LayerGraph, target: str | TargetSpec, session: Session
             lib = Path(tmp) / f"layer{i}.so"
             built = build_stage(graph, stage, spec, lib, db=db)
             state = session.state()
-            timing = time_library(session, lib, stage, number=number, repeat=repeat)
+            timing = time_library(session, lib, stage, number=number, repeat=repeat,
+                                  min_repeat_ms=min_repeat_ms)
             out.append(LayerMeasurement(layer.name, layer.op, timing, state,
                                         built.tuning.describe() if built.tuning else ""))
             if progress:

@@ -131,6 +131,7 @@ class Testbed:
         self._popen: dict[int, subprocess.Popen] = {}
         self.rpc_port: int | None = None
         self.end_rpc_port: int | None = None
+        self.edge_rpc_port: int | None = None
         self.shaper: dict = {}
         self.workers: list[dict] = []
         self.timings: dict[str, float] = {}
@@ -302,9 +303,11 @@ class Testbed:
         cg = self.cgroups.get("edge") if where == "edge" else None
         return len(parse_cpus(cg.limits.cpus)) if cg is not None else None
 
-    def _native(self, where: str, env: dict) -> tuple[list[str], dict]:
+    def _native(self, where: str, env: dict, in_namespace: bool = True
+                ) -> tuple[list[str], dict]:
         """(prefix, env) of a native process on ``where``: cgexec into its cgroup (before
-        `ip netns exec`, which hides /sys/fs/cgroup), the namespace, the thread count."""
+        `ip netns exec`, which hides /sys/fs/cgroup), the namespace (unless not
+        ``in_namespace``: compute only, e.g. timing layers), the thread count."""
         if where == "end" and "end" not in self.cgroups:
             raise TestbedError("placement 'end' needs a capped end device: Testbed(end="
                                "'pi-class') or `testbed up --end pi-class` (capped devices: "
@@ -313,7 +316,8 @@ class Testbed:
         threads = self.threads(where)
         if threads is not None:
             env = {**env, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-        return [*(cg.prefix() if cg is not None else []), *net.in_ns(self.ns(where))], env
+        return [*(cg.prefix() if cg is not None else []),
+                *(net.in_ns(self.ns(where)) if in_namespace else [])], env
 
     def _start_rpc(self) -> None:
         ready = self.dir / "rpc.ready.json"
@@ -342,11 +346,14 @@ class Testbed:
         self._popen[proc.pid] = proc
 
     def spawn(self, where: str, cmd: Sequence[str], *, role: str = "process",
-              emulated: bool = False, stdout=None) -> subprocess.Popen:
+              emulated: bool = False, stdout=None, in_namespace: bool = True
+              ) -> subprocess.Popen:
         """Start ``cmd`` in the device or edge namespace (``emulated``: a Python command line
         ``["-m", ...]`` run by the device's aarch64 Python under qemu; else as given, with this
         checkout on PYTHONPATH; ``where="end"``: natively in the device's namespace inside the
-        capped device's cgroup). Stopped by :meth:`down`, or earlier with :meth:`stop`."""
+        capped device's cgroup; ``in_namespace=False``: in its cgroup but in the root namespace,
+        for work that needs its compute and not its link). Stopped by :meth:`down`, or earlier
+        with :meth:`stop`."""
         if not self._is_up:
             raise TestbedError("the testbed is not up")
         if emulated:
@@ -355,7 +362,7 @@ class Testbed:
             cmd, env = self.sysroot.command(*cmd), self.sysroot.env(REPO)
             prefix = net.in_ns(self.ns(where))
         else:
-            prefix, env = self._native(where, _host_env())
+            prefix, env = self._native(where, _host_env(), in_namespace)
         role = f"{role}-{len(self.procs)}"
         proc, _ = self._spawn(role, [*prefix, *cmd], env, stdout)
         return proc
@@ -459,18 +466,28 @@ class Testbed:
         namespace, on the device's host-link address): so ``tvmsplit profile --target pi-class
         --rpc HOST:PORT`` and :class:`tvmsplit.profile.RPCSession` compile here, uncapped, and
         time every layer there, capped. Returns its (host, port); stopped by :meth:`down`."""
-        if self.end_rpc_port is not None:
-            return self.device_ip, self.end_rpc_port
-        ready = self.dir / f"end-rpc-{len(self.procs)}.ready.json"
-        cmd = [sys.executable, "-m", "tvmsplit.testbed.rpc_server", "--host", self.device_ip,
-               "--port", str(self.END_RPC_PORT), "--ready-file", str(ready),
-               *([] if self.detached else ["--parent-pid", str(os.getpid())])]
-        proc = self.spawn("end", cmd, role="end-rpc")
-        info = _wait_ready(ready, proc, "the capped end device's RPC server",
-                           Path(self.procs[-1]["log"]), DEVICE_START_TIMEOUT_S)
-        self.end_rpc_port = int(info["port"])
-        self._save_state()
+        if self.end_rpc_port is None:
+            self.end_rpc_port = self._start_native_rpc("end", self.device_ip, self.END_RPC_PORT)
         return self.device_ip, self.end_rpc_port
+
+    def start_edge_rpc(self) -> tuple[str, int]:
+        """A TVM RPC server with the edge's compute: inside the edge's cgroup (its cores, its
+        thread count) but in the root namespace on 127.0.0.1, so uploads do not cross the shaped
+        link (timing a layer does not need the link). Returns its (host, port)."""
+        if self.edge_rpc_port is None:
+            self.edge_rpc_port = self._start_native_rpc("edge", "127.0.0.1", 0)
+        return "127.0.0.1", self.edge_rpc_port
+
+    def _start_native_rpc(self, where: str, host: str, port: int) -> int:
+        ready = self.dir / f"{where}-rpc-{len(self.procs)}.ready.json"
+        cmd = [sys.executable, "-m", "tvmsplit.testbed.rpc_server", "--host", host,
+               "--port", str(port), "--ready-file", str(ready),
+               *([] if self.detached else ["--parent-pid", str(os.getpid())])]
+        proc = self.spawn(where, cmd, role=f"{where}-rpc", in_namespace=where != "edge")
+        info = _wait_ready(ready, proc, f"the {where}'s RPC server",
+                           Path(self.procs[-1]["log"]), DEVICE_START_TIMEOUT_S)
+        self._save_state()
+        return int(info["port"])
 
     def rpc_connect(self, timeout_s: float = 60.0):
         """A ``tvm.rpc`` session to the device's RPC server (retried until it accepts)."""
@@ -501,6 +518,8 @@ class Testbed:
                 "rpc": {"host": lay.device_ip, "port": self.rpc_port} if self.rpc_port else None,
                 "end_rpc": ({"host": lay.device_ip, "port": self.end_rpc_port}
                             if self.end_rpc_port else None),
+                "edge_rpc": ({"host": "127.0.0.1", "port": self.edge_rpc_port}
+                             if self.edge_rpc_port else None),
                 "sysroot": str(self.sysroot.path) if self.sysroot else None,
                 "processes": self.procs,
                 "end": self.end.to_json() if self.end is not None else None,

@@ -1,0 +1,466 @@
+"""Measure plan quality end to end on the testbed: regret, speedup and prediction error.
+
+    ev = evaluate(graph, link=Link.profile("4g"), load="none", requests=30)
+    ev.regret, ev.speedup, ev.to_json()          # or: tvmsplit evaluate MODEL --link 4g --json
+
+On a testbed with a compute-capped end device (``Testbed(end="pi-class")``: its own network
+namespace, a cgroup with one core at a fraction of its time) and an edge pinned to the other
+cores, joined by a link shaped to ``link``:
+
+1. **Costs, measured where the plans will run.** Every layer is compiled alone for each device's
+   target and timed on that device (an RPC server inside its cgroup; ``min_repeat_ms`` so a
+   capped sample spans several quota periods), under the requested end-device load.
+2. **Candidates.** The planner's choice on those costs, all on the end device, all on the edge,
+   and every single cut (the layers up to a cut candidate on the end, the rest on the edge); each
+   priced by the same cost model (``partition.problem.evaluate``).
+3. **Runs.** Each candidate is built (build cache) and run as a real pipeline on the testbed, in
+   ``rounds``: every round starts each candidate's workers, warms up, and measures its share of
+   the requests one at a time at the client (the end device's app), so slow drift in the
+   machine's load falls on every candidate alike. Outputs are checked against onnxruntime.
+4. **Single sites.** The whole model on one device is what a user would run instead: the
+   tvmsplit all-end / all-edge runs, and onnxruntime timed inside each device's cgroup (for the
+   edge plus the transport the all-edge run measured: its end-to-end time minus its compute).
+
+Reported: per candidate the predicted and measured latency (median, p90, spread = IQR/median:
+the noise floor beside every error figure), the prediction error; ``regret`` = measured
+latency of the chosen plan / the best measured candidate (>= 1; 1 = the planner picked the
+best); ``speedup`` = the best single site / the chosen plan's measured latency.
+With ``objective="throughput"`` requests are streamed (``max_in_flight``) and the same figures
+are computed on requests per second (regret = best / chosen).
+
+The capped device's costs are not additive for short bursts: a burst shorter than its quota (1
+ms per 10 ms period for pi-class) runs at full speed, while the profile times a layer in steady
+state. Predictions of plans with short end-device stages are therefore pessimistic; the
+prediction error column shows by how much.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import write_json
+from .devices import Device, Link
+from .errors import TvmsplitError
+from .graph import LayerGraph
+from .partition import CostTable, Problem
+from .partition.problem import Breakdown, evaluate as price
+from .profile import RPCSession, Timing, profile_layers
+
+# Background load on the end device (loadgen.BackgroundLoad keywords), inside its cgroup, so it
+# competes for the device's own quota.
+END_LOADS: dict[str, dict] = {
+    "none": {},
+    "medium": {"cpu_workers": 1, "duty": 0.5},
+    "high": {"cpu_workers": 1, "duty": 1.0},
+}
+PLACES = ("end", "edge")        # device 0, device 1: the testbed's placements
+END_MIN_REPEAT_MS = 100         # ten 10 ms quota periods per sample on the capped device
+EDGE_MIN_REPEAT_MS = 20
+CHECK_RTOL = 1e-3               # outputs vs onnxruntime (a wrong plan has no latency worth keeping)
+
+
+class EvaluationError(TvmsplitError):
+    """The evaluation cannot run as asked; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One plan to measure: ``assignment[i]`` is layer i's device (0 end, 1 edge)."""
+
+    name: str                      # "all-end", "all-edge", "cut@LAYER"
+    assignment: tuple[int, ...]
+    predicted: Breakdown
+
+    @property
+    def placement(self) -> tuple[str, ...]:
+        return tuple(PLACES[d] for d in sorted(set(self.assignment)))
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One candidate's runs: end-to-end latency at the client (ms), per-stage compute medians,
+    and (throughput objective) requests per second, one figure per round."""
+
+    candidate: Candidate
+    latency: Timing
+    stage_ms: tuple[float, ...]
+    throughput_rps: tuple[float, ...] = ()
+    max_rel_error: float = 0.0
+
+    @property
+    def spread(self) -> float:
+        """(p75 - p25) / median of the latency samples: this candidate's noise floor."""
+        q = np.percentile(self.latency.samples, [25, 75])
+        return float((q[1] - q[0]) / self.latency.median_ms)
+
+    def value(self, objective: str) -> float:
+        """The measured figure the objective ranks: ms (lower is better) or req/s (higher)."""
+        return (self.latency.median_ms if objective == "latency"
+                else statistics.median(self.throughput_rps))
+
+    def predicted(self, objective: str) -> float:
+        b = self.candidate.predicted
+        return b.latency_ms if objective == "latency" else 1e3 / max(b.bottleneck_ms, 1e-9)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    model: str
+    devices: tuple[Device, ...]
+    link: Link
+    load: str
+    objective: str
+    chosen: str                                   # the name of the planner's candidate
+    method: str
+    runs: tuple[Measured, ...]
+    single_site: tuple[tuple[str, float], ...]    # (label, ms or req/s), measured
+    costs: CostTable = field(repr=False, compare=False, default=None)
+
+    def run_of(self, name: str) -> Measured:
+        return next(r for r in self.runs if r.candidate.name == name)
+
+    @property
+    def _better(self) -> Callable[[Sequence[float]], float]:
+        return min if self.objective == "latency" else max
+
+    @property
+    def best(self) -> Measured:
+        pick = self._better([r.value(self.objective) for r in self.runs])
+        return next(r for r in self.runs if r.value(self.objective) == pick)
+
+    @property
+    def regret(self) -> float:
+        """Chosen / best measured latency (best / chosen throughput): >= 1."""
+        chosen, best = self.run_of(self.chosen).value(self.objective), self.best.value(self.objective)
+        return chosen / best if self.objective == "latency" else best / chosen
+
+    @property
+    def best_single_site(self) -> tuple[str, float]:
+        value = self._better([v for _, v in self.single_site])
+        return next((k, v) for k, v in self.single_site if v == value)
+
+    @property
+    def speedup(self) -> float:
+        """The best single site / the chosen plan (> 1: the split pays)."""
+        chosen, site = self.run_of(self.chosen).value(self.objective), self.best_single_site[1]
+        return site / chosen if self.objective == "latency" else chosen / site
+
+    @property
+    def noise(self) -> float:
+        """The median spread (IQR / median) of the candidates' latency samples."""
+        return statistics.median(r.spread for r in self.runs)
+
+    def to_json(self) -> dict:
+        obj = self.objective
+        return {
+            "model": self.model, "objective": obj, "load": self.load, "method": self.method,
+            "devices": [{"name": d.name, "target": d.target} for d in self.devices],
+            "link": {"name": self.link.name, "up_mbps": self.link.up_bps / 1e6,
+                     "down_mbps": self.link.down_bps / 1e6, "rtt_ms": self.link.rtt_s * 1e3},
+            "chosen": self.chosen, "best": self.best.candidate.name,
+            "regret": self.regret, "speedup": self.speedup,
+            "best_single_site": dict([self.best_single_site]),
+            "single_site": dict(self.single_site), "noise": self.noise,
+            "unit": "ms" if obj == "latency" else "requests/s",
+            "plans": [{"name": r.candidate.name, "placement": list(r.candidate.placement),
+                       "assignment": list(r.candidate.assignment),
+                       "predicted": r.predicted(obj), "measured": r.value(obj),
+                       "error": r.predicted(obj) / r.value(obj) - 1,
+                       "latency_ms": {"median": r.latency.median_ms,
+                                      "p90": float(np.percentile(r.latency.samples, 90)),
+                                      "n": len(r.latency.samples)},
+                       "spread": r.spread, "stage_ms": list(r.stage_ms),
+                       "predicted_compute_ms": list(r.candidate.predicted.compute_ms),
+                       "predicted_hop_ms": list(r.candidate.predicted.hop_ms),
+                       "max_rel_error": r.max_rel_error}
+                      for r in self.runs]}
+
+
+# ---------------------------------------------------------------------------------- pieces
+def candidates(problem: Problem, chosen: Sequence[int]) -> tuple[list[Candidate], str]:
+    """The single-site plans, every single cut, and the planner's ``chosen`` assignment (named
+    after the candidate it equals, else ``"chosen"``); returns (candidates, chosen's name)."""
+    g, n = problem.graph, len(problem.graph.layers)
+    seen: dict[tuple[int, ...], str] = {}
+    out = []
+
+    def add(name: str, assignment: Sequence[int]) -> str:
+        a = tuple(int(d) for d in assignment)
+        if a not in seen:
+            seen[a] = name
+            out.append(Candidate(name, a, price(problem, a)))
+        return seen[a]
+
+    add("all-end", [0] * n)
+    add("all-edge", [1] * n)
+    order = {layer.name: i for i, layer in enumerate(g.layers)}
+    for cut in g.cut_candidates:
+        k = order[cut.after]
+        add(f"cut@{cut.after}", [0] * (k + 1) + [1] * (n - k - 1))
+    return out, add("chosen", chosen)
+
+
+def time_layers_on_testbed(graph: LayerGraph, devices: Sequence[Device], testbed, *,
+                  repeat: int = 5, log: Callable[[str], None] = print) -> CostTable:
+    """Every layer timed on the testbed's end device (in its cgroup) and on its edge (in the
+    edge's cgroup), compiled for each device's target."""
+    per_device = []
+    for device, where in zip(devices, PLACES):
+        host, port = testbed.start_end_rpc() if where == "end" else testbed.start_edge_rpc()
+        log(f"profiling {len(graph.layers)} layers on the {where} ({device.name}={device.target})")
+        with RPCSession(host, port) as session:
+            per_device.append(profile_layers(
+                graph, device.target, session, number=1, repeat=repeat,
+                min_repeat_ms=END_MIN_REPEAT_MS if where == "end" else EDGE_MIN_REPEAT_MS,
+                progress=lambda m: log(f"  {m}")))
+    return CostTable(tuple(d.name for d in devices), tuple(layer.name for layer in graph.layers),
+                     tuple(tuple(m[i].timing.median_ms for m in per_device)
+                           for i in range(len(graph.layers))))
+
+
+def measurable_here(devices: Sequence[Device]) -> str | None:
+    """Why ``devices`` cannot be measured on this machine's testbed (None: they can): an end
+    device that is a capped profile, an edge whose target runs here, and root."""
+    import os
+
+    from .targets import get_target
+    from .testbed.capped import get_capped, known_capped
+
+    if len(devices) != 2:
+        return (f"the testbed has an end device and an edge, not {len(devices)} devices; e.g. "
+                "--devices end=pi-class,edge=host")
+    try:
+        get_capped(devices[0].target)
+    except TvmsplitError:
+        return (f"the end device's target {devices[0].target!r} is not a capped testbed device "
+                f"({', '.join(known_capped())}); e.g. --devices end=pi-class,edge=host")
+    if not get_target(devices[1].target).runs_on_host:
+        return (f"the edge's target {devices[1].target!r} does not run on this machine; use "
+                "edge=host or edge=x86_64")
+    if os.geteuid() != 0:
+        return "measuring on the testbed needs root (network namespaces and cgroups)"
+    return None
+
+
+def _costs_key(graph: LayerGraph, devices: Sequence[Device], load: str) -> str:
+    """What measured costs depend on: the model, the devices' targets (capped limits
+    included), their tuning databases, this CPU, TVM, the end device's load."""
+    import hashlib
+
+    import tvm
+
+    from .targets import get_target
+    from .tunedb import default_db_dir, local_cpu
+
+    parts = {"model": graph.model_sha256, "load": load, "cpu": local_cpu(),
+             "tvm": tvm.__version__, "format": 1, "devices": []}
+    for d in devices:
+        spec = get_target(d.target)
+        db = default_db_dir(spec)
+        stamp = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                       for f in db.glob("*.json")) if db is not None and db.is_dir() else []
+        parts["devices"].append([d.name, repr(spec), stamp])
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def measured_costs(graph: LayerGraph, devices: Sequence[Device], *, load: str = "none",
+                   log: Callable[[str], None] = print, fresh: bool = False,
+                   testbed=None) -> CostTable:
+    """``time_layers_on_testbed`` on ``testbed`` (already under ``load``) or on one brought up for it (no
+    link shaping needed), kept in the cache (``<cache>/costs/``) under what the times depend on
+    (``fresh``: measure again)."""
+    from .testbed import Testbed
+    from .tunedb import cache_root
+
+    root = cache_root()
+    path = None if root is None else root / "costs" / f"{_costs_key(graph, devices, load)}.json"
+    if path is not None and path.exists() and not fresh:
+        log(f"measured layer costs from the cache ({path})")
+        return CostTable.from_file(path)
+    if testbed is not None:
+        costs = time_layers_on_testbed(graph, devices, testbed, log=log)
+    else:
+        with Testbed("wifi", end=devices[0].target, device=False, rpc=False, log=log) as tb, \
+                end_load(tb, load):
+            costs = time_layers_on_testbed(graph, devices, tb, log=log)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, costs.to_json(), indent=1)
+    return costs
+
+
+@contextlib.contextmanager
+def end_load(testbed, load: str):
+    """The end device's background load ``END_LOADS[load]``, inside its cgroup, while in the block."""
+    from .loadgen import BackgroundLoad
+
+    if not END_LOADS[load]:
+        yield None
+        return
+    with BackgroundLoad(**END_LOADS[load], prefix=testbed.cgroups["end"].prefix()) as bg:
+        yield bg
+
+
+def onnxruntime_ms(graph: LayerGraph, inputs: dict, testbed, where: str, workdir: Path,
+                   repeat: int = 7) -> Timing:
+    """The whole model under onnxruntime inside ``where``'s cgroup (its cores and threads)."""
+    model, data = workdir / "model.onnx", workdir / "inputs.npz"
+    if not model.exists():
+        model.write_bytes(graph.model.SerializeToString())
+        np.savez(data, **inputs)
+    out = workdir / f"ort-{where}.json"
+    threads = testbed.threads(where) or 1
+    proc = testbed.spawn(where, [sys.executable, "-m", "tvmsplit.ort_timing", str(model), str(data),
+                                 "--threads", str(threads), "--repeat", str(repeat),
+                                 "--min-ms", str(END_MIN_REPEAT_MS), "--out", str(out)],
+                         role=f"ort-{where}", in_namespace=False)
+    if proc.wait(timeout=900) != 0 or not out.exists():
+        raise EvaluationError(f"onnxruntime timing on the {where} failed (exit {proc.returncode}); "
+                              f"see the testbed's ort-{where} log in {testbed.dir}")
+    return Timing.of(json.loads(out.read_text())["samples_ms"])
+
+
+def _run_candidate(bundle, placement, testbed, inputs, ref, *, requests: int, warmup: int,
+                   objective: str, max_in_flight: int):
+    """(latency samples ms, per-stage compute ms lists, throughput req/s or None, max rel err)."""
+    from .runtime.pipeline import Pipeline
+
+    lat, stage = [], [[] for _ in placement]
+    with Pipeline(bundle, launcher=testbed.launcher(list(placement)), timeout_s=120.0,
+                  max_in_flight=max_in_flight) as p:
+        y = None
+        for _ in range(warmup):
+            y, _ = p.run(inputs)
+        err = max(float(np.max(np.abs(y[k] - ref[k])) / max(float(np.max(np.abs(ref[k]))), 1e-3))
+                  for k in ref)
+        if objective == "throughput":
+            start = time.perf_counter()
+            for _, trace in p.stream([inputs] * requests):
+                for s, ms in enumerate(trace.compute_ms):
+                    stage[s].append(ms)
+            rps = requests / (time.perf_counter() - start)
+        else:
+            rps = None
+        for _ in range(requests if objective == "latency" else max(3, requests // 4)):
+            start = time.perf_counter()
+            _, trace = p.run(inputs)
+            lat.append((time.perf_counter() - start) * 1e3)
+            for s, ms in enumerate(trace.compute_ms):
+                stage[s].append(ms)
+    return lat, stage, rps, err
+
+
+# -------------------------------------------------------------------------------- evaluate
+def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "pi-class"),
+                                                                   Device("edge", "host")),
+             link: Link | str = "4g", load: str = "none", objective: str = "latency",
+             requests: int = 30, rounds: int = 3, warmup: int = 2, max_in_flight: int = 4,
+             method: str = "auto", input_bytes: int | None = None,
+             workdir: str | Path | None = None, costs: CostTable | None = None,
+             log: Callable[[str], None] = print) -> Evaluation:
+    """Plan ``graph`` on measured costs, run the plan and every alternative on the testbed,
+    and report how good the plan was (see the module doc). Needs root (namespaces, cgroups)."""
+    import tempfile
+
+    from .build import build_bundle
+    from .check import random_inputs, reference
+    from .planning import plan_partition, to_plan
+    from .testbed import Testbed
+    from .testbed.capped import get_capped
+
+    link = Link.profile(link) if isinstance(link, str) else link
+    problems = []
+    if len(devices) != 2:
+        problems.append(f"evaluate runs an end device and an edge, got {len(devices)} device(s)")
+    if load not in END_LOADS:
+        problems.append(f"load {load!r} is not one of {', '.join(END_LOADS)}")
+    if objective not in ("latency", "throughput"):
+        problems.append(f"objective {objective!r} is not latency or throughput")
+    if requests < 3 or rounds < 1:
+        problems.append(f"need requests >= 3 and rounds >= 1, got {requests} and {rounds}")
+    if input_bytes is not None:
+        problems.append("--input-bytes is not measurable yet: the testbed sends the raw tensor "
+                        "(plan with --input-bytes prices it; evaluate measures raw inputs)")
+    if problems:
+        raise EvaluationError("; ".join(problems))
+    try:
+        get_capped(devices[0].target)
+    except TvmsplitError as exc:
+        raise EvaluationError(f"the end device must be a capped testbed profile (e.g. "
+                              f"end=pi-class): {exc}") from None
+    from .targets import get_target
+
+    if not get_target(devices[1].target).runs_on_host:
+        raise EvaluationError(f"the edge's target {devices[1].target!r} does not run on this "
+                              "machine; use edge=host or edge=x86_64")
+    per_round = max(1, -(-requests // rounds))
+    inputs = random_inputs(graph.inputs)
+    ref = reference(graph, inputs)
+    with tempfile.TemporaryDirectory(prefix="tvmsplit-evaluate-") as tmp:
+        work = Path(workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        with Testbed(link, end=devices[0].target, device=False, rpc=False, log=log) as tb:
+            with end_load(tb, load):
+                if costs is None:
+                    costs = measured_costs(graph, devices, load=load, log=log, testbed=tb)
+                chosen = plan_partition(graph, devices, [link], costs, objective=objective,
+                                        method=method, parallel=False)
+                problem = Problem(graph, chosen.plan_costs, (link,), objective=objective)
+                cands, chosen_name = candidates(problem, chosen.predicted.assignment)
+                log(f"planner {chosen.method} chose {chosen_name}; measuring {len(cands)} "
+                    f"candidates x {rounds} round(s) x {per_round} request(s)")
+                bundles = []
+                for k, c in enumerate(cands):
+                    plan_, _ = to_plan(graph, c.predicted, devices, parallel=False)
+                    bundles.append(build_bundle(graph, plan_, work / f"plan{k}"))
+                ort = {where: onnxruntime_ms(graph, inputs, tb, where, work) for where in PLACES}
+                samples = {c.name: ([], [[] for _ in c.placement], [], []) for c in cands}
+                for r in range(rounds):
+                    for k in range(len(cands)):   # a rotated order each round
+                        c = cands[(k + r) % len(cands)]
+                        b = bundles[(k + r) % len(cands)]
+                        lat, stage, rps, err = _run_candidate(
+                            b, c.placement, tb, inputs, ref, requests=per_round, warmup=warmup,
+                            objective=objective, max_in_flight=max_in_flight)
+                        s = samples[c.name]
+                        s[0].extend(lat)
+                        for acc, got in zip(s[1], stage):
+                            acc.extend(got)
+                        if rps is not None:
+                            s[2].append(rps)
+                        s[3].append(err)
+                        log(f"  round {r + 1}/{rounds} {c.name:<24} median "
+                            f"{statistics.median(lat):9.2f} ms (predicted "
+                            f"{c.predicted.latency_ms:9.2f})")
+    runs = tuple(Measured(c, Timing.of(samples[c.name][0]),
+                          tuple(statistics.median(x) for x in samples[c.name][1]),
+                          tuple(samples[c.name][2]), max(samples[c.name][3]))
+                 for c in cands)
+    bad = [(r.candidate.name, r.max_rel_error) for r in runs if r.max_rel_error > CHECK_RTOL]
+    if bad:
+        raise EvaluationError(f"plan output differs from onnxruntime: {bad}")
+    by = {r.candidate.name: r for r in runs}
+    edge_transport = by["all-edge"].latency.median_ms - by["all-edge"].stage_ms[0]
+    if objective == "latency":
+        site = (("end: tvmsplit", by["all-end"].latency.median_ms),
+                ("end: onnxruntime", ort["end"].median_ms),
+                ("edge: tvmsplit", by["all-edge"].latency.median_ms),
+                ("edge: onnxruntime", ort["edge"].median_ms + edge_transport))
+    else:  # onnxruntime on the edge: the all-edge rate sped up by onnxruntime's compute ratio,
+        # at most its compute rate (an upper bound: a transport-bound stream would not speed up)
+        all_edge, edge_ms = by["all-edge"], ort["edge"].median_ms
+        site = (("end: tvmsplit", by["all-end"].value(objective)),
+                ("end: onnxruntime", 1e3 / ort["end"].median_ms),
+                ("edge: tvmsplit", all_edge.value(objective)),
+                ("edge: onnxruntime", min(1e3 / edge_ms, all_edge.value(objective)
+                                          * max(1.0, all_edge.stage_ms[0] / edge_ms))))
+    return Evaluation(graph.name, tuple(devices), link, load, objective, chosen_name,
+                      chosen.method, runs, site, costs)
