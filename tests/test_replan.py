@@ -59,3 +59,80 @@ def test_swap_refuses_a_bundle_of_another_model(tmp_path):
             p.swap(b)
         y, _ = p.run({"input": np.zeros((1, 3, 32, 32), np.float32)})
         assert y["output"].shape == (1, 10)
+
+
+def _worker_pids(p) -> set[int]:
+    return {w.pid for w in p._workers}
+
+
+@pytest.mark.timeout(300)
+def test_a_prepared_plan_swaps_in_without_starting_workers_and_back(tmp_path):
+    """Pipeline.prepare starts a plan's workers beside the running ones; swap(keep=True) then
+    only changes routes (no new process) and the old plan stands by, so swapping back reuses
+    its workers too. Every request is answered, in order, == onnxruntime."""
+    g = ts.load(zoo.make("chain"), name="chain")
+    a = ts.build_bundle(g, ts.plan_split(g), tmp_path / "a")
+    b = ts.build_bundle(g, ts.plan_split(g, ["pool1"]), tmp_path / "b")
+    rng = np.random.default_rng(1)
+    inputs = [{"input": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(30)]
+    with ts.Pipeline(a, max_in_flight=4) as p:
+        first = _worker_pids(p)
+        p.prepare(b)
+        assert p.prepared == (str(b.path.resolve()),)
+        outputs = []
+        for i, (y, _) in enumerate(p.stream(inputs)):
+            outputs.append(y["output"])
+            if i == 10:
+                p.swap(b, keep=True)
+                assert len(p.bundle.stages) == 2 and p.prepared == (str(a.path.resolve()),)
+                second = _worker_pids(p)
+                assert not second & first
+            if i == 20:
+                p.swap(a, keep=True)                 # back: the first plan's very workers
+                assert _worker_pids(p) == first and p.prepared == (str(b.path.resolve()),)
+    assert len(outputs) == len(inputs)
+    for x, y in zip(inputs, outputs):
+        np.testing.assert_allclose(y, reference(g, x)["output"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.timeout(300)
+def test_replanner_reacts_to_the_end_devices_load_seen_in_traces(tmp_path):
+    """The end device's stages take 6x their profiled time (a background burner): observe()
+    sees it in the traces, check() moves layers to the edge and swaps; the load goes away and
+    the first plan, standing by, comes back without a worker start."""
+
+    from tvmsplit.runtime.trace import Trace
+
+    g = ts.load(zoo.make("chain"), name="chain")
+    costs = CostTable.from_flops(g, {"end": 0.5, "edge": 2.0})
+    devices = [Device("end", "x86_64"), Device("edge", "x86_64")]
+    link = Link("wifi-ish", 1e7, 1e7, 0.01)
+    r = Replanner(None, g, devices, costs, lambda: link, tmp_path / "plans", input_bytes=200_000)
+    start = r.planned
+    assert set(start.predicted.assignment) == {0, 1}   # split: both devices work
+    with ts.Pipeline(r.bundle()) as p:
+        r.pipeline = p
+        first = _worker_pids(p)
+
+        def trace(factor: float) -> Trace:  # what the end stage would report under that load
+            per_stage = [sum(dict(zip(costs.layers, costs.compute_ms))[n][d] for n in s.layers)
+                         * (factor if d == 0 else 1.0)
+                         for s, d in zip(r.planned.plan.stages, r.planned.stage_devices)]
+            return Trace(0, tuple(per_stage), (), 0.0, ())
+
+        for _ in range(3):
+            r.observe(trace(1.05))
+        assert not r.check() and r.slowdown[0] == pytest.approx(1.05, rel=0.05)
+        for _ in range(6):
+            r.observe(trace(6.0))
+        assert r.slowdown[0] > 5 and r.check()
+        loaded = r.planned.predicted.assignment
+        assert loaded.count(0) < start.predicted.assignment.count(0)
+        assert r.history[-1].reason.startswith("end load") and not r.history[-1].prepared
+        y, _ = p.run({"input": np.zeros((1, 3, 32, 32), np.float32)})
+        r.set_slowdown("end", 1.0)                      # the device reports it is free again
+        assert r.check() and r.planned.predicted.assignment == start.predicted.assignment
+        assert r.history[-1].prepared and _worker_pids(p) == first
+        assert r.swaps == 2
+        y2, _ = p.run({"input": np.zeros((1, 3, 32, 32), np.float32)})
+        np.testing.assert_allclose(y2["output"], y["output"], rtol=1e-5, atol=1e-6)

@@ -569,7 +569,7 @@ def test_profile_layers_on_the_capped_device_over_rpc():
             capped = profile_layers(g, "pi-class", s, number=3, repeat=3, layers=layers)
     local = profile_layers(g, "pi-class", LocalSession(), number=3, repeat=3, layers=layers)
     ratios = [c.timing.median_ms / f.timing.median_ms for c, f in zip(capped, local)]
-    print(f"\nlayers on pi-class over RPC vs local: "
+    print("\nlayers on pi-class over RPC vs local: "
           + ", ".join(f"{c.layer} {c.timing.median_ms:.1f}/{f.timing.median_ms:.2f} ms = {r:.1f}x"
                       for c, f, r in zip(capped, local, ratios)), file=sys.stderr)
     assert all(0.6 <= r / 10 <= 1.3 for r in ratios), ratios
@@ -674,3 +674,30 @@ def test_plan_works_on_a_fresh_machine_with_the_testbeds_devices(tmp_path, monke
     asked = CliRunner().invoke(cli, [*args[:4], "--costs", "predict"])
     assert asked.exit_code == 1 and "tvmsplit profile --target" in asked.output \
         and "end=pi-class,edge=host" in asked.output
+
+
+def test_set_link_changes_the_shaped_rate_and_delay_under_open_connections():
+    """Testbed.set_link('3g') on a 4G testbed: the link monitor (a probe server on the edge,
+    the same connection before and after) measures the new rate and RTT."""
+    _require(device=False)
+    from tvmsplit.linkmon import LinkMonitor
+    from tvmsplit.testbed import Testbed
+
+    with Testbed("4g", device=False, rpc=False) as tb:
+        addr = f"tcp://{tb.edge_ip}:5599"
+        server = tb.spawn("edge", [sys.executable, "-m", "tvmsplit.linkmon", "serve", "--bind",
+                                   addr, "--stop-after", "300"], role="probe")
+        time.sleep(1.0)
+        mon = LinkMonitor(addr, alpha=1.0, sizes=(32 << 10, 128 << 10), rounds=2)  # small probes
+        before = mon.update()
+        tb.set_link("3g")
+        after = mon.update()
+        assert tb.state()["profile"]["name"] == "3g"
+        tb.stop(server)
+    g4, g3 = LINK_PROFILES["4g"], LINK_PROFILES["3g"]
+    print(f"\n4g: up {before.up_bps / 1e6:.2f} Mbit/s rtt {before.rtt_s * 1e3:.0f} ms; "
+          f"3g: up {after.up_bps / 1e6:.2f} Mbit/s rtt {after.rtt_s * 1e3:.0f} ms", file=sys.stderr)
+    assert before.up_bps == pytest.approx(g4.up_bps, rel=0.2)
+    assert after.up_bps == pytest.approx(g3.up_bps, rel=0.2)
+    assert after.rtt_s == pytest.approx(g3.rtt_s, rel=0.2, abs=0.005)
+    assert before.rtt_s == pytest.approx(g4.rtt_s, rel=0.2, abs=0.005)

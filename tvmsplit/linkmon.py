@@ -6,7 +6,8 @@ three requests on a REP socket (multipart, first frame the command):
 - ``up``, payload     -> ``ok``                         (client -> server: upload bandwidth)
 - ``down``, N (ascii) -> N bytes                        (server -> client: download bandwidth)
 
-``measure_link`` sends pings, then payloads of a few sizes, and fits time = rtt + bytes x 8 / bps;
+``measure_link`` sends pings, then payloads of a few sizes, and takes the rate from the slope of
+time over bytes (so fixed costs cancel: small probes work on slow links);
 estimates are smoothed with an exponentially weighted moving average across calls
 (``LinkMonitor``) so the planner sees a stable value that still follows real changes.
 ``LinkEstimate.to_link`` turns an estimate into the planner's ``devices.Link``.
@@ -80,57 +81,109 @@ class LinkProbeServer:
         self.close()
 
 
-def measure_link(endpoint: str, *, sizes: tuple[int, ...] = (256 << 10, 1 << 20), pings: int = 5,
-                 rounds: int = 2, timeout_s: float = 30.0) -> LinkEstimate:
-    """One measurement of the link to a probe server at ``endpoint``."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
-    sock.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
-    sock.connect(endpoint)
+def _rate_bps(times: dict[int, list[float]], rtt: float) -> float:
+    """Bits per second from probe times by size: with two sizes or more the slope of the median
+    time over the bytes (the RTT and per-message costs cancel, so small probes work too), else
+    size / (time - rtt)."""
+    sizes = sorted(times)
+    med = [statistics.median(times[size]) for size in sizes]
+    if len(sizes) >= 2:
+        slope = (med[-1] - med[0]) / (sizes[-1] - sizes[0])  # s per byte
+        if slope > 0:
+            return 8 / slope
+    return sizes[-1] * 8 / max(med[-1] - rtt, 1e-6)
 
-    def ask(*frames: bytes) -> tuple[float, bytes]:
+
+class LinkProbe:
+    """A client of a probe server over one ZeroMQ connection that stays open (a context
+    manager): TCP keeps its congestion window between measurements, so small probes measure
+    the link's rate and not a fresh connection's slow start. A probe that times out
+    reconnects (a REQ socket that lost its reply cannot be used again)."""
+
+    def __init__(self, endpoint: str, timeout_s: float = 30.0):
+        self.endpoint, self.timeout_s = endpoint, timeout_s
+        self._ctx = zmq.Context()
+        self._sock = None
+
+    def _socket(self) -> zmq.Socket:
+        if self._sock is None:
+            sock = self._ctx.socket(zmq.REQ)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVTIMEO, int(self.timeout_s * 1000))
+            sock.setsockopt(zmq.SNDTIMEO, int(self.timeout_s * 1000))
+            sock.connect(self.endpoint)
+            self._sock = sock
+        return self._sock
+
+    def ask(self, *frames: bytes) -> tuple[float, bytes]:
+        sock = self._socket()
         start = time.perf_counter()
         try:
             sock.send_multipart(list(frames), copy=False)
             reply = sock.recv(copy=True)
         except zmq.Again:
-            raise LinkError(f"no answer from the link probe at {endpoint} within {timeout_s} s; "
-                            "is `python -m tvmsplit.linkmon serve` running there?") from None
+            sock.close(0)
+            self._sock = None
+            raise LinkError(f"no answer from the link probe at {self.endpoint} within "
+                            f"{self.timeout_s} s; is `python -m tvmsplit.linkmon serve` running "
+                            "there?") from None
         return time.perf_counter() - start, reply
 
-    try:
-        rtts = [ask(b"ping")[0] for _ in range(pings)]
+    def measure(self, *, sizes: tuple[int, ...] = (256 << 10, 1 << 20), pings: int = 5,
+                rounds: int = 2) -> LinkEstimate:
+        """One measurement: ``pings`` for the RTT, then each size up and down ``rounds`` times."""
+        if self._sock is None:  # a new connection: grow its window before timing anything
+            self.ask(b"up", bytes(max(sizes)))
+            self.ask(b"down", str(max(sizes)).encode())
+        rtts = [self.ask(b"ping")[0] for _ in range(pings)]
         rtt = statistics.median(rtts[1:] if len(rtts) > 1 else rtts)
-        up, down = [], []
+        up: dict[int, list[float]] = {size: [] for size in sizes}
+        down: dict[int, list[float]] = {size: [] for size in sizes}
         for _ in range(rounds):
             for size in sizes:
-                payload = bytes(size)
-                t_up, reply = ask(b"up", payload)
+                t_up, reply = self.ask(b"up", bytes(size))
                 if reply != b"ok":
-                    raise LinkError(f"the link probe at {endpoint} answered {reply[:40]!r}")
-                up.append(size * 8 / max(t_up - rtt, 1e-6))
-                t_down, reply = ask(b"down", str(size).encode())
+                    raise LinkError(f"the link probe at {self.endpoint} answered {reply[:40]!r}")
+                up[size].append(t_up)
+                t_down, reply = self.ask(b"down", str(size).encode())
                 if len(reply) != size:
-                    raise LinkError(f"the link probe at {endpoint} sent {len(reply)} bytes, not {size}")
-                down.append(size * 8 / max(t_down - rtt, 1e-6))
-        return LinkEstimate(statistics.median(up), statistics.median(down), rtt,
-                            rounds * len(sizes))
-    finally:
-        sock.close(0)
-        ctx.term()
+                    raise LinkError(f"the link probe at {self.endpoint} sent {len(reply)} bytes, "
+                                    f"not {size}")
+                down[size].append(t_down)
+        return LinkEstimate(_rate_bps(up, rtt), _rate_bps(down, rtt), rtt, rounds * len(sizes))
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+        self._ctx.term()
+
+    def __enter__(self) -> "LinkProbe":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def measure_link(endpoint: str, *, sizes: tuple[int, ...] = (256 << 10, 1 << 20), pings: int = 5,
+                 rounds: int = 2, timeout_s: float = 30.0) -> LinkEstimate:
+    """One measurement of the link to a probe server at ``endpoint`` (a new connection)."""
+    with LinkProbe(endpoint, timeout_s) as probe:
+        return probe.measure(sizes=sizes, pings=pings, rounds=rounds)
 
 
 class LinkMonitor:
-    """EWMA-smoothed estimates of one link (``alpha``: weight of the newest measurement)."""
+    """EWMA-smoothed estimates of one link (``alpha``: weight of the newest measurement), over
+    one connection kept open between updates (``close()`` it, or use ``with``)."""
 
-    def __init__(self, endpoint: str, alpha: float = 0.3, **measure_kwargs):
+    def __init__(self, endpoint: str, alpha: float = 0.3, *, timeout_s: float = 30.0,
+                 **measure_kwargs):
         self.endpoint, self.alpha, self._kwargs = endpoint, alpha, measure_kwargs
         self.estimate: LinkEstimate | None = None
+        self._probe = LinkProbe(endpoint, timeout_s)
 
     def update(self) -> LinkEstimate:
-        new = measure_link(self.endpoint, **self._kwargs)
+        new = self._probe.measure(**self._kwargs)
         old = self.estimate
         if old is None:
             self.estimate = new
@@ -141,6 +194,57 @@ class LinkMonitor:
                                          a * new.rtt_s + (1 - a) * old.rtt_s,
                                          old.samples + new.samples)
         return self.estimate
+
+    def close(self) -> None:
+        self._probe.close()
+
+    def __enter__(self) -> "LinkMonitor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class LinkWatcher:
+    """A ``LinkMonitor`` updated by a background thread every ``interval_s`` (a context
+    manager), so a re-planner reads the newest estimate without waiting for a probe:
+    ``Replanner(..., current_link=watcher.link)``. A failed probe keeps the last estimate and is
+    counted in ``errors``."""
+
+    def __init__(self, endpoint: str, *, interval_s: float = 0.5, name: str = "measured",
+                 alpha: float = 0.5, **measure_kwargs):
+        import threading
+
+        self.monitor = LinkMonitor(endpoint, alpha=alpha, **measure_kwargs)
+        self.interval_s, self.name, self.errors = interval_s, name, 0
+        self.updated_at: float | None = None
+        self._stop = threading.Event()
+        self.monitor.update()  # the first estimate, before anyone asks
+        self.updated_at = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="link-watcher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.monitor.update()
+                self.updated_at = time.monotonic()
+            except LinkError:
+                self.errors += 1
+
+    def link(self) -> Link:
+        return self.monitor.estimate.to_link(self.name)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+        self.monitor.close()
+
+    def __enter__(self) -> "LinkWatcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def main(argv: list[str] | None = None) -> int:

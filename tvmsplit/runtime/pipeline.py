@@ -59,6 +59,7 @@ import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -182,11 +183,13 @@ class Pipeline:
         self._unmatched: deque[wire.Message | WireError] = deque(maxlen=_MAX_UNMATCHED)
         self._dead: str | None = None  # why the pipeline is broken (a worker died)
         self._workers: list[Worker] = []
+        self._standby: dict[str, list[Worker]] = {}  # prepared plans: bundle path -> workers
         self._closed = False
         self._ctx = zmq.Context()
         self._control = ControlClient(self._req_socket)
         self._entry: list[tuple[Route, zmq.Socket]] = []  # one PUSH per entry route
         self._recv: zmq.Socket | None = None
+        self._recv_from: set[str] = set()  # worker ``out`` addresses the result socket connects
         self._result_addr: str | None = None
         self._auth = None  # the ZAP handler of a secure result socket
         self._finalizer = weakref.finalize(self, self.launcher.release)
@@ -310,7 +313,9 @@ class Pipeline:
                 if w.stage in replying:
                     if self._secure is not None:  # this connection's server: that worker
                         self._recv.curve_serverkey = self._secure.stage_key(w.stage)
-                    self._recv.connect(w.out)
+                    if w.out not in self._recv_from:  # a stand-by plan's worker may be back
+                        self._recv.connect(w.out)
+                        self._recv_from.add(w.out)
         for hb in self._heartbeats.values():  # a relaunch replaces them all
             hb.close()
         self._heartbeats = {id(w): Heartbeat(self._req_socket, w.control,
@@ -354,6 +359,7 @@ class Pipeline:
         if self._recv is not None:
             self._recv.close(linger=0)
         self._recv = None
+        self._recv_from = set()
         self._result_addr = None
         if self._auth is not None:
             self._auth.stop()  # before ctx.term(); restart() starts a new one
@@ -364,6 +370,7 @@ class Pipeline:
         in flight fail with code ``restarted``."""
         if self._closed:
             raise PipelineError("the pipeline is closed; create a new one", code="closed")
+        self._stop_standby()  # they would reply to the result socket being replaced
         self._stop_workers()
         self._fail_all(lambda rid: PipelineError(f"request {rid} was in flight when the pipeline "
                                                  "restarted", request_id=rid, code="restarted"))
@@ -376,12 +383,8 @@ class Pipeline:
             self.close()
             raise
 
-    def swap(self, bundle: Bundle | str | os.PathLike) -> None:
-        """Replace the running stages with ``bundle``'s — a new plan of the same model — without
-        losing a request: the new workers start beside the old ones, the requests in flight finish
-        on the old ones (their results stay available), new requests go to the new workers, then
-        the old workers stop. With ``endpoints`` (remote workers) start the new workers yourself
-        and create a new Pipeline instead."""
+    def _swappable(self, bundle: Bundle | str | os.PathLike) -> Bundle:
+        """``bundle`` loaded and checked: a plan of the running model this launcher can start."""
         self._check_usable()
         new = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self._check_in_flight(new)
@@ -397,21 +400,67 @@ class Pipeline:
         if off_host and isinstance(self.launcher, LocalLauncher):
             raise PipelineError(f"cannot run stage(s) {off_host} of {new.path} on this machine",
                                 code="bad_swap")
+        return new
+
+    @staticmethod
+    def _key(bundle: Bundle) -> str:
+        return str(Path(bundle.path).resolve())
+
+    def prepare(self, bundle: Bundle | str | os.PathLike) -> Bundle:
+        """Start ``bundle``'s workers now, beside the running ones, and keep them idle: a later
+        :meth:`swap` to it is then only a change of routes (starting workers takes seconds, ~5 s
+        on a capped device). Prepared workers are not watched; a swap asks them for their health
+        first and starts fresh ones if they do not answer. :meth:`close` stops them."""
+        new = self._swappable(bundle)
+        if self._key(new) not in self._standby:
+            if self._auth is not None:
+                admit(self._auth, RESULT_DOMAIN, self._result_keys(new)[RESULT_DOMAIN]
+                      | self._result_keys(self.bundle)[RESULT_DOMAIN])
+            self._standby[self._key(new)] = self._start_workers(new)
+        return new
+
+    @property
+    def prepared(self) -> tuple[str, ...]:
+        """The bundle paths whose workers stand by (:meth:`prepare`, ``swap(keep=True)``)."""
+        return tuple(self._standby)
+
+    def swap(self, bundle: Bundle | str | os.PathLike, *, keep: bool = False) -> None:
+        """Replace the running stages with ``bundle``'s — a new plan of the same model — without
+        losing a request: the new workers start beside the old ones (or were started by
+        :meth:`prepare`), the requests in flight finish on the old ones (their results stay
+        available), new requests go to the new workers, then the old workers stop (``keep``:
+        they stand by instead, so swapping back is instant too). With ``endpoints`` (remote
+        workers) start the new workers yourself and create a new Pipeline instead."""
+        new = self._swappable(bundle)
         if self._auth is not None:  # the new plan's replying stages may be others
             admit(self._auth, RESULT_DOMAIN, self._result_keys(new)[RESULT_DOMAIN]
                   | self._result_keys(self.bundle)[RESULT_DOMAIN])
-        started = self._start_workers(new)
+        started = self._standby.pop(self._key(new), None)
+        if started is not None and not all(h.get("ok") for h in
+                                           self._ask(started, control.HEALTH, 1.0)):
+            self._stop_workers(started)
+            started = None
+        if started is None:
+            started = self._start_workers(new)
         try:
             while self._inflight:  # requests in flight finish on the old plan
                 self._pump(_POLL_S)
                 self._check_usable()
         except BaseException:
-            self._stop_workers(started)
+            self._standby[self._key(new)] = started
             raise
         self._connect(new, started)
-        self._stop_workers()
+        if keep and self._key(self.bundle) != self._key(new):
+            self._standby[self._key(self.bundle)] = self._workers
+        else:
+            self._stop_workers()
         self.bundle, self._workers = new, started
         self._replies = self._reply_gather(new, self._replies)
+
+    def _stop_standby(self) -> None:
+        for workers in self._standby.values():
+            self._stop_workers(workers)
+        self._standby.clear()
 
     def close(self) -> None:
         """Shut the workers down (SIGKILL those that do not exit), close sockets, remove files."""
@@ -419,6 +468,7 @@ class Pipeline:
             return
         self._closed = True
         try:
+            self._stop_standby()
             self._stop_workers()
         finally:
             self._close_sockets()

@@ -33,10 +33,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_json
 from ..devices import Link
 from ..runtime.launch import (LaunchError, WorkerSpec, Worker, python_worker, spawn,
                               wait_for_ready_file, launch_order, next_addresses,
@@ -255,7 +256,8 @@ class Testbed:
             ready = self.dir / "linkemu.ready.json"
             cmd = [sys.executable, "-m", "tvmsplit.testbed.linkemu", "--tun-a", lay.if_up,
                    "--tun-b", lay.if_down, "--delay-ms", str(self.profile.delay_ms),
-                   "--loss", str(self.profile.loss), "--ready-file", str(ready)]
+                   "--loss", str(self.profile.loss), "--ready-file", str(ready),
+                   "--settings-file", str(self.dir / "linkemu.settings.json")]
             if not self.detached:
                 cmd += ["--parent-pid", str(os.getpid())]
             proc, log = self._spawn("linkemu", cmd, _host_env())
@@ -265,6 +267,31 @@ class Testbed:
             net.create_veth_access_link(lay)
         self.shaper = net.shape(lay, self.profile, tun)
         net.add_routes(lay)
+
+    def set_link(self, link: str | Link) -> LinkProfile:
+        """Change the running link's rates, delay and loss (e.g. 3G -> Wi-Fi mid-stream): the
+        shapers are replaced in place and the link emulator re-reads its settings, so open
+        connections stay open. A testbed brought up without delay or loss (a plain veth link)
+        cannot get them later."""
+        new = LinkProfile.of(link if isinstance(link, Link) else Link.profile(link))
+        lay = self._layout()
+        tun = self.profile.needs_emulator
+        if new.needs_emulator and not tun:
+            raise TestbedError(f"link {new.name!r} has a delay or loss, but this testbed's link "
+                               f"{self.profile.name!r} has none (no link emulator is running); "
+                               "bring it up with a delayed profile (3g, 4g, wifi)")
+        if tun:
+            emu = next(r for r in self.procs if r["role"] == "linkemu")
+            settings = self.dir / "linkemu.settings.json"
+            write_json(settings, {"delay_ms": new.delay_ms, "loss": new.loss})
+            os.kill(emu["pid"], signal.SIGHUP)
+        self.shaper = net.shape(lay, new, tun)
+        self.profile = new
+        self.log(f"link now {new.name}: up {new.up_bps / 1e6:g} Mbit/s, down "
+                 f"{new.down_bps / 1e6:g} Mbit/s, delay {new.delay_ms:g} ms each way")
+        if self.dir is not None:
+            self._save_state()
+        return new
 
     def _make_cgroups(self) -> None:
         """The end device's cgroup (its profile's core, quota, memory) and the edge's (cpuset:
@@ -444,12 +471,16 @@ class Testbed:
             started[stage] = self.start_worker(bundle, stage, placement[stage], nxt, worker_args)
         return [started[s] for s in range(len(placement))]
 
-    def launcher(self, placement: Sequence[str], worker_args: Sequence[str] = ()
-                 ) -> "TestbedLauncher":
+    def launcher(self, placement: Sequence[str] | Mapping[str, str],
+                 worker_args: Sequence[str] = ()) -> "TestbedLauncher":
         """A launcher for ``Pipeline(bundle, launcher=...)``: stage i's worker on
-        ``placement[i]``; the Pipeline then owns them (restart, swap, death noticed)."""
-        self._check_placement(placement)
-        return TestbedLauncher(self, list(placement), list(worker_args))
+        ``placement[i]``, or, with a mapping target name -> side (``{"pi-class": "end", "host":
+        "edge"}``), each stage on the side of its target, so plans with other stage counts can
+        be swapped in; the Pipeline then owns them (restart, swap, death noticed)."""
+        self._check_placement(list(placement.values()) if isinstance(placement, Mapping)
+                              else placement)
+        return TestbedLauncher(self, dict(placement) if isinstance(placement, Mapping)
+                               else list(placement), list(worker_args))
 
     def _check_placement(self, placement: Sequence[str]) -> None:
         for w in placement:
@@ -543,13 +574,27 @@ class TestbedLauncher:
     __test__ = False
     client_binds = False
 
-    def __init__(self, testbed: Testbed, placement: list[str], worker_args: list[str]):
+    def __init__(self, testbed: Testbed, placement: list[str] | dict[str, str],
+                 worker_args: list[str]):
         self.testbed, self.placement, self.worker_args = testbed, placement, worker_args
 
-    def start(self, bundle, result_addr: str | None, secure) -> list[Worker]:
+    def sides(self, bundle) -> list[str]:
+        """Where each of ``bundle``'s stages runs."""
+        if isinstance(self.placement, dict):
+            targets = [s.target["name"] for s in bundle.stages]
+            missing = sorted({t for t in targets if t not in self.placement})
+            if missing:
+                raise LaunchError(f"placement has no side for target(s) {', '.join(missing)} of "
+                                  f"{bundle.path}; map every target, e.g. {{'pi-class': 'end', "
+                                  f"'host': 'edge'}}")
+            return [self.placement[t] for t in targets]
         if len(self.placement) != len(bundle.stages):
             raise LaunchError(f"placement names {len(self.placement)} stage(s), the bundle has "
                               f"{len(bundle.stages)}")
+        return list(self.placement)
+
+    def start(self, bundle, result_addr: str | None, secure) -> list[Worker]:
+        sides = self.sides(bundle)
         extra = [*self.worker_args, *(["--secure", str(secure.keys_dir.resolve())]
                                       if secure is not None else [])]
         started: dict[int, Worker] = {}
@@ -557,7 +602,7 @@ class TestbedLauncher:
             for stage in launch_order(bundle.plan):
                 nxt = next_addresses(bundle.plan, stage,
                                      {i: w.data for i, w in started.items()}, None)
-                where = self.placement[stage]
+                where = sides[stage]
                 spec = self.testbed.worker_spec(bundle.path, stage, where, nxt)
                 if extra:
                     spec = WorkerSpec.from_argv([*spec.argv(), *extra])
@@ -578,8 +623,7 @@ class TestbedLauncher:
                               worker.stage)
         self.stop([worker], 0.0)
         try:
-            info, proc = self.testbed._start(same_addresses(worker),
-                                             self.placement[worker.stage])
+            info, proc = self.testbed._start(same_addresses(worker), self.sides(bundle)[worker.stage])
         except TestbedError as exc:
             raise LaunchError(str(exc), worker.stage) from None
         return Worker.from_ready(info, worker.stage, proc)

@@ -1,7 +1,8 @@
 """A user-space link emulator: one-way delay and loss between two TUN devices (no netem here).
 
     python -m tvmsplit.testbed.linkemu --tun-a tsb0a --tun-b tsb0b --delay-ms 25 \\
-        [--delay-ba-ms 25] [--loss 0.0] [--ready-file PATH] [--parent-pid PID]
+        [--delay-ba-ms 25] [--loss 0.0] [--ready-file PATH] [--parent-pid PID] \\
+        [--settings-file PATH]
 
 It creates the two TUN devices (IFF_TUN | IFF_NO_PI, not persistent: they vanish with this
 process), writes ``{"pid", "tun_a", "tun_b"}`` to ``--ready-file``, then forwards every IP packet
@@ -11,7 +12,10 @@ devices into their namespaces and gives them addresses; the *rate* is shaped by 
 (``tc tbf`` on each device's egress, in the sender's namespace), so this process only delays.
 
 Delay is constant per direction, so packets stay in order and each direction is a FIFO queue.
-SIGTERM / SIGINT exit cleanly; so does a vanished ``--parent-pid``.
+SIGHUP re-reads ``--settings-file`` (JSON ``{"delay_ms", "delay_ba_ms", "loss"}``, each
+optional): the link changes under a running stream (``Testbed.set_link``); packets already
+queued keep their due times, and a shorter delay never lets a packet overtake one queued before
+it. SIGTERM / SIGINT exit cleanly; so does a vanished ``--parent-pid``.
 """
 from __future__ import annotations
 
@@ -70,6 +74,17 @@ class Forwarder:
         self.rng = random.Random(seed)
         self.stats = {"ab": [0, 0, 0], "ba": [0, 0, 0]}  # forwarded, lost, queue-dropped
 
+    def update(self, delay_ab_s: float | None = None, delay_ba_s: float | None = None,
+               loss: float | None = None) -> None:
+        """New settings for packets read from now on."""
+        fd_a, fd_b = self.fds
+        if delay_ab_s is not None:
+            self.delay[fd_a] = delay_ab_s
+        if delay_ba_s is not None:
+            self.delay[fd_b] = delay_ba_s
+        if loss is not None:
+            self.loss = loss
+
     def _dir(self, src: int) -> str:
         return "ab" if src == self.fds[0] else "ba"
 
@@ -103,13 +118,17 @@ class Forwarder:
                     _fatal(exc)
                     st[2] += 1
 
-    def serve(self, stop, parent_pid: int | None = None) -> None:
+    def serve(self, stop, parent_pid: int | None = None, reload=None) -> None:
+        """Forward until ``stop()``; ``reload()`` is called each turn (it applies new settings
+        when there are any)."""
         poller = select.epoll()
         for fd in self.fds:
             poller.register(fd, select.EPOLLIN)
         last_parent_check = 0.0
         try:
             while not stop():
+                if reload is not None:
+                    reload()
                 now = time.monotonic()
                 heads = [q[0][0] for q in self.queues.values() if q]
                 timeout = min([POLL_S, *(h - now for h in heads)])
@@ -140,10 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ready-file", default=None, help="write {pid, tun_a, tun_b} here when ready")
     p.add_argument("--parent-pid", type=int, default=None,
                    help="exit when this process is no longer the parent")
+    p.add_argument("--settings-file", default=None,
+                   help="JSON {delay_ms, delay_ba_ms, loss} re-read on SIGHUP")
     args = p.parse_args(argv)
-    stopping = []
+    stopping, hangups = [], []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGHUP, lambda *_: hangups.append(1))
     try:
         fd_a = open_tun(args.tun_a)
         fd_b = open_tun(args.tun_b)
@@ -158,7 +180,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(tmp, "w") as f:
             json.dump({"pid": os.getpid(), "tun_a": args.tun_a, "tun_b": args.tun_b}, f)
         os.replace(tmp, args.ready_file)
-    fwd.serve(lambda: bool(stopping), args.parent_pid)
+
+    def reload() -> None:
+        if not hangups:
+            return
+        hangups.clear()
+        try:
+            with open(args.settings_file) as f:
+                new = json.load(f)
+            ms = {k: None if new.get(k) is None else float(new[k]) / 1e3
+                  for k in ("delay_ms", "delay_ba_ms")}
+            fwd.update(ms["delay_ms"], ms["delay_ba_ms"] if ms["delay_ba_ms"] is not None
+                       else ms["delay_ms"], None if new.get("loss") is None else float(new["loss"]))
+            print(f"linkemu: settings {new}", file=sys.stderr, flush=True)
+        except (OSError, TypeError, ValueError, AttributeError) as exc:  # keep the old ones
+            print(f"linkemu: cannot apply {args.settings_file}: {exc}", file=sys.stderr, flush=True)
+
+    fwd.serve(lambda: bool(stopping), args.parent_pid, reload if args.settings_file else None)
     print(f"linkemu: stats {json.dumps(fwd.stats)}", file=sys.stderr, flush=True)
     return 0
 
