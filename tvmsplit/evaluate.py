@@ -374,7 +374,6 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
     from .check import random_inputs, reference
     from .planning import plan_partition, to_plan
     from .testbed import Testbed
-    from .testbed.capped import get_capped
 
     link = Link.profile(link) if isinstance(link, str) else link
     problems = []
@@ -389,18 +388,11 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
     if input_bytes is not None:
         problems.append("--input-bytes is not measurable yet: the testbed sends the raw tensor "
                         "(plan with --input-bytes prices it; evaluate measures raw inputs)")
+    why_not = measurable_here(devices) if len(devices) == 2 else None
+    if why_not is not None:
+        problems.append(why_not)
     if problems:
         raise EvaluationError("; ".join(problems))
-    try:
-        get_capped(devices[0].target)
-    except TvmsplitError as exc:
-        raise EvaluationError(f"the end device must be a capped testbed profile (e.g. "
-                              f"end=pi-class): {exc}") from None
-    from .targets import get_target
-
-    if not get_target(devices[1].target).runs_on_host:
-        raise EvaluationError(f"the edge's target {devices[1].target!r} does not run on this "
-                              "machine; use edge=host or edge=x86_64")
     per_round = max(1, -(-requests // rounds))
     inputs = random_inputs(graph.inputs)
     ref = reference(graph, inputs)
