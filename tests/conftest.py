@@ -45,6 +45,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_readme_commands": ("cli", "tvm", "runtime"),
     "test_profile_link": ("runtime",),
     "test_real_models": ("tvm", "slow"),
+    "test_recurrent": ("tvm",),
     "test_replan": ("tvm", "runtime"),
     "test_rpc_device": ("rpc", "tvm"),
     "test_runtime": ("tvm", "runtime"),
@@ -75,6 +76,10 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
         ("tvm", "runtime"),
     ("test_plan_cli", "test_parse_bytes"): ("unit",),
     ("test_readme_commands", "test_testbed_up_4g_status_down"): ("cli", "testbed"),
+    **{("test_recurrent", t): ("unit",) for t in (
+        "test_expansion_equals_onnxruntime", "test_expansion_options_equal_onnxruntime",
+        "test_batch_first_layout_equals_the_onnx_reference",
+        "test_what_cannot_be_expanded_is_named")},
     ("test_fuzz", "test_the_decoders_raise_only_their_own_errors"): ("unit",),
     **{("test_control", t): ("tvm", "runtime") for t in (
         "test_a_live_worker_answers_every_golden_request",

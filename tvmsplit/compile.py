@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import interrupts
+from . import interrupts, recurrent
 from .bundle import file_sha256
 from .errors import BuildError
 from .graph import LayerGraph, TensorSpec
@@ -87,7 +87,7 @@ def stage_relax(graph: LayerGraph, stage: StagePlan):
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
-    sub = stage_onnx(graph, stage)
+    sub = recurrent.expand(stage_onnx(graph, stage))  # LSTM/GRU/RNN: TVM has no converter
     mod = from_onnx(sub, shape_dict={t.name: list(t.shape) for t in stage.library_inputs},
                     dtype_dict={t.name: t.dtype for t in stage.library_inputs},
                     keep_params_in_input=False)
