@@ -53,6 +53,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_split_build": ("tvm",),
     "test_stage_dag": ("tvm", "runtime"),
     "test_testbed": ("testbed", "tvm"),
+    "test_tflite": ("tvm",),
     "test_tune": ("tvm", "slow"),
     "test_wire": ("unit",),
     "test_zoo": ("unit",),
@@ -99,6 +100,7 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
     **{("test_testbed", t): ("unit",) for t in (
         "test_profiles_and_expected_times", "test_layout_names_and_private_addresses")},
     ("test_testbed", "test_link_emulator_delays_each_direction_and_drops"): ("runtime",),
+    ("test_tflite", "test_cli_build_check_names_the_tflite_reference"): ("cli", "tvm"),
     ("test_testbed", "test_cli_help"): ("cli",),
     ("test_testbed", "test_cli_up_status_down"): ("cli", "testbed"),
     ("test_testbed", "test_tvm_rpc_to_the_qemu_device"): ("testbed", "tvm", "rpc"),

@@ -342,19 +342,19 @@ def _build_plan_and_check(g, plan, out_dir: str, check: bool, tolerance: float,
 
 
 def _report_check(bundle, g, tolerance: float) -> None:
-    from .check import check_bundle
+    from .check import check_bundle, reference_name
 
     report = check_bundle(bundle, g, tolerance=tolerance)
     for s in report.stages:
         if not s.ran:
             click.echo(f"check stage {s.index} [{s.target}]: not runnable on this machine, skipped")
             continue
-        fed = "chained" if s.chained else "fed onnxruntime's inputs"
+        fed = "chained" if s.chained else f"fed {reference_name(g)}'s inputs"
         worst = max(s.errors, key=lambda e: e.rel)
         click.echo(f"check stage {s.index} [{s.target}] ({fed}): max abs err {worst.max_abs:.3g}, "
                    f"max rel err {worst.rel:.3g}")
     verdict = "OK" if report.ok else "FAILED"
-    click.echo(f"check vs onnxruntime: max abs err {report.max_abs:.3g}, max rel err "
+    click.echo(f"check vs {reference_name(g)}: max abs err {report.max_abs:.3g}, max rel err "
                f"{report.rel:.3g} (tolerance {tolerance:g}) {verdict}")
     if not report.ok:
         raise SystemExit(1)
@@ -362,7 +362,7 @@ def _report_check(bundle, g, tolerance: float) -> None:
 
 def _run_pipeline(bundle, g, requests: int, inputs, check: bool, tolerance: float,
                   endpoints=None, secure=None) -> None:
-    from .check import compare, random_inputs, reference
+    from .check import compare, random_inputs, reference, reference_name
     from .runtime.pipeline import Pipeline
 
     inputs = inputs if inputs is not None else random_inputs(g.inputs)
@@ -385,7 +385,7 @@ def _run_pipeline(bundle, g, requests: int, inputs, check: bool, tolerance: floa
         errors = [compare(outputs[t.name], ref[t.name], t.name) for t in g.outputs]
         worst = max(errors, key=lambda e: e.rel)
         ok = worst.rel <= tolerance
-        click.echo(f"check vs onnxruntime: max abs err {worst.max_abs:.3g}, max rel err "
+        click.echo(f"check vs {reference_name(g)}: max abs err {worst.max_abs:.3g}, max rel err "
                    f"{worst.rel:.3g} (tolerance {tolerance:g}) {'OK' if ok else 'FAILED'}")
         if not ok:
             raise SystemExit(1)

@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import controlflow, recurrent
+from . import controlflow, recurrent, tflitefront
 from .errors import ModelError, ShapeError, UnsupportedOpsError
 from .graph import Layer, LayerGraph, TensorSpec
 from .recurrent import RECURRENT_OPS
@@ -51,11 +51,13 @@ _MAX_FOLDS = 4  # rounds of (fold shape arithmetic, inline constant Ifs)
 
 def load(source: str | os.PathLike | onnx.ModelProto, shapes: dict[str, Any] | None = None,
          name: str | None = None) -> LayerGraph:
-    """Read an ONNX model and return its LayerGraph.
+    """Read an ONNX (or TFLite: ``tflitefront``) model and return its LayerGraph.
 
     ``shapes`` pins input shapes, e.g. ``{"x": (1, 3, 224, 224)}``; required for every input with
     a dynamic dimension.
     """
+    if not isinstance(source, onnx.ModelProto) and tflitefront.is_tflite(source):
+        return tflitefront.load(source, shapes, name)  # by content ("TFL3"), not by extension
     model, label = _read(source)
     model_hash = hashlib.sha256(model.SerializeToString()).hexdigest()
     check_supported(model, final=False)  # If branches may still be inlined: checked below
@@ -82,13 +84,14 @@ def _read(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto,
         path = Path(source)
         if not path.is_file():
             what = "is a directory" if path.is_dir() else "does not exist"
-            raise ModelError(f"model file {str(path)!r} {what}; MODEL is the path of an .onnx file "
-                             "or zoo:NAME for a built-in model (see `tvmsplit zoo`)")
+            raise ModelError(f"model file {str(path)!r} {what}; MODEL is the path of an ONNX or "
+                             "TFLite file or zoo:NAME for a built-in model (see `tvmsplit zoo`)")
         try:
             model = onnx.load(str(path))
         except Exception as exc:  # protobuf raises DecodeError / RuntimeWarning-derived errors
             raise ModelError(f"cannot read {str(path)!r} as ONNX ({type(exc).__name__}: {exc}); "
-                             "the file is truncated or not an ONNX model — re-export it") from None
+                             "the file is truncated or neither an ONNX nor a TFLite model "
+                             "(TFLite: bytes 4..8 are TFL3) — re-export it") from None
         label = path.stem
     try:
         onnx.checker.check_model(model)
