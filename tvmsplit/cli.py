@@ -74,12 +74,31 @@ class UserError(click.ClickException):
         click.echo(f"error: {self.message}", err=True)
 
 
+def _usage_error(exc: click.UsageError) -> UserError:
+    """A click usage error (unknown option, missing argument, ...) as one ``error:`` line, exit
+    1, naming the command's help; ``tvmsplit`` alone still prints the usage."""
+    where = exc.ctx.command_path if exc.ctx is not None else "tvmsplit"
+    return UserError(f"{exc.format_message().rstrip('.')} (see `{where} --help`)")
+
+
 class TvmsplitGroup(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise _usage_error(exc) from exc
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except TvmsplitError as exc:
             raise UserError(str(exc)) from exc
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise _usage_error(exc) from exc
 
 
 _BUILT = "tvmsplit.bundle_written"  # click context meta: the command's bundle is in place

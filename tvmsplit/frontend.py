@@ -176,9 +176,14 @@ def _pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, Any]) -> onnx.Mo
             except (TypeError, ValueError):
                 raise ShapeError(f"shape for input {vi.name!r} must be a list of integers, "
                                  f"got {shapes[vi.name]!r}") from None
-            if len(pinned) != len(dims) or any(s <= 0 for s in pinned):
+            if len(pinned) != len(dims):
                 raise ShapeError(f"input {vi.name!r} has rank {len(dims)} {_fmt_dims(declared)}; "
-                                 f"the pinned shape {pinned} does not fit")
+                                 f"the pinned shape {pinned} has rank {len(pinned)}")
+            bad = [f"{s} at dimension {k}" for k, s in enumerate(pinned) if s <= 0]
+            if bad:
+                raise ShapeError(f"pinned shape {pinned} of input {vi.name!r} "
+                                 f"{_fmt_dims(declared)} has {', '.join(bad)}; every dimension "
+                                 "must be a size >= 1")
             clash = [k for k, d in enumerate(declared) if isinstance(d, int) and d != pinned[k]]
             if clash:
                 raise ShapeError(f"input {vi.name!r} is declared {_fmt_dims(declared)}; pinned "
