@@ -152,6 +152,12 @@ def test_a_recurrent_node_is_one_layer_with_its_own_cost(name):
     assert first.macs == 8 * 1 * 2 * gh * (32 + 32)
     assert first.param_bytes == 4 * 2 * gh * (32 + 32 + 2)
     assert first.attr("direction") == "bidirectional" and first.attr("hidden_size") == 32
+    from tvmsplit.predict.features import STATIC_FEATURES, layer_type, static_features
+
+    assert layer_type(first) == "recurrent" and "steps" in STATIC_FEATURES["recurrent"]
+    f = static_features(first)
+    assert (f["steps"], f["batch"], f["in_features"], f["hidden"], f["directions"], f["gates"]) \
+        == (8, 1, 32, 32, 2, GATES[name.upper()])
 
 
 @pytest.mark.parametrize("name,cuts,targets", [
