@@ -292,3 +292,19 @@ def test_split_chain_matches_onnxruntime_and_unsplit(env, split):
     heaviest = max(stages, key=lambda s: s.plan.param_bytes)
     if heaviest.plan.param_bytes > code_all:  # weights dominate: the heaviest is the biggest
         assert heaviest.library_bytes == max(s.library_bytes for s in stages)
+
+
+# The recurrent models' LSTM stage cross-built for the Raspberry Pi 4 (aarch64; not run here):
+# the stage before it runs here and is checked, the LSTM stage's library is an aarch64 ELF.
+@pytest.mark.parametrize("model_id,cut", [("ocr_lstm", "Transpose_51"),
+                                          ("vad", "/model/encoder/3/reparam_conv/Conv")])
+def test_recurrent_stage_cross_builds_for_rpi4b(env, model_id, cut):
+    g = env.graph(model_id)
+    plan = ts.plan_split(g, split_at=[cut], targets=["x86_64", "rpi4b"])
+    stage1 = [g.layer(name) for name in plan.stages[1].layers]
+    assert any(layer.op == "LSTM" for layer in stage1)
+    bundle = ts.build_bundle(g, plan, env.root / f"{model_id}-rpi4b")
+    report = check_bundle(bundle, g, env.inputs(model_id), tolerance=RTOL)
+    assert [s.ran for s in report.stages] == [True, False] and report.ok
+    lib = bundle.stages[1].library.read_bytes()
+    assert lib[:4] == b"\x7fELF" and lib[18] == 183  # e_machine EM_AARCH64

@@ -1,7 +1,8 @@
 """TFLite models in: detected by content, layers named from TFLite tensors, split, built with TVM's
 Relax TFLite frontend, == the TFLite interpreter (ai-edge-litert, builtin kernels, no delegate).
 
-The two models are real: MediaPipe's ``hand_recrop.tflite`` (float32, CONV_2D / DEPTHWISE_CONV_2D /
+A model built in code (``tflitebuild.small_cnn``: convs, a depthwise conv, a skip ADD, pool,
+RESHAPE, FULLY_CONNECTED, SOFTMAX) covers the operators the real ones lack. The two real models: MediaPipe's ``hand_recrop.tflite`` (float32, CONV_2D / DEPTHWISE_CONV_2D /
 PRELU / MAX_POOL_2D / PAD / ADD / STRIDED_SLICE) and ``face_detection_short_range.tflite``
 (BlazeFace; float16 weights behind DEQUANTIZE, two outputs), copied unchanged from the
 ``mediapipe==0.10.14`` wheel into ``tests/data/tflite`` (Apache-2.0; see the README there). That
@@ -19,7 +20,8 @@ from click.testing import CliRunner
 import tvmsplit as ts
 from tvmsplit.check import check_bundle, reference, reference_name
 from tvmsplit.cli import cli
-from tvmsplit.errors import ModelError
+from tvmsplit.errors import ModelError, UnsupportedOpsError
+from tvmsplit.tflitebuild import small_cnn
 from tvmsplit.tflitefront import TfliteModel, is_tflite
 
 DATA = Path(__file__).parent / "data" / "tflite"
@@ -111,3 +113,29 @@ def test_cli_build_check_names_the_tflite_reference(tmp_path):
                                       str(tmp_path / "b"), "--check"], prog_name="tvmsplit")
     assert result.exit_code == 0, result.output
     assert "check vs tflite: " in result.stdout and "OK" in result.stdout
+
+
+@pytest.mark.parametrize("cuts", [("conv2",), ("conv2", "fc1")])
+def test_a_model_built_in_code_splits_and_matches_the_interpreter(cuts, tmp_path):
+    path = tmp_path / "small.tflite"
+    path.write_bytes(small_cnn(seed=3))
+    g = ts.load(path)
+    assert [layer.name for layer in g.layers] == ["conv1", "dw1", "conv2", "add1", "pool1", "fc1",
+                                                  "fc2", "probs"]
+    assert g.layer("fc1").macs == 16 * 128 and g.layer("pool1").ops == ("MAX_POOL_2D", "RESHAPE")
+    assert len(g.cut_after("conv2").tensors) == 2  # conv1's output skips to add1
+    bundle = ts.build_bundle(g, ts.plan_split(g, split_at=list(cuts)), tmp_path / "b")
+    x = inputs(g, seed=1)
+    report = check_bundle(bundle, g, x)
+    assert all(s.ran and s.chained for s in report.stages) and report.rel < 1e-5, report.stages
+    probs = report.outputs["probs"]
+    assert probs.shape == (1, 5) and abs(float(probs.sum()) - 1) < 1e-5
+
+
+def test_a_custom_operator_is_listed_by_layer_name(tmp_path):
+    path = tmp_path / "custom.tflite"
+    path.write_bytes(small_cnn(custom_op="MysteryOp"))
+    with pytest.raises(UnsupportedOpsError) as info:
+        ts.load(path)
+    assert info.value.ops == {"MysteryOp": ["mystery"]}
+    assert "TFLite importer" in str(info.value) and "split them off" not in str(info.value)
