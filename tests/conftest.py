@@ -45,6 +45,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_readme_commands": ("cli", "tvm", "runtime"),
     "test_profile_link": ("runtime",),
     "test_real_models": ("tvm", "slow"),
+    "test_recurrent": ("tvm",),
     "test_replan": ("tvm", "runtime"),
     "test_rpc_device": ("rpc", "tvm"),
     "test_runtime": ("tvm", "runtime"),
@@ -52,6 +53,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_split_build": ("tvm",),
     "test_stage_dag": ("tvm", "runtime"),
     "test_testbed": ("testbed", "tvm"),
+    "test_tflite": ("tvm",),
     "test_tune": ("tvm", "slow"),
     "test_wire": ("unit",),
     "test_zoo": ("unit",),
@@ -76,6 +78,10 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
         ("tvm", "runtime"),
     ("test_plan_cli", "test_parse_bytes"): ("unit",),
     ("test_readme_commands", "test_testbed_up_4g_status_down"): ("cli", "testbed"),
+    **{("test_recurrent", t): ("unit",) for t in (
+        "test_expansion_equals_onnxruntime", "test_expansion_options_equal_onnxruntime",
+        "test_batch_first_layout_equals_the_onnx_reference",
+        "test_what_cannot_be_expanded_is_named")},
     ("test_fuzz", "test_the_decoders_raise_only_their_own_errors"): ("unit",),
     **{("test_control", t): ("tvm", "runtime") for t in (
         "test_a_live_worker_answers_every_golden_request",
@@ -95,6 +101,7 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
     **{("test_testbed", t): ("unit",) for t in (
         "test_profiles_and_expected_times", "test_layout_names_and_private_addresses")},
     ("test_testbed", "test_link_emulator_delays_each_direction_and_drops"): ("runtime",),
+    ("test_tflite", "test_cli_build_check_names_the_tflite_reference"): ("cli", "tvm"),
     ("test_testbed", "test_cli_help"): ("cli",),
     ("test_testbed", "test_cli_up_status_down"): ("cli", "testbed"),
     ("test_testbed", "test_tvm_rpc_to_the_qemu_device"): ("testbed", "tvm", "rpc"),

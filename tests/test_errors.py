@@ -423,14 +423,6 @@ def test_split_after_last_layer(out_dir):
     assert "fc2" not in suggestions, f"the error suggests the invalid split point again: {msg!r}"
 
 
-def test_split_points_in_any_order_are_sorted(tmp_path):
-    out = tmp_path / "out"
-    result = invoke("build", "zoo:chain", "--split-at", "pool2,pool1", "-o", out)
-    assert result.exit_code == 0, result.output
-    stages = [s.plan.layers for s in tvmsplit.Bundle.load(out).stages]
-    assert stages == [tuple(CHAIN_LAYERS[:3]), tuple(CHAIN_LAYERS[3:6]), tuple(CHAIN_LAYERS[6:])]
-
-
 def test_duplicate_split_points(out_dir):
     out, before = out_dir
     msg = assert_user_error(invoke("build", "zoo:chain", "--split-at", "pool1,pool2,pool1", "-o", out),
@@ -543,3 +535,47 @@ def test_console_script_exit_code(tmp_path):
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert "missing.onnx" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+# ---- issue 12, part 8: the small things ---------------------------------------------------------
+def test_every_unknown_split_point_is_named_at_once(out_dir):
+    out, before = out_dir
+    msg = assert_user_error(invoke("build", "zoo:chain", "--split-at", "pool1,conv44,poool2",
+                                   "-o", out), "'conv44'", "'poool2'", "tvmsplit inspect")
+    assert "conv4" in msg and "pool2" in msg and "'pool1'" not in msg
+    assert_nothing_written(out, before)
+
+
+def test_split_points_out_of_order_are_refused_by_name(out_dir):
+    out, before = out_dir
+    assert_user_error(invoke("build", "zoo:chain", "--split-at", "conv5,pool1,relu2", "-o", out),
+                      "out of order", "conv5 (layer 6)", "pool1 (layer 2)", "relu2 (layer 1)",
+                      "--split-at relu2,pool1,conv5")
+    assert_nothing_written(out, before)
+
+
+def test_a_zero_dimension_is_named_not_the_rank(dynamic_onnx, out_dir):
+    out, before = out_dir
+    msg = assert_user_error(invoke("build", dynamic_onnx, "--shape", "x=1,3,0,8", "-o", out),
+                            "'x'", "(1, 3, 0, 8)", "0 at dimension 2", ">= 1")
+    assert "rank" not in msg
+    assert_nothing_written(out, before)
+
+
+def test_output_under_a_file_is_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    assert_user_error(invoke("build", "zoo:chain", "-o", blocker / "sub" / "out"),
+                      repr(str(blocker)), "is a file")
+    assert blocker.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize("args, mentions", [
+    (["build", "zoo:chain", "--bogus"], ["--bogus", "tvmsplit build --help"]),
+    (["bogus"], ["'bogus'", "tvmsplit --help"]),
+    (["--bogus"], ["--bogus", "tvmsplit --help"]),
+    (["build"], ["MODEL", "tvmsplit build --help"]),
+    (["inspect", "zoo:chain", "extra"], ["extra", "tvmsplit inspect --help"]),
+])
+def test_click_usage_errors_are_one_error_line_and_exit_1(args, mentions):
+    assert_user_error(invoke(*args), *mentions)

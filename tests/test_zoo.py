@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from tvmsplit import zoo
 from tvmsplit.errors import TvmsplitError
 
-NAMES = ["chain", "resnet", "inception", "vgg16", "mobilenetv2"]
+NAMES = ["chain", "resnet", "inception", "vgg16", "mobilenetv2", "lstm", "gru"]
 # Small variants: fast to build and run.
 SMALL = {name: dict(input_size=32, width=0.25) for name in NAMES}
 SMALL["vgg16"] = dict(input_size=32, width=0.125)

@@ -166,6 +166,10 @@ def check_output_dir(out_dir: str | os.PathLike) -> None:
                              (any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file())):
         raise BundleError(f"{str(out_dir)!r} exists and is not a bundle; choose an empty or new "
                           "directory (tvmsplit only replaces its own bundles)")
+    blocker = next((p for p in out_dir.absolute().parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise BundleError(f"cannot write a bundle to {str(out_dir)!r}: {str(blocker)!r} is a file, "
+                          "not a directory; choose -o in a directory")
 
 
 def stage_entry(stage: StagePlan, target: TargetSpec, library: Path,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from . import tflitefront
 from .bundle import Bundle
 from .errors import ShapeError
 from .graph import LayerGraph, TensorSpec
@@ -77,12 +78,20 @@ def random_inputs(specs: tuple[TensorSpec, ...], seed: int = 0) -> dict[str, np.
     return out
 
 
+def reference_name(graph: LayerGraph) -> str:
+    """What ``reference`` runs for ``graph``: onnxruntime, or the TFLite interpreter."""
+    return "tflite" if isinstance(graph.model, tflitefront.TfliteModel) else "onnxruntime"
+
+
 def reference(graph: LayerGraph, inputs: Mapping[str, np.ndarray],
               names: list[str] | None = None) -> dict[str, np.ndarray]:
-    """onnxruntime's values of ``names`` (default: the model outputs) for ``inputs``."""
+    """onnxruntime's values of ``names`` (default: the model outputs) for ``inputs``; the TFLite
+    interpreter's for a TFLite model."""
+    check_tensors(graph.inputs, inputs, f"model {graph.name}")
+    if isinstance(graph.model, tflitefront.TfliteModel):  # the TFLite interpreter
+        return tflitefront.reference(graph, inputs, names or [t.name for t in graph.outputs])
     import onnxruntime as ort
 
-    check_tensors(graph.inputs, inputs, f"model {graph.name}")
     model = onnx.ModelProto()
     model.CopyFrom(graph.model)
     wanted = list(dict.fromkeys(names or [t.name for t in graph.outputs]))

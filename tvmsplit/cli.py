@@ -74,12 +74,31 @@ class UserError(click.ClickException):
         click.echo(f"error: {self.message}", err=True)
 
 
+def _usage_error(exc: click.UsageError) -> UserError:
+    """A click usage error (unknown option, missing argument, ...) as one ``error:`` line, exit
+    1, naming the command's help; ``tvmsplit`` alone still prints the usage."""
+    where = exc.ctx.command_path if exc.ctx is not None else "tvmsplit"
+    return UserError(f"{exc.format_message().rstrip('.')} (see `{where} --help`)")
+
+
 class TvmsplitGroup(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise _usage_error(exc) from exc
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except TvmsplitError as exc:
             raise UserError(str(exc)) from exc
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise _usage_error(exc) from exc
 
 
 _BUILT = "tvmsplit.bundle_written"  # click context meta: the command's bundle is in place
@@ -342,19 +361,19 @@ def _build_plan_and_check(g, plan, out_dir: str, check: bool, tolerance: float,
 
 
 def _report_check(bundle, g, tolerance: float) -> None:
-    from .check import check_bundle
+    from .check import check_bundle, reference_name
 
     report = check_bundle(bundle, g, tolerance=tolerance)
     for s in report.stages:
         if not s.ran:
             click.echo(f"check stage {s.index} [{s.target}]: not runnable on this machine, skipped")
             continue
-        fed = "chained" if s.chained else "fed onnxruntime's inputs"
+        fed = "chained" if s.chained else f"fed {reference_name(g)}'s inputs"
         worst = max(s.errors, key=lambda e: e.rel)
         click.echo(f"check stage {s.index} [{s.target}] ({fed}): max abs err {worst.max_abs:.3g}, "
                    f"max rel err {worst.rel:.3g}")
     verdict = "OK" if report.ok else "FAILED"
-    click.echo(f"check vs onnxruntime: max abs err {report.max_abs:.3g}, max rel err "
+    click.echo(f"check vs {reference_name(g)}: max abs err {report.max_abs:.3g}, max rel err "
                f"{report.rel:.3g} (tolerance {tolerance:g}) {verdict}")
     if not report.ok:
         raise SystemExit(1)
@@ -362,7 +381,7 @@ def _report_check(bundle, g, tolerance: float) -> None:
 
 def _run_pipeline(bundle, g, requests: int, inputs, check: bool, tolerance: float,
                   endpoints=None, secure=None) -> None:
-    from .check import compare, random_inputs, reference
+    from .check import compare, random_inputs, reference, reference_name
     from .runtime.pipeline import Pipeline
 
     inputs = inputs if inputs is not None else random_inputs(g.inputs)
@@ -385,7 +404,7 @@ def _run_pipeline(bundle, g, requests: int, inputs, check: bool, tolerance: floa
         errors = [compare(outputs[t.name], ref[t.name], t.name) for t in g.outputs]
         worst = max(errors, key=lambda e: e.rel)
         ok = worst.rel <= tolerance
-        click.echo(f"check vs onnxruntime: max abs err {worst.max_abs:.3g}, max rel err "
+        click.echo(f"check vs {reference_name(g)}: max abs err {worst.max_abs:.3g}, max rel err "
                    f"{worst.rel:.3g} (tolerance {tolerance:g}) {'OK' if ok else 'FAILED'}")
         if not ok:
             raise SystemExit(1)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import interrupts
+from . import interrupts, recurrent, tflitefront
 from .bundle import file_sha256
 from .errors import BuildError
 from .graph import LayerGraph, TensorSpec
@@ -87,7 +87,9 @@ def stage_relax(graph: LayerGraph, stage: StagePlan):
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
-    sub = stage_onnx(graph, stage)
+    if isinstance(graph.model, tflitefront.TfliteModel):
+        return tflitefront.stage_relax(graph, stage)
+    sub = recurrent.expand(stage_onnx(graph, stage))  # LSTM/GRU/RNN: TVM has no converter
     mod = from_onnx(sub, shape_dict={t.name: list(t.shape) for t in stage.library_inputs},
                     dtype_dict={t.name: t.dtype for t in stage.library_inputs},
                     keep_params_in_input=False)
@@ -101,7 +103,10 @@ def build_key(graph: LayerGraph, stage: StagePlan, spec: TargetSpec,
     from .graphopt import GRAPH_PASSES
 
     h = hashlib.sha256()
-    h.update(stage_onnx(graph, stage).SerializeToString(deterministic=True))
+    if isinstance(graph.model, tflitefront.TfliteModel):
+        h.update(tflitefront.stage_key(graph, stage))
+    else:
+        h.update(stage_onnx(graph, stage).SerializeToString(deterministic=True))
     h.update(json.dumps({"target": spec.to_json(), "tvm": tvm.__version__,
                          "format": CACHE_FORMAT, "passes": list(GRAPH_PASSES),
                          "tuning": tuning_digest}, sort_keys=True).encode())

@@ -17,12 +17,14 @@ class ModelError(TvmsplitError):
 class UnsupportedOpsError(ModelError):
     """The model uses operators that the TVM importer cannot convert (all of them are listed)."""
 
-    def __init__(self, ops: dict[str, list[str]]):
+    def __init__(self, ops: dict[str, list[str]], importer: str = "ONNX"):
         self.ops = dict(ops)
         listed = "; ".join(f"{op} (nodes: {', '.join(nodes[:5])}{', ...' if len(nodes) > 5 else ''})"
                            for op, nodes in sorted(self.ops.items()))
-        super().__init__(f"model uses {len(self.ops)} operator(s) TVM's ONNX importer does not "
-                         f"support: {listed}. Replace them in the exporter or split them off.")
+        super().__init__(f"model uses {len(self.ops)} operator(s) that TVM 0.27's {importer} importer "
+                         f"cannot convert (or in a form tvmsplit cannot rewrite): {listed}; the "
+                         "model is refused before splitting: re-export it without them "
+                         "(another opset or exporter option) or replace them with supported ops")
 
 
 class ShapeError(TvmsplitError):

@@ -10,7 +10,13 @@ Normalisation (the returned graph's ``model``):
   exporter left it empty);
 - shape arithmetic (Shape -> Slice -> Concat -> Reshape) is folded with onnxsim once the inputs
   are static, without onnxsim's optimisations, so layers keep their identity (BatchNormalization
-  is not fused away).
+  is not fused away);
+- an ``If`` whose condition folded to a constant is replaced by the branch it takes
+  (``controlflow``); one left over is listed as unsupported, with the unsupported operators inside
+  ``If``/``Loop``/``Scan`` bodies.
+
+LSTM, GRU and RNN nodes stay single nodes, hence single layers (``recurrent`` rewrites them into
+operators TVM imports only when a stage is compiled).
 
 Splitting then happens on this ONNX graph (see ``split.py``); each stage is imported into Relax on
 its own, so it carries exactly its own weights.
@@ -27,8 +33,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from . import controlflow, recurrent, tflitefront
 from .errors import ModelError, ShapeError, UnsupportedOpsError
 from .graph import Layer, LayerGraph, TensorSpec
+from .recurrent import RECURRENT_OPS
 
 # Elementwise or shape-only operators that post-process one layer's result. They join the layer
 # that produces all of their dynamic inputs (a Conv + BatchNormalization + Relu is one layer).
@@ -38,23 +46,32 @@ FOLLOWER_OPS = frozenset({
     "Reshape", "Squeeze", "Unsqueeze", "Cast", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt",
 })
 _SHAPE_OPS = frozenset({"Shape", "Size", "ConstantOfShape"})
+_MAX_FOLDS = 4  # rounds of (fold shape arithmetic, inline constant Ifs)
 
 
 def load(source: str | os.PathLike | onnx.ModelProto, shapes: dict[str, Any] | None = None,
          name: str | None = None) -> LayerGraph:
-    """Read an ONNX model and return its LayerGraph.
+    """Read an ONNX (or TFLite: ``tflitefront``) model and return its LayerGraph.
 
     ``shapes`` pins input shapes, e.g. ``{"x": (1, 3, 224, 224)}``; required for every input with
     a dynamic dimension.
     """
+    if not isinstance(source, onnx.ModelProto) and tflitefront.is_tflite(source):
+        return tflitefront.load(source, shapes, name)  # by content ("TFL3"), not by extension
     model, label = _read(source)
     model_hash = hashlib.sha256(model.SerializeToString()).hexdigest()
-    check_supported(model)
+    check_supported(model, final=False)  # If branches may still be inlined: checked below
     model = _pin_input_shapes(model, shapes or {})
     model = _constants_to_initializers(_name_nodes(model))
-    if _needs_folding(model):
-        model = _fold_shape_arithmetic(model)
+    for _ in range(_MAX_FOLDS):  # folding can make If conditions constant, inlining more foldable
+        if _needs_folding(model):
+            model = _fold_shape_arithmetic(model)
+            model = _constants_to_initializers(_name_nodes(model))
+        model, inlined = controlflow.inline_constant_ifs(model)
+        if not inlined:
+            break
         model = _constants_to_initializers(_name_nodes(model))
+    check_supported(model)
     model = _infer_shapes(model)
     return _build_layer_graph(model, name or label, model_hash)
 
@@ -67,13 +84,14 @@ def _read(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto,
         path = Path(source)
         if not path.is_file():
             what = "is a directory" if path.is_dir() else "does not exist"
-            raise ModelError(f"model file {str(path)!r} {what}; MODEL is the path of an .onnx file "
-                             "or zoo:NAME for a built-in model (see `tvmsplit zoo`)")
+            raise ModelError(f"model file {str(path)!r} {what}; MODEL is the path of an ONNX or "
+                             "TFLite file or zoo:NAME for a built-in model (see `tvmsplit zoo`)")
         try:
             model = onnx.load(str(path))
         except Exception as exc:  # protobuf raises DecodeError / RuntimeWarning-derived errors
             raise ModelError(f"cannot read {str(path)!r} as ONNX ({type(exc).__name__}: {exc}); "
-                             "the file is truncated or not an ONNX model — re-export it") from None
+                             "the file is truncated or neither an ONNX nor a TFLite model "
+                             "(TFLite: bytes 4..8 are TFL3) — re-export it") from None
         label = path.stem
     try:
         onnx.checker.check_model(model)
@@ -92,16 +110,45 @@ def supported_ops() -> frozenset[str]:
     return frozenset(onnx_frontend._get_convert_map())
 
 
-def check_supported(model: onnx.ModelProto) -> None:
-    """Raise UnsupportedOpsError listing every unsupported operator and the nodes that use it."""
+def check_supported(model: onnx.ModelProto, final: bool = True) -> None:
+    """Raise UnsupportedOpsError listing every unsupported operator and the nodes that use it,
+    including nodes inside ``If`` branches and ``Loop``/``Scan`` bodies, and recurrent nodes that
+    ``recurrent.expand`` cannot rewrite.
+
+    ``final=False`` (before shapes are pinned and folded) does not count top-level ``If`` nodes
+    and what their branches hold: an ``If`` whose condition folds to a constant is inlined later.
+    When something else is unsupported, the branches' unsupported operators are listed too (all at
+    once). With ``final`` a remaining ``If`` is listed: its condition does not fold.
+    """
     ok = supported_ops()
-    bad: dict[str, list[str]] = defaultdict(list)
-    for i, node in enumerate(model.graph.node):
+
+    def unsupported(node: onnx.NodeProto) -> str | None:
         domain = node.domain or "ai.onnx"
-        if domain not in ("ai.onnx",) or node.op_type not in ok:
-            op = node.op_type if domain == "ai.onnx" else f"{domain}::{node.op_type}"
-            bad[op].append(node.name or f"#{i}")
+        if domain != "ai.onnx":
+            return f"{domain}::{node.op_type}"
+        if node.op_type in ok or node.op_type in RECURRENT_OPS:
+            return None
+        return node.op_type
+
+    bad: dict[str, list[str]] = defaultdict(list)
+    in_ifs: dict[str, list[str]] = defaultdict(list)  # ops inside the branches of top-level Ifs
+    for i, node in enumerate(model.graph.node):
+        label = node.name or f"#{i}"
+        pending_if = node.op_type == "If" and not final
+        if node.op_type == "If" and final:
+            bad["If"].append(f"{label}: condition not constant once shapes are pinned")
+        elif not pending_if and unsupported(node):
+            bad[unsupported(node)].append(label)
+        for inner, where in controlflow.subgraph_nodes(node):  # nested bodies included
+            op = unsupported(inner)
+            if op:
+                label_inner = f"{inner.name or '(unnamed)'} in {where}"
+                (in_ifs if pending_if else bad)[op].append(label_inner)
+    for op, nodes in recurrent.problems(model).items():
+        bad[op].extend(nodes)
     if bad:
+        for op, nodes in in_ifs.items():
+            bad[op].extend(nodes)
         raise UnsupportedOpsError(bad)
 
 
@@ -129,9 +176,14 @@ def _pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, Any]) -> onnx.Mo
             except (TypeError, ValueError):
                 raise ShapeError(f"shape for input {vi.name!r} must be a list of integers, "
                                  f"got {shapes[vi.name]!r}") from None
-            if len(pinned) != len(dims) or any(s <= 0 for s in pinned):
+            if len(pinned) != len(dims):
                 raise ShapeError(f"input {vi.name!r} has rank {len(dims)} {_fmt_dims(declared)}; "
-                                 f"the pinned shape {pinned} does not fit")
+                                 f"the pinned shape {pinned} has rank {len(pinned)}")
+            bad = [f"{s} at dimension {k}" for k, s in enumerate(pinned) if s <= 0]
+            if bad:
+                raise ShapeError(f"pinned shape {pinned} of input {vi.name!r} "
+                                 f"{_fmt_dims(declared)} has {', '.join(bad)}; every dimension "
+                                 "must be a size >= 1")
             clash = [k for k, d in enumerate(declared) if isinstance(d, int) and d != pinned[k]]
             if clash:
                 raise ShapeError(f"input {vi.name!r} is declared {_fmt_dims(declared)}; pinned "
@@ -370,6 +422,14 @@ def node_cost(node: onnx.NodeProto, specs: dict[str, TensorSpec],
         a = shape(node.input[0])
         macs = out_elems * a[-1]
         return macs, 2 * macs
+    if op in RECURRENT_OPS:  # per step and direction: [B, I] x [I, G*H] + [B, H] x [H, G*H]
+        x, w = shape(node.input[0]), shape(node.input[1])  # X [T, B, I] (layout 0), W [D, G*H, I]
+        layout = attrs.get("layout", 0)
+        steps, batch = (x[1], x[0]) if layout else (x[0], x[1])
+        dirs, gh, inp = w
+        hidden = int(attrs.get("hidden_size", gh // {"LSTM": 4, "GRU": 3, "RNN": 1}[op]))
+        macs = steps * batch * dirs * gh * (inp + hidden)
+        return macs, 2 * macs + steps * batch * dirs * gh * 3  # + bias, activation, cell update
     if op in ("MaxPool", "AveragePool"):
         window = int(np.prod(attrs.get("kernel_shape", [1]), dtype=np.int64))
         return 0, out_elems * window

@@ -93,6 +93,19 @@ class GraphBuilder:
         b = self.uniform(f"{name}.bias", (fout,), 0.01)
         return self.node("Gemm", name, [x, w, b], transB=1)
 
+    def recurrent(self, op: str, name: str, x: str, fin: int, hidden: int,
+                  direction: str = "forward", **attrs) -> str:
+        """An ONNX ``LSTM``/``GRU``/``RNN`` over ``x`` [T, B, fin]; returns its ``Y`` output
+        [T, directions, B, hidden]. Weights ``<name>.W``/``.R``/``.B`` are uniform in
+        [-1/sqrt(hidden), 1/sqrt(hidden)], PyTorch's initialisation."""
+        gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+        dirs = 2 if direction == "bidirectional" else 1
+        std = 1.0 / math.sqrt(3.0 * hidden)
+        w = self.uniform(f"{name}.W", (dirs, gates * hidden, fin), std)
+        r = self.uniform(f"{name}.R", (dirs, gates * hidden, hidden), std)
+        b = self.uniform(f"{name}.B", (dirs, 2 * gates * hidden), std)
+        return self.node(op, name, [x, w, r, b], hidden_size=hidden, direction=direction, **attrs)
+
     # ---- the model ---------------------------------------------------------------------------
     def finish(self, graph_name: str, inputs: Sequence[tuple[str, Sequence[int]]],
                output: tuple[str, Sequence[int] | None], producer: str) -> onnx.ModelProto:

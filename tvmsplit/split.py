@@ -131,9 +131,23 @@ def _stages_from_split_points(graph: LayerGraph, split_at: Sequence[str]) -> lis
     names = [s.strip() for s in split_at if s.strip()]
     if len(set(names)) != len(names):
         raise SplitError(f"split points repeat: {', '.join(names)}")
-    points = sorted(graph.index(name) for name in names)
+    unknown = [n for n in names if n not in graph._index and n not in graph.node_layer]
+    if len(unknown) == 1:
+        graph.index(unknown[0])  # the one-name message, with similar names
+    if unknown:  # every bad point at once, each with its near misses
+        near = "; ".join(f"{n!r}: {', '.join(graph.similar_names(n, 3))}" for n in unknown)
+        raise SplitError(f"no layers named {', '.join(repr(n) for n in unknown)} in {graph.name}; "
+                         f"similar layers: {near} (run `tvmsplit inspect` to list all "
+                         f"{len(graph.layers)})")
+    given = [graph.index(name) for name in names]
+    points = sorted(given)
     if len(set(points)) != len(points):
         raise SplitError(f"split points {', '.join(names)} name the same layer twice")
+    if given != points:
+        ordered = [names[given.index(k)] for k in points]
+        where = ", ".join(f"{n} (layer {k})" for n, k in zip(names, given))
+        raise SplitError(f"split points {where} are out of order; give them in the model's "
+                         f"order: --split-at {','.join(ordered)}")
     last = len(graph.layers) - 1
     for k in points:
         if k == last:

@@ -14,6 +14,11 @@ byte-identical model. The models are:
 ``mobilenetv2``  MobileNetV2-shaped: stem conv s2, 8 inverted residual blocks (expand 1x1,
                  depthwise 3x3, project 1x1; residual Add where shapes allow), final 1x1 conv,
                  GlobalAveragePool, Flatten, Gemm. ReLU6 is ``Clip(x, 0, 6)``.
+``lstm``         CRNN-shaped: 2 strided conv+relu, ReduceMean over height, the width as the
+                 time axis (S/4 steps) into a bidirectional LSTM, ReduceMean merging the two
+                 directions, a forward LSTM, ReduceMean over time, Gemm.
+``gru``          the same with GRUs (the second with ``linear_before_reset=1``, as PyTorch
+                 exports it).
 
 Conventions, shared by all models:
 
@@ -219,6 +224,30 @@ def _mobilenetv2(g: _Builder, s: int, width: float, num_classes: int) -> None:
     x = g.relu6("relu6_last", g.bn("bn_last", x, clast))
     x = g.flatten("flatten", g.gap("gap", x))
     g.gemm("fc", x, clast, num_classes)
+
+
+def _recurrent(op: str, g: _Builder, s: int, width: float, num_classes: int, **second) -> None:
+    c1, c2, hidden = _ch(16, width), _ch(32, width), _ch(32, width)
+    name = op.lower()
+    x = g.relu("relu1", g.conv("conv1", "input", 3, c1, stride=2))
+    x = g.relu("relu2", g.conv("conv2", x, c1, c2, stride=2))                 # [1, c2, S/4, S/4]
+    x = g.node("ReduceMean", "pool_h", [x], axes=[2], keepdims=0)             # [1, c2, S/4]
+    x = g.node("Transpose", "to_seq", [x], perm=[2, 0, 1])                   # [T, 1, c2]
+    x = g.recurrent(op, f"{name}1", x, c2, hidden, direction="bidirectional")  # [T, 2, 1, H]
+    x = g.node("ReduceMean", "merge", [x], axes=[1], keepdims=0)              # [T, 1, H]
+    x = g.recurrent(op, f"{name}2", x, hidden, hidden, **second)             # [T, 1, 1, H]
+    x = g.node("ReduceMean", "pool_t", [x], axes=[0, 1], keepdims=0)          # [1, H]
+    g.gemm("fc", x, hidden, num_classes)
+
+
+@_model("lstm", input_size=32, num_classes=10, min_input=4, multiple_of=4)
+def _lstm(g: _Builder, s: int, width: float, num_classes: int) -> None:
+    _recurrent("LSTM", g, s, width, num_classes)
+
+
+@_model("gru", input_size=32, num_classes=10, min_input=4, multiple_of=4)
+def _gru(g: _Builder, s: int, width: float, num_classes: int) -> None:
+    _recurrent("GRU", g, s, width, num_classes, linear_before_reset=1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ A layer's latency on a device is predicted from
   (``monitor.DeviceState``; on a saturated CPU it is the only reading that still tracks the slowdown).
 
 Layers are grouped into coarse types (``LAYER_TYPES``: conv, depthwise_conv, dense, pool,
-elementwise, concat, other) and one regressor is trained per type; XGBoost by default.
+elementwise, concat, recurrent (LSTM/GRU/RNN: steps, hidden size, directions, gates), other) and
+one regressor is trained per type; XGBoost by default.
 
 Regression target: ``ln(ms / work)`` with ``work = max(flops, 1)``, i.e. the log of the time per
 FLOP. Latencies span four orders of magnitude (2 us .. 50 ms) and the goals are relative (MAPE,

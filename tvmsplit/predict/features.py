@@ -12,7 +12,9 @@ import numpy as np
 from ..graph import Layer, TensorSpec
 from ..monitor import DeviceState
 
-LAYER_TYPES = ("conv", "depthwise_conv", "dense", "pool", "elementwise", "concat", "other")
+LAYER_TYPES = ("conv", "depthwise_conv", "dense", "pool", "elementwise", "concat", "recurrent",
+               "other")
+_RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 _POOL_OPS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool",
                        "ReduceMean", "ReduceMax", "ReduceSum"})
@@ -41,6 +43,9 @@ STATIC_FEATURES: dict[str, tuple[str, ...]] = {
                        "stride_h", "stride_w", "pad_h", "pad_w", "is_max", "is_global"),
     "elementwise": _COMMON + ("log_elements", *(f"is_{op.lower()}" for op in _ELTWISE_ANCHORS)),
     "concat": _COMMON + ("out_c", "out_h", "out_w", "log_elements", "axis"),
+    # one unrolled step per time step and direction: [batch, hidden] x [hidden, gates * hidden]
+    "recurrent": _COMMON + ("steps", "batch", "in_features", "hidden", "directions", "gates",
+                            "log_step_macs"),
     "other": _COMMON + ("log_elements",),
 }
 
@@ -74,6 +79,8 @@ def layer_type(layer: Layer) -> str:
         return "pool"
     if op == "Concat":
         return "concat"
+    if op in _RECURRENT_GATES:
+        return "recurrent"
     if op in _ELTWISE_OPS:
         return "elementwise"
     return "other"
@@ -146,6 +153,15 @@ def static_features(layer: Layer) -> dict[str, float]:
         f["log_elements"] = _ln(out_elems)
         for op in _ELTWISE_ANCHORS:
             f[f"is_{op.lower()}"] = float(layer.op == op)
+    elif t == "recurrent":
+        layout = int(layer.attr("layout", 0) or 0)
+        steps, batch = ((x_shape[1], x_shape[0]) if layout else (x_shape[0], x_shape[1])) \
+            if len(x_shape) == 3 else (0, 0)
+        dirs = 2 if layer.attr("direction", "forward") == "bidirectional" else 1
+        hidden = int(layer.attr("hidden_size", 0) or 0)
+        f.update(steps=steps, batch=batch, in_features=x_shape[-1] if x_shape else 0,
+                 hidden=hidden, directions=dirs, gates=_RECURRENT_GATES[layer.op],
+                 log_step_macs=_ln(layer.macs / max(steps * dirs, 1)))
     elif t == "concat":
         oc, oh, ow = _hw(y_shape)
         f.update(out_c=oc, out_h=oh, out_w=ow, log_elements=_ln(out_elems),

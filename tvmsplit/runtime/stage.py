@@ -42,7 +42,8 @@ class StageRunner:
         import tvm
 
         check_tensors(self.stage.inputs, tensors, f"stage {self.stage.index}")
-        args = [tvm.runtime.tensor(np.ascontiguousarray(tensors[t.name]), self.device)
+        # np.require, not np.ascontiguousarray: that turns a 0-d tensor (a scalar input) into 1-d
+        args = [tvm.runtime.tensor(np.require(tensors[t.name], requirements="C"), self.device)
                 for t in self.stage.library_inputs]
         result = self._vm["main"](*args)
         results = [result] if hasattr(result, "numpy") else list(result)
