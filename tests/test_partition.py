@@ -356,10 +356,10 @@ def test_evaluation_candidates_are_both_single_sites_and_every_single_cut():
 
 def _two_layer_problem(table, link, **kw) -> Problem:
     """A -> B on devices (end, edge); every tensor 1000 bytes."""
-    t = lambda n: TensorSpec(n, "float32", (250,))  # noqa: E731
-    layers = tuple(Layer(name, "Op", (name,), ("Op",), (t(src),), (t("t" + name),), 0, 0, 0)
-                   for name, src in (("A", "x"), ("B", "tA")))
-    g = LayerGraph("two", layers, (t("x"),), (t("tB"),), "", None)
+    x, ta, tb = (TensorSpec(n, "float32", (250,)) for n in ("x", "tA", "tB"))
+    layers = (Layer("A", "Op", ("A",), ("Op",), (x,), (ta,), 0, 0, 0),
+              Layer("B", "Op", ("B",), ("Op",), (ta,), (tb,), 0, 0, 0))
+    g = LayerGraph("two", layers, (x,), (tb,), "", None)
     return Problem(g, CostTable.from_mapping(["end", "edge"], table), (link,), **kw)
 
 
@@ -375,7 +375,8 @@ def test_overheads_are_priced_by_hand():
     assert split.compute_ms == pytest.approx((12.0, 3.5))
     assert split.hop_ms == pytest.approx((6.0,)) and split.return_ms == pytest.approx(5.5)
     assert split.latency_ms == pytest.approx(27.0) and split.bottleneck_ms == pytest.approx(12.0)
-    # end: busy 12 ms x 5 W, sends 6 ms x 2 W, idles 9 ms x 0.5 W; edge: busy 3.5 x 1, idle 23.5 x 0.2
+    # end: busy 12 ms x 5 W, sends 6 ms x 2 W, idles 9 ms x 0.5 W;
+    # edge: busy 3.5 ms x 1 W, idles 23.5 ms x 0.2 W
     assert split.energy_mj == pytest.approx(60 + 12 + 4.5 + 3.5 + 4.7)
     end = evaluate(problem, [0, 0])
     assert end.compute_ms == pytest.approx((16.0, 0.0)) and end.latency_ms == pytest.approx(16.0)

@@ -139,9 +139,10 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
         pin_list.append((layer, names.index(device)))
     unknown = [n for n in (stage_overhead_ms or {}) if n not in names]
     if unknown:
-        raise PlanningError(f"stage overhead for unknown device(s) {', '.join(map(repr, unknown))}; "
-                            f"devices: {', '.join(names)}")
-    overhead = tuple(float(stage_overhead_ms.get(n, 0.0)) for n in names) if stage_overhead_ms else ()
+        raise PlanningError(f"stage overhead for unknown device(s) "
+                            f"{', '.join(map(repr, unknown))}; devices: {', '.join(names)}")
+    overhead = (tuple(float(stage_overhead_ms.get(n, 0.0)) for n in names)
+                if stage_overhead_ms else ())
     problem = Problem(graph, costs, tuple(links), objective=objective, input_bytes=input_bytes,
                       mem_cap_bytes=tuple(d.mem_cap_bytes for d in devices), pins=tuple(pin_list),
                       latency_ceiling_ms=latency_ceiling_ms,

@@ -2,11 +2,13 @@
 
 Variables: x[l,d] (layer l on device d, binary); z[t,h] (tensor t crosses link h); w[h] (link h
 carries anything: pays rtt/2 once); a[d] (device d's largest single-layer working set); T (the
-bottleneck, throughput objective); u[d] (device d runs a layer: pays its per-request overhead,
-``Problem.overhead_ms``; only for devices with an overhead > 0). With y[l,h] = sum_{d<=h} x[l,d] ("l is at or below h"):
+bottleneck, throughput objective); u[d] (device d runs a layer, so it pays its per-request
+overhead, ``Problem.overhead_ms``, in its compute; only for devices with an overhead > 0).
+With y[l,h] = sum_{d<=h} x[l,d] ("l is at or below h"):
 - monotone: y[v,h] <= y[u,h] for every edge u->v (data only flows up);
 - z[t,h] >= y[producer,h] - y[consumer,h] for every consumer (the input is always at d0);
-- w[h] >= z[t,h]; u[d] >= x[l,d]; memory: sum params * x + a[d] <= cap[d], a[d] >= act[l] * x[l,d];
+- w[h] >= z[t,h]; u[d] >= x[l,d];
+- memory: sum params * x + a[d] <= cap[d], a[d] >= act[l] * x[l,d];
 - pins fix x; a latency ceiling bounds the latency expression.
 Minimises the latency expression, or T >= every device's compute and every link's transfer
 (plus a tiny latency term to break ties). Costs are exactly those of ``problem.evaluate``.

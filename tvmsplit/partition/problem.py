@@ -157,8 +157,8 @@ class Problem:
             problems.append(f"mem_cap_bytes needs one entry per device ({len(c.devices)})")
         o = self.stage_overhead_ms
         if o and (len(o) != len(c.devices) or any(not math.isfinite(v) or v < 0 for v in o)):
-            problems.append(f"stage_overhead_ms needs one finite, non-negative time (ms) per device "
-                            f"{list(c.devices)}, got {list(o)}")
+            problems.append(f"stage_overhead_ms needs one finite, non-negative time (ms) per "
+                            f"device {list(c.devices)}, got {list(o)}")
         for layer, d in self.pins:
             if layer not in g._index and layer not in g.node_layer:
                 problems.append(f"pinned layer {layer!r} does not exist")
