@@ -41,7 +41,7 @@ def random_graph(draw, n: int, chain: bool) -> LayerGraph:
 
 @st.composite
 def problems(draw, chain: bool = False, max_devices: int = 3, objective: str | None = None,
-             caps: bool = True, pins: bool = True):
+             caps: bool = True, pins: bool = True, overheads: bool = True):
     n = draw(st.integers(1, 7))
     g = random_graph(draw, n, chain)
     k = draw(st.integers(2, max_devices))
@@ -54,14 +54,18 @@ def problems(draw, chain: bool = False, max_devices: int = 3, objective: str | N
         mem = tuple(draw(st.sampled_from([None, 10_000, 30_000])) for _ in range(k))
     pinned = ()
     if pins and draw(st.booleans()):
-        pinned = ((g.layers[0].name, 0),)
+        pinned = ((g.layers[0].name, draw(st.sampled_from([0, k - 1]))),)
     objective = objective or draw(st.sampled_from(["latency", "throughput", "energy"]))
     watts = st.floats(0, 5, allow_nan=False)
     power = tuple(PowerModel(draw(watts), draw(watts), draw(watts)) for _ in range(k)) \
         if objective == "energy" else ()
+    overhead = ()
+    if overheads and draw(st.booleans()):  # per-request overheads, some devices without one
+        overhead = tuple(draw(st.one_of(st.just(0.0), st.floats(0, 30))) for _ in range(k))
     return Problem(g, CostTable.from_mapping([f"d{d}" for d in range(k)], table), links,
                    objective=objective, power=power,
-                   input_bytes=draw(st.sampled_from([None, 100])), mem_cap_bytes=mem, pins=pinned)
+                   input_bytes=draw(st.sampled_from([None, 100])), mem_cap_bytes=mem, pins=pinned,
+                   stage_overhead_ms=overhead)
 
 
 def _same_optimum(problem: Problem, method: str) -> None:
@@ -348,3 +352,88 @@ def test_evaluation_candidates_are_both_single_sites_and_every_single_cut():
         assert c.placement == tuple(("end", "edge")[d] for d in sorted(set(c.assignment)))
     # a cut's prefix runs on the end device: never an edge layer before an end layer
     assert all(list(c.assignment) == sorted(c.assignment) for c in cands if c.name != chosen)
+
+
+def _two_layer_problem(table, link, **kw) -> Problem:
+    """A -> B on devices (end, edge); every tensor 1000 bytes."""
+    x, ta, tb = (TensorSpec(n, "float32", (250,)) for n in ("x", "tA", "tB"))
+    layers = (Layer("A", "Op", ("A",), ("Op",), (x,), (ta,), 0, 0, 0),
+              Layer("B", "Op", ("B",), ("Op",), (ta,), (tb,), 0, 0, 0))
+    g = LayerGraph("two", layers, (x,), (tb,), "", None)
+    return Problem(g, CostTable.from_mapping(["end", "edge"], table), (link,), **kw)
+
+
+def test_overheads_are_priced_by_hand():
+    """A device that runs a layer adds its overhead to its compute (latency, bottleneck and busy
+    energy see it); a device without layers adds nothing. Figures worked out by hand."""
+    link = Link("l", up_bps=8e6, down_bps=16e6, rtt_s=0.01)  # 1000 B: 6 ms up, 5.5 ms down
+    power = (PowerModel(busy_w=5.0, idle_w=0.5, tx_w=2.0), PowerModel(busy_w=1.0, idle_w=0.2))
+    table = {"A": {"end": 2.0, "edge": 1.0}, "B": {"end": 4.0, "edge": 0.5}}
+    problem = _two_layer_problem(table, link, objective="energy", power=power,
+                                 stage_overhead_ms=(10.0, 3.0))
+    split = evaluate(problem, [0, 1])
+    assert split.compute_ms == pytest.approx((12.0, 3.5))
+    assert split.hop_ms == pytest.approx((6.0,)) and split.return_ms == pytest.approx(5.5)
+    assert split.latency_ms == pytest.approx(27.0) and split.bottleneck_ms == pytest.approx(12.0)
+    # end: busy 12 ms x 5 W, sends 6 ms x 2 W, idles 9 ms x 0.5 W;
+    # edge: busy 3.5 ms x 1 W, idles 23.5 ms x 0.2 W
+    assert split.energy_mj == pytest.approx(60 + 12 + 4.5 + 3.5 + 4.7)
+    end = evaluate(problem, [0, 0])
+    assert end.compute_ms == pytest.approx((16.0, 0.0)) and end.latency_ms == pytest.approx(16.0)
+    assert end.bottleneck_ms == pytest.approx(16.0) and end.energy_mj == pytest.approx(80 + 3.2)
+    edge = evaluate(problem, [1, 1])
+    assert edge.compute_ms == pytest.approx((0.0, 4.5)) and edge.latency_ms == pytest.approx(16.0)
+    assert edge.bottleneck_ms == pytest.approx(6.0)
+    assert edge.energy_mj == pytest.approx(12 + 5 + 4.5 + 2.3)
+    plain = evaluate(_two_layer_problem(table, link), [0, 1])
+    assert plain.compute_ms == pytest.approx((2.0, 0.5)) and plain.latency_ms == pytest.approx(14.0)
+
+
+def test_a_split_that_wins_without_overhead_loses_to_a_single_site_with_it():
+    """The split (4 ms) beats all-on-edge (8 ms) and all-on-end (11 ms), but by less than the end
+    device's overhead: with overheads (5, 0.5) all-on-edge (8.5 ms) beats the split (9.5 ms)."""
+    link = Link("l", up_bps=8e6, down_bps=8e6, rtt_s=0.0)  # 1000 B: 1 ms each way
+    table = {"A": {"end": 1.0, "edge": 5.0}, "B": {"end": 10.0, "edge": 1.0}}
+    for method in ("chain-dp", "dag-mincut", "dag-ilp", "oracle", "auto"):
+        _, plain = plan(_two_layer_problem(table, link), method)
+        assert plain.assignment == (0, 1) and plain.latency_ms == pytest.approx(4.0), method
+        _, paid = plan(_two_layer_problem(table, link, stage_overhead_ms=(5.0, 0.5)), method)
+        assert paid.assignment == (1, 1) and paid.latency_ms == pytest.approx(8.5), method
+    # the min cut itself is a single site (all on the end device, 2 ms against 4 ms on the edge):
+    # the end device's overhead makes all-on-edge win
+    table = {"A": {"end": 1.0, "edge": 1.0}, "B": {"end": 1.0, "edge": 1.0}}
+    for method in ("chain-dp", "dag-mincut", "dag-ilp", "oracle"):
+        assert plan(_two_layer_problem(table, link), method)[1].assignment == (0, 0), method
+        _, paid = plan(_two_layer_problem(table, link, stage_overhead_ms=(5.0, 0.0)), method)
+        assert paid.assignment == (1, 1) and paid.latency_ms == pytest.approx(4.0), method
+
+
+def test_bad_overheads_are_refused_and_copies_keep_them():
+    from tvmsplit.partition.multi import with_shares
+
+    link = Link("l", 8e6, 8e6)
+    table = {"A": {"end": 1.0, "edge": 1.0}, "B": {"end": 1.0, "edge": 1.0}}
+    for bad in ((1.0,), (-1.0, 0.0), (math.nan, 0.0), (0.0, math.inf)):
+        with pytest.raises(PlanningError, match="stage_overhead_ms needs one finite, non-negative"):
+            _two_layer_problem(table, link, stage_overhead_ms=bad)
+    problem = _two_layer_problem(table, link, stage_overhead_ms=(2.0, 1.0))
+    assert problem.overhead == (2.0, 1.0) and _two_layer_problem(table, link).overhead == (0.0, 0.0)
+    assert with_shares(problem, 0.5, 0.5).stage_overhead_ms == (2.0, 1.0)
+
+
+def test_plan_partition_takes_overheads_by_device_name():
+    from tvmsplit.planning import plan_partition
+
+    link = Link("l", up_bps=8e6, down_bps=8e6, rtt_s=0.0)
+    table = {"A": {"end": 1.0, "edge": 5.0}, "B": {"end": 10.0, "edge": 1.0}}
+    base = _two_layer_problem(table, link)
+    devices = [Device("end", "x86_64"), Device("edge", "x86_64")]
+    plain = plan_partition(base.graph, devices, [link], base.costs)
+    assert plain.predicted == plan_partition(base.graph, devices, [link], base.costs,
+                                             stage_overhead_ms={}).predicted
+    assert plain.predicted.assignment == (0, 1)
+    paid = plan_partition(base.graph, devices, [link], base.costs, stage_overhead_ms={"end": 5.0})
+    assert paid.predicted.assignment == (1, 1) and paid.predicted.latency_ms == pytest.approx(8.0)
+    assert dict(paid.baselines)["all-on-end"].latency_ms == pytest.approx(16.0)
+    with pytest.raises(PlanningError, match="stage overhead for unknown device.*'phone'"):
+        plan_partition(base.graph, devices, [link], base.costs, stage_overhead_ms={"phone": 1.0})

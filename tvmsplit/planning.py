@@ -98,14 +98,16 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
                    pins: Mapping[str, str] | None = None, input_bytes: int | None = None,
                    latency_ceiling_ms: float | None = None, horizontal: bool = True,
                    power: Mapping[str, PowerModel] | None = None,
-                   parallel: bool = True) -> PlannedSplit:
+                   parallel: bool = True,
+                   stage_overhead_ms: Mapping[str, float] | None = None) -> PlannedSplit:
     """Choose where to cut ``graph`` across ``devices`` (a path: end -> edge -> ...).
 
     With memory caps, a layer that fits no device is first split horizontally (HyPS) into the
     fewest parts that fit the largest cap; each part is predicted to take its share of the
     layer's time. ``horizontal=False`` reports such a layer as infeasible instead.
     ``parallel=False`` keeps one stage per device (a chain) even where stages could run in
-    parallel (see the module doc).
+    parallel (see the module doc). ``stage_overhead_ms`` (device name -> ms, others 0) is each
+    device's fixed time per request when it runs a stage (``Problem.stage_overhead_ms``).
     """
     names = [d.name for d in devices]
     if len(set(names)) != len(names):
@@ -135,11 +137,18 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
             raise PlanningError(f"layer {layer!r} pinned to unknown device {device!r}; "
                                 f"devices: {', '.join(names)}")
         pin_list.append((layer, names.index(device)))
+    unknown = [n for n in (stage_overhead_ms or {}) if n not in names]
+    if unknown:
+        raise PlanningError(f"stage overhead for unknown device(s) "
+                            f"{', '.join(map(repr, unknown))}; devices: {', '.join(names)}")
+    overhead = (tuple(float(stage_overhead_ms.get(n, 0.0)) for n in names)
+                if stage_overhead_ms else ())
     problem = Problem(graph, costs, tuple(links), objective=objective, input_bytes=input_bytes,
                       mem_cap_bytes=tuple(d.mem_cap_bytes for d in devices), pins=tuple(pin_list),
                       latency_ceiling_ms=latency_ceiling_ms,
                       power=tuple((power or {}).get(n, PowerModel()) for n in names)
-                      if objective == "energy" else ())
+                      if objective == "energy" else (),
+                      stage_overhead_ms=overhead)
     method, best = plan(problem, method)
     baselines = []
     for name in BASELINES:

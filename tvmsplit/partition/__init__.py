@@ -20,8 +20,9 @@ How to add a planner
            return evaluate(problem, assignment)
 
    Read everything from ``problem`` (``graph``, ``costs``, ``links``, ``objective``, ``cap``,
-   ``pinned()``, ``latency_ceiling_ms``, ``power``) and price the result with ``evaluate`` so
-   every planner is compared by the same cost model. Never return an assignment that is not
+   ``pinned()``, ``latency_ceiling_ms``, ``power``, ``overhead_ms``: a device that runs a layer
+   pays its per-request overhead) and price the result with ``evaluate`` so every planner is
+   compared by the same cost model. Never return an assignment that is not
    monotone (a layer on a lower device than one it reads); honour pins, memory caps and the
    latency ceiling, or raise ``PlanningError`` saying which one cannot be met and how to relax it
    (``plan`` also rejects an infeasible result with ``feasible``). Do no I/O.

@@ -2,7 +2,8 @@
 
 Devices take consecutive segments of the topological order: device d runs layers [q, p). For a
 chain this covers every monotone assignment, so the result is optimal; for a DAG it is the
-Neurosurgeon baseline (cuts only between consecutive layers of one topological order).
+Neurosurgeon baseline (cuts only between consecutive layers of one topological order). A device
+with a non-empty segment pays its per-request overhead (``Problem.overhead_ms``) in its stage time.
 
 ``best[d][p]``: the best cost with layers [0, p) on devices <= d. One numpy pass over q per
 (d, p): O(k * n^2) arithmetic in O(k * n) vector operations.
@@ -76,7 +77,8 @@ def plan_chain(problem: Problem) -> Breakdown:
         link_w = wh[d - 1] if d > 0 else 0.0
         for p in range(n + 1):
             q = q_all[: p + 1] if d > 0 else np.array([0])
-            seg = comp_pre[p, d] - comp_pre[q, d]
+            # a non-empty segment [q, p) pays the device's per-request overhead
+            seg = comp_pre[p, d] - comp_pre[q, d] + problem.overhead_ms(d, q < p)
             if throughput:
                 cost = np.maximum.reduce([prev[q] if d > 0 else np.zeros(len(q)), link_ms[q], seg])
             else:

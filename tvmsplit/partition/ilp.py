@@ -2,10 +2,13 @@
 
 Variables: x[l,d] (layer l on device d, binary); z[t,h] (tensor t crosses link h); w[h] (link h
 carries anything: pays rtt/2 once); a[d] (device d's largest single-layer working set); T (the
-bottleneck, throughput objective). With y[l,h] = sum_{d<=h} x[l,d] ("l is at or below h"):
+bottleneck, throughput objective); u[d] (device d runs a layer, so it pays its per-request
+overhead, ``Problem.overhead_ms``, in its compute; only for devices with an overhead > 0).
+With y[l,h] = sum_{d<=h} x[l,d] ("l is at or below h"):
 - monotone: y[v,h] <= y[u,h] for every edge u->v (data only flows up);
 - z[t,h] >= y[producer,h] - y[consumer,h] for every consumer (the input is always at d0);
-- w[h] >= z[t,h]; memory: sum params * x + a[d] <= cap[d], a[d] >= act[l] * x[l,d];
+- w[h] >= z[t,h]; u[d] >= x[l,d];
+- memory: sum params * x + a[d] <= cap[d], a[d] >= act[l] * x[l,d];
 - pins fix x; a latency ceiling bounds the latency expression.
 Minimises the latency expression, or T >= every device's compute and every link's transfer
 (plus a tiny latency term to break ties). Costs are exactly those of ``problem.evaluate``.
@@ -40,7 +43,8 @@ def plan_ilp(problem: Problem) -> Breakdown:
     W0 = Z0 + len(tensors) * H
     A0 = W0 + H
     T = A0 + k
-    nvar = T + 1
+    Ui = {d: T + 1 + j for j, d in enumerate(d for d in range(k) if problem.overhead[d] > 0)}
+    nvar = T + 1 + len(Ui)
 
     def hop_terms(h: int) -> dict[int, float]:
         link = problem.links[h]
@@ -49,7 +53,10 @@ def plan_ilp(problem: Problem) -> Breakdown:
         return terms
 
     def compute_terms(d: int) -> dict[int, float]:
-        return {X(l, d): problem.compute[l][d] for l in range(n)}
+        terms = {X(l, d): problem.compute[l][d] for l in range(n)}
+        if d in Ui:
+            terms[Ui[d]] = problem.overhead_ms(d, True)
+        return terms
 
     def weighted(wc, wh, w_ret) -> dict[int, float]:
         """sum_d wc[d] * compute_d + sum_h wh[h] * hop_h + w_ret * return, as variable weights."""
@@ -101,6 +108,9 @@ def plan_ilp(problem: Problem) -> Breakdown:
                 else:
                     add(terms, 1, np.inf)
             add({W0 + h: 1.0, Zi[t, h]: -1.0}, 0, np.inf)  # w[h] >= z[t,h]
+    for d, u in Ui.items():
+        for l in range(n):
+            add({u: 1.0, X(l, d): -1.0}, 0, np.inf)  # u[d] >= x[l,d]
     caps = problem.cap
     for d in range(k):
         if np.isfinite(caps[d]):
@@ -130,8 +140,10 @@ def plan_ilp(problem: Problem) -> Breakdown:
 
     integrality = np.zeros(nvar)
     integrality[:nx_] = 1
+    integrality[T + 1:] = 1
     ub = np.full(nvar, np.inf)
     ub[:A0] = 1.0
+    ub[T + 1:] = 1.0
     A = coo_matrix((vals, (rows, cols)), shape=(len(lo), nvar)).tocsr()
     res = milp(c, constraints=LinearConstraint(A, lo, hi), integrality=integrality,
                bounds=Bounds(np.zeros(nvar), ub),

@@ -7,6 +7,12 @@ a tensor read by several edge layers is paid once. Infinite consumer->producer e
 sending data back down. The link's rtt/2 is paid once if anything crosses: the optimum is the
 better of "all on the end device" and "min cut + rtt/2".
 
+Per-request overheads (``Problem.overhead_ms``) are constants per set of devices used: every split
+pays o0 + o1, all-on-end o0, all-on-edge o1. So the min cut, when it is a split, is still the best
+split, and the optimum is the best of it and the two single sites, each priced by ``evaluate``.
+(When the cut is all-on-end, it beats every split and all-on-edge, unless o0 > 0 makes all-on-edge
+cheaper; when it is all-on-edge, it beats every split.)
+
 Capacities are integers (picoseconds, ``RESOLUTION_PER_MS``) and the infinite edges carry no
 capacity (networkx's "unbounded"): networkx finds the cut's side by comparing each edge's flow
 with its capacity for equality, which float capacities break (it returned a partition worth
@@ -68,8 +74,11 @@ def plan_mincut(problem: Problem) -> Breakdown:
     except nx.NetworkXUnbounded:
         raise PlanningError("the pins contradict each other (a layer pinned to the end device reads "
                             "from one pinned to the edge)") from None
-    cut = evaluate(problem, [0 if i in source_side else 1 for i in range(len(g.layers))])
-    candidates = [cut]
-    if all(d == 0 for d in problem.pinned().values()):
-        candidates.append(evaluate(problem, [0] * len(g.layers)))
+    n = len(g.layers)
+    candidates = [evaluate(problem, [0 if i in source_side else 1 for i in range(n)])]
+    pins = problem.pinned().values()
+    if all(d == 0 for d in pins):
+        candidates.append(evaluate(problem, [0] * n))
+    if all(d == 1 for d in pins) and problem.overhead[0] > 0:
+        candidates.append(evaluate(problem, [1] * n))  # beats the cut only by saving d0's overhead
     return min(candidates, key=lambda b: b.latency_ms)

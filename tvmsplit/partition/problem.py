@@ -6,7 +6,9 @@ layer a device index and is monotone: a layer's device is >= the devices of its 
 only flows up the path; a pipeline never sends tensors back down except the final outputs).
 
 Cost of an assignment (``evaluate``):
-- compute: sum over layers of ``compute_ms[layer][device]``;
+- compute: sum over layers of ``compute_ms[layer][device]``, plus, for every device that runs at
+  least one layer, its fixed per-request ``stage_overhead_ms`` (a worker's receive/decode/send;
+  ``Problem.overhead_ms`` is the one place that rule lives); a device with no layers pays nothing;
 - hop ``h`` (up): the tensors produced on devices <= h (the input counts as produced on d0) and
   read on a device > h, ``bytes x 8 / up_bps + rtt / 2`` (the rtt term once per hop used);
   the input's size is ``input_bytes`` when the end device sends it encoded (e.g. JPEG);
@@ -134,6 +136,7 @@ class Problem:
     pins: tuple[tuple[str, int], ...] = ()         # (layer, device) fixed placements
     latency_ceiling_ms: float | None = None
     power: tuple[PowerModel, ...] = ()            # per device, for the energy objective
+    stage_overhead_ms: tuple[float, ...] = ()      # per device, per request; () = all 0
     compute: tuple[tuple[float, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -152,6 +155,10 @@ class Problem:
                             f"{len(c.devices)} devices, got {len(self.power)}")
         if self.mem_cap_bytes and len(self.mem_cap_bytes) != len(c.devices):
             problems.append(f"mem_cap_bytes needs one entry per device ({len(c.devices)})")
+        o = self.stage_overhead_ms
+        if o and (len(o) != len(c.devices) or any(not math.isfinite(v) or v < 0 for v in o)):
+            problems.append(f"stage_overhead_ms needs one finite, non-negative time (ms) per "
+                            f"device {list(c.devices)}, got {list(o)}")
         for layer, d in self.pins:
             if layer not in g._index and layer not in g.node_layer:
                 problems.append(f"pinned layer {layer!r} does not exist")
@@ -170,6 +177,17 @@ class Problem:
     def cap(self) -> tuple[float, ...]:
         caps = self.mem_cap_bytes or (None,) * self.n_devices
         return tuple(math.inf if c is None else float(c) for c in caps)
+
+    @property
+    def overhead(self) -> tuple[float, ...]:
+        """Each device's fixed per-request overhead in ms (all 0 when none is given)."""
+        return tuple(float(v) for v in self.stage_overhead_ms) or (0.0,) * self.n_devices
+
+    def overhead_ms(self, d: int, runs_layers):
+        """The overhead rule: what device ``d`` adds to its compute for one request — its
+        overhead if it runs at least one layer, else 0. ``runs_layers`` may be a bool or a numpy
+        bool array (elementwise)."""
+        return self.overhead[d] * runs_layers
 
     def energy_weights(self) -> tuple[tuple[float, ...], tuple[float, ...], float]:
         """Energy (mJ) is linear: sum_d wc[d] * compute_d + sum_h wh[h] * hop_h + idle * return,
@@ -227,6 +245,8 @@ def evaluate(problem: Problem, assignment: Sequence[int]) -> Breakdown:
     compute = [0.0] * k
     for i, d in enumerate(dev):
         compute[d] += problem.compute[i][d]
+    for d in range(k):
+        compute[d] += problem.overhead_ms(d, d in dev)
     # where each tensor is produced, and the furthest device that reads it
     made = {t.name: 0 for t in g.inputs}
     for i, layer in enumerate(g.layers):
