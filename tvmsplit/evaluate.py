@@ -10,6 +10,8 @@ cores, joined by a link shaped to ``link``:
 1. **Costs, measured where the plans will run.** Every layer is compiled alone for each device's
    target and timed on that device (an RPC server inside its cgroup; ``min_repeat_ms`` so a
    capped sample spans several quota periods), under the requested end-device load.
+   Each device's fixed per-request time (``stage_overheads``: a one-layer probe model, end to
+   end minus compute minus the link model) goes into the cost model as its stage overhead.
 2. **Candidates.** The planner's choice on those costs, all on the end device, all on the edge,
    and every single cut (the layers up to a cut candidate on the end, the rest on the edge); each
    priced by the same cost model (``partition.problem.evaluate``).
@@ -123,6 +125,7 @@ class Evaluation:
     runs: tuple[Measured, ...]
     single_site: tuple[tuple[str, float], ...]    # (label, ms or req/s), measured
     costs: CostTable = field(repr=False, compare=False, default=None)
+    stage_overhead_ms: tuple[float, ...] = ()     # per device, measured (``stage_overheads``)
 
     def run_of(self, name: str) -> Measured:
         return next(r for r in self.runs if r.candidate.name == name)
@@ -169,6 +172,7 @@ class Evaluation:
             "regret": self.regret, "speedup": self.speedup,
             "best_single_site": dict([self.best_single_site]),
             "single_site": dict(self.single_site), "noise": self.noise,
+            "stage_overhead_ms": dict(zip((d.name for d in self.devices), self.stage_overhead_ms)),
             "unit": "ms" if obj == "latency" else "requests/s",
             "plans": [{"name": r.candidate.name, "placement": list(r.candidate.placement),
                        "assignment": list(r.candidate.assignment),
@@ -297,6 +301,39 @@ def measured_costs(graph: LayerGraph, devices: Sequence[Device], *, load: str = 
     return costs
 
 
+def stage_overheads(devices: Sequence[Device], testbed, link: Link, workdir: Path, *,
+                    requests: int = 30, log: Callable[[str], None] = print) -> tuple[float, ...]:
+    """Each device's fixed time per request beyond its layers' compute (the worker's receive,
+    decode, send; on a capped device stretched by the cap like everything else): a one-layer
+    probe model run back to back on each device alone, end-to-end latency minus the stage's
+    compute and minus what the link model already charges (the edge's hop and return)."""
+    from .build import build_bundle
+    from .check import random_inputs
+    from .frontend import load
+    from .onnxbuild import mlp
+    from .runtime.pipeline import Pipeline
+    from .split import plan_split
+
+    g = load(mlp("overhead-probe", [16, 16]), name="overhead-probe")
+    x = random_inputs(g.inputs)
+    modelled = {"end": 0.0,
+                "edge": link.up_ms(g.inputs[0].nbytes) + link.down_ms(g.outputs[0].nbytes)}
+    out = []
+    for device, where in zip(devices, PLACES):
+        bundle = build_bundle(g, plan_split(g, targets=[device.target]), workdir / f"probe-{where}")
+        residual = []
+        with Pipeline(bundle, launcher=testbed.launcher([where]), timeout_s=60.0) as p:
+            for _ in range(3):
+                p.run(x)
+            for _ in range(requests):
+                start = time.perf_counter()
+                _, trace = p.run(x)
+                residual.append((time.perf_counter() - start) * 1e3 - trace.compute_ms[0])
+        out.append(max(0.0, statistics.median(residual) - modelled[where]))
+        log(f"per-request overhead on the {where}: {out[-1]:.2f} ms")
+    return tuple(out)
+
+
 @contextlib.contextmanager
 def end_load(testbed, load: str):
     """The end device's background load ``END_LOADS[load]``, inside its cgroup, while in the block."""
@@ -403,9 +440,13 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
             with end_load(tb, load):
                 if costs is None:
                     costs = measured_costs(graph, devices, load=load, log=log, testbed=tb)
+                overhead = stage_overheads(devices, tb, link, work, log=log)
                 chosen = plan_partition(graph, devices, [link], costs, objective=objective,
-                                        method=method, parallel=False)
-                problem = Problem(graph, chosen.plan_costs, (link,), objective=objective)
+                                        method=method, parallel=False,
+                                        stage_overhead_ms={d.name: o for d, o in
+                                                           zip(devices, overhead)})
+                problem = Problem(graph, chosen.plan_costs, (link,), objective=objective,
+                                  stage_overhead_ms=overhead)
                 cands, chosen_name = candidates(problem, chosen.predicted.assignment)
                 log(f"planner {chosen.method} chose {chosen_name}; measuring {len(cands)} "
                     f"candidates x {rounds} round(s) x {per_round} request(s)")
@@ -455,4 +496,4 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
                 ("edge: onnxruntime", min(1e3 / edge_ms, all_edge.value(objective)
                                           * max(1.0, all_edge.stage_ms[0] / edge_ms))))
     return Evaluation(graph.name, tuple(devices), link, load, objective, chosen_name,
-                      chosen.method, runs, site, costs)
+                      chosen.method, runs, site, costs, overhead)
