@@ -1,0 +1,271 @@
+#include "json_util.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <set>
+#include <vector>
+
+namespace tvmsplit {
+namespace {
+
+constexpr size_t kLenientDepth = 900;  // Python's json.loads fails near its recursion limit (1000)
+
+// nlohmann's DOM builder with the protocol's extra rules; returning false stops the parse.
+class CheckedSax {
+ public:
+  CheckedSax(json& out, const ParseOptions& opts) : dom_(out, false), opts_(opts) {}
+
+  bool null() { return dom_.null(); }
+  bool boolean(bool v) { return dom_.boolean(v); }
+  bool number_integer(json::number_integer_t v) { return dom_.number_integer(v); }
+  bool number_unsigned(json::number_unsigned_t v) { return dom_.number_unsigned(v); }
+  bool number_float(json::number_float_t v, const json::string_t& raw) {
+    if (opts_.reject_non_finite && !std::isfinite(v)) {
+      // Python reads an integer literal of any length as an int (up to 4300 digits)
+      bool integral = raw.find_first_of(".eE") == json::string_t::npos;
+      if (!integral || raw.size() > 4300) return false;
+    }
+    return dom_.number_float(v, raw);
+  }
+  bool string(json::string_t& v) { return dom_.string(v); }
+  bool binary(json::binary_t& v) { return dom_.binary(v); }
+  bool start_object(std::size_t n) {
+    if (++depth_ > opts_.max_depth) return false;
+    keys_.emplace_back();
+    return dom_.start_object(n);
+  }
+  bool key(json::string_t& k) {
+    if (opts_.reject_duplicates && !keys_.back().insert(k).second) return false;
+    return dom_.key(k);
+  }
+  bool end_object() {
+    --depth_;
+    keys_.pop_back();
+    return dom_.end_object();
+  }
+  bool start_array(std::size_t n) {
+    if (++depth_ > opts_.max_depth) return false;
+    return dom_.start_array(n);
+  }
+  bool end_array() {
+    --depth_;
+    return dom_.end_array();
+  }
+  template <class E>
+  bool parse_error(std::size_t, const std::string&, const E&) {
+    return false;
+  }
+
+ private:
+  nlohmann::detail::json_sax_dom_parser<json> dom_;
+  ParseOptions opts_;
+  size_t depth_ = 0;
+  std::vector<std::set<std::string>> keys_;
+};
+
+bool has_bom(const char* data, size_t size) {
+  return size >= 3 && static_cast<unsigned char>(data[0]) == 0xEF &&
+         static_cast<unsigned char>(data[1]) == 0xBB && static_cast<unsigned char>(data[2]) == 0xBF;
+}
+
+std::optional<json> run_sax(const char* data, size_t size, const ParseOptions& opts) {
+  json out;
+  CheckedSax sax(out, opts);
+  bool ok = false;
+  try {
+    ok = json::sax_parse(data, data + size, &sax, nlohmann::detail::input_format_t::json, true);
+  } catch (const std::exception&) {
+    ok = false;
+  }
+  if (!ok) return std::nullopt;
+  return out;
+}
+
+// Python's json module reads NaN, Infinity and -Infinity; nlohmann does not. Outside strings these
+// letters appear in no other valid JSON, so replacing them with null keeps the structure.
+std::string replace_constants(const char* data, size_t size) {
+  std::string out;
+  out.reserve(size);
+  bool in_string = false;
+  for (size_t i = 0; i < size; ++i) {
+    char c = data[i];
+    if (in_string) {
+      out += c;
+      if (c == '\\' && i + 1 < size) {
+        out += data[++i];
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') in_string = true;
+    auto at = [&](const char* word) {
+      size_t n = std::char_traits<char>::length(word);
+      return i + n <= size && std::equal(word, word + n, data + i) ? n : 0;
+    };
+    size_t n = at("-Infinity");
+    if (!n) n = at("Infinity");
+    if (!n) n = at("NaN");
+    if (n) {
+      out += "null";
+      i += n - 1;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+bool valid_utf8(const char* data, size_t size) {
+  const auto* s = reinterpret_cast<const unsigned char*>(data);
+  size_t i = 0;
+  while (i < size) {
+    unsigned char c = s[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t n;
+    uint32_t cp;
+    if (c >= 0xC2 && c <= 0xDF) {
+      n = 1;
+      cp = c & 0x1F;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      n = 2;
+      cp = c & 0x0F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      n = 3;
+      cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + n >= size) return false;  // truncated sequence
+    for (size_t k = 1; k <= n; ++k) {
+      if ((s[i + k] & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (s[i + k] & 0x3F);
+    }
+    if ((n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+        (cp >= 0xD800 && cp <= 0xDFFF))
+      return false;  // overlong, out of range, or a surrogate (Python's strict decoder refuses)
+    i += n + 1;
+  }
+  return true;
+}
+
+size_t utf8_length(const std::string& s) {
+  size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+std::string utf8_prefix(const std::string& s, size_t n) {
+  size_t seen = 0;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if ((static_cast<unsigned char>(s[i]) & 0xC0) != 0x80) {
+      if (seen == n) return s.substr(0, i);
+      ++seen;
+    }
+  }
+  return s;
+}
+
+std::optional<json> parse_strict(const char* data, size_t size, const ParseOptions& opts) {
+  if (!valid_utf8(data, size) || has_bom(data, size)) return std::nullopt;
+  return run_sax(data, size, opts);
+}
+
+std::optional<json> parse_lenient(const char* data, size_t size) {
+  if (has_bom(data, size)) {
+    data += 3;
+    size -= 3;
+  }
+  if (!valid_utf8(data, size)) return std::nullopt;
+  std::string text = replace_constants(data, size);
+  ParseOptions opts;
+  opts.max_depth = kLenientDepth;
+  opts.reject_duplicates = false;
+  opts.reject_non_finite = false;
+  return run_sax(text.data(), text.size(), opts);
+}
+
+std::string canonical(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+bool is_int_in(const json& j, int64_t lo, uint64_t hi) {
+  if (j.is_number_unsigned()) {
+    auto v = j.get<uint64_t>();
+    return (lo <= 0 || v >= static_cast<uint64_t>(lo)) && v < hi;
+  }
+  if (j.is_number_integer()) {
+    auto v = j.get<int64_t>();
+    return v >= lo && (v < 0 || static_cast<uint64_t>(v) < hi);
+  }
+  return false;
+}
+
+std::string pyrepr(const std::string& s) {
+  bool has_single = s.find('\'') != std::string::npos;
+  bool has_double = s.find('"') != std::string::npos;
+  char quote = has_single && !has_double ? '"' : '\'';
+  std::string out(1, quote);
+  for (unsigned char c : s) {
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == static_cast<unsigned char>(quote)) {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  out += quote;
+  return out;
+}
+
+std::string pyrepr(const json& j) {
+  switch (j.type()) {
+    case json::value_t::null:
+      return "None";
+    case json::value_t::boolean:
+      return j.get<bool>() ? "True" : "False";
+    case json::value_t::string:
+      return pyrepr(j.get<std::string>());
+    case json::value_t::number_float: {
+      double v = j.get<double>();
+      if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+      if (std::isnan(v)) return "nan";
+      return j.dump();
+    }
+    case json::value_t::array: {
+      std::string out = "[";
+      for (size_t i = 0; i < j.size(); ++i) out += (i ? ", " : "") + pyrepr(j[i]);
+      return out + "]";
+    }
+    case json::value_t::object: {
+      std::string out = "{";
+      bool first = true;
+      for (auto it = j.begin(); it != j.end(); ++it) {
+        out += (first ? "" : ", ") + pyrepr(it.key()) + ": " + pyrepr(it.value());
+        first = false;
+      }
+      return out + "}";
+    }
+    default:
+      return j.dump();
+  }
+}
+
+}  // namespace tvmsplit
