@@ -1,6 +1,8 @@
 #include "json_util.hpp"
 
+#include <cctype>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <set>
 #include <vector>
@@ -81,39 +83,72 @@ std::optional<json> run_sax(const char* data, size_t size, const ParseOptions& o
   return out;
 }
 
-// Python's json module reads NaN, Infinity and -Infinity; nlohmann does not. Outside strings these
-// letters appear in no other valid JSON, so replacing them with null keeps the structure.
-std::string replace_constants(const char* data, size_t size) {
-  std::string out;
-  out.reserve(size);
+// Rewrites the tokens nlohmann reads differently from Python's json module, outside strings:
+// NaN / Infinity / -Infinity (Python reads them; with `constants` they become null), and numbers
+// that overflow a double (nlohmann refuses them; Python reads an integer literal of up to 4300
+// digits as an int, which becomes +-1e308 here: out of every int range, as it is in Python; a
+// float literal is inf in Python, rejected with `reject_inf`, else null). False: reject.
+bool rewrite_tokens(const char* data, size_t size, bool constants, bool reject_inf,
+                    std::string* out) {
+  out->clear();
+  out->reserve(size);
   bool in_string = false;
   for (size_t i = 0; i < size; ++i) {
     char c = data[i];
     if (in_string) {
-      out += c;
+      *out += c;
       if (c == '\\' && i + 1 < size) {
-        out += data[++i];
+        *out += data[++i];
       } else if (c == '"') {
         in_string = false;
       }
       continue;
     }
-    if (c == '"') in_string = true;
+    if (c == '"') {
+      in_string = true;
+      *out += c;
+      continue;
+    }
+    if (c == '-' || (c >= '0' && c <= '9')) {
+      size_t j = i + 1;
+      while (j < size && (std::isdigit(static_cast<unsigned char>(data[j])) || data[j] == '.' ||
+                          data[j] == 'e' || data[j] == 'E' || data[j] == '+' || data[j] == '-'))
+        ++j;
+      std::string token(data + i, j - i);
+      double v = std::strtod(token.c_str(), nullptr);
+      if (std::isinf(v)) {
+        bool integral = token.find_first_of(".eE") == std::string::npos;
+        size_t digits = token.size() - (token[0] == '-');
+        if (integral) {
+          if (digits > 4300) return false;  // Python: "Exceeds the limit (4300 digits)"
+          token = token[0] == '-' ? "-1e308" : "1e308";
+        } else {
+          if (reject_inf) return false;
+          token = "null";
+        }
+      }
+      *out += token;
+      i = j - 1;
+      continue;
+    }
     auto at = [&](const char* word) {
       size_t n = std::char_traits<char>::length(word);
       return i + n <= size && std::equal(word, word + n, data + i) ? n : 0;
     };
-    size_t n = at("-Infinity");
-    if (!n) n = at("Infinity");
-    if (!n) n = at("NaN");
+    size_t n = 0;
+    if (constants) {
+      n = at("-Infinity");
+      if (!n) n = at("Infinity");
+      if (!n) n = at("NaN");
+    }
     if (n) {
-      out += "null";
+      *out += "null";
       i += n - 1;
     } else {
-      out += c;
+      *out += c;
     }
   }
-  return out;
+  return true;
 }
 
 }  // namespace
@@ -173,7 +208,9 @@ std::string utf8_prefix(const std::string& s, size_t n) {
 
 std::optional<json> parse_strict(const char* data, size_t size, const ParseOptions& opts) {
   if (!valid_utf8(data, size) || has_bom(data, size)) return std::nullopt;
-  return run_sax(data, size, opts);
+  std::string text;
+  if (!rewrite_tokens(data, size, false, opts.reject_non_finite, &text)) return std::nullopt;
+  return run_sax(text.data(), text.size(), opts);
 }
 
 std::optional<json> parse_lenient(const char* data, size_t size) {
@@ -182,7 +219,8 @@ std::optional<json> parse_lenient(const char* data, size_t size) {
     size -= 3;
   }
   if (!valid_utf8(data, size)) return std::nullopt;
-  std::string text = replace_constants(data, size);
+  std::string text;
+  if (!rewrite_tokens(data, size, true, false, &text)) return std::nullopt;
   ParseOptions opts;
   opts.max_depth = kLenientDepth;
   opts.reject_duplicates = false;

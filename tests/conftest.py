@@ -54,6 +54,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_testbed": ("testbed", "tvm"),
     "test_tune": ("tvm", "slow"),
     "test_wire": ("unit",),
+    "test_worker_conformance": ("tvm", "runtime"),
     "test_zoo": ("unit",),
 }
 

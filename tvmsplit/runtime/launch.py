@@ -22,7 +22,11 @@ Three pieces, each defined once:
   (workers someone already started); the testbed adds one (``Testbed.launcher``) that starts
   workers in its namespaces, the ARM stages under qemu.
 
-Adding a launcher kind (a cgroup-capped device, a native worker, ssh to a board): write a class
+Worker kinds: the Python worker (:func:`python_worker`) and the native C++ one
+(:func:`native_worker`, built by ``CMakeLists.txt``) take the same argv; ``LocalLauncher(program=
+worker_program("native"))`` runs every stage natively, ``programs={stage: [...]}`` mixes kinds.
+
+Adding a launcher kind (a cgroup-capped device, ssh to a board): write a class
 with the :class:`Launcher` attributes and methods. ``client_binds`` says who binds the result
 socket: True, the client binds and ``start`` receives its address for the routes to the client
 (``--next``); False, the workers that reply bind ``out`` and ``start`` receives None. Build each
@@ -166,6 +170,44 @@ class WorkerSpec:
 def python_worker(python: str = sys.executable) -> list[str]:
     """The command that runs the Python worker: ``[python, "-m", "tvmsplit.runtime.worker"]``."""
     return [python, "-m", WORKER_MODULE]
+
+
+NATIVE_WORKER_ENV = "TVMSPLIT_NATIVE_WORKER"  # path of a built tvmsplit-worker
+NATIVE_BUILD_DIR = Path(__file__).resolve().parents[2] / "build" / "native"  # CMakeLists.txt's
+WORKER_KINDS = ("python", "native")
+
+
+def find_native_worker() -> Path | None:
+    """The native worker binary (``CMakeLists.txt``): ``$TVMSPLIT_NATIVE_WORKER``, else
+    ``build/native/tvmsplit-worker`` of this checkout, else ``tvmsplit-worker`` on PATH."""
+    env = os.environ.get(NATIVE_WORKER_ENV)
+    if env:
+        return Path(env) if Path(env).is_file() else None
+    built = NATIVE_BUILD_DIR / "tvmsplit-worker"
+    if built.is_file():
+        return built
+    found = shutil.which("tvmsplit-worker")
+    return Path(found) if found else None
+
+
+def native_worker() -> list[str]:
+    """The command that runs the native worker (same argv as :func:`python_worker`'s)."""
+    path = find_native_worker()
+    if path is None:
+        where = os.environ.get(NATIVE_WORKER_ENV) or str(NATIVE_BUILD_DIR / "tvmsplit-worker")
+        raise LaunchError(f"the native worker is not built ({where} is missing); build it with "
+                          "`cmake -S . -B build/native && cmake --build build/native -j2`, or "
+                          f"set {NATIVE_WORKER_ENV}")
+    return [str(path)]
+
+
+def worker_program(kind: str) -> list[str]:
+    """The command of a worker kind: ``"python"`` or ``"native"`` (``WORKER_KINDS``)."""
+    if kind == "python":
+        return python_worker()
+    if kind == "native":
+        return native_worker()
+    raise LaunchError(f"unknown worker kind {kind!r}; one of {', '.join(WORKER_KINDS)}")
 
 
 def worker_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -359,9 +401,12 @@ class LocalLauncher:
     client_binds = True
 
     def __init__(self, start_timeout_s: float = START_TIMEOUT_S,
-                 program: Sequence[str] | None = None):
+                 program: Sequence[str] | None = None,
+                 programs: Mapping[int, Sequence[str]] | None = None):
         self.start_timeout_s = float(start_timeout_s)
         self.program = list(program) if program else None
+        # per stage: another program for some stages (e.g. native workers beside Python ones)
+        self.programs = {int(i): list(p) for i, p in (programs or {}).items()}
         self._run_dir: Path | None = None
         self._procs: list[WorkerProcess] = []
 
@@ -408,7 +453,7 @@ class LocalLauncher:
         return self._start_one(same_addresses(worker))
 
     def _start_one(self, spec: WorkerSpec) -> Worker:
-        proc = spawn(spec, self.run_dir, program=self.program)
+        proc = spawn(spec, self.run_dir, program=self.programs.get(spec.stage, self.program))
         self._procs.append(proc)
         return Worker.from_ready(proc.wait_ready(self.start_timeout_s), spec.stage, proc)
 
