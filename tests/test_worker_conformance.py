@@ -387,3 +387,38 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+# ----------------------------------------------------------------------------------- the CLI
+def test_tvmsplit_run_with_native_workers_checks_against_onnxruntime(kind, monkeypatch):
+    """`tvmsplit run ... --worker KIND --check`: the pipeline of that kind == onnxruntime."""
+    from click.testing import CliRunner
+
+    from tvmsplit.cli import cli
+
+    result = CliRunner().invoke(cli, ["run", "zoo:chain", "--split-at", "pool1", "--worker", kind,
+                                      "--requests", "3", "--check"])
+    assert result.exit_code == 0, result.output
+    assert "stage 1 [x86_64]" in result.output and result.output.strip().endswith("OK")
+
+
+def test_a_frame_over_the_bound_drops_the_sender_not_the_worker(kind, built, tmp_path, ctx):
+    """ZMQ_MAXMSGSIZE (the largest of 1 MiB and the stage's inputs): a bigger frame disconnects
+    its sender unread; the worker keeps serving others."""
+    bundle = built["bundles"]["chain2"]
+    proc, info = _start(kind, bundle.path, 1, tmp_path)
+    with proc:
+        big = ctx.socket(zmq.PUSH)
+        big.setsockopt(zmq.LINGER, 0)
+        big.connect(info["data"])
+        header = {"v": 1, "kind": "request", "id": 1, "stage": 1, "trace": [],
+                  "tensors": [{"name": "pool1", "dtype": "uint8", "shape": [8 << 20]}]}
+        big.send_multipart([json.dumps(header).encode(), b"\0" * (8 << 20)])
+        push, pull = _socks(ctx, info)
+        pull.setsockopt(zmq.RCVTIMEO, 2000)
+        x = [(t.name, np.ones(t.shape, t.dtype)) for t in bundle.stages[1].plan.inputs]
+        push.send_multipart(wire.request(2, 1, x))
+        assert wire.decode(pull.recv_multipart()).id == 2  # only the valid request's reply
+        with pytest.raises(zmq.Again):
+            pull.recv_multipart()
+        assert proc.poll() is None
