@@ -422,3 +422,36 @@ def test_a_frame_over_the_bound_drops_the_sender_not_the_worker(kind, built, tmp
         with pytest.raises(zmq.Again):
             pull.recv_multipart()
         assert proc.poll() is None
+
+
+def test_secure_sockets_admit_only_their_roles(kind, built, tmp_path, ctx):
+    """ZAP per socket, as security.py's table: the control socket admits client keys only, stage
+    1's data socket only its sender's (worker) key; an unauthorized keypair is refused."""
+    from test_secure import _peer, _wait_event
+
+    from tvmsplit.runtime.security import SecureConfig
+    from tvmsplit.runtime.security import generate_keys as make_keys
+
+    make_keys(tmp_path / "keys")
+    make_keys(tmp_path / "outsider", ["mallory"])
+    client, worker = (SecureConfig(tmp_path / "keys", n) for n in ("client", "worker"))
+    mallory = SecureConfig(tmp_path / "outsider", "mallory")
+    bundle = built["bundles"]["chain2"]
+    proc, info = _start(kind, bundle.path, 1, tmp_path, secure=str(tmp_path / "keys"))
+    both = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    with proc:
+        socks = []
+        for addr, keys, want in ((info["control"], mallory, zmq.EVENT_HANDSHAKE_FAILED_AUTH),
+                                 (info["control"], worker, zmq.EVENT_HANDSHAKE_FAILED_AUTH),
+                                 (info["data"], client, zmq.EVENT_HANDSHAKE_FAILED_AUTH),
+                                 (info["data"], worker, zmq.EVENT_HANDSHAKE_SUCCEEDED),
+                                 (info["control"], client, zmq.EVENT_HANDSHAKE_SUCCEEDED)):
+            s, monitor = _peer(ctx, zmq.REQ if addr == info["control"] else zmq.PUSH, addr, keys,
+                               worker.public_key)
+            socks += [s, monitor]
+            assert _wait_event(monitor, both)["event"] == want, (addr, keys.name)
+        s = socks[-2]  # the client on the control socket
+        s.send_multipart(control.encode_request(control.HEALTH))
+        assert s.poll(10_000) and control.parse_reply(s.recv_multipart())["ok"] is True
+        for sock in socks:
+            sock.close(linger=0)
