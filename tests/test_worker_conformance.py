@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from chain_bundles import chain_bundles  # noqa: E402
 from fuzz_corpus import control_corpus, wire_corpus  # noqa: E402
 from test_stage_dag import dag  # noqa: E402,F401  (the inception stage-DAG bundle fixture)
+from test_testbed import split_bundles, testbed  # noqa: E402,F401  (rpi4b+x86 bundle; 4G testbed)
 from test_wire import read_frames  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
@@ -455,3 +456,40 @@ def test_secure_sockets_admit_only_their_roles(kind, built, tmp_path, ctx):
         assert s.poll(10_000) and control.parse_reply(s.recv_multipart())["ok"] is True
         for sock in socks:
             sock.close(linger=0)
+
+
+# ------------------------------------------------------------------ aarch64, on the testbed
+def test_native_aarch64_worker_on_the_qemu_device_then_x86_edge_over_4g(testbed, split_bundles):
+    """The cross-built worker (native/aarch64-linux-gnu.cmake, build/aarch64) runs stage 0
+    (rpi4b) under qemu in the device's namespace; a Python x86 worker runs stage 1 on the edge;
+    the link is 4G-shaped. Output == onnxruntime."""
+    import psutil
+
+    from tvmsplit.check import random_inputs, reference
+
+    var = f"{NATIVE_WORKER_ENV}_AARCH64"
+    if find_native_worker("aarch64") is None:
+        if os.environ.get(var):
+            pytest.fail(f"{var}={os.environ[var]} does not exist")
+        pytest.skip("the aarch64 native worker is not built: cmake -S . -B build/aarch64 "
+                    "-DCMAKE_TOOLCHAIN_FILE=native/aarch64-linux-gnu.cmake -DTVMSPLIT_SYSROOT=..."
+                    " (see the toolchain file)")
+    g, bundle = split_bundles
+    testbed.device_worker = "native"
+    try:
+        eps = testbed.start_workers(bundle.path, ["device", "edge"])
+    finally:
+        testbed.device_worker = "python"
+    device = psutil.Process(eps[0]["pid"])
+    assert os.path.basename(device.exe()).startswith("qemu-aarch64")
+    assert any(a.endswith("tvmsplit-worker") for a in device.cmdline())
+    x = random_inputs(g.inputs, seed=1)
+    with Pipeline(bundle, endpoints=eps, timeout_s=180) as p:
+        assert [h["ok"] for h in p.health()] == [True, True]
+        for _ in range(2):
+            y, trace = p.run(x)
+            _assert_close(y, reference(g, x), "aarch64 native + x86 Python over 4G")
+        assert trace.hop_bytes[1] > sum(t.nbytes for t in bundle.plan.cuts[0])
+        # the native device worker's RSS, under qemu (which adds its own)
+        print(f"\nnative aarch64 worker under qemu: RSS {device.memory_info().rss / 2**20:.1f} MiB",
+              file=sys.stderr)

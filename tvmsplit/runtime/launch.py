@@ -177,27 +177,39 @@ NATIVE_BUILD_DIR = Path(__file__).resolve().parents[2] / "build" / "native"  # C
 WORKER_KINDS = ("python", "native")
 
 
-def find_native_worker() -> Path | None:
+def _native_places(arch: str | None) -> tuple[str, Path]:
+    """(env variable, build directory) of the native worker for ``arch`` (None: this machine;
+    "aarch64": the cross-build of native/aarch64-linux-gnu.cmake, in build/aarch64)."""
+    if arch is None:
+        return NATIVE_WORKER_ENV, NATIVE_BUILD_DIR
+    return f"{NATIVE_WORKER_ENV}_{arch.upper()}", NATIVE_BUILD_DIR.parent / arch
+
+
+def find_native_worker(arch: str | None = None) -> Path | None:
     """The native worker binary (``CMakeLists.txt``): ``$TVMSPLIT_NATIVE_WORKER``, else
-    ``build/native/tvmsplit-worker`` of this checkout, else ``tvmsplit-worker`` on PATH."""
-    env = os.environ.get(NATIVE_WORKER_ENV)
+    ``build/native/tvmsplit-worker`` of this checkout, else ``tvmsplit-worker`` on PATH. For
+    ``arch="aarch64"``: ``$TVMSPLIT_NATIVE_WORKER_AARCH64``, else ``build/aarch64``."""
+    var, build_dir = _native_places(arch)
+    env = os.environ.get(var)
     if env:
         return Path(env) if Path(env).is_file() else None
-    built = NATIVE_BUILD_DIR / "tvmsplit-worker"
+    built = build_dir / "tvmsplit-worker"
     if built.is_file():
         return built
-    found = shutil.which("tvmsplit-worker")
+    found = shutil.which("tvmsplit-worker") if arch is None else None
     return Path(found) if found else None
 
 
-def native_worker() -> list[str]:
+def native_worker(arch: str | None = None) -> list[str]:
     """The command that runs the native worker (same argv as :func:`python_worker`'s)."""
-    path = find_native_worker()
+    path = find_native_worker(arch)
     if path is None:
-        where = os.environ.get(NATIVE_WORKER_ENV) or str(NATIVE_BUILD_DIR / "tvmsplit-worker")
+        var, build_dir = _native_places(arch)
+        where = os.environ.get(var) or str(build_dir / "tvmsplit-worker")
+        how = ("`cmake -S . -B build/native && cmake --build build/native -j2`" if arch is None
+               else "native/aarch64-linux-gnu.cmake (see its header)")
         raise LaunchError(f"the native worker is not built ({where} is missing); build it with "
-                          "`cmake -S . -B build/native && cmake --build build/native -j2`, or "
-                          f"set {NATIVE_WORKER_ENV}")
+                          f"{how}, or set {var}")
     return [str(path)]
 
 

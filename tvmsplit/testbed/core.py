@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..devices import Link
-from ..runtime.launch import (LaunchError, WorkerSpec, Worker, python_worker, spawn,
+from ..runtime.launch import (LaunchError, WorkerSpec, Worker, native_worker, python_worker, spawn,
                               wait_for_ready_file, launch_order, next_addresses,
                               stop_processes, same_addresses)
 from ..runtime.procs import killpg, stop_group
@@ -136,6 +136,9 @@ class Testbed:
         self.timings: dict[str, float] = {}
         self.detached = False
         self._is_up = False
+        # the device's worker kind: "python" (the aarch64 Python under qemu) or "native" (the
+        # cross-built tvmsplit-worker, native/aarch64-linux-gnu.cmake, under qemu)
+        self.device_worker = "python"
         self.end = None
         if end is not None:
             from .capped import get_capped
@@ -387,7 +390,11 @@ class Testbed:
         emulated = where == "device"
         if emulated and self.sysroot is None:
             raise TestbedError("this testbed has no ARM device (device=False)")
-        if emulated:
+        if emulated and self.device_worker == "native":
+            program = [self.sysroot.qemu, "-L", str(self.sysroot.path),
+                       *native_worker(arch="aarch64")]
+            prefix, env = net.in_ns(self.ns(where)), self.sysroot.env(REPO)
+        elif emulated:
             program = self.sysroot.command("-m", "tvmsplit.runtime.worker")
             prefix, env = net.in_ns(self.ns(where)), self.sysroot.env(REPO)
         else:
