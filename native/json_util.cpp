@@ -1,5 +1,6 @@
 #include "json_util.hpp"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
@@ -16,6 +17,7 @@ constexpr size_t kLenientDepth = 900;  // Python's json.loads fails near its rec
 class CheckedSax {
  public:
   CheckedSax(json& out, const ParseOptions& opts) : dom_(out, false), opts_(opts) {}
+  std::string why;  // set when the parse stops
 
   bool null() { return dom_.null(); }
   bool boolean(bool v) { return dom_.boolean(v); }
@@ -25,44 +27,67 @@ class CheckedSax {
     if (opts_.reject_non_finite && !std::isfinite(v)) {
       // Python reads an integer literal of any length as an int (up to 4300 digits)
       bool integral = raw.find_first_of(".eE") == json::string_t::npos;
-      if (!integral || raw.size() > 4300) return false;
+      if (!integral || raw.size() > 4300) {
+        why = "number " + raw + " is out of range";
+        return false;
+      }
     }
     return dom_.number_float(v, raw);
   }
   bool string(json::string_t& v) { return dom_.string(v); }
   bool binary(json::binary_t& v) { return dom_.binary(v); }
+  // Python checks as it goes only its recursion limit (about kLenientDepth); the protocol's
+  // depth limit after the parse (deepest()), and duplicate keys when an object ends.
   bool start_object(std::size_t n) {
-    if (++depth_ > opts_.max_depth) return false;
+    if (!deeper()) return false;
     keys_.emplace_back();
+    duplicate_.emplace_back();
     return dom_.start_object(n);
   }
   bool key(json::string_t& k) {
-    if (opts_.reject_duplicates && !keys_.back().insert(k).second) return false;
+    if (opts_.reject_duplicates && !keys_.back().insert(k).second && duplicate_.back().empty())
+      duplicate_.back() = "duplicate key " + pyrepr(k);
     return dom_.key(k);
   }
   bool end_object() {
     --depth_;
     keys_.pop_back();
+    if (!duplicate_.back().empty()) {
+      why = duplicate_.back();
+      return false;
+    }
+    duplicate_.pop_back();
     return dom_.end_object();
   }
   bool start_array(std::size_t n) {
-    if (++depth_ > opts_.max_depth) return false;
+    if (!deeper()) return false;
     return dom_.start_array(n);
   }
+  size_t deepest() const { return deepest_; }
   bool end_array() {
     --depth_;
     return dom_.end_array();
   }
   template <class E>
-  bool parse_error(std::size_t, const std::string&, const E&) {
+  bool parse_error(std::size_t, const std::string&, const E& exc) {
+    why = exc.what();
+    size_t cut = why.find("] ");  // nlohmann's "[json.exception.parse_error.101] "
+    if (cut != std::string::npos) why = why.substr(cut + 2);
+    return false;
+  }
+  bool deeper() {
+    deepest_ = std::max(deepest_, ++depth_);
+    if (depth_ <= kLenientDepth) return true;
+    why = "nested deeper than " + std::to_string(opts_.max_depth);
     return false;
   }
 
  private:
   nlohmann::detail::json_sax_dom_parser<json> dom_;
   ParseOptions opts_;
-  size_t depth_ = 0;
+  size_t depth_ = 0, deepest_ = 0;
   std::vector<std::set<std::string>> keys_;
+  std::vector<std::string> duplicate_;
 };
 
 bool has_bom(const char* data, size_t size) {
@@ -70,16 +95,25 @@ bool has_bom(const char* data, size_t size) {
          static_cast<unsigned char>(data[1]) == 0xBB && static_cast<unsigned char>(data[2]) == 0xBF;
 }
 
-std::optional<json> run_sax(const char* data, size_t size, const ParseOptions& opts) {
+std::optional<json> run_sax(const char* data, size_t size, const ParseOptions& opts,
+                            std::string* why) {
   json out;
   CheckedSax sax(out, opts);
   bool ok = false;
   try {
     ok = json::sax_parse(data, data + size, &sax, nlohmann::detail::input_format_t::json, true);
-  } catch (const std::exception&) {
+  } catch (const std::exception& exc) {
+    sax.why = exc.what();
     ok = false;
   }
-  if (!ok) return std::nullopt;
+  if (ok && sax.deepest() > opts.max_depth) {
+    ok = false;
+    sax.why = "nested deeper than " + std::to_string(opts.max_depth);
+  }
+  if (!ok) {
+    if (why) *why = sax.why.empty() ? "not valid JSON" : sax.why;
+    return std::nullopt;
+  }
   return out;
 }
 
@@ -89,7 +123,7 @@ std::optional<json> run_sax(const char* data, size_t size, const ParseOptions& o
 // digits as an int, which becomes +-1e308 here: out of every int range, as it is in Python; a
 // float literal is inf in Python, rejected with `reject_inf`, else null). False: reject.
 bool rewrite_tokens(const char* data, size_t size, bool constants, bool reject_inf,
-                    std::string* out) {
+                    std::string* out, std::string* why) {
   out->clear();
   out->reserve(size);
   bool in_string = false;
@@ -120,10 +154,16 @@ bool rewrite_tokens(const char* data, size_t size, bool constants, bool reject_i
         bool integral = token.find_first_of(".eE") == std::string::npos;
         size_t digits = token.size() - (token[0] == '-');
         if (integral) {
-          if (digits > 4300) return false;  // Python: "Exceeds the limit (4300 digits)"
+          if (digits > 4300) {  // Python: "Exceeds the limit (4300 digits) ..."
+            *why = "an integer of " + std::to_string(digits) + " digits (the limit is 4300)";
+            return false;
+          }
           token = token[0] == '-' ? "-1e308" : "1e308";
         } else {
-          if (reject_inf) return false;
+          if (reject_inf) {
+            *why = "number " + token + " is out of range";
+            return false;
+          }
           token = "null";
         }
       }
@@ -135,11 +175,12 @@ bool rewrite_tokens(const char* data, size_t size, bool constants, bool reject_i
       size_t n = std::char_traits<char>::length(word);
       return i + n <= size && std::equal(word, word + n, data + i) ? n : 0;
     };
-    size_t n = 0;
-    if (constants) {
-      n = at("-Infinity");
-      if (!n) n = at("Infinity");
-      if (!n) n = at("NaN");
+    size_t n = at("-Infinity");
+    if (!n) n = at("Infinity");
+    if (!n) n = at("NaN");
+    if (n && !constants) {  // strict: Python's parse_constant hook refuses them
+      *why = std::string(data + i, n) + " is not valid JSON";
+      return false;
     }
     if (n) {
       *out += "null";
@@ -206,11 +247,21 @@ std::string utf8_prefix(const std::string& s, size_t n) {
   return s;
 }
 
-std::optional<json> parse_strict(const char* data, size_t size, const ParseOptions& opts) {
-  if (!valid_utf8(data, size) || has_bom(data, size)) return std::nullopt;
+std::optional<json> parse_strict(const char* data, size_t size, const ParseOptions& opts,
+                                 std::string* why) {
+  std::string reason;
+  why = why ? why : &reason;
+  if (!valid_utf8(data, size)) {
+    *why = "not valid UTF-8";
+    return std::nullopt;
+  }
+  if (has_bom(data, size)) {
+    *why = "Unexpected UTF-8 BOM";
+    return std::nullopt;
+  }
   std::string text;
-  if (!rewrite_tokens(data, size, false, opts.reject_non_finite, &text)) return std::nullopt;
-  return run_sax(text.data(), text.size(), opts);
+  if (!rewrite_tokens(data, size, false, opts.reject_non_finite, &text, why)) return std::nullopt;
+  return run_sax(text.data(), text.size(), opts, why);
 }
 
 std::optional<json> parse_lenient(const char* data, size_t size) {
@@ -219,13 +270,13 @@ std::optional<json> parse_lenient(const char* data, size_t size) {
     size -= 3;
   }
   if (!valid_utf8(data, size)) return std::nullopt;
-  std::string text;
-  if (!rewrite_tokens(data, size, true, false, &text)) return std::nullopt;
+  std::string text, why;
+  if (!rewrite_tokens(data, size, true, false, &text, &why)) return std::nullopt;
   ParseOptions opts;
   opts.max_depth = kLenientDepth;
   opts.reject_duplicates = false;
   opts.reject_non_finite = false;
-  return run_sax(text.data(), text.size(), opts);
+  return run_sax(text.data(), text.size(), opts, nullptr);
 }
 
 std::string canonical(const json& j) {

@@ -22,7 +22,10 @@ struct ParseOptions {
 
 // Strict parse of a whole buffer: valid UTF-8, no BOM, no NaN/Infinity literals, within the
 // options. nullopt on any failure (the caller decides the code).
-std::optional<json> parse_strict(const char* data, size_t size, const ParseOptions& opts);
+// `why` (optional) gets the reason of a failure, in the words of Python's json module where it
+// has them (duplicate key 'k', NaN is not valid JSON, number 1e999 is out of range).
+std::optional<json> parse_strict(const char* data, size_t size, const ParseOptions& opts,
+                                 std::string* why = nullptr);
 
 // What Python's plain json.loads(bytes) accepts: a UTF-8 BOM, NaN/Infinity literals, duplicate
 // keys (last wins), nesting up to about the interpreter's recursion limit.

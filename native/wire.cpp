@@ -33,13 +33,15 @@ Message parse_header(const char* raw, size_t size, bool check_max, uint64_t max_
   need(size <= kMaxHeaderBytes, "too_large",
        "header is " + std::to_string(size) + " bytes; the limit is " +
            std::to_string(kMaxHeaderBytes));
-  if (!valid_utf8(raw, size)) fail("bad_header", "header frame is not valid UTF-8");
   ParseOptions opts;
   opts.max_depth = kMaxDepth;
-  auto parsed = parse_strict(raw, size, opts);
-  if (!parsed)
-    fail("bad_header", "header frame is not valid JSON (or is nested deeper than " +
-                           std::to_string(kMaxDepth) + ", or has a duplicate key or NaN)");
+  std::string why;
+  auto parsed = parse_strict(raw, size, opts, &why);
+  if (!parsed) {
+    if (why.rfind("nested deeper", 0) == 0) fail("bad_header", "header is " + why);
+    if (why == "not valid UTF-8") fail("bad_header", "header frame is not valid UTF-8");
+    fail("bad_header", "header frame is not valid JSON: " + why);
+  }
   const json& h = *parsed;
   need(h.is_object(), "bad_header",
        std::string("header must be a JSON object, got ") + h.type_name());
