@@ -4,6 +4,7 @@
 #include <csignal>
 #include <cstdio>
 #include <exception>
+#include <memory>
 
 #include "args.hpp"
 #include "worker.hpp"
@@ -21,8 +22,10 @@ int main(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
+  std::unique_ptr<tvmsplit::StageWorker> worker_ptr;
   try {
-    tvmsplit::StageWorker worker(args);
+    worker_ptr = std::make_unique<tvmsplit::StageWorker>(args);
+    tvmsplit::StageWorker& worker = *worker_ptr;
     std::vector<std::string> exposed;
     auto ep = worker.endpoints();
     for (const char* k : {"data", "control", "out"})
@@ -39,13 +42,18 @@ int main(int argc, char** argv) {
                    "data travels unencrypted; use --secure KEYS_DIR\n", list.c_str());
     }
     if (args.ready_file) tvmsplit::write_ready_file(*args.ready_file, ep);
-    worker.serve(&g_stop);
   } catch (const tvmsplit::StartError& exc) {
     std::fprintf(stderr, "tvmsplit worker: %s\n", exc.what());
     return 2;
   } catch (const std::exception& exc) {
     std::fprintf(stderr, "tvmsplit worker: stage %d failed to start: %s\n", args.stage, exc.what());
     return 2;
+  }
+  try {
+    worker_ptr->serve(&g_stop);
+  } catch (const std::exception& exc) {  // a fault of the loop itself (no message causes one)
+    std::fprintf(stderr, "tvmsplit worker: stage %d stopped: %s\n", args.stage, exc.what());
+    return 1;
   }
   return 0;
 }

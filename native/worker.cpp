@@ -434,6 +434,7 @@ StageWorker::Sends StageWorker::send(Sends messages) {
 // --------------------------------------------------------------------------------- control
 bool StageWorker::control_request() {
   std::vector<zmq::message_t> frames = recv_all(*control_);
+  if (frames.empty()) return false;  // nothing arrived: a REP socket must not answer
   bool stop = false;
   std::string answer;
   try {
