@@ -1,6 +1,7 @@
 #include "json_util.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
@@ -279,8 +280,108 @@ std::optional<json> parse_lenient(const char* data, size_t size) {
   return run_sax(text.data(), text.size(), opts, nullptr);
 }
 
+namespace {
+
+// A double as Python's repr() writes it (json.dumps uses float.__repr__): the shortest digits
+// that read back to the same double (std::to_chars), in fixed notation when the decimal
+// exponent is in [-4, 16), else d.ddde+XX.
+void write_double(double v, std::string* out) {
+  if (!std::isfinite(v)) {  // never sent: parsing refuses them and our own numbers are finite
+    *out += "null";
+    return;
+  }
+  char buf[64];
+  auto res = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::scientific);
+  std::string sci(buf, res.ptr);
+  bool negative = sci[0] == '-';
+  if (negative) sci.erase(0, 1);
+  size_t e = sci.find('e');
+  std::string digits = sci.substr(0, e);
+  digits.erase(std::remove(digits.begin(), digits.end(), '.'), digits.end());
+  int exp = std::atoi(sci.c_str() + e + 1);
+  if (negative) *out += '-';
+  if (exp >= -4 && exp < 16) {
+    if (exp >= 0) {
+      std::string whole = digits.substr(0, std::min(digits.size(), static_cast<size_t>(exp) + 1));
+      whole.append(static_cast<size_t>(exp) + 1 - whole.size(), '0');
+      std::string frac = digits.size() > static_cast<size_t>(exp) + 1 ? digits.substr(exp + 1) : "0";
+      *out += whole + "." + frac;
+    } else {
+      *out += "0." + std::string(static_cast<size_t>(-exp - 1), '0') + digits;
+    }
+    return;
+  }
+  *out += digits.substr(0, 1);
+  if (digits.size() > 1) *out += "." + digits.substr(1);
+  char ebuf[16];
+  std::snprintf(ebuf, sizeof ebuf, "e%c%02d", exp < 0 ? '-' : '+', exp < 0 ? -exp : exp);
+  *out += ebuf;
+}
+
+// A string as json.dumps(ensure_ascii=False) writes it.
+void write_string(const std::string& s, std::string* out) {
+  *out += '"';
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': *out += "\\\""; break;
+      case '\\': *out += "\\\\"; break;
+      case '\n': *out += "\\n"; break;
+      case '\r': *out += "\\r"; break;
+      case '\t': *out += "\\t"; break;
+      case '\b': *out += "\\b"; break;
+      case '\f': *out += "\\f"; break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          *out += buf;
+        } else {
+          *out += static_cast<char>(c);
+        }
+    }
+  }
+  *out += '"';
+}
+
+void write_canonical(const json& j, std::string* out) {
+  switch (j.type()) {
+    case json::value_t::object: {  // std::map: keys in byte order = code point order (UTF-8)
+      *out += '{';
+      bool first = true;
+      for (auto it = j.begin(); it != j.end(); ++it) {
+        if (!first) *out += ',';
+        first = false;
+        write_string(it.key(), out);
+        *out += ':';
+        write_canonical(it.value(), out);
+      }
+      *out += '}';
+      break;
+    }
+    case json::value_t::array: {
+      *out += '[';
+      for (size_t i = 0; i < j.size(); ++i) {
+        if (i) *out += ',';
+        write_canonical(j[i], out);
+      }
+      *out += ']';
+      break;
+    }
+    case json::value_t::string: write_string(j.get_ref<const std::string&>(), out); break;
+    case json::value_t::boolean: *out += j.get<bool>() ? "true" : "false"; break;
+    case json::value_t::number_integer: *out += std::to_string(j.get<int64_t>()); break;
+    case json::value_t::number_unsigned: *out += std::to_string(j.get<uint64_t>()); break;
+    case json::value_t::number_float: write_double(j.get<double>(), out); break;
+    default: *out += "null"; break;
+  }
+}
+
+}  // namespace
+
 std::string canonical(const json& j) {
-  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+  std::string out;
+  write_canonical(j, &out);
+  return out;
 }
 
 bool is_int_in(const json& j, int64_t lo, uint64_t hi) {

@@ -175,6 +175,30 @@ def test_golden_messages_get_byte_equal_replies(kind, built, tmp_path, ctx):
         assert proc.popen.wait(10) == 0
 
 
+def test_earlier_trace_entries_are_passed_on_in_canonical_bytes(kind, built, tmp_path, ctx):
+    """A reply re-encodes the trace it received: floats as Python's repr (shortest round trip,
+    exponent from 1e16), strings with json.dumps' escapes and raw non-ASCII, big and negative
+    ints, nested objects with sorted keys; byte for byte what wire.encode writes."""
+    import random
+
+    rng = random.Random(5)
+    entry = {"stage": 0, "s": "".join(map(chr, range(32))) + '"\\/é€😀\u007f',
+             "f": [1e15, 1e16, 1e-4, 1e-5, -0.0, 5e-324, 1.7976931348623157e308, 0.1, 2.0**53]
+             + [rng.uniform(0, 2e9) for _ in range(300)] + [10 ** rng.uniform(-12, 22)
+                                                            for _ in range(300)],
+             "i": [0, -1, 2**63 - 1, -2**63, 2**64 - 1], "z": {"b": True, "a": None, "é": []}}
+    bundle = built["bundles"]["chain2"]
+    proc, info = _start(kind, bundle.path, 1, tmp_path)
+    with proc:
+        push, pull = _socks(ctx, info)
+        x = [(t.name, np.ones(t.shape, t.dtype)) for t in bundle.stages[1].plan.inputs]
+        push.send_multipart(wire.request(8, 1, x, [entry]))
+        head = pull.recv_multipart()[0]
+        want = wire.encode(wire.Message("reply", 8, 1, (), (entry,)))[0]
+        prefix = want[want.index(b'"trace":['):-len(b"],\"v\":1}")]
+        assert prefix in head, (prefix[:200], head[:400])
+
+
 # ------------------------------------------------------------------------ malformed messages
 def test_malformed_messages_get_the_decoders_codes(kind, built, tmp_path, ctx):
     """The seeded corpus of tests/fuzz_corpus.py: every malformed message is answered once with
