@@ -310,6 +310,32 @@ def test_mixed_native_and_python_three_stage_pipeline(kind, built):
         assert len(trace.compute_ms) == 3
 
 
+def test_replicas_of_a_stage_and_losing_one_loses_nothing(kind, built, tmp_path):
+    """Hand-started workers of this kind: stage 1 on two replicas (stage 0: --next A,B); one is
+    SIGKILLed mid-stream; every request is answered once, equal to onnxruntime."""
+    from hand_workers import HandStartedWorkers
+    from test_runtime import _inputs, _ort_session
+
+    bundle, g = built["bundles"]["chain3"], built["graphs"]["chain"]
+    xs, session = _inputs(g, 60), _ort_session(g)
+    with HandStartedWorkers(bundle, tmp_path, program=worker_program(kind)) as workers:
+        s2 = workers.start(2)
+        s1 = [workers.start(1, "--next", s2["data"]) for _ in range(2)]
+        s0 = workers.start(0, "--next", ",".join(r["data"] for r in s1))
+        with Pipeline(bundle, endpoints=[s0, s1, s2], timeout_s=30) as p:
+            for _ in range(10):
+                p.run(xs[0])
+            assert all(h["served"] > 0 for h in p.health() if h["stage"] == 1)
+            got = []
+            for item in p.stream(xs):
+                got.append(item)
+                if len(got) == 20:
+                    os.killpg(s1[0]["pid"], signal.SIGKILL)
+            assert len(got) == len(xs)
+            for x, (y, _) in zip(xs, got):
+                assert compare(y["output"], session.run(None, x)[0], "output").rel <= RTOL
+
+
 # ------------------------------------------------------------------- deploy, health, shutdown
 def test_deploy_a_pushed_library(kind, built, tmp_path, ctx):
     """--await-library with only manifest.json: requests get not_deployed; a library that does
