@@ -195,8 +195,15 @@ bool rewrite_tokens(const char* data, size_t size, bool constants, bool reject_i
 
 }  // namespace
 
-bool valid_utf8(const char* data, size_t size) {
+std::string utf8_error(const char* data, size_t size) {
+  // Python's strict UTF-8 decoder: the first bad byte, in its words
   const auto* s = reinterpret_cast<const unsigned char*>(data);
+  auto say = [&](size_t at, const char* why) {
+    char buf[128];
+    std::snprintf(buf, sizeof buf, "'utf-8' codec can't decode byte 0x%02x in position %zu: %s",
+                  s[at], at, why);
+    return std::string(buf);
+  };
   size_t i = 0;
   while (i < size) {
     unsigned char c = s[i];
@@ -205,31 +212,30 @@ bool valid_utf8(const char* data, size_t size) {
       continue;
     }
     size_t n;
-    uint32_t cp;
     if (c >= 0xC2 && c <= 0xDF) {
       n = 1;
-      cp = c & 0x1F;
     } else if (c >= 0xE0 && c <= 0xEF) {
       n = 2;
-      cp = c & 0x0F;
     } else if (c >= 0xF0 && c <= 0xF4) {
       n = 3;
-      cp = c & 0x07;
     } else {
-      return false;
+      return say(i, "invalid start byte");
     }
-    if (i + n >= size) return false;  // truncated sequence
+    // the second byte's range excludes overlong forms, surrogates and code points > U+10FFFF
+    unsigned char lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
+    unsigned char hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
     for (size_t k = 1; k <= n; ++k) {
-      if ((s[i + k] & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (s[i + k] & 0x3F);
+      if (i + k >= size) return say(i, "unexpected end of data");
+      unsigned char b = s[i + k];
+      if (b < (k == 1 ? lo : 0x80) || b > (k == 1 ? hi : 0xBF))
+        return say(i, "invalid continuation byte");
     }
-    if ((n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-        (cp >= 0xD800 && cp <= 0xDFFF))
-      return false;  // overlong, out of range, or a surrogate (Python's strict decoder refuses)
     i += n + 1;
   }
-  return true;
+  return "";
 }
+
+bool valid_utf8(const char* data, size_t size) { return utf8_error(data, size).empty(); }
 
 size_t utf8_length(const std::string& s) {
   size_t n = 0;
@@ -252,8 +258,9 @@ std::optional<json> parse_strict(const char* data, size_t size, const ParseOptio
                                  std::string* why) {
   std::string reason;
   why = why ? why : &reason;
-  if (!valid_utf8(data, size)) {
-    *why = "not valid UTF-8";
+  std::string bad = utf8_error(data, size);
+  if (!bad.empty()) {
+    *why = "not valid UTF-8: " + bad;
     return std::nullopt;
   }
   if (has_bom(data, size)) {

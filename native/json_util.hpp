@@ -32,6 +32,7 @@ std::optional<json> parse_strict(const char* data, size_t size, const ParseOptio
 std::optional<json> parse_lenient(const char* data, size_t size);
 
 bool valid_utf8(const char* data, size_t size);
+std::string utf8_error(const char* data, size_t size);  // "" when valid
 size_t utf8_length(const std::string& s);                  // code points
 std::string utf8_prefix(const std::string& s, size_t n);   // the first n code points
 

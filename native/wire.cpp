@@ -24,6 +24,16 @@ bool error_code_ok(const std::string& code) {
   return true;
 }
 
+std::string py_type(const json& j) {  // Python's type(x).__name__ of a parsed value
+  if (j.is_boolean()) return "bool";
+  if (j.is_number_integer()) return "int";
+  if (j.is_number_float()) return "float";
+  if (j.is_string()) return "str";
+  if (j.is_array()) return "list";
+  if (j.is_null()) return "NoneType";
+  return "dict";
+}
+
 std::string sorted_repr(const std::set<std::string>& names) {
   return names_repr(std::vector<std::string>(names.begin(), names.end()));
 }
@@ -39,12 +49,11 @@ Message parse_header(const char* raw, size_t size, bool check_max, uint64_t max_
   auto parsed = parse_strict(raw, size, opts, &why);
   if (!parsed) {
     if (why.rfind("nested deeper", 0) == 0) fail("bad_header", "header is " + why);
-    if (why == "not valid UTF-8") fail("bad_header", "header frame is not valid UTF-8");
+    if (why.rfind("not valid UTF-8", 0) == 0) fail("bad_header", "header frame is " + why);
     fail("bad_header", "header frame is not valid JSON: " + why);
   }
   const json& h = *parsed;
-  need(h.is_object(), "bad_header",
-       std::string("header must be a JSON object, got ") + h.type_name());
+  need(h.is_object(), "bad_header", "header must be a JSON object, got " + py_type(h));
   need(h.contains("v"), "missing_field", "header has no 'v' (format version)");
   need(is_int_in(h["v"], 1, 2), "bad_version",
        "received wire format version " + pyrepr(h["v"]) + "; this build supports version 1");

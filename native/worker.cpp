@@ -516,7 +516,10 @@ void StageWorker::serve(const volatile std::sig_atomic_t* stop) {
       if (zmq_errno() == EINTR) continue;
       throw zmq::error_t();
     }
-    if (control_ && (items[0].revents & ZMQ_POLLIN) && control_request()) return;
+    if (control_ && (items[0].revents & ZMQ_POLLIN) && control_request()) {
+      control_->set(zmq::sockopt::linger, 1000);  // let the shutdown answer leave first
+      return;
+    }
     if (!pending.empty()) {
       bool writable = false;
       for (size_t r : waiting) writable = writable || (items[outs_at + r].revents & ZMQ_POLLOUT);
