@@ -543,3 +543,33 @@ def test_native_aarch64_worker_on_the_qemu_device_then_x86_edge_over_4g(testbed,
         # the native device worker's RSS, under qemu (which adds its own)
         print(f"\nnative aarch64 worker under qemu: RSS {device.memory_info().rss / 2**20:.1f} MiB",
               file=sys.stderr)
+
+
+def test_the_testbed_launcher_runs_the_native_device_worker_and_replaces_it(testbed,
+                                                                           split_bundles):
+    """Pipeline(launcher=testbed.launcher(...)) with the device's worker kind set to native:
+    the device stage is the aarch64 binary under qemu; killed, it is respawned (native again)
+    at its addresses and the request in flight answered."""
+    import psutil
+
+    from tvmsplit.check import random_inputs, reference
+
+    if find_native_worker("aarch64") is None:
+        pytest.skip("the aarch64 native worker is not built (native/aarch64-linux-gnu.cmake)")
+    g, bundle = split_bundles
+    x = random_inputs(g.inputs, seed=4)
+    want = reference(g, x)
+    testbed.device_worker = "native"
+    try:
+        with Pipeline(bundle, launcher=testbed.launcher(["device", "edge"]), timeout_s=180) as p:
+            pid = p.endpoints[0]["pid"]
+            assert any(a.endswith("tvmsplit-worker") for a in psutil.Process(pid).cmdline())
+            _assert_close(p.run(x)[0], want, "testbed launcher, native device")
+            rid = p.submit(x)
+            os.kill(pid, signal.SIGKILL)
+            _assert_close(p.result(rid)[0], want, "after the device worker was replaced")
+            assert [(f.stage, f.old_pid, f.how) for f in p.failovers] == [(0, pid, "respawn")]
+            new = psutil.Process(p.endpoints[0]["pid"])
+            assert any(a.endswith("tvmsplit-worker") for a in new.cmdline())
+    finally:
+        testbed.device_worker = "python"
