@@ -9,6 +9,9 @@ python, ...) so drift on this shared machine hits both alike; medians are report
 (c) Per-hop overhead for a 1 KB / 1 MB / 10 MB cut: bench_runtime's expand/reduce model in two
     stages; (end-to-end - sum of stage compute) / hops, median of --repeats single requests.
 (d) Throughput of the 2-stage resnet pipeline, --requests streamed requests, 8 in flight.
+(e) With the testbed's arm64 sysroot and the aarch64 cross-build (build/aarch64): start to ready
+    and idle RSS of stage 0 (built for rpi4b) under qemu-aarch64, the aarch64 Python worker
+    (runtime-only TVM) against the native one; qemu's own memory is in both.
 
 Workers run with TVM_NUM_THREADS=1 (two stages on 2 cores). Needs the native worker built
 (`cmake -S . -B build/native && cmake --build build/native -j2`, or $TVMSPLIT_NATIVE_WORKER).
@@ -72,6 +75,50 @@ def start_and_idle_rows(bundle, tmp: str, starts: int) -> tuple[list[str], dict]
             got[kind][1].append(rss)
     med = {k: (statistics.median(v[0]), statistics.median(v[1])) for k, v in got.items()}
     return med, got
+
+
+def qemu_rows(tmp: str, starts: int) -> list[str]:
+    """(e): the emulated device, if its sysroot and the aarch64 worker are there."""
+    from tvmsplit.testbed.sysroot import find_qemu, read_marker, sysroot_path
+
+    path, qemu = sysroot_path(), find_qemu()
+    if read_marker(path) is None or qemu is None or find_native_worker("aarch64") is None:
+        return ["(e) skipped: no testbed sysroot, qemu or build/aarch64 worker"]
+    from tvmsplit.runtime.launch import native_worker
+    from tvmsplit.testbed.sysroot import Sysroot
+
+    sr = Sysroot(path, qemu, {})
+    g = ts.load(zoo.make("resnet"), name="resnet")
+    bundle = ts.build_bundle(g, ts.plan_split(g, ["block2_add"], targets=["rpi4b", "x86_64"]),
+                             f"{tmp}/resnet-arm")
+    programs = {"python": (sr.command("-m", "tvmsplit.runtime.worker"),
+                           sr.env(Path(__file__).resolve().parents[1])),
+                "native": ([qemu, "-L", str(path), *native_worker("aarch64")], sr.env())}
+    got = {k: ([], []) for k in KINDS}
+    for i in range(starts):
+        for kind in KINDS:
+            program, env = programs[kind]
+            ready = Path(tmp) / f"qemu-{kind}-{i}.json"
+            t0 = time.perf_counter()
+            proc = subprocess.Popen([*program, *WorkerSpec(str(bundle.path), 0, next=(
+                "tcp://127.0.0.1:9",), ready_file=str(ready)).argv()], env=env,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
+            while not ready.exists():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{kind} worker under qemu exited with {proc.returncode}")
+                time.sleep(0.001)
+            got[kind][0].append((time.perf_counter() - t0) * 1e3)
+            time.sleep(0.5)
+            got[kind][1].append(psutil.Process(proc.pid).memory_info().rss)
+            proc.terminate()
+            proc.wait(30)
+    py_ms, nat_ms = (statistics.median(got[k][0]) for k in KINDS)
+    py_rss, nat_rss = (statistics.median(got[k][1]) / 2**20 for k in KINDS)
+    return ["| under qemu-aarch64 (stage 0, rpi4b) | Python worker | native worker | native / "
+            "Python |", "|---|---:|---:|---:|",
+            f"| start to ready, ms | {py_ms:.0f} | {nat_ms:.0f} | {nat_ms / py_ms:.2f} |",
+            f"| RSS idle (incl. qemu), MiB | {py_rss:.1f} | {nat_rss:.1f} | "
+            f"{nat_rss / py_rss:.2f} |"]
 
 
 def _serving_rss_and_rate(kind: str, bundle, x, requests: int) -> tuple[int, float]:
@@ -154,6 +201,8 @@ def main() -> None:
             py, nat = (statistics.median(got[k]) for k in KINDS)
             lines.append(f"| {label} | {py:.3f} | {nat:.3f} | {nat / py:.2f} |")
             print(lines[-1], flush=True)
+        lines += [""] + qemu_rows(tmp, max(3, args.starts // 2))
+        print("\n".join(lines[-4:]), flush=True)
     text = (f"Stage 1 of zoo resnet split at block2_add; {args.starts} starts, {args.rounds} "
             f"rounds of {args.requests} streamed requests, overhead: 3 rounds x {args.repeats} "
             "requests per size; kinds interleaved, medians; TVM_NUM_THREADS=1.\n\n"
