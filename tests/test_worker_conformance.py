@@ -529,7 +529,7 @@ def test_native_aarch64_worker_on_the_qemu_device_then_x86_edge_over_4g(testbed,
     try:
         eps = testbed.start_workers(bundle.path, ["device", "edge"])
     finally:
-        testbed.device_worker = "python"
+        testbed.device_worker = None
     device = psutil.Process(eps[0]["pid"])
     assert os.path.basename(device.exe()).startswith("qemu-aarch64")
     assert any(a.endswith("tvmsplit-worker") for a in device.cmdline())
@@ -572,4 +572,38 @@ def test_the_testbed_launcher_runs_the_native_device_worker_and_replaces_it(test
             new = psutil.Process(p.endpoints[0]["pid"])
             assert any(a.endswith("tvmsplit-worker") for a in new.cmdline())
     finally:
-        testbed.device_worker = "python"
+        testbed.device_worker = None
+
+
+def test_a_target_file_can_ask_for_the_native_worker(tmp_path, monkeypatch):
+    """`[worker] kind = "native"` in a target file: Pipeline(bundle) with its default launcher
+    runs that target's stages natively, the others in Python; a bad kind is a clear error."""
+    import psutil
+
+    import tvmsplit as ts
+    from tvmsplit import zoo
+    from tvmsplit.check import random_inputs, reference
+    from tvmsplit.runtime.launch import LaunchError, target_worker_kind
+
+    if find_native_worker() is None:
+        pytest.skip("native worker not built")
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    base = (Path(ts.__file__).parent.parent / "targets" / "x86_64.toml").read_text()
+    (targets / "edge-native.toml").write_text(
+        base.replace('name = "x86_64"', 'name = "edge-native"') + '\n[worker]\nkind = "native"\n')
+    (targets / "edge-bad.toml").write_text(
+        base.replace('name = "x86_64"', 'name = "edge-bad"') + '\n[worker]\nkind = "java"\n')
+    monkeypatch.setenv("TVMSPLIT_TARGETS", str(targets))
+    assert [target_worker_kind(t) for t in ("x86_64", "edge-native", "nowhere")] == \
+        ["python", "native", "python"]
+    with pytest.raises(LaunchError, match="java"):
+        target_worker_kind("edge-bad")
+    g = ts.load(zoo.make("chain"), name="chain")
+    bundle = ts.build_bundle(g, ts.plan_split(g, ["pool1"], targets=["edge-native", "x86_64"]),
+                             tmp_path / "bundle")
+    x = random_inputs(g.inputs, seed=2)
+    with Pipeline(bundle) as p:
+        _assert_close(p.run(x)[0], reference(g, x), "target-chosen kinds vs onnxruntime")
+        cmds = [psutil.Process(e["pid"]).cmdline() for e in p.endpoints]
+        assert cmds[0][0].endswith("tvmsplit-worker") and "tvmsplit.runtime.worker" in cmds[1]

@@ -24,7 +24,8 @@ Three pieces, each defined once:
 
 Worker kinds: the Python worker (:func:`python_worker`) and the native C++ one
 (:func:`native_worker`, built by ``CMakeLists.txt``) take the same argv; ``LocalLauncher(program=
-worker_program("native"))`` runs every stage natively, ``programs={stage: [...]}`` mixes kinds.
+worker_program("native"))`` runs every stage natively, ``programs={stage: [...]}`` mixes kinds;
+by default a stage runs the kind its target file names (``[worker] kind``, :func:`target_worker_kind`).
 
 Adding a launcher kind (a cgroup-capped device, ssh to a board): write a class
 with the :class:`Launcher` attributes and methods. ``client_binds`` says who binds the result
@@ -222,6 +223,30 @@ def worker_program(kind: str) -> list[str]:
     raise LaunchError(f"unknown worker kind {kind!r}; one of {', '.join(WORKER_KINDS)}")
 
 
+def target_worker_kind(target: str) -> str:
+    """The worker kind a target file asks for (a plan's target name or .toml path): its
+    ``[worker]`` table's ``kind`` (``"python"`` when there is none, or the target is not known
+    on this machine)::
+
+        [worker]
+        kind = "native"       # stages for this device run tvmsplit-worker (CMakeLists.txt)
+    """
+    import tomllib
+
+    from ..targets import get_target
+
+    try:
+        source = get_target(target).source
+        table = tomllib.loads(Path(source).read_text()).get("worker", {}) if source else {}
+    except (TvmsplitError, OSError, ValueError):
+        return "python"
+    kind = table.get("kind", "python") if isinstance(table, dict) else None
+    if kind not in WORKER_KINDS:
+        raise LaunchError(f"target {target!r}: [worker] kind must be one of "
+                          f"{', '.join(WORKER_KINDS)}, got {kind!r}")
+    return kind
+
+
 def worker_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment a worker runs in: ``base`` (default: ours) with the runtime-only TVM
     library (``TVM_USE_RUNTIME_LIB=1``) unless the caller chose otherwise."""
@@ -417,8 +442,10 @@ class LocalLauncher:
                  programs: Mapping[int, Sequence[str]] | None = None):
         self.start_timeout_s = float(start_timeout_s)
         self.program = list(program) if program else None
-        # per stage: another program for some stages (e.g. native workers beside Python ones)
+        # per stage: another program for some stages (e.g. native workers beside Python ones);
+        # without program/programs, a stage's target file may ask for one ([worker] kind)
         self.programs = {int(i): list(p) for i, p in (programs or {}).items()}
+        self._from_targets: dict[int, list[str]] = {}
         self._run_dir: Path | None = None
         self._procs: list[WorkerProcess] = []
 
@@ -440,6 +467,9 @@ class LocalLauncher:
                               "workers on their devices and pass endpoints=[...]")
         if secure is not None:
             check_shared_keys(secure, len(bundle.stages))
+        if self.program is None:
+            self._from_targets = {s.index: worker_program(kind) for s in bundle.stages
+                                  if (kind := target_worker_kind(s.plan.target)) != "python"}
         started: dict[int, Worker] = {}
         try:
             for index in launch_order(bundle.plan):
@@ -465,7 +495,9 @@ class LocalLauncher:
         return self._start_one(same_addresses(worker))
 
     def _start_one(self, spec: WorkerSpec) -> Worker:
-        proc = spawn(spec, self.run_dir, program=self.programs.get(spec.stage, self.program))
+        program = (self.programs.get(spec.stage) or self.program
+                   or self._from_targets.get(spec.stage))
+        proc = spawn(spec, self.run_dir, program=program)
         self._procs.append(proc)
         return Worker.from_ready(proc.wait_ready(self.start_timeout_s), spec.stage, proc)
 
