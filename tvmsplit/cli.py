@@ -361,7 +361,7 @@ def _report_check(bundle, g, tolerance: float) -> None:
 
 
 def _run_pipeline(bundle, g, requests: int, inputs, check: bool, tolerance: float,
-                  endpoints=None, secure=None, worker_kind: str = "python") -> None:
+                  endpoints=None, secure=None, worker_kind: str | None = None) -> None:
     from .check import compare, random_inputs, reference
     from .runtime.launch import LocalLauncher, worker_program
     from .runtime.pipeline import Pipeline
@@ -371,7 +371,7 @@ def _run_pipeline(bundle, g, requests: int, inputs, check: bool, tolerance: floa
                (" (local processes)" if endpoints is None else "") +
                (", CurveZMQ" if secure else ""), err=True)
     launcher = (LocalLauncher(program=worker_program(worker_kind))
-                if endpoints is None and worker_kind != "python" else None)
+                if endpoints is None and worker_kind else None)
     with Pipeline(bundle, endpoints=endpoints, secure=secure, launcher=launcher) as pipeline:
         pipeline.run(inputs)  # warm-up: first-call setup in every worker
         outputs, trace = pipeline.run(inputs)
@@ -435,10 +435,10 @@ def _print_trace(trace, targets: list[str]) -> None:
 @click.option("--secure", default=None, type=click.Path(file_okay=False), metavar="KEYS_DIR",
               help="Run every link over CurveZMQ with the keys in KEYS_DIR (`tvmsplit keys`); "
                    "off by default, plain TCP is fine on loopback.")
-@click.option("--worker", "worker_kind", type=click.Choice(["python", "native"]),
-              default="python", show_default=True,
-              help="Local worker kind: the Python worker, or the native C++ tvmsplit-worker "
-                   "(build it with CMakeLists.txt).")
+@click.option("--worker", "worker_kind", type=click.Choice(["python", "native"]), default=None,
+              help="Local worker kind for every stage: the Python worker, or the native C++ "
+                   "tvmsplit-worker (build it with CMakeLists.txt); default: what each stage's "
+                   "target file asks for ([worker] kind), else python.")
 @db_option
 @_interruptible
 def run(model, split_at, targets, out_dir, shapes, plan_file, input_file, workers, requests, check,
