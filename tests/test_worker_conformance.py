@@ -441,7 +441,7 @@ def _alive(pid: int) -> bool:
 
 
 # ----------------------------------------------------------------------------------- the CLI
-def test_tvmsplit_run_with_native_workers_checks_against_onnxruntime(kind, monkeypatch):
+def test_tvmsplit_run_with_each_worker_kind_checks_against_onnxruntime(kind, monkeypatch):
     """`tvmsplit run ... --worker KIND --check`: the pipeline of that kind == onnxruntime."""
     from click.testing import CliRunner
 
