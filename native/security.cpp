@@ -172,6 +172,7 @@ void Authenticator::loop() {
         sock_.send(zmq::buffer(parts[i]), i < 5 ? zmq::send_flags::sndmore : zmq::send_flags::none);
     } catch (const zmq::error_t& e) {
       if (e.num() == ETERM) return;
+    } catch (...) {  // a malformed handshake request must not end the process
     }
   }
 }
