@@ -295,6 +295,39 @@ def test_secure_pipeline_equals_onnxruntime(kind, built, tmp_path):
         assert [h["served"] for h in p.health()] == [1, 1]
 
 
+def test_per_stage_keys_admit_exactly_the_senders_in_the_plan(kind, built, tmp_path, ctx):
+    """`tvmsplit keys DIR --stages 2`: each stage serves and connects with its own key; stage
+    1's data socket admits stage 0 only, stage 0's control socket no stage."""
+    from test_secure import _peer, _wait_event
+
+    from tvmsplit.runtime.security import SecureConfig
+    from tvmsplit.runtime.security import generate_keys as make_keys
+
+    keys_dir = tmp_path / "keys"
+    make_keys(keys_dir, ["client", "stage0", "stage1"])
+    k = {n: SecureConfig(keys_dir, n) for n in ("client", "stage0", "stage1")}
+    bundle = built["bundles"]["chain2"]
+    x, _, ort_out = built["expected"]["chain"]
+    with Pipeline(bundle, secure=keys_dir, launcher=_launcher(kind)) as p:
+        _assert_close(p.run(x)[0], ort_out, f"per-stage keys, {kind} workers")
+        both = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED
+        socks = []
+        for who, addr, server, admitted in (
+                ("client", p.endpoints[1]["data"], "stage1", False),
+                ("stage1", p.endpoints[1]["data"], "stage1", False),
+                ("stage0", p.endpoints[1]["data"], "stage1", True),
+                ("client", p.endpoints[0]["data"], "stage0", True),
+                ("stage1", p.endpoints[0]["control"], "stage0", False)):
+            kind_of = zmq.REQ if addr == p.endpoints[0]["control"] else zmq.PUSH
+            s, monitor = _peer(ctx, kind_of, addr, k[who], k[server].public_key)
+            socks += [s, monitor]
+            want = zmq.EVENT_HANDSHAKE_SUCCEEDED if admitted else zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            assert _wait_event(monitor, both)["event"] == want, (who, addr)
+        for sock in socks:
+            sock.close(linger=0)
+        _assert_close(p.run(x)[0], ort_out, "after the probes")
+
+
 def test_mixed_native_and_python_three_stage_pipeline(kind, built):
     """Stages 0 and 2 of the other kind, stage 1 of this one: the wire is the contract."""
     other = "python" if kind == "native" else "native"
