@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include <tvm/ffi/container/array.h>
+#include <tvm/ffi/error.h>
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
@@ -103,7 +104,11 @@ std::map<std::string, OutputTensor> StageRunner::run(
   }
   std::vector<ffi::AnyView> views(args.begin(), args.end());
   ffi::Any result;
-  impl_->main.CallPacked(views.data(), static_cast<int32_t>(views.size()), &result);
+  try {
+    impl_->main.CallPacked(views.data(), static_cast<int32_t>(views.size()), &result);
+  } catch (const ffi::Error& exc) {  // "ValueError: ..." as Python names TVM's errors
+    throw std::runtime_error(exc.kind() + ": " + exc.message());
+  }
   std::vector<ffi::Tensor> results;
   if (auto one = result.as<ffi::Tensor>()) {
     results.push_back(*one);

@@ -353,7 +353,7 @@ StageWorker::Sends StageWorker::run(uint64_t rid, std::vector<Part>& parts) {
   try {
     outputs = runner_->run(tensors);
   } catch (const std::exception& exc) {
-    return error(rid, "compute_failed", me + ": Error: " + exc.what(), trace);
+    return error(rid, "compute_failed", me + ": " + exc.what(), trace);
   }
   double compute_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
