@@ -56,6 +56,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_tflite": ("tvm",),
     "test_tune": ("tvm", "slow"),
     "test_wire": ("unit",),
+    "test_worker_conformance": ("tvm", "runtime"),
     "test_zoo": ("unit",),
 }
 

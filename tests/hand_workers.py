@@ -19,19 +19,22 @@ import time
 from tvmsplit.runtime.launch import python_worker
 
 
-def worker_command(bundle, stage: int, *extra: str) -> list[str]:
-    return [*python_worker(), "--bundle", str(bundle.path), "--stage", str(stage), *extra]
+def worker_command(bundle, stage: int, *extra: str, program=None) -> list[str]:
+    """``program``: the worker's command (default: the Python worker; launch.worker_program)."""
+    return [*(program or python_worker()), "--bundle", str(bundle.path), "--stage", str(stage),
+            *extra]
 
 
 class HandStartedWorkers:
-    def __init__(self, bundle, tmp_path, *common: str, timeout_s: float = 60.0):
+    def __init__(self, bundle, tmp_path, *common: str, timeout_s: float = 60.0, program=None):
         self.bundle, self.tmp_path, self.common, self.timeout_s = bundle, tmp_path, common, timeout_s
+        self.program = program
         self.procs: list[subprocess.Popen] = []
 
     def start(self, stage: int, *extra: str) -> dict:
         ready = self.tmp_path / f"r{stage}-{len(self.procs)}"
         proc = subprocess.Popen(worker_command(self.bundle, stage, "--ready-file", str(ready),
-                                               *self.common, *extra),
+                                               *self.common, *extra, program=self.program),
                                 stderr=subprocess.PIPE, start_new_session=True)
         self.procs.append(proc)
         deadline = time.monotonic() + self.timeout_s

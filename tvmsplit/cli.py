@@ -380,15 +380,18 @@ def _report_check(bundle, g, tolerance: float) -> None:
 
 
 def _run_pipeline(bundle, g, requests: int, inputs, check: bool, tolerance: float,
-                  endpoints=None, secure=None) -> None:
+                  endpoints=None, secure=None, worker_kind: str | None = None) -> None:
     from .check import compare, random_inputs, reference, reference_name
+    from .runtime.launch import LocalLauncher, worker_program
     from .runtime.pipeline import Pipeline
 
     inputs = inputs if inputs is not None else random_inputs(g.inputs)
     click.echo(f"starting {len(bundle.stages)} worker(s)" +
                (" (local processes)" if endpoints is None else "") +
                (", CurveZMQ" if secure else ""), err=True)
-    with Pipeline(bundle, endpoints=endpoints, secure=secure) as pipeline:
+    launcher = (LocalLauncher(program=worker_program(worker_kind))
+                if endpoints is None and worker_kind else None)
+    with Pipeline(bundle, endpoints=endpoints, secure=secure, launcher=launcher) as pipeline:
         pipeline.run(inputs)  # warm-up: first-call setup in every worker
         outputs, trace = pipeline.run(inputs)
         _print_trace(trace, [s.target["name"] for s in bundle.stages])
@@ -451,10 +454,14 @@ def _print_trace(trace, targets: list[str]) -> None:
 @click.option("--secure", default=None, type=click.Path(file_okay=False), metavar="KEYS_DIR",
               help="Run every link over CurveZMQ with the keys in KEYS_DIR (`tvmsplit keys`); "
                    "off by default, plain TCP is fine on loopback.")
+@click.option("--worker", "worker_kind", type=click.Choice(["python", "native"]), default=None,
+              help="Local worker kind for every stage: the Python worker, or the native C++ "
+                   "tvmsplit-worker (build it with CMakeLists.txt); default: what each stage's "
+                   "target file asks for ([worker] kind), else python.")
 @db_option
 @_interruptible
 def run(model, split_at, targets, out_dir, shapes, plan_file, input_file, workers, requests, check,
-        tolerance, secure, db):
+        tolerance, secure, worker_kind, db):
     """Build MODEL's stages, run them as a pipeline of workers, print the trace."""
     import tempfile
 
@@ -467,7 +474,8 @@ def run(model, split_at, targets, out_dir, shapes, plan_file, input_file, worker
         out = out_dir or str(Path(tmp) / "bundle")
         g, plan = _plan_to_build(g, split_at, targets, plan_file)
         _build_plan_and_check(g, plan, out, False, tolerance, db)
-        _run_pipeline(Bundle.load(out), g, requests, inputs, check, tolerance, endpoints, secure)
+        _run_pipeline(Bundle.load(out), g, requests, inputs, check, tolerance, endpoints, secure,
+                      worker_kind)
 
 
 def _read_inputs(path: str, g) -> dict:

@@ -45,7 +45,8 @@ How it is found: ``get_target`` takes a name or the path of a ``.toml`` file (re
 not registered). Names are looked up in every ``*.toml`` of the directories in
 ``$TVMSPLIT_TARGETS`` (``os.pathsep``-separated), then in the built-in ``targets/`` next to the
 package and its ``targets/capped/`` (the testbed's cgroup-capped end devices, whose extra
-``[capped]`` table :mod:`tvmsplit.testbed.capped` reads; this module ignores it); the file name does not matter, the ``name`` field does. A name defined twice (in any two
+``[capped]`` table :mod:`tvmsplit.testbed.capped` reads; this module ignores it, as it does a
+``[worker]`` table, ``kind = "native"`` for the C++ worker, read by ``runtime.launch``); the file name does not matter, the ``name`` field does. A name defined twice (in any two
 files) is an error naming both; a miss lists the known names. The registry is read once per
 process (per value of ``$TVMSPLIT_TARGETS``).
 

@@ -22,7 +22,12 @@ Three pieces, each defined once:
   (workers someone already started); the testbed adds one (``Testbed.launcher``) that starts
   workers in its namespaces, the ARM stages under qemu.
 
-Adding a launcher kind (a cgroup-capped device, a native worker, ssh to a board): write a class
+Worker kinds: the Python worker (:func:`python_worker`) and the native C++ one
+(:func:`native_worker`, built by ``CMakeLists.txt``) take the same argv; ``LocalLauncher(program=
+worker_program("native"))`` runs every stage natively, ``programs={stage: [...]}`` mixes kinds;
+by default a stage runs the kind its target file names (``[worker] kind``, :func:`target_worker_kind`).
+
+Adding a launcher kind (a cgroup-capped device, ssh to a board): write a class
 with the :class:`Launcher` attributes and methods. ``client_binds`` says who binds the result
 socket: True, the client binds and ``start`` receives its address for the routes to the client
 (``--next``); False, the workers that reply bind ``out`` and ``start`` receives None. Build each
@@ -166,6 +171,80 @@ class WorkerSpec:
 def python_worker(python: str = sys.executable) -> list[str]:
     """The command that runs the Python worker: ``[python, "-m", "tvmsplit.runtime.worker"]``."""
     return [python, "-m", WORKER_MODULE]
+
+
+NATIVE_WORKER_ENV = "TVMSPLIT_NATIVE_WORKER"  # path of a built tvmsplit-worker
+NATIVE_BUILD_DIR = Path(__file__).resolve().parents[2] / "build" / "native"  # CMakeLists.txt's
+WORKER_KINDS = ("python", "native")
+
+
+def _native_places(arch: str | None) -> tuple[str, Path]:
+    """(env variable, build directory) of the native worker for ``arch`` (None: this machine;
+    "aarch64": the cross-build of native/aarch64-linux-gnu.cmake, in build/aarch64)."""
+    if arch is None:
+        return NATIVE_WORKER_ENV, NATIVE_BUILD_DIR
+    return f"{NATIVE_WORKER_ENV}_{arch.upper()}", NATIVE_BUILD_DIR.parent / arch
+
+
+def find_native_worker(arch: str | None = None) -> Path | None:
+    """The native worker binary (``CMakeLists.txt``): ``$TVMSPLIT_NATIVE_WORKER``, else
+    ``build/native/tvmsplit-worker`` of this checkout, else ``tvmsplit-worker`` on PATH. For
+    ``arch="aarch64"``: ``$TVMSPLIT_NATIVE_WORKER_AARCH64``, else ``build/aarch64``."""
+    var, build_dir = _native_places(arch)
+    env = os.environ.get(var)
+    if env:
+        return Path(env) if Path(env).is_file() else None
+    built = build_dir / "tvmsplit-worker"
+    if built.is_file():
+        return built
+    found = shutil.which("tvmsplit-worker") if arch is None else None
+    return Path(found) if found else None
+
+
+def native_worker(arch: str | None = None) -> list[str]:
+    """The command that runs the native worker (same argv as :func:`python_worker`'s)."""
+    path = find_native_worker(arch)
+    if path is None:
+        var, build_dir = _native_places(arch)
+        where = os.environ.get(var) or str(build_dir / "tvmsplit-worker")
+        how = ("`cmake -S . -B build/native && cmake --build build/native -j2`" if arch is None
+               else "native/aarch64-linux-gnu.cmake (see its header)")
+        raise LaunchError(f"the native worker is not built ({where} is missing); build it with "
+                          f"{how}, or set {var}")
+    return [str(path)]
+
+
+def worker_program(kind: str) -> list[str]:
+    """The command of a worker kind: ``"python"`` or ``"native"`` (``WORKER_KINDS``)."""
+    if kind == "python":
+        return python_worker()
+    if kind == "native":
+        return native_worker()
+    raise LaunchError(f"unknown worker kind {kind!r}; one of {', '.join(WORKER_KINDS)}")
+
+
+def target_worker_kind(target: str) -> str:
+    """The worker kind a target file asks for (a plan's target name or .toml path): its
+    ``[worker]`` table's ``kind`` (``"python"`` when there is none, or the target is not known
+    on this machine)::
+
+        [worker]
+        kind = "native"       # stages for this device run tvmsplit-worker (CMakeLists.txt)
+    """
+    import tomllib
+
+    from ..targets import get_target
+
+    try:
+        source = get_target(target).source
+        table = tomllib.loads(Path(source).read_text()).get("worker", {}) if source else {}
+    except (TvmsplitError, OSError, ValueError):
+        return "python"
+    kind = table.get("kind", "python") if isinstance(table, dict) else None
+    if kind not in WORKER_KINDS:
+        raise LaunchError(f"target {target!r}: [worker] kind must be one of "
+                          f"{', '.join(WORKER_KINDS)}, got {kind!r}")
+    return kind
 
 
 def worker_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -359,9 +438,14 @@ class LocalLauncher:
     client_binds = True
 
     def __init__(self, start_timeout_s: float = START_TIMEOUT_S,
-                 program: Sequence[str] | None = None):
+                 program: Sequence[str] | None = None,
+                 programs: Mapping[int, Sequence[str]] | None = None):
         self.start_timeout_s = float(start_timeout_s)
         self.program = list(program) if program else None
+        # per stage: another program for some stages (e.g. native workers beside Python ones);
+        # without program/programs, a stage's target file may ask for one ([worker] kind)
+        self.programs = {int(i): list(p) for i, p in (programs or {}).items()}
+        self._from_targets: dict[int, list[str]] = {}
         self._run_dir: Path | None = None
         self._procs: list[WorkerProcess] = []
 
@@ -383,6 +467,9 @@ class LocalLauncher:
                               "workers on their devices and pass endpoints=[...]")
         if secure is not None:
             check_shared_keys(secure, len(bundle.stages))
+        if self.program is None:
+            self._from_targets = {s.index: worker_program(kind) for s in bundle.stages
+                                  if (kind := target_worker_kind(s.plan.target)) != "python"}
         started: dict[int, Worker] = {}
         try:
             for index in launch_order(bundle.plan):
@@ -408,7 +495,9 @@ class LocalLauncher:
         return self._start_one(same_addresses(worker))
 
     def _start_one(self, spec: WorkerSpec) -> Worker:
-        proc = spawn(spec, self.run_dir, program=self.program)
+        program = (self.programs.get(spec.stage) or self.program
+                   or self._from_targets.get(spec.stage))
+        proc = spawn(spec, self.run_dir, program=program)
         self._procs.append(proc)
         return Worker.from_ready(proc.wait_ready(self.start_timeout_s), spec.stage, proc)
 

@@ -39,7 +39,8 @@ from typing import Any
 
 from ..atomic import write_json
 from ..devices import Link
-from ..runtime.launch import (LaunchError, WorkerSpec, Worker, python_worker, spawn,
+from ..runtime.launch import (LaunchError, WorkerSpec, Worker, native_worker, python_worker, spawn,
+                              target_worker_kind,
                               wait_for_ready_file, launch_order, next_addresses,
                               stop_processes, same_addresses)
 from ..runtime.procs import killpg, stop_group
@@ -99,6 +100,13 @@ def _wait_ready(path: Path, proc: subprocess.Popen, what: str, log: Path,
         raise TestbedError(str(exc)) from None
 
 
+def _target_kind(spec: WorkerSpec) -> str:
+    """The worker kind the target file of ``spec``'s stage asks for (``[worker] kind``)."""
+    from ..bundle import Bundle
+
+    return target_worker_kind(Bundle.load(spec.bundle, stages=[]).stages[spec.stage].plan.target)
+
+
 # ---------------------------------------------------------------------------------- testbed
 class Testbed:
     """An emulated end device (qemu aarch64) and edge (x86) joined by a shaped link.
@@ -138,6 +146,10 @@ class Testbed:
         self.timings: dict[str, float] = {}
         self.detached = False
         self._is_up = False
+        # the device's worker kind: "python" (the aarch64 Python under qemu) or "native" (the
+        # cross-built tvmsplit-worker, native/aarch64-linux-gnu.cmake, under qemu)
+        # (None: what the stage's target file asks for, its [worker] kind; see launch.py)
+        self.device_worker: str | None = None
         self.end = None
         if end is not None:
             from .capped import get_capped
@@ -421,7 +433,11 @@ class Testbed:
         emulated = where == "device"
         if emulated and self.sysroot is None:
             raise TestbedError("this testbed has no ARM device (device=False)")
-        if emulated:
+        if emulated and (self.device_worker or _target_kind(spec)) == "native":
+            program = [self.sysroot.qemu, "-L", str(self.sysroot.path),
+                       *native_worker(arch="aarch64")]
+            prefix, env = net.in_ns(self.ns(where)), self.sysroot.env(REPO)
+        elif emulated:
             program = self.sysroot.command("-m", "tvmsplit.runtime.worker")
             prefix, env = net.in_ns(self.ns(where)), self.sysroot.env(REPO)
         else:

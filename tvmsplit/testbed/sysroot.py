@@ -37,7 +37,11 @@ SUITE = "bookworm"
 # Minimal set: python3.11-minimal has the interpreter, libpython3.11-stdlib the rest of the
 # standard library (ctypes, ssl, ...); TVM's runtime library needs libstdc++. mmdebstrap adds
 # their dependencies (libc6, libgcc-s1, zlib1g, libffi8, libssl3, ...): about 75 MB.
-DEBIAN_PACKAGES = ("python3.11-minimal", "libpython3.11-stdlib", "libstdc++6")
+# The native worker (CMakeLists.txt) is cross-built against this same sysroot and run in it:
+# libzmq (with libsodium's CURVE) and the header-only cppzmq / nlohmann-json, plus libc6-dev
+# that they pull in (build-time only: the worker needs libzmq5 and libsodium23 at run time).
+DEBIAN_PACKAGES = ("python3.11-minimal", "libpython3.11-stdlib", "libstdc++6",
+                   "libzmq3-dev", "libsodium-dev", "cppzmq-dev", "nlohmann-json3-dev")
 WHEELS = ("apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "numpy", "pyzmq", "psutil",
           "cloudpickle")
 SITE = "opt/tvmsplit-site"          # inside the sysroot
