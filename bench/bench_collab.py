@@ -45,6 +45,8 @@ def main() -> int:
     p.add_argument("--models", default="chain,resnet")
     p.add_argument("--links", default="3g,4g,wifi")
     p.add_argument("--loads", default="none")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="the zoo models' input height/width (default: each model's own)")
     p.add_argument("--objective", default="latency", choices=["latency", "throughput"])
     p.add_argument("--requests", type=int, default=9)
     p.add_argument("--rounds", type=int, default=3)
@@ -56,7 +58,8 @@ def main() -> int:
     json_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for model in args.models.split(","):
-        g = load(zoo.make(model), name=model)
+        kw = {"input_size": args.input_size} if args.input_size else {}
+        g = load(zoo.make(model, **kw), name=f"{model}{args.input_size or ''}")
         for link_name in args.links.split(","):
             for level in args.loads.split(","):
                 t0 = time.monotonic()
@@ -67,12 +70,12 @@ def main() -> int:
                 data = ev.to_json()
                 data["wall_s"] = time.monotonic() - t0
                 data["tuning"] = {d.target: tuned(d.target) for d in devices}
-                (json_dir / f"{model}-{link_name}-{level}-{args.objective}.json").write_text(
+                (json_dir / f"{g.name}-{link_name}-{level}-{args.objective}.json").write_text(
                     json.dumps(data, indent=1))
                 chosen = next(x for x in data["plans"] if x["name"] == data["chosen"])
                 errors = sorted(abs(x["error"]) for x in data["plans"])
                 rows.append(
-                    f"| {model} | {link_name} | {level} | {data['chosen']} | "
+                    f"| {g.name} | {link_name} | {level} | {data['chosen']} | "
                     f"{chosen['predicted']:.1f} | {chosen['measured']:.1f} | {data['best']} | "
                     f"{data['regret']:.3f} | {data['speedup']:.2f}x ({list(data['best_single_site'])[0]}) | "
                     f"{errors[len(errors) // 2]:.1%} / {errors[-1]:.1%} | {data['noise']:.1%} | "

@@ -225,9 +225,23 @@ def time_layers_on_testbed(graph: LayerGraph, devices: Sequence[Device], testbed
                 graph, device.target, session, number=1, repeat=repeat,
                 min_repeat_ms=END_MIN_REPEAT_MS if where == "end" else EDGE_MIN_REPEAT_MS,
                 progress=lambda m: log(f"  {m}")))
+        untuned = [m.layer for m in per_device[-1] if _partly_tuned(m.tuning)]
+        if untuned:  # a layer alone may fuse into kernels the whole model's tuning never saw
+            log(f"warning: {len(untuned)} layer(s) built alone for {device.target} use untuned "
+                f"kernels ({', '.join(untuned[:5])}); their times are those of untuned code. "
+                f"Tune them too: `tvmsplit tune MODEL --target {device.target} --split-at "
+                f"{','.join(layer.name for layer in graph.layers[:-1])}`")
     return CostTable(tuple(d.name for d in devices), tuple(layer.name for layer in graph.layers),
                      tuple(tuple(m[i].timing.median_ms for m in per_device)
                            for i in range(len(graph.layers))))
+
+
+def _partly_tuned(tuning: str) -> bool:
+    """True when a build's tuning line ("N/M kernels tuned (...)") says N < M."""
+    import re
+
+    m = re.search(r"(\d+)/(\d+) kernels tuned", tuning or "")
+    return m is not None and int(m.group(1)) < int(m.group(2))
 
 
 def measurable_here(devices: Sequence[Device]) -> str | None:
