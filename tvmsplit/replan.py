@@ -6,8 +6,9 @@ Two signals:
   returning a ``Link``); a re-plan when its uplink differs from the one the running plan was made
   for by more than ``threshold`` (relative);
 - **each device's load**, from the pipeline's own traces: :meth:`Replanner.observe` compares a
-  stage's measured compute with what the cost table predicts for it unloaded, and keeps a smoothed
-  *slowdown* per device (1 = as profiled, 2 = half its CPU is gone). A re-plan when a device's
+  stage's measured compute with what the cost table predicts for it unloaded, and keeps a
+  *slowdown* per device, the median of the last ``window`` requests' ratios (1 = as profiled,
+  2 = half its CPU is gone). A re-plan when a device's
   slowdown moved by more than ``load_threshold`` (relative) from the one the plan was made for;
   the planner then sees that device's costs times its slowdown. A device that runs no stage of
   the current plan keeps its last estimate (``set_slowdown`` lets a device's own health report
@@ -23,7 +24,9 @@ recorded in ``history``.
 from __future__ import annotations
 
 import os
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,11 +59,14 @@ def scaled_costs(costs: CostTable, slowdown: Sequence[float]) -> CostTable:
 class Replanner:
     def __init__(self, pipeline, graph: LayerGraph, devices: Sequence[Device], costs: CostTable,
                  current_link: Callable[[], Link], out_dir: str | os.PathLike, *,
-                 threshold: float = 0.3, load_threshold: float = 0.3, smoothing: float = 0.5,
+                 threshold: float = 0.3, load_threshold: float = 0.3, window: int = 5,
                  **plan_kwargs):
         self.pipeline, self.graph, self.devices, self.costs = pipeline, graph, list(devices), costs
         self.current_link, self.out_dir, self.threshold = current_link, Path(out_dir), threshold
-        self.load_threshold, self.smoothing = load_threshold, smoothing
+        self.load_threshold = load_threshold
+        # the last ``window`` measured/profiled ratios per device; the slowdown is their median,
+        # so one request that met a throttled quota period does not read as a loaded device
+        self._ratios = [deque(maxlen=window) for _ in devices]
         self.plan_kwargs = plan_kwargs
         self.link = current_link()
         self.slowdown = [1.0] * len(self.devices)   # the current estimate, per device
@@ -115,15 +121,16 @@ class Replanner:
             if stage.index < len(trace.compute_ms):
                 measured[d] += trace.compute_ms[stage.index]
                 predicted[d] += sum(rows[name][d] for name in stage.layers if name in rows)
-        a = self.smoothing
         for d in range(len(self.devices)):
             if predicted[d] > 0:
-                self.slowdown[d] = a * (measured[d] / predicted[d]) + (1 - a) * self.slowdown[d]
+                self._ratios[d].append(measured[d] / predicted[d])
+                self.slowdown[d] = statistics.median(self._ratios[d])
 
     def set_slowdown(self, device: int | str, factor: float) -> None:
         """Set a device's slowdown from outside (its health report), e.g. while it runs no stage."""
         d = device if isinstance(device, int) else [x.name for x in self.devices].index(device)
         self.slowdown[d] = float(factor)
+        self._ratios[d].clear()
 
     def _why(self, link: Link) -> str | None:
         why = []
