@@ -35,7 +35,7 @@ from onnx import helper, numpy_helper
 
 from . import controlflow, recurrent, tflitefront
 from .errors import ModelError, ShapeError, UnsupportedOpsError
-from .graph import Layer, LayerGraph, TensorSpec
+from .graph import Layer, LayerGraph, TensorSpec, group_layers
 from .recurrent import RECURRENT_OPS
 
 # Elementwise or shape-only operators that post-process one layer's result. They join the layer
@@ -322,27 +322,10 @@ def _build_layer_graph(model: onnx.ModelProto, name: str, model_hash: str) -> La
                          "pin every input dimension with --shape")
 
     # Group nodes into layers: a follower joins the layer that produces all its dynamic inputs.
-    producer_layer: dict[str, int] = {}
-    groups: list[list[onnx.NodeProto]] = []
-    for node in nodes:
-        dyn = [i for i in node.input if i and i not in inits]
-        owners = {producer_layer.get(i, -1) for i in dyn}
-        if node.op_type in FOLLOWER_OPS and len(owners) == 1 and -1 not in owners:
-            k = owners.pop()
-        else:
-            k = len(groups)
-            groups.append([])
-        groups[k].append(node)
-        for o in node.output:
-            if o:
-                producer_layer[o] = k
-
-    consumers: dict[str, set[int]] = defaultdict(set)
-    for k, group in enumerate(groups):
-        for node in group:
-            for i in node.input:
-                if i and i not in inits:
-                    consumers[i].add(k)
+    grouping = group_layers(nodes, lambda n: n.input, lambda n: n.output,
+                            lambda n: n.op_type in FOLLOWER_OPS, lambda i: i in inits)
+    groups, producer_layer = grouping.groups, grouping.producer
+    consumers = defaultdict(set, grouping.consumers)
     graph_outputs = [o.name for o in g.output]
 
     layers = []

@@ -257,3 +257,42 @@ class LayerGraph:
                             raise SplitError(f"{self.name} has more than {limit} topological cuts; "
                                              "enumerate them only on small graphs")
                         yield nxt
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """Ops grouped into layers (``group_layers``): ``groups[k]`` the ops of layer k, in order;
+    ``producer[t]`` the layer that writes tensor t; ``consumers[t]`` the layers that read it."""
+
+    groups: list
+    producer: dict
+    consumers: dict
+
+
+def group_layers(ops, inputs_of, outputs_of, is_follower, is_constant, joining=None) -> Grouping:
+    """The one layering rule of every frontend (ONNX, TFLite): an op that ``is_follower`` and
+    whose dynamic (non-constant) inputs all come from one layer joins that layer; any other op
+    starts a new one. ``joining(op)`` returns ops to put in the op's layer just before it (e.g.
+    TFLite weight preparation, which joins its first consumer)."""
+    producer: dict[str, int] = {}
+    groups: list[list] = []
+    for op in ops:
+        owners = {producer.get(i, -1) for i in inputs_of(op) if i and not is_constant(i)}
+        if is_follower(op) and len(owners) == 1 and -1 not in owners:
+            k = owners.pop()
+        else:
+            k = len(groups)
+            groups.append([])
+        if joining is not None:
+            groups[k].extend(joining(op))
+        groups[k].append(op)
+        for o in outputs_of(op):
+            if o:
+                producer[o] = k
+    consumers: dict[str, set[int]] = {}
+    for k, group in enumerate(groups):
+        for op in group:
+            for i in inputs_of(op):
+                if i and not is_constant(i):
+                    consumers.setdefault(i, set()).add(k)
+    return Grouping(groups, producer, consumers)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelError, ShapeError, UnsupportedOpsError
-from .graph import Layer, LayerGraph, TensorSpec
+from .graph import Layer, LayerGraph, TensorSpec, group_layers
 
 MAGIC = b"TFL3"
 # TFLite TensorType -> numpy dtype name (schema.fbs order)
@@ -182,31 +182,16 @@ def _layer_graph(model: TfliteModel, specs: dict[str, TensorSpec], const: set[st
                  sizes: dict[str, int], name: str, sha: str) -> LayerGraph:
     ops, constant = model.ops, model.constants
     prep = {op.index for op in ops if op.outputs and op.outputs[0] in constant}
-    producer: dict[str, int] = {}
-    groups: list[list[TfliteOp]] = []
     pending_prep: dict[str, TfliteOp] = {o: op for op in ops if op.index in prep for o in op.outputs}
-    for op in ops:
-        if op.index in prep:
-            continue
-        dyn = [i for i in op.inputs if i and i not in constant]
-        owners = {producer.get(i, -1) for i in dyn}
-        if op.code in FOLLOWERS and len(owners) == 1 and -1 not in owners:
-            k = owners.pop()
-        else:
-            k = len(groups)
-            groups.append([])
-        for i in op.inputs:  # weight preparation joins its first consumer
-            if i in pending_prep:
-                groups[k].append(pending_prep.pop(i))
-        groups[k].append(op)
-        for o in op.outputs:
-            producer[o] = k
-    consumers: dict[str, set[int]] = defaultdict(set)
-    for k, group in enumerate(groups):
-        for op in group:
-            for i in op.inputs:
-                if i and i not in constant:
-                    consumers[i].add(k)
+
+    def prepared_weights(op: TfliteOp) -> list[TfliteOp]:  # weight preparation joins its first consumer
+        return [pending_prep.pop(i) for i in op.inputs if i in pending_prep]
+
+    grouping = group_layers([op for op in ops if op.index not in prep], lambda op: op.inputs,
+                            lambda op: op.outputs, lambda op: op.code in FOLLOWERS,
+                            lambda i: i in constant, joining=prepared_weights)
+    groups, producer = grouping.groups, grouping.producer
+    consumers = defaultdict(set, grouping.consumers)
     layers = []
     for k, group in enumerate(groups):
         anchor = next(op for op in group if op.index not in prep)
