@@ -16,7 +16,21 @@ import signal
 import subprocess
 import time
 
+import zmq
+
 from tvmsplit.runtime.launch import python_worker
+
+
+def data_sockets(ctx: zmq.Context, info: dict, timeout_ms: int = 30_000):
+    """(PUSH to a worker's data input, PULL from its bound ``out``), linger 0, a receive
+    timeout: how a test talks to one ready worker (``info``: its ready-file dict)."""
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    for sock in (push, pull):
+        sock.setsockopt(zmq.LINGER, 0)
+    pull.setsockopt(zmq.RCVTIMEO, timeout_ms)
+    push.connect(info["data"])
+    pull.connect(info["out"])
+    return push, pull
 
 
 def worker_command(bundle, stage: int, *extra: str, program=None) -> list[str]:

@@ -18,6 +18,7 @@ from tvmsplit.runtime.launch import WorkerSpec, spawn
 
 from chain_bundles import chain_bundles
 from fuzz_corpus import control_corpus, wire_corpus
+from hand_workers import data_sockets
 
 pytestmark = pytest.mark.timeout(600)
 N = 10_000
@@ -141,12 +142,7 @@ def test_a_2gib_frame_is_refused_without_the_worker_growing(built, tmp_path):
             rss_after = psutil.Process(proc.pid).memory_info().rss
             assert rss_after - rss_before < 64 << 20, (rss_before, rss_after)
             # still serving
-            push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
-            for s in (push, pull):
-                s.setsockopt(zmq.LINGER, 0)
-            pull.setsockopt(zmq.RCVTIMEO, 30_000)
-            push.connect(info["data"])
-            pull.connect(info["out"])
+            push, pull = data_sockets(ctx, info)
             x = [(t.name, np.ones(t.shape, t.dtype)) for t in stage.plan.inputs]
             push.send_multipart(wire.request(2, 1, x))
             assert wire.decode(pull.recv_multipart()).kind == "reply"

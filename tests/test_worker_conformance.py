@@ -33,6 +33,7 @@ from tvmsplit.runtime.worker import _peek_id
 sys.path.insert(0, str(Path(__file__).parent))
 from chain_bundles import chain_bundles  # noqa: E402
 from fuzz_corpus import control_corpus, wire_corpus  # noqa: E402
+from hand_workers import data_sockets  # noqa: E402
 from test_stage_dag import dag  # noqa: E402,F401  (the inception stage-DAG bundle fixture)
 from test_testbed import split_bundles, testbed  # noqa: E402,F401  (rpi4b+x86 bundle; 4G testbed)
 from test_wire import read_frames  # noqa: E402
@@ -72,16 +73,6 @@ def _start(kind, bundle_dir, stage, tmp_path, *, wait=True, **spec):
     proc = spawn(WorkerSpec(str(bundle_dir), stage, **spec), tmp_path,
                  program=worker_program(kind))
     return proc, (proc.wait_ready(60) if wait else None)
-
-
-def _socks(ctx, info, *, control_too=True):
-    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
-    for s in (push, pull):
-        s.setsockopt(zmq.LINGER, 0)
-    pull.setsockopt(zmq.RCVTIMEO, 30_000)
-    push.connect(info["data"])
-    pull.connect(info["out"])
-    return push, pull
 
 
 def _ask(ctx, address, frames, timeout_ms=10_000):
@@ -143,7 +134,7 @@ def test_golden_messages_get_byte_equal_replies(kind, built, tmp_path, ctx):
     bundle = built["bundles"]["chain2"]
     proc, info = _start(kind, bundle.path, 1, tmp_path)
     with proc:
-        push, pull = _socks(ctx, info)
+        push, pull = data_sockets(ctx, info)
         request = read_frames(GOLDEN / "request_v1.bin")
         push.send_multipart(request)
         got = pull.recv_multipart()
@@ -190,7 +181,7 @@ def test_earlier_trace_entries_are_passed_on_in_canonical_bytes(kind, built, tmp
     bundle = built["bundles"]["chain2"]
     proc, info = _start(kind, bundle.path, 1, tmp_path)
     with proc:
-        push, pull = _socks(ctx, info)
+        push, pull = data_sockets(ctx, info)
         x = [(t.name, np.ones(t.shape, t.dtype)) for t in bundle.stages[1].plan.inputs]
         push.send_multipart(wire.request(8, 1, x, [entry]))
         head = pull.recv_multipart()[0]
@@ -209,7 +200,7 @@ def test_malformed_messages_get_the_decoders_codes(kind, built, tmp_path, ctx):
     corpus = wire_corpus(11, N_CORPUS, stage.plan.inputs, 1)
     proc, info = _start(kind, bundle.path, 1, tmp_path)
     with proc:
-        push, pull = _socks(ctx, info)
+        push, pull = data_sockets(ctx, info)
         got = []
         for i, frames in enumerate(corpus):
             push.send_multipart(frames)
@@ -379,7 +370,7 @@ def test_deploy_a_pushed_library(kind, built, tmp_path, ctx):
     shutil.copy(bundle.path / "manifest.json", device)
     proc, info = _start(kind, device, 1, tmp_path, await_library=True)
     with proc:
-        push, pull = _socks(ctx, info)
+        push, pull = data_sockets(ctx, info)
         x = [(t.name, np.ones(t.shape, t.dtype)) for t in bundle.stages[1].plan.inputs]
         push.send_multipart(wire.request(3, 1, x))
         assert wire.decode(pull.recv_multipart()).error.code == "not_deployed"
@@ -498,7 +489,7 @@ def test_a_frame_over_the_bound_drops_the_sender_not_the_worker(kind, built, tmp
         header = {"v": 1, "kind": "request", "id": 1, "stage": 1, "trace": [],
                   "tensors": [{"name": "pool1", "dtype": "uint8", "shape": [8 << 20]}]}
         big.send_multipart([json.dumps(header).encode(), b"\0" * (8 << 20)])
-        push, pull = _socks(ctx, info)
+        push, pull = data_sockets(ctx, info)
         pull.setsockopt(zmq.RCVTIMEO, 2000)
         x = [(t.name, np.ones(t.shape, t.dtype)) for t in bundle.stages[1].plan.inputs]
         push.send_multipart(wire.request(2, 1, x))
