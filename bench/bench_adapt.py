@@ -39,7 +39,7 @@ from tvmsplit.evaluate import end_load, measured_costs  # noqa: E402
 from tvmsplit.frontend import load  # noqa: E402
 from tvmsplit.linkmon import LinkWatcher  # noqa: E402
 from tvmsplit.replan import Replanner  # noqa: E402
-from tvmsplit.runtime.pipeline import Pipeline  # noqa: E402
+from tvmsplit.runtime.pipeline import Pipeline, PipelineError  # noqa: E402
 from tvmsplit.testbed import Testbed  # noqa: E402
 
 PHASES = (("3g", "none"), ("wifi", "none"), ("wifi", "high"), ("3g", "high"), ("3g", "none"))
@@ -93,10 +93,14 @@ def main() -> int:
                     with end_load(tb, level):
                         while time.monotonic() - changed < args.phase_s:
                             start = time.perf_counter()
-                            y, trace = p.run(x)
-                            ms = (time.perf_counter() - start) * 1e3
                             sent += 1
+                            try:
+                                y, trace = p.run(x)
+                            except PipelineError as exc:  # a lost request: count it, go on
+                                log(f"request lost: {exc}")
+                                continue
                             answered += 1
+                            ms = (time.perf_counter() - start) * 1e3
                             err = float(np.max(np.abs(y[g.outputs[0].name] - ref[g.outputs[0].name])))
                             records.append({"t": time.monotonic() - t0, "phase": k, "ms": ms,
                                             "plan": name_of(r.planned.predicted.assignment),

@@ -428,8 +428,6 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
 
     link = Link.profile(link) if isinstance(link, str) else link
     problems = []
-    if len(devices) != 2:
-        problems.append(f"evaluate runs an end device and an edge, got {len(devices)} device(s)")
     if load not in END_LOADS:
         problems.append(f"load {load!r} is not one of {', '.join(END_LOADS)}")
     if objective not in ("latency", "throughput"):
@@ -439,7 +437,7 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
     if input_bytes is not None:
         problems.append("--input-bytes is not measurable yet: the testbed sends the raw tensor "
                         "(plan with --input-bytes prices it; evaluate measures raw inputs)")
-    why_not = measurable_here(devices) if len(devices) == 2 else None
+    why_not = measurable_here(devices)   # two devices, a capped end, an edge that runs here, root
     if why_not is not None:
         problems.append(why_not)
     if problems:
