@@ -589,6 +589,17 @@ def parse_bytes(text: str) -> int:
 @click.option("--method", default="auto", show_default=True, help="Planner name (see README).")
 @click.option("--mem-cap", "mem_caps", default="", metavar="NAME=SIZE,...",
               help="Memory cap per device, e.g. end=1GiB (weights + peak activations).")
+@click.option("--sequential", type=click.Choice(["auto", "best", "always", "off"]), default="auto",
+              show_default=True,
+              help="HyPS sequential devices (one segment of layers in memory at a time, so a "
+                   "model larger than the --mem-cap still runs): auto = only where a cap "
+                   "requires it, best = wherever it plans faster, always = every capped device.")
+@click.option("--batch", type=int, default=1, show_default=True,
+              help="Requests a sequential device serves per load of its segments.")
+@click.option("--horizontal", type=click.Choice(["fewest", "best", "off"]), default="fewest",
+              show_default=True,
+              help="HyPS H-parts for a layer that fits no cap: the fewest that fit, the count "
+                   "that plans best (more parts balance devices, cost transfers), or refuse.")
 @click.option("--pin", "pins", multiple=True, metavar="LAYER=DEVICE", help="Keep a layer on a device.")
 @click.option("--input-bytes", type=int, default=None,
               help="Size of the input as the end device sends it (e.g. a JPEG); default: raw tensor.")
@@ -597,8 +608,8 @@ def parse_bytes(text: str) -> int:
 @click.option("--save", type=click.Path(dir_okay=False), help="Write the plan JSON here (for build --plan).")
 @click.option("--plot", type=click.Path(dir_okay=False),
               help="Draw per-layer compute and cut sizes with the cuts marked (PNG).")
-def plan_cmd(model, devices, links, costs_file, objective, powers, method, mem_caps, pins,
-             input_bytes, shapes, as_json, save, plot) -> None:
+def plan_cmd(model, devices, links, costs_file, objective, powers, method, mem_caps, sequential,
+             batch, horizontal, pins, input_bytes, shapes, as_json, save, plot) -> None:
     """Choose where to split MODEL across a path of devices, with the baselines side by side."""
     from .devices import Device, Link
     from .partition import PowerModel
@@ -620,7 +631,8 @@ def plan_cmd(model, devices, links, costs_file, objective, powers, method, mem_c
     costs = _plan_costs(g, devs, costs_file)
     result = plan_partition(g, devs, link_list, costs,
                             objective=objective, method=method, pins=dict(_parse_pairs(pins, "--pin")),
-                            input_bytes=input_bytes, power=power)
+                            input_bytes=input_bytes, power=power, sequential=sequential,
+                            batch=batch, horizontal=horizontal)
     if save:
         from .plan import save_plan_file
 
@@ -681,6 +693,11 @@ def _print_plan(g, result, links, objective: str) -> None:
         click.echo(f"{stage.index:<6} {result.devices[d].name:<10} {result.devices[d].target:<12} "
                    f"{len(layers):>6}  {(layers[0] + '..' + layers[-1])[:34]:<34} "
                    f"{sum(costs[name][d] for name in layers):>10.3f} {memory:>9}")
+        if stage.segments:
+            click.echo(f"{'':<6} sequential (HyPS): {len(stage.segments)} segment(s) loaded one at "
+                       "a time: " + ", ".join(f"{s.layers[0]}..{s.layers[-1]} "
+                                              f"{s.param_bytes / 1e6:.1f} MB"
+                                              for s in stage.segments))
     if not result.plan.is_chain:
         edges = ", ".join(f"{s.index} -> {'/'.join('client' if r.to < 0 else str(r.to) for r in s.sends)}"
                           for s in result.plan.stages)
