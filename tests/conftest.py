@@ -35,6 +35,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_errors": ("cli", "tvm"),
     "test_fuzz": ("tvm", "runtime"),
     "test_graph": ("tvm",),
+    "test_hyps": ("unit",),
     "test_imports": ("unit",),
     "test_interrupts": ("cli", "tvm"),
     "test_launch": ("tvm", "runtime"),
@@ -67,6 +68,15 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
         "test_commands_are_the_documented_ones", "test_version", "test_zoo_lists_the_models",
         "test_zoo_file_has_normal_permissions")},
     ("test_cli", "test_demo"): ("cli", "tvm", "runtime"),
+    **{("test_hyps", t): ("tvm",) for t in (
+        "test_a_sequential_plan_survives_its_plan_file", "test_bad_segments_are_refused_by_name",
+        "test_the_h_part_count_is_priced_in_the_objective")},
+    **{("test_hyps", t): ("tvm", "runtime") for t in (
+        "test_a_sequential_stage_equals_onnxruntime_alone_and_batched",
+        "test_the_native_worker_refuses_a_sequential_bundle")},
+    **{("test_hyps", t): ("tvm", "runtime", "testbed", "slow") for t in (
+        "test_full_vgg16_runs_on_one_worker_under_1_gib_in_sequential_mode",
+        "test_full_vgg16_on_two_capped_workers_with_fc1_h_parts_in_parallel")},
     ("test_cli", "test_run_with_check_and_input_file"): ("cli", "tvm", "runtime"),
     **{("test_partition", t): ("tvm",) for t in (
         "test_cut_bytes_match_the_graph_cuts", "test_evaluate_prices_a_split_by_hand",
