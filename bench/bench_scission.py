@@ -33,9 +33,11 @@ ping, Scission's convention; ``rtt=`` would charge half), the input size is the 
 
 3-tier. tvmsplit plans a PATH of devices here (Pi -> edge -> cloud): data from the Pi to the
 cloud relays through the edge (both hops' pings), while Scission lets the Pi reach the cloud
-directly. ``device_graph_links`` already builds every pairwise link of a query (the device
-graph); ``plan_tvmsplit`` uses only the path's. When tvmsplit.partition gains device-graph
-topologies, plan with all of them there and the "needs a direct link" rows should vanish.
+directly. ``device_graph_links`` builds every pairwise link of a query (the device graph) and
+``write_device_graph`` writes it as a links file in the format of ``tvmsplit.topology`` (being
+added on another branch); by default ``plan_tvmsplit`` uses only the path's links.
+``--graph-args '--links-file {links} --sink last'`` (the option names that branch uses) plans the
+3-tier queries over the device graph instead; then the "needs a direct link" rows should vanish.
 
 Setup to state with the numbers: the machine, and that times are single-threaded Python.
 """
@@ -205,7 +207,8 @@ def scission_best(p, net, device, edge, cloud, need_edge=None, need_cloud=None):
 
 
 def to_split(p: ts.BlockProfile, tiers: list[str], assignment) -> tuple[int, int]:
-    """A tvmsplit assignment over ``tiers`` (device index per block) as Scission's (x, y)."""
+    """A tvmsplit assignment (an index into ``tiers``, the tier of each planned device, per
+    block) as Scission's (x, y)."""
     on = [tiers[d] for d in assignment]
     x = max((b for b, t in enumerate(on) if t == "device"), default=-1)
     y = max((b for b, t in enumerate(on) if t == "edge"), default=-1)
@@ -225,16 +228,55 @@ def device_graph_links(net, systems: list[str]) -> dict[tuple[str, str], str]:
             if (a, b) in net}
 
 
-def plan_tvmsplit(profile_file: Path, systems: list[str], tiers: list[str], net) -> dict:
-    """``tvmsplit plan --profile`` on the path ``systems`` (end first)."""
+def write_device_graph(path: Path, net, systems: list[str]) -> Path:
+    """The query's device graph in ``tvmsplit.topology``'s links-file format (being added on
+    another branch): every pairwise link, ``up`` from the first device to the second."""
     links = device_graph_links(net, systems)
-    path = [links[(a, b)] for a, b in zip(systems, systems[1:])]
+    path.write_text(json.dumps({"devices": systems, "links": [
+        {"between": [a, b], "profile": spec} for (a, b), spec in links.items()]}, indent=1))
+    return path
+
+
+def plan_tvmsplit(profile_file: Path, systems: list[str], tiers: list[str], net,
+                  graph_args: str | None = None, graph_dir: Path | None = None) -> tuple[dict, list[str]]:
+    """``tvmsplit plan --profile`` on the path ``systems`` (end first); with ``graph_args`` (a
+    template of plan options with ``{links}``, e.g. "--links-file {links} --sink last"), a
+    3-tier query is planned over its device graph instead of the path. Returns the plan's JSON
+    and the tier of each of its devices (in the plan's device order)."""
     devices = ",".join(f"{s}={TARGETS[t]}" for s, t in zip(systems, tiers))
-    out = CliRunner().invoke(cli, ["plan", "--profile", str(profile_file), "--devices", devices,
-                                   "--link", ",".join(path), "--json"])
+    args = ["plan", "--profile", str(profile_file), "--devices", devices, "--json"]
+    if graph_args and len(systems) > 2:
+        links = write_device_graph(graph_dir / f"{'+'.join(systems)}.json", net, systems)
+        args += graph_args.format(links=links).split()
+    else:
+        links = device_graph_links(net, systems)
+        args += ["--link", ",".join(links[(a, b)] for a, b in zip(systems, systems[1:]))]
+    out = CliRunner().invoke(cli, args)
     if out.exit_code != 0:
-        raise SystemExit(f"tvmsplit plan failed: {out.output}")
-    return json.loads(out.output)
+        raise SystemExit(f"tvmsplit {' '.join(args)} failed: {out.output}")
+    got = json.loads(out.output)
+    tier_of = dict(zip(systems, tiers))
+    return got, [tier_of[d["name"]] for d in got["devices"]]
+
+
+def conventions_matter(p: ts.BlockProfile, q: "Query", net, best_split) -> dict[str, bool]:
+    """Would tvmsplit's plan differ from Scission's best under the other conventions: half the
+    ping per hop (``rtt=PING``), or the result returned to the Pi (the profile's default)?"""
+    from dataclasses import replace
+
+    from tvmsplit.partition import Problem, plan
+
+    def split_with(profile, spec_of) -> tuple[int, int]:
+        links = tuple(ts.Link.profile(spec_of(a, b)) for a, b in zip(q.systems, q.systems[1:]))
+        b = plan(Problem(profile.graph(), profile.costs(q.systems), links))[1]
+        return to_split(p, q.tiers, b.assignment)
+
+    def half_ping(a, b):
+        return link_spec(net, a, b).replace("/delay=", "/rtt=")
+
+    return {"half_ping_differs": split_with(p, half_ping) != best_split,
+            "result_returned_differs": split_with(replace(p, result_bytes=None),
+                                                  lambda a, b: link_spec(net, a, b)) != best_split}
 
 
 def planner_time_s(profile: ts.BlockProfile, systems, net) -> float:
@@ -274,12 +316,13 @@ def queries(models, systems: dict) -> list[Query]:
     return out
 
 
-def compare(q: Query, p: ts.BlockProfile, profile_file: Path, net, repeat: int) -> dict:
+def compare(q: Query, p: ts.BlockProfile, profile_file: Path, net, repeat: int,
+            graph_args: str | None = None, graph_dir: Path | None = None) -> dict:
     tier = dict(zip(q.tiers, q.systems))
     edge, cloud = tier.get("edge"), tier.get("cloud")
     best_s, best_split, _ = scission_best(p, net, q.systems[0], edge, cloud)
-    got = plan_tvmsplit(profile_file, q.systems, q.tiers, net)
-    split = to_split(p, q.tiers, got["predicted"]["assignment"])
+    got, tiers = plan_tvmsplit(profile_file, q.systems, q.tiers, net, graph_args, graph_dir)
+    split = to_split(p, tiers, got["predicted"]["assignment"])
     ours_s = scission_cost_s(p, net, q.systems[0], edge, cloud, *split)
     n = len(p.blocks)
     search, planner = [], []
@@ -295,7 +338,8 @@ def compare(q: Query, p: ts.BlockProfile, profile_file: Path, net, repeat: int) 
             "scission_ms": best_s * 1e3, "tvmsplit_priced_by_scission_ms": ours_s * 1e3,
             "tvmsplit_predicted_ms": got["predicted"]["latency_ms"], "verdict": verdict,
             "excess": ours_s / best_s - 1, "scission_uses_direct_link": direct,
-            "search_s": statistics.median(search), "planner_s": statistics.median(planner)}
+            "search_s": statistics.median(search), "planner_s": statistics.median(planner),
+            **conventions_matter(p, q, net, best_split)}
 
 
 # ---- Scission's own script, for the reimplementation ---------------------------------------------
@@ -350,6 +394,10 @@ def main() -> None:
     ap.add_argument("--check-upstream", type=int, default=0, metavar="N",
                     help="also run Scission's scission_predict.py on the first N models")
     ap.add_argument("--json", type=Path, help="write every row here")
+    ap.add_argument("--graph-args", default=None, metavar="TEMPLATE",
+                    help="plan the 3-tier queries over their device graph: these `plan` options "
+                         "instead of --link, {links} = the query's links file (in "
+                         "tvmsplit.topology's format), e.g. '--links-file {links} --sink last'")
     ap.add_argument("--repeat", type=int, default=5,
                     help="timed runs of each search per query, interleaved (median)")
     args = ap.parse_args()
@@ -367,7 +415,10 @@ def main() -> None:
     print(f"Scission {data.commit()[:12]}: {len(systems)} systems ({', '.join(systems)}), "
           f"{len(models)} models; profiles in {args.out / 'profiles'}")
 
-    rows = [compare(q, profiles[q.model], files[q.model], nets[q.network], args.repeat)
+    graph_dir = args.out / "device-graphs"
+    graph_dir.mkdir(exist_ok=True)
+    rows = [compare(q, profiles[q.model], files[q.model], nets[q.network], args.repeat,
+                    args.graph_args, graph_dir)
             for q in queries(models, systems)]
     for tiers in (2, 3):
         sub = [r for r in rows if r["tiers"] == tiers]
@@ -381,6 +432,9 @@ def main() -> None:
                       f"(+{r['excess']:.1%}); "
                       + ("needs the direct Pi -> cloud link" if r["scission_uses_direct_link"]
                          else "NOT explained by a direct link"))
+        print(f"  with another convention, plans that would differ from Scission's best: "
+              f"half the ping per hop (rtt=PING) {sum(r['half_ping_differs'] for r in sub)}, "
+              f"the result returned to the Pi {sum(r['result_returned_differs'] for r in sub)}")
         if sub:
             ratio = statistics.median(r["search_s"] / r["planner_s"] for r in sub)
             print(f"  time per query (median of {args.repeat} interleaved runs, then the median over "
