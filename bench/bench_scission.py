@@ -441,7 +441,7 @@ def main() -> None:
     for tiers in (2, 3):
         sub = [r for r in rows if r["tiers"] == tiers]
         count = {v: sum(r["verdict"] == v for r in sub) for v in ("same plan", "priced no higher", "worse")}
-        print(f"{tiers}-tier: {len(sub)} queries: {count['same plan']} same plan, "
+        print(f"{tiers}-tier: {len(sub)} queries: {count['same plan']} same split, "
               f"{count['priced no higher']} another plan priced no higher, {count['worse']} worse")
         for r in sub:
             if r["verdict"] == "worse":
@@ -450,6 +450,14 @@ def main() -> None:
                       f"(+{r['excess']:.1%}); "
                       + ("needs the direct Pi -> cloud link" if r["scission_uses_direct_link"]
                          else "NOT explained by a direct link"))
+        relayed = [r for r in sub if r["verdict"] == "same plan" and r["scission_uses_direct_link"]]
+        if relayed:
+            excess = [r["tvmsplit_predicted_ms"] / r["scission_ms"] - 1 for r in relayed]
+            print(f"  of the same splits, {len(relayed)} leave the edge empty and run the rest on "
+                  f"the cloud: Scission sends Pi -> cloud directly, tvmsplit's path relays through "
+                  f"the edge and predicts {statistics.median(excess):+.1%} (median; "
+                  f"{min(excess):+.1%} to {max(excess):+.1%}) over Scission's price: same split, "
+                  f"not the same route (needs the direct link)")
         print(f"  queries whose best scission_predict.py's zero-time quirk changes (not counted "
               f"above): {sum(r['quirk_changes_best'] for r in sub)}")
         print(f"  with another convention, plans that would differ from Scission's best: "
