@@ -62,9 +62,30 @@ def test_a_device_meeting_its_deadline_alone_leaves_the_edge(profile):
 
 def test_options_that_do_not_combine_are_refused_together(profile):
     out = invoke("plan", "--profile", profile, "--devices", "cam=rpi4b,edge=x86_64,cloud=x86_64",
-                 "--end-devices", 2, "--objective", "throughput", "--pin", "net=cam")
+                 "--end-devices", 2, "--objective", "throughput", "--pin", "net=cam", "--method", "oracle")
     assert out.exit_code == 1
-    for part in ("give two --devices", "drop --objective", "--pin do not combine"):
+    for part in ("give two --devices", "drop --objective", "--pin, --method do not combine"):
         assert part in out.output, out.output
     out = invoke("plan", "--profile", profile, "--devices", "cam=rpi4b,edge=x86_64", "--deadline-ms", 5)
     assert out.exit_code == 1 and "--deadline-ms is for --end-devices N with N >= 2" in out.output
+
+
+def test_a_model_with_a_cost_table_shares_the_edge_as_the_python_api_plans_it(tmp_path):
+    import tvmsplit as ts
+    from tvmsplit import zoo
+    from tvmsplit.partition import CostTable, Problem
+    from tvmsplit.partition.multi import EndDevice, plan_shared_edge
+
+    g = ts.load(zoo.make("chain"))
+    costs = CostTable.from_flops(g, {"end": 2.0, "edge": 40.0})
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps(costs.to_json()))
+    out = invoke("plan", "zoo:chain", "--devices", "end=rpi4b,edge=x86_64", "--link", "wifi",
+                 "--costs", path, "--end-devices", 3, "--share-steps", 4, "--json")
+    assert out.exit_code == 0, out.output
+    got = json.loads(out.output)
+    problem = Problem(g, costs, (ts.Link.profile("wifi"),))
+    want = plan_shared_edge([EndDevice(f"end{i}", problem) for i in (1, 2, 3)], steps=4)
+    assert got["worst_latency_ms"] == pytest.approx(want.worst_latency_ms)
+    assert [d["assignment"] for d in got["end_devices"]] == [list(b.assignment) for b in want.plans]
+    assert got["worst_latency_ms"] >= got["alone_latency_ms"] - 1e-9

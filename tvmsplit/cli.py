@@ -641,7 +641,8 @@ def plan_cmd(model, profile_file, devices, links, costs_file, objective, powers,
         except (TypeError, ValueError):
             raise TvmsplitError(f"--power {name}={watts} is not BUSY/IDLE/TX watts, e.g. 5/0.5/2") from None
     if end_devices > 1 or deadline_ms is not None:
-        _check_shared_options(end_devices, devs, objective, pins, mem_caps, powers, save, plot)
+        _check_shared_options(end_devices, devs, objective, pins, mem_caps, powers, save, plot,
+                              method)
     costs = profile.costs([d.name for d in devs]) if profile else _plan_costs(g, devs, costs_file)
     result = plan_partition(g, devs, link_list, costs,
                             objective=objective, method=method, pins=dict(_parse_pairs(pins, "--pin")),
@@ -701,7 +702,7 @@ def _plan_source(model, profile_file, costs_file, shapes):
     return read_block_profile(profile_file)
 
 
-def _check_shared_options(n, devs, objective, pins, mem_caps, powers, save, plot) -> None:
+def _check_shared_options(n, devs, objective, pins, mem_caps, powers, save, plot, method) -> None:
     problems = []
     if n < 2:
         problems.append("--deadline-ms is for --end-devices N with N >= 2")
@@ -710,7 +711,8 @@ def _check_shared_options(n, devs, objective, pins, mem_caps, powers, save, plot
     if objective != "latency":
         problems.append("--end-devices minimises the worst latency: drop --objective")
     given = [opt for opt, v in (("--pin", pins), ("--mem-cap", mem_caps), ("--power", powers),
-                                ("--save", save), ("--plot", plot)) if v]
+                                ("--save", save), ("--plot", plot),
+                                ("--method", method != "auto")) if v]
     if given:
         problems.append(f"{', '.join(given)} do not combine with --end-devices")
     if problems:
