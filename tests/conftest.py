@@ -30,6 +30,7 @@ _HEAVY = frozenset({"tvm", "runtime", "rpc", "testbed"})
 # Test module -> its tests' tiers (unless OVERRIDES says otherwise for a test).
 TIERS: dict[str, tuple[str, ...]] = {
     "test_cli": ("cli", "tvm"),
+    "test_block_profile": ("unit",),
     "test_control": ("unit",),
     "test_deploy": ("tvm", "runtime"),
     "test_errors": ("cli", "tvm"),
@@ -39,10 +40,13 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_imports": ("unit",),
     "test_interrupts": ("cli", "tvm"),
     "test_launch": ("tvm", "runtime"),
+    "test_links": ("unit",),
     "test_partition": ("unit",),
     "test_plan_cli": ("cli", "tvm"),
     "test_plan_objectives": ("cli", "tvm"),
+    "test_multi_cli": ("cli", "tvm"),
     "test_predict": ("tvm",),
+    "test_profile_cli": ("cli", "tvm"),
     "test_readme_commands": ("cli", "tvm", "runtime"),
     "test_profile_link": ("runtime",),
     "test_real_models": ("tvm", "slow"),
@@ -89,6 +93,7 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
     ("test_partition", "test_hyps_splits_an_oversized_fc_and_the_pipeline_equals_the_unsplit_model"):
         ("tvm", "runtime"),
     ("test_plan_cli", "test_parse_bytes"): ("unit",),
+    ("test_links", "test_every_link_option_documents_what_a_hop_charges"): ("cli", "unit"),
     ("test_readme_commands", "test_testbed_up_4g_status_down"): ("cli", "testbed"),
     **{("test_recurrent", t): ("unit",) for t in (
         "test_expansion_equals_onnxruntime", "test_expansion_options_equal_onnxruntime",

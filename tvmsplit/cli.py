@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from .devices import LINK_SPEC_HELP
 from .errors import ShapeError, TvmsplitError
 
 
@@ -571,11 +572,17 @@ def parse_bytes(text: str) -> int:
 
 
 @cli.command(name="plan")
-@click.argument("model")
+@click.argument("model", required=False)
+@click.option("--profile", "profile_file", type=click.Path(exists=True, dir_okay=False),
+              metavar="FILE",
+              help="Plan from a block-chain profile instead of a MODEL: per-block compute times "
+                   "per device (ms) and output sizes (bytes), CSV or JSON (README, 'Planning "
+                   "from a profile'); no ONNX, no --costs.")
 @click.option("--devices", required=True, metavar="NAME=TARGET,...",
-              help="The device path, end first: e.g. end=rpi4b,edge=x86_64 (target names or .toml files).")
-@click.option("--link", "links", default="4g", show_default=True, metavar="PROFILE,...",
-              help="One link per hop: 3g, 4g, wifi or NAME:UP_MBPS/DOWN_MBPS[/RTT_MS].")
+              help="The device path, end first: e.g. end=rpi4b,edge=x86_64 (target names or "
+                   ".toml files; with --profile the names are the profile's devices).")
+@click.option("--link", "links", default="4g", show_default=True, metavar="LINK,...",
+              help="One link per hop, comma-separated; " + LINK_SPEC_HELP + ".")
 @click.option("--costs", "costs_file", metavar="FILE|measure|predict",
               help="Per-layer compute times: a JSON or CSV file (see README); 'measure': time "
                    "every layer on the testbed's devices (end=pi-class,edge=host; root); "
@@ -602,20 +609,36 @@ def parse_bytes(text: str) -> int:
                    "that plans best (more parts balance devices, cost transfers), or refuse.")
 @click.option("--pin", "pins", multiple=True, metavar="LAYER=DEVICE", help="Keep a layer on a device.")
 @click.option("--input-bytes", type=int, default=None,
-              help="Size of the input as the end device sends it (e.g. a JPEG); default: raw tensor.")
+              help="Size of the input as the end device sends it (e.g. a JPEG); default: raw "
+                   "tensor (with --profile: the profile's input_bytes).")
+@click.option("--end-devices", type=click.IntRange(min=1), default=1, show_default=True,
+              metavar="N",
+              help="N end devices like the first of --devices, each running this model, share "
+                   "the edge (the second device) and the uplink into it (--link): every "
+                   "device's split and its shares of the edge's compute and of the link's "
+                   "bandwidth are planned together, minimising the worst latency. Two devices, "
+                   "latency objective.")
+@click.option("--deadline-ms", type=float, default=None,
+              help="With --end-devices: an end device whose model alone meets this deadline "
+                   "leaves the edge to the others.")
+@click.option("--share-steps", type=click.IntRange(min=1, max=100), default=20,
+              show_default=True, help="With --end-devices: shares are multiples of 1/STEPS.")
 @shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--save", type=click.Path(dir_okay=False), help="Write the plan JSON here (for build --plan).")
 @click.option("--plot", type=click.Path(dir_okay=False),
               help="Draw per-layer compute and cut sizes with the cuts marked (PNG).")
-def plan_cmd(model, devices, links, costs_file, objective, powers, method, mem_caps, sequential,
-             batch, horizontal, pins, input_bytes, shapes, as_json, save, plot) -> None:
-    """Choose where to split MODEL across a path of devices, with the baselines side by side."""
+def plan_cmd(model, profile_file, devices, links, costs_file, objective, powers, method, mem_caps,
+             sequential, batch, horizontal, pins, input_bytes, end_devices, deadline_ms,
+             share_steps, shapes, as_json, save, plot) -> None:
+    """Choose where to split MODEL (or a --profile) across a path of devices, with the
+    baselines side by side."""
     from .devices import Device, Link
     from .partition import PowerModel
     from .planning import plan_partition
 
-    g = _load_graph(model, shapes)
+    profile = _plan_source(model, profile_file, costs_file, shapes)
+    g = profile.graph() if profile else _load_graph(model, shapes)
     caps = {name: parse_bytes(size) for name, size in _parse_pairs(mem_caps, "--mem-cap")}
     devs = [Device(name, target, caps.pop(name, None))
             for name, target in _parse_pairs(devices, "--devices")]
@@ -628,11 +651,17 @@ def plan_cmd(model, devices, links, costs_file, objective, powers, method, mem_c
             power[name] = PowerModel(*(float(w) for w in watts.split("/")))
         except (TypeError, ValueError):
             raise TvmsplitError(f"--power {name}={watts} is not BUSY/IDLE/TX watts, e.g. 5/0.5/2") from None
-    costs = _plan_costs(g, devs, costs_file)
+    if end_devices > 1 or deadline_ms is not None:
+        _check_shared_options(end_devices, devs, objective, pins, mem_caps, powers, save, plot,
+                              method)
+    costs = profile.costs([d.name for d in devs]) if profile else _plan_costs(g, devs, costs_file)
     result = plan_partition(g, devs, link_list, costs,
                             objective=objective, method=method, pins=dict(_parse_pairs(pins, "--pin")),
                             input_bytes=input_bytes, power=power, sequential=sequential,
                             batch=batch, horizontal=horizontal)
+    if end_devices > 1:
+        _plan_shared(result, link_list, input_bytes, end_devices, deadline_ms, share_steps, as_json)
+        return
     if save:
         from .plan import save_plan_file
 
@@ -668,6 +697,77 @@ def _plan_costs(g, devs, choice: str | None):
     except PredictorMissingError as exc:
         raise TvmsplitError(f"{exc}; or plan on the testbed's devices, whose layers are measured "
                             f"(root): `tvmsplit plan MODEL --devices end=pi-class,edge=host`") from None
+
+
+def _plan_source(model, profile_file, costs_file, shapes):
+    """``plan``'s input: None for a MODEL, the block profile for ``--profile``."""
+    if (model is None) == (profile_file is None):
+        raise TvmsplitError("plan takes a MODEL (an .onnx file or zoo:NAME) or --profile FILE"
+                            + (", not both" if model else ""))
+    if profile_file is None:
+        return None
+    from .blockprofile import read_block_profile
+
+    clash = [opt for opt, value in (("--costs", costs_file), ("--shape", shapes)) if value]
+    if clash:
+        raise TvmsplitError(f"--profile holds the compute times and sizes; drop {', '.join(clash)}")
+    return read_block_profile(profile_file)
+
+
+def _check_shared_options(n, devs, objective, pins, mem_caps, powers, save, plot, method) -> None:
+    problems = []
+    if n < 2:
+        problems.append("--deadline-ms is for --end-devices N with N >= 2")
+    if len(devs) != 2:
+        problems.append(f"--end-devices shares one edge: give two --devices, END,EDGE (got {len(devs)})")
+    if objective != "latency":
+        problems.append("--end-devices minimises the worst latency: drop --objective")
+    given = [opt for opt, v in (("--pin", pins), ("--mem-cap", mem_caps), ("--power", powers),
+                                ("--save", save), ("--plot", plot),
+                                ("--method", method != "auto")) if v]
+    if given:
+        problems.append(f"{', '.join(given)} do not combine with --end-devices")
+    if problems:
+        raise TvmsplitError("; ".join(problems))
+
+
+def _plan_shared(result, links, input_bytes, n, deadline_ms, steps, as_json) -> None:
+    """``plan --end-devices N``: N copies of the end device share the edge (partition/multi.py)."""
+    from .partition import Problem
+    from .partition.multi import EndDevice, plan_shared_edge
+
+    end, edge = result.devices
+    problem = Problem(result.graph, result.plan_costs, tuple(links), input_bytes=input_bytes)
+    shared = plan_shared_edge([EndDevice(f"{end.name}{i + 1}", problem, deadline_ms)
+                               for i in range(n)], steps=steps)
+    layers = [layer.name for layer in result.graph.layers]
+    rows = []
+    for name, cs, bs, b in zip(shared.names, shared.compute_share, shared.bandwidth_share,
+                               shared.plans):
+        on_end = sum(1 for d in b.assignment if d == 0)
+        rows.append({"name": name, "compute_share": cs, "bandwidth_share": bs,
+                     "layers_on_end": on_end, "first_on_edge": layers[on_end] if on_end < len(layers) else None,
+                     "assignment": list(b.assignment), "latency_ms": b.latency_ms,
+                     "compute_ms": list(b.compute_ms), "hop_ms": list(b.hop_ms),
+                     "return_ms": b.return_ms})
+    alone = result.predicted.latency_ms
+    if as_json:
+        click.echo(json.dumps({"model": result.graph.name, "end": end.name, "edge": edge.name,
+                               "end_devices": rows, "worst_latency_ms": shared.worst_latency_ms,
+                               "alone_latency_ms": alone, "share_steps": steps,
+                               "deadline_ms": deadline_ms}, indent=2))
+        return
+    click.echo(f"{result.graph.name}: {n} end devices like {end.name} ({end.target}) share "
+               f"{edge.name} ({edge.target}) and the {links[0].name} link into it, in shares of "
+               f"1/{steps} of the edge's compute and the link's bandwidth")
+    click.echo(f"{'end device':<12} {'compute':>8} {'uplink':>7} {'on end':>7}  {'first on edge':<24} "
+               f"{'latency ms':>10}")
+    for r in rows:
+        click.echo(f"{r['name']:<12} {r['compute_share']:>8.2f} {r['bandwidth_share']:>7.2f} "
+                   f"{r['layers_on_end']:>7}  {str(r['first_on_edge'] or '-')[:24]:<24} "
+                   f"{r['latency_ms']:>10.3f}")
+    click.echo(f"worst latency {shared.worst_latency_ms:.3f} ms (one end device alone with the "
+               f"whole edge: {alone:.3f} ms)")
 
 
 def _all_trained(devs) -> bool:
@@ -727,8 +827,9 @@ def _print_plan(g, result, links, objective: str) -> None:
 @click.option("--devices", default="end=pi-class,edge=host", show_default=True,
               metavar="END=CAPPED,EDGE=TARGET",
               help="The testbed's capped end device (pi-class, phone-class) and its edge.")
-@click.option("--link", default="4g", show_default=True, metavar="PROFILE",
-              help="3g, 4g, wifi or NAME:UP_MBPS/DOWN_MBPS[/RTT_MS]; the testbed shapes it.")
+@click.option("--link", default="4g", show_default=True, metavar="LINK",
+              help="The link the testbed shapes (rate each way, one-way delay, loss); "
+                   + LINK_SPEC_HELP + ".")
 @click.option("--load", type=click.Choice(["none", "medium", "high"]), default="none",
               show_default=True, help="Background CPU load on the end device (in its cgroup).")
 @click.option("--objective", type=click.Choice(["latency", "throughput"]), default="latency",
