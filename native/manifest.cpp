@@ -110,6 +110,11 @@ Manifest load_manifest(const std::string& dir, int stage, bool check_library) {
     throw StartError(path + ": schema version 3 (sequential stages: segments with weights "
                      "files), which the native worker cannot run; use the Python worker "
                      "(run --worker python)");
+  // version 4 = version 3 + fallback stages: ONNX sub-models run under onnxruntime
+  if (m.is_object() && m.contains("schema_version") && m["schema_version"] == 4)
+    throw StartError(path + ": schema version 4 (onnxruntime fallback stages: .onnx libraries), "
+                     "which the native worker cannot run; use the Python worker "
+                     "(run --worker python)");
   if (!m.is_object() || !m.contains("schema_version") || m["schema_version"] != 2)
     throw StartError(path + ": schema version " +
                      (m.is_object() && m.contains("schema_version") ? m["schema_version"].dump()

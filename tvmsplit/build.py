@@ -18,7 +18,7 @@ ProgressFn = Callable[[str], None]
 
 def build_bundle(graph: LayerGraph, plan: Plan, out_dir: str | os.PathLike,
                  progress: ProgressFn | None = None,
-                 db: str | os.PathLike | None = None) -> Bundle:
+                 db: str | os.PathLike | None = None, fallback: str | None = None) -> Bundle:
     """Compile every stage of ``plan`` (as it is: nothing is planned here) and write the bundle
     to ``out_dir`` atomically.
 
@@ -28,6 +28,10 @@ def build_bundle(graph: LayerGraph, plan: Plan, out_dir: str | os.PathLike,
     CPU stages are scheduled from the tuning database ``db`` where it was tuned for their target
     (else from each target's default one, when it exists; see ``tunedb``); the manifest records
     per stage how many kernels were tuned.
+
+    A stage holding operators TVM cannot import is refused (every one listed), unless
+    ``fallback="onnxruntime"``: such a stage's library is then its ONNX sub-model, run under
+    onnxruntime by its worker (``fallback``; the manifest says each stage's runtime).
     """
     import signal
 
@@ -35,30 +39,40 @@ def build_bundle(graph: LayerGraph, plan: Plan, out_dir: str | os.PathLike,
 
     with interrupts.catching((signal.SIGINT,), only_default=True):
         try:
-            return _build_bundle(graph, plan, Path(out_dir), progress, db)
+            return _build_bundle(graph, plan, Path(out_dir), progress, db, fallback)
         except Exception:
             interrupts.check()  # an error that an interrupt caused is the interrupt
             raise
 
 
 def _build_bundle(graph: LayerGraph, plan: Plan, out_dir: Path, progress: ProgressFn | None,
-                  db: str | os.PathLike | None) -> Bundle:
+                  db: str | os.PathLike | None, fallback: str | None = None) -> Bundle:
     import json
 
     from . import interrupts
-    from .compile import build_stage
+    from .compile import build_stage, export_onnx_stage
+    from .fallback import stage_runtimes
     from .tunedb import database_paths
 
     check_output_dir(out_dir)
     specs = [get_target(s.target) for s in plan.stages]  # fail on unknown targets before building
     dbs = database_paths(specs, db)  # and on a database that fits none of them
+    runtimes = stage_runtimes(graph, plan, fallback)  # and on ops TVM cannot import
     with writing(out_dir) as tmp:
         stages_json = []
-        for stage, spec, stage_db in zip(plan.stages, specs, dbs):
+        for stage, spec, stage_db, runtime in zip(plan.stages, specs, dbs, runtimes):
             interrupts.check()
             if progress:
                 progress(f"stage {stage.index + 1}/{len(plan.stages)}: {len(stage.layers)} layer(s) "
-                         f"{stage.layers[0]}..{stage.layers[-1]} for {spec.name}")
+                         f"{stage.layers[0]}..{stage.layers[-1]} for {spec.name}"
+                         + (" (onnxruntime fallback: ONNX sub-model)" if runtime != "tvm" else ""))
+            if runtime == "onnxruntime":
+                staging = tmp / f"stage{stage.index}.onnx"
+                built = export_onnx_stage(graph, stage, staging)
+                library = tmp / f"stage{stage.index}-{built.sha256[:12]}.onnx"
+                staging.rename(library)
+                stages_json.append(stage_entry(stage, spec, library, None, runtime=runtime))
+                continue
             if stage.segments:  # sequential (HyPS): one library + weights file per segment
                 files = []
                 for seg in stage.segments:

@@ -34,6 +34,14 @@ Schema version 3 is version 2 plus sequential stages (HyPS): a stage whose plan 
 ``"library"``/``"sha256"`` are the first segment's. A bundle is written as version 3 only when it
 has such a stage, so every reader of version 2 (the native worker) still reads every bundle it
 can run and refuses, by its version check, the ones it cannot.
+
+Schema version 4 is version 3 plus fallback stages (``fallback``: ops TVM cannot import): every
+stage has ``"runtime"``, ``"tvm"`` or ``"onnxruntime"``; an onnxruntime stage's ``"library"`` is
+its ONNX sub-model (``stage<i>-<sha12>.onnx``, checksummed like a library; ``"tuning"`` null)
+that the Python worker runs under onnxruntime. A bundle is written as version 4 only when a
+stage falls back (readers of versions 2 and 3, the native worker among them, refuse it by their
+version check instead of loading an .onnx file as a TVM library); a stage of a version 2 or 3
+bundle is ``"tvm"``.
 """
 from __future__ import annotations
 
@@ -56,7 +64,9 @@ from .targets import TargetSpec, host_arch
 
 SCHEMA_VERSION = 2
 SEQUENTIAL_SCHEMA_VERSION = 3  # version 2 + sequential stages (see the module doc)
-READABLE_SCHEMA_VERSIONS = (SCHEMA_VERSION, SEQUENTIAL_SCHEMA_VERSION)
+FALLBACK_SCHEMA_VERSION = 4    # version 3 + each stage's "runtime" (onnxruntime fallback stages)
+READABLE_SCHEMA_VERSIONS = (SCHEMA_VERSION, SEQUENTIAL_SCHEMA_VERSION, FALLBACK_SCHEMA_VERSION)
+RUNTIMES = ("tvm", "onnxruntime")  # a stage's "runtime" (fallback.RUNTIMES)
 MANIFEST = "manifest.json"
 
 
@@ -96,6 +106,7 @@ class BundleStage:
     sha256: str
     library_bytes: int
     segments: tuple[SegmentFiles, ...] = ()
+    runtime: str = "tvm"  # "onnxruntime": ``library`` is an ONNX sub-model (``fallback``)
 
     def files(self) -> list[tuple[Path, str]]:
         """Every file the stage needs, with its sha256."""
@@ -110,6 +121,8 @@ class BundleStage:
 
     @property
     def runs_on_host(self) -> bool:
+        if self.runtime == "onnxruntime":  # an ONNX file: any machine of the target's CPU arch
+            return self.target["arch"] == host_arch()
         return self.target["target"]["kind"] == "llvm" and self.target["arch"] == host_arch()
 
 
@@ -156,8 +169,14 @@ class Bundle:
                              for f in s.get("segment_files", ()))
                 if len(segs) != len(stage_plan.segments):
                     raise ValueError("'segment_files' (one per segment)")
+                runtime = str(s["runtime"]) if m["schema_version"] >= FALLBACK_SCHEMA_VERSION \
+                    else "tvm"
+                if runtime not in RUNTIMES or (runtime != "tvm" and segs):
+                    raise ValueError(f"'runtime' ({runtime!r}; one of {', '.join(RUNTIMES)}, "
+                                     "tvm for a sequential stage)")
                 built.append(BundleStage(stage_plan, dict(s["target"]), path / s["library"],
-                                          str(s["sha256"]), int(s["library_bytes"]), segs))
+                                          str(s["sha256"]), int(s["library_bytes"]), segs,
+                                          runtime))
             bundle = cls(path, str(m["model"]), str(m["model_sha256"]),
                          tuple(TensorSpec.from_json(t) for t in m["inputs"]),
                          tuple(TensorSpec.from_json(t) for t in m["outputs"]), plan, tuple(built))
@@ -217,15 +236,20 @@ def check_output_dir(out_dir: str | os.PathLike) -> None:
 
 def stage_entry(stage: StagePlan, target: TargetSpec, library: Path,
                 tuning: dict[str, Any] | None,
-                segment_files: Sequence[tuple[Path, Path]] = ()) -> dict[str, Any]:
+                segment_files: Sequence[tuple[Path, Path]] = (),
+                runtime: str = "tvm") -> dict[str, Any]:
     """A manifest's stage: the stage's plan with its resolved target and its library, a file in
     the bundle directory. A sequential stage also lists ``segment_files``: per segment its
-    library and weights file (``SegmentFiles.to_json``); ``library`` is the first segment's."""
+    library and weights file (``SegmentFiles.to_json``); ``library`` is the first segment's.
+    ``runtime`` is the stage's (``RUNTIMES``; ``"onnxruntime"``: ``library`` is an .onnx file)."""
     from .weights import weights_bytes
 
+    if runtime not in RUNTIMES:
+        raise BundleError(f"internal: stage runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     entry = {**stage.to_json(), "target": target.to_json(), "library": library.name,
              "sha256": file_sha256(library), "library_bytes": library.stat().st_size,
-             "runs_on_host": target.runs_on_host, "tuning": tuning}
+             "runs_on_host": target.runs_on_host if runtime == "tvm" else
+             target.arch == host_arch(), "tuning": tuning, "runtime": runtime}
     if segment_files:
         entry["segment_files"] = [
             SegmentFiles(lib, file_sha256(lib), w, file_sha256(w), weights_bytes(w)).to_json()
@@ -235,10 +259,16 @@ def stage_entry(stage: StagePlan, target: TargetSpec, library: Path,
 
 def manifest(graph: LayerGraph, plan: Plan, stages: list[dict[str, Any]],
              tvm_version: str) -> dict[str, Any]:
-    """The manifest of a bundle of ``plan`` with ``stages`` (``stage_entry`` each)."""
+    """The manifest of a bundle of ``plan`` with ``stages`` (``stage_entry`` each): version 4
+    when a stage falls back to onnxruntime, else 3 when one is sequential, else 2 (see the module
+    doc); ``"runtime"`` is kept only in version 4."""
+    fallback = any(s.get("runtime", "tvm") != "tvm" for s in stages)
+    if not fallback:
+        stages = [{k: v for k, v in s.items() if k != "runtime"} for s in stages]
     sequential = any(s.segments for s in plan.stages)
     return {
-        "schema_version": SEQUENTIAL_SCHEMA_VERSION if sequential else SCHEMA_VERSION,
+        "schema_version": FALLBACK_SCHEMA_VERSION if fallback else
+        SEQUENTIAL_SCHEMA_VERSION if sequential else SCHEMA_VERSION,
         "tvmsplit_version": __version__,
         "tvm_version": tvm_version, "model": graph.name, "model_sha256": graph.model_sha256,
         "inputs": [t.to_json() for t in graph.inputs],

@@ -4,6 +4,8 @@
   graph with only the initializers they use) imported into Relax on its own (``stage_relax``:
   ``from_onnx(keep_params_in_input=False)`` inlines them), so each stage carries exactly its own
   weights.
+- A fallback stage (``fallback``: ops TVM cannot import) is that ONNX sub-model, written as its
+  library for onnxruntime (``export_onnx_stage``); nothing below applies to it.
 - Every stage first gets the graph-level passes of ``graphopt`` (BatchNorm folded into convs).
 - CPU targets are lowered (legalize + fuse), scheduled from the target's tuning database where it
   holds records (``tunedb``: "N/M kernels tuned" per stage), the other kernels get a parallel
@@ -39,6 +41,7 @@ import numpy as np
 from . import interrupts, recurrent, tflitefront
 from .bundle import file_sha256
 from .errors import BuildError
+from .fallback import node_reads
 from .graph import LayerGraph, TensorSpec
 from .plan import StagePlan
 from .targets import TargetSpec, check_toolchain
@@ -69,7 +72,7 @@ def stage_onnx(graph: LayerGraph, stage: StagePlan):
     model = graph.model
     wanted = {n for name in stage.layers for n in graph.layer(name).nodes}
     nodes = [n for n in model.graph.node if n.name in wanted]
-    used = {i for n in nodes for i in n.input if i}
+    used = {i for n in nodes for i in node_reads(n) if i}  # subgraphs' outer reads too
     inits = [init for init in model.graph.initializer if init.name in used]
 
     def vi(t: TensorSpec):
@@ -82,6 +85,15 @@ def stage_onnx(graph: LayerGraph, stage: StagePlan):
     out = helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version,
                             producer_name="tvmsplit")
     return out
+
+
+def export_onnx_stage(graph: LayerGraph, stage: StagePlan,
+                      out_path: str | os.PathLike) -> BuiltLibrary:
+    """A fallback stage (``fallback``): its ONNX sub-model (``stage_onnx``) written to
+    ``out_path``, to run under onnxruntime; nothing is compiled or cached."""
+    out_path = Path(out_path)
+    out_path.write_bytes(stage_onnx(graph, stage).SerializeToString(deterministic=True))
+    return _built(out_path, None, False, None)
 
 
 def stage_relax(graph: LayerGraph, stage: StagePlan):

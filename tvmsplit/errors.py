@@ -24,7 +24,10 @@ class UnsupportedOpsError(ModelError):
         super().__init__(f"model uses {len(self.ops)} operator(s) that TVM 0.27's {importer} importer "
                          f"cannot convert (or in a form tvmsplit cannot rewrite): {listed}; the "
                          "model is refused before splitting: re-export it without them "
-                         "(another opset or exporter option) or replace them with supported ops")
+                         "(another opset or exporter option) or replace them with supported ops"
+                         + ("; or pass --fallback onnxruntime (Python: fallback='onnxruntime') "
+                            "to run the stages holding them under onnxruntime"
+                            if importer == "ONNX" else ""))
 
 
 class ShapeError(TvmsplitError):

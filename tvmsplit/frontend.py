@@ -35,6 +35,7 @@ from onnx import helper, numpy_helper
 
 from . import controlflow, recurrent, tflitefront
 from .errors import ModelError, ShapeError, UnsupportedOpsError
+from .fallback import check_fallback, complete_shapes, node_reads
 from .graph import Layer, LayerGraph, TensorSpec, group_layers
 from .recurrent import RECURRENT_OPS
 
@@ -50,17 +51,23 @@ _MAX_FOLDS = 4  # rounds of (fold shape arithmetic, inline constant Ifs)
 
 
 def load(source: str | os.PathLike | onnx.ModelProto, shapes: dict[str, Any] | None = None,
-         name: str | None = None) -> LayerGraph:
+         name: str | None = None, fallback: str | None = None) -> LayerGraph:
     """Read an ONNX (or TFLite: ``tflitefront``) model and return its LayerGraph.
 
     ``shapes`` pins input shapes, e.g. ``{"x": (1, 3, 224, 224)}``; required for every input with
-    a dynamic dimension.
+    a dynamic dimension. ``fallback="onnxruntime"`` (``tvmsplit.fallback``) accepts operators
+    TVM cannot import: the layers holding them are run under onnxruntime once built.
     """
+    fallback = check_fallback(fallback)
     if not isinstance(source, onnx.ModelProto) and tflitefront.is_tflite(source):
+        if fallback:
+            raise ModelError("--fallback onnxruntime runs ONNX stages; it does not apply to a "
+                             "TFLite model: drop the option")
         return tflitefront.load(source, shapes, name)  # by content ("TFL3"), not by extension
     model, label = _read(source)
     model_hash = hashlib.sha256(model.SerializeToString()).hexdigest()
-    check_supported(model, final=False)  # If branches may still be inlined: checked below
+    if not fallback:
+        check_supported(model, final=False)  # If branches may still be inlined: checked below
     model = _pin_input_shapes(model, shapes or {})
     model = _constants_to_initializers(_name_nodes(model))
     for _ in range(_MAX_FOLDS):  # folding can make If conditions constant, inlining more foldable
@@ -71,8 +78,11 @@ def load(source: str | os.PathLike | onnx.ModelProto, shapes: dict[str, Any] | N
         if not inlined:
             break
         model = _constants_to_initializers(_name_nodes(model))
-    check_supported(model)
+    if not fallback:
+        check_supported(model)
     model = _infer_shapes(model)
+    if fallback:  # what onnx cannot infer (Loop-carried values), from onnxruntime
+        model = complete_shapes(model)
     return _build_layer_graph(model, name or label, model_hash)
 
 
@@ -110,6 +120,17 @@ def supported_ops() -> frozenset[str]:
     return frozenset(onnx_frontend._get_convert_map())
 
 
+def unsupported_op(node: onnx.NodeProto, ok: frozenset[str]) -> str | None:
+    """The operator of ``node`` as listed when TVM cannot import it (``domain::Op`` outside the
+    default domain), else None; ``ok`` is ``supported_ops()``. Subgraphs are not looked into."""
+    domain = node.domain or "ai.onnx"
+    if domain != "ai.onnx":
+        return f"{domain}::{node.op_type}"
+    if node.op_type in ok or node.op_type in RECURRENT_OPS:
+        return None
+    return node.op_type
+
+
 def check_supported(model: onnx.ModelProto, final: bool = True) -> None:
     """Raise UnsupportedOpsError listing every unsupported operator and the nodes that use it,
     including nodes inside ``If`` branches and ``Loop``/``Scan`` bodies, and recurrent nodes that
@@ -123,12 +144,7 @@ def check_supported(model: onnx.ModelProto, final: bool = True) -> None:
     ok = supported_ops()
 
     def unsupported(node: onnx.NodeProto) -> str | None:
-        domain = node.domain or "ai.onnx"
-        if domain != "ai.onnx":
-            return f"{domain}::{node.op_type}"
-        if node.op_type in ok or node.op_type in RECURRENT_OPS:
-            return None
-        return node.op_type
+        return unsupported_op(node, ok)
 
     bad: dict[str, list[str]] = defaultdict(list)
     in_ifs: dict[str, list[str]] = defaultdict(list)  # ops inside the branches of top-level Ifs
@@ -322,7 +338,7 @@ def _build_layer_graph(model: onnx.ModelProto, name: str, model_hash: str) -> La
                          "pin every input dimension with --shape")
 
     # Group nodes into layers: a follower joins the layer that produces all its dynamic inputs.
-    grouping = group_layers(nodes, lambda n: n.input, lambda n: n.output,
+    grouping = group_layers(nodes, node_reads, lambda n: n.output,
                             lambda n: n.op_type in FOLLOWER_OPS, lambda i: i in inits)
     groups, producer_layer = grouping.groups, grouping.producer
     consumers = defaultdict(set, grouping.consumers)
@@ -331,10 +347,10 @@ def _build_layer_graph(model: onnx.ModelProto, name: str, model_hash: str) -> La
     layers = []
     for k, group in enumerate(groups):
         produced = [o for n in group for o in n.output if o]
-        ins = list(dict.fromkeys(i for n in group for i in n.input
+        ins = list(dict.fromkeys(i for n in group for i in node_reads(n)
                                  if i and i not in inits and producer_layer.get(i, -1) != k))
         outs = [o for o in produced if consumers[o] - {k} or o in graph_outputs]
-        used_inits = dict.fromkeys(i for n in group for i in n.input if i in inits)
+        used_inits = dict.fromkeys(i for n in group for i in node_reads(n) if i in inits)
         macs, flops = 0, 0
         for n in group:
             m, f = node_cost(n, specs, inits)

@@ -1,7 +1,10 @@
-"""Run one built stage in this process with the TVM runtime.
+"""Run one built stage in this process with the TVM runtime (or onnxruntime for a fallback stage).
 
 Only ``tvm.runtime`` is used, so this works in a runtime-only process (``TVM_USE_RUNTIME_LIB=1``)
-on a small device. The stage worker and ``build --check`` both run stages through here.
+on a small device. The stage worker and ``build --check`` both run stages through here, choosing
+the runner with ``runner_for``: ``StageRunner`` (a TVM library), ``SegmentedRunner`` (a
+sequential stage) or ``OnnxStageRunner`` (a fallback stage's ONNX sub-model under onnxruntime;
+``tvmsplit.fallback``).
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import ShapeError, TvmsplitError
 from ..graph import TensorSpec
 from ..plan import StagePlan
 
@@ -106,8 +109,49 @@ class SegmentedRunner:
         return [{t.name: pool[t.name] for t in self.stage.outputs} for pool in pools]
 
 
+class OnnxStageRunner:
+    """A fallback stage (``tvmsplit.fallback``): its ONNX sub-model in an onnxruntime session
+    (CPU). ``run(tensors)`` takes the stage's inputs and returns its outputs (computed ones plus
+    those forwarded unchanged), as ``StageRunner`` does. Use as a context manager."""
+
+    def __init__(self, model: str | Path, stage: StagePlan):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise TvmsplitError(f"stage {stage.index} runs under onnxruntime (a fallback stage), "
+                                "which is not installed here: pip install onnxruntime") from None
+        self.stage = stage
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self._session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+        self._outputs = [t.name for t in stage.library_outputs]
+
+    def __enter__(self) -> "OnnxStageRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._session = None
+
+    def run(self, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_tensors(self.stage.inputs, tensors, f"stage {self.stage.index}")
+        feed = {t.name: np.require(tensors[t.name], requirements="C")
+                for t in self.stage.library_inputs}
+        computed = dict(zip(self._outputs, self._session.run(self._outputs, feed)))
+        return {t.name: computed[t.name] if t.name in computed else tensors[t.name]
+                for t in self.stage.outputs}
+
+    def run_batch(self, batch: list[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        return [self.run(tensors) for tensors in batch]
+
+
 def runner_for(bundle_stage):
-    """The runner a worker uses for a bundle stage: sequential or loaded once."""
+    """The runner a worker uses for a bundle stage: onnxruntime for a fallback stage, else
+    sequential or loaded once."""
+    if getattr(bundle_stage, "runtime", "tvm") == "onnxruntime":
+        return OnnxStageRunner(bundle_stage.library, bundle_stage.plan)
     if bundle_stage.segments:
         return SegmentedRunner(bundle_stage)
     return StageRunner(bundle_stage.library, bundle_stage.plan)

@@ -436,7 +436,7 @@ class StageWorker:
         device runs"): it must match the manifest's size and sha256; written atomically."""
         import hashlib
 
-        from .stage import StageRunner
+        from .stage import runner_for
 
         stage = self.bundle_stage
         if self.sequential:
@@ -453,7 +453,7 @@ class StageWorker:
         try:
             tmp.write_bytes(data)
             os.replace(tmp, stage.library)
-            runner = StageRunner(stage.library, self.plan)
+            runner = runner_for(stage)  # a TVM library, or a fallback stage's ONNX file
         except Exception as exc:  # noqa: BLE001 - a bad write or load is an answer, not a crash
             tmp.unlink(missing_ok=True)
             return control.error_reply("deploy_failed", f"cannot install the library: "
