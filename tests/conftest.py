@@ -34,6 +34,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_control": ("unit",),
     "test_deploy": ("tvm", "runtime"),
     "test_errors": ("cli", "tvm"),
+    "test_fallback": ("tvm",),
     "test_fuzz": ("tvm", "runtime"),
     "test_graph": ("tvm",),
     "test_hyps": ("unit",),
@@ -100,6 +101,13 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
         "test_batch_first_layout_equals_the_onnx_reference",
         "test_what_cannot_be_expanded_is_named")},
     ("test_fuzz", "test_the_decoders_raise_only_their_own_errors"): ("unit",),
+    **{("test_fallback", t): ("tvm", "runtime") for t in (
+        "test_the_pipeline_equals_onnxruntime_on_the_whole_model",
+        "test_the_native_worker_refuses_a_fallback_bundle_by_name")},
+    **{("test_fallback", t): ("cli", "tvm") for t in (
+        "test_cli_inspect_refuses_without_the_flag_and_marks_the_fallback_layers",
+        "test_cli_build_check_with_the_fallback")},
+    ("test_fallback", "test_ddddocr_quantized_model_runs_with_the_fallback"): ("tvm", "runtime"),
     **{("test_control", t): ("tvm", "runtime") for t in (
         "test_a_live_worker_answers_every_golden_request",
         "test_an_oversized_control_frame_drops_the_peer_not_the_worker")},

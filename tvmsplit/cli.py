@@ -31,15 +31,15 @@ def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _load_graph(model: str, shapes: tuple[str, ...]):
+def _load_graph(model: str, shapes: tuple[str, ...], fallback: str | None = None):
     from . import zoo
     from .frontend import load
 
     pinned = _parse_shapes(shapes)
     if model.startswith("zoo:"):
         name = model[4:]
-        return load(zoo.make(name), shapes=pinned or None, name=name)
-    return load(model, shapes=pinned or None)
+        return load(zoo.make(name), shapes=pinned or None, name=name, fallback=fallback)
+    return load(model, shapes=pinned or None, fallback=fallback)
 
 
 def _split_list(value: str | None, option: str) -> list[str]:
@@ -66,6 +66,10 @@ db_option = click.option(
 plan_file_option = click.option(
     "--plan", "plan_file", type=click.Path(exists=True, dir_okay=False),
     help="A plan saved by `tvmsplit plan --save` (instead of --split-at/--targets).")
+fallback_option = click.option(
+    "--fallback", type=click.Choice(["onnxruntime"]), default=None,
+    help="Accept ONNX operators TVM cannot import: the stages holding them run under "
+         "onnxruntime in their worker (ONNX sub-models; the Python worker); default: refuse them.")
 
 
 class UserError(click.ClickException):
@@ -146,12 +150,20 @@ def cli() -> None:
 @click.argument("model")
 @shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the layer graph as JSON.")
-def inspect(model: str, shapes: tuple[str, ...], as_json: bool) -> None:
-    """List MODEL's layers with their features; '*' marks good cut points."""
-    g = _load_graph(model, shapes)
+@fallback_option
+def inspect(model: str, shapes: tuple[str, ...], as_json: bool, fallback: str | None) -> None:
+    """List MODEL's layers with their features; '*' marks good cut points, 'ort' the layers
+    that fall back to onnxruntime (--fallback)."""
+    g = _load_graph(model, shapes, fallback)
     cuts = {c.index: c for c in g.cut_candidates}
+    falling = _fallback_layers(g, fallback)
     if as_json:
-        click.echo(json.dumps(_graph_json(g, cuts), indent=2))
+        doc = _graph_json(g, cuts)
+        if fallback:
+            for layer in doc["layers"]:
+                layer["runtime"] = "onnxruntime" if layer["name"] in falling else "tvm"
+                layer["fallback_ops"] = list(falling.get(layer["name"], ()))
+        click.echo(json.dumps(doc, indent=2))
         return
     click.echo(f"{g.name}: {len(g.layers)} layers, {g.param_bytes / 1024:.1f} KB params, "
                f"input {', '.join(f'{t.name}{list(t.shape)}' for t in g.inputs)} "
@@ -169,9 +181,25 @@ def inspect(model: str, shapes: tuple[str, ...], as_json: bool) -> None:
             if cut is not None else "-"
         click.echo(f"{i:>3} {layer.name[:28]:<28} {op[:22]:<22} {shape[:20]:<20} "
                    f"{layer.flops / 1e6:>9.2f} {layer.param_bytes / 1024:>10.1f} "
-                   f"{layer.output_bytes / 1024:>9.1f} {cut_kb:>9}{mark}")
+                   f"{layer.output_bytes / 1024:>9.1f} {cut_kb:>9}{mark}"
+                   + (" ort" if layer.name in falling else ""))
     click.echo("cut KB: bytes crossing a cut after the layer (/Nt: N tensors); "
                "* = fewer bytes than the cut before and than the input")
+    if falling:
+        click.echo(f"ort = runs under onnxruntime (--fallback): {len(falling)} layer(s) hold ops "
+                   f"TVM cannot import: " + "; ".join(f"{name} ({', '.join(ops)})"
+                                                     for name, ops in list(falling.items())[:8])
+                   + ("; ..." if len(falling) > 8 else "") + "; cut before and after them to "
+                   "keep the rest on TVM")
+
+
+def _fallback_layers(g, fallback: str | None) -> dict:
+    """Layer -> ops TVM cannot import (``fallback.fallback_layers``); {} without --fallback."""
+    if not fallback:
+        return {}
+    from .fallback import fallback_layers
+
+    return fallback_layers(g)
 
 
 def _graph_json(g, cuts) -> dict:
@@ -203,13 +231,15 @@ def _graph_json(g, cuts) -> dict:
 @click.option("--check", is_flag=True, help="Run host-runnable stages and compare with onnxruntime.")
 @click.option("--tolerance", default=1e-4, show_default=True, help="Max relative error for --check.")
 @db_option
+@fallback_option
 @_interruptible
 def build(model: str, split_at: str, targets: str, out_dir: str, shapes: tuple[str, ...],
-          plan_file: str | None, check: bool, tolerance: float, db: str | None) -> None:
+          plan_file: str | None, check: bool, tolerance: float, db: str | None,
+          fallback: str | None) -> None:
     """Split MODEL, compile every stage for its target and write a bundle."""
-    g = _load_graph(model, shapes)
+    g = _load_graph(model, shapes, fallback)
     g, plan = _plan_to_build(g, split_at, targets, plan_file)
-    _build_plan_and_check(g, plan, out_dir, check, tolerance, db)
+    _build_plan_and_check(g, plan, out_dir, check, tolerance, db, fallback)
 
 
 def _parse_duration(text: str | None) -> float | None:
@@ -334,7 +364,7 @@ def _build_and_check(g, split_at: list[str], targets: list[str], stage_of: dict 
 
 
 def _build_plan_and_check(g, plan, out_dir: str, check: bool, tolerance: float,
-                          db: str | None = None) -> None:
+                          db: str | None = None, fallback: str | None = None) -> None:
     """Build ``plan`` as it is into ``out_dir``, print its stages, and with ``check`` compare
     the host-runnable stages with onnxruntime."""
     from .build import build_bundle
@@ -348,12 +378,13 @@ def _build_plan_and_check(g, plan, out_dir: str, check: bool, tolerance: float,
         database_paths([get_target(s.target) for s in plan.stages], db)  # refuse before building
     click.echo(f"building {len(plan.stages)} stage(s) of {g.name} into {out_dir}", err=True)
     start = time.perf_counter()
-    bundle = build_bundle(g, plan, out_dir, progress=_progress, db=db)
+    bundle = build_bundle(g, plan, out_dir, progress=_progress, db=db, fallback=fallback)
     click.get_current_context().meta[_BUILT] = True  # an interrupt from now on comes after it
     click.echo(f"built in {time.perf_counter() - start:.1f} s", err=True)
     for stage in bundle.stages:
         cut = ", ".join(f"{t.name}{list(t.shape)}" for t in stage.plan.outputs)
-        click.echo(f"stage {stage.index} [{stage.target['name']}] {len(stage.plan.layers)} layers "
+        ort = " (onnxruntime)" if stage.runtime != "tvm" else ""
+        click.echo(f"stage {stage.index} [{stage.target['name']}]{ort} {len(stage.plan.layers)} layers "
                    f"{stage.plan.layers[0]}..{stage.plan.layers[-1]}  params "
                    f"{stage.plan.param_bytes / 1024:.1f} KB  library {stage.library_bytes / 1024:.1f} KB"
                    f"  -> {cut}")
@@ -460,21 +491,22 @@ def _print_trace(trace, targets: list[str]) -> None:
                    "tvmsplit-worker (build it with CMakeLists.txt); default: what each stage's "
                    "target file asks for ([worker] kind), else python.")
 @db_option
+@fallback_option
 @_interruptible
 def run(model, split_at, targets, out_dir, shapes, plan_file, input_file, workers, requests, check,
-        tolerance, secure, worker_kind, db):
+        tolerance, secure, worker_kind, db, fallback):
     """Build MODEL's stages, run them as a pipeline of workers, print the trace."""
     import tempfile
 
     from .bundle import Bundle
 
-    g = _load_graph(model, shapes)
+    g = _load_graph(model, shapes, fallback)
     inputs = _read_inputs(input_file, g) if input_file else None
     endpoints = json.loads(Path(workers).read_text()) if workers else None
     with tempfile.TemporaryDirectory(prefix="tvmsplit-run-") as tmp:
         out = out_dir or str(Path(tmp) / "bundle")
         g, plan = _plan_to_build(g, split_at, targets, plan_file)
-        _build_plan_and_check(g, plan, out, False, tolerance, db)
+        _build_plan_and_check(g, plan, out, False, tolerance, db, fallback)
         _run_pipeline(Bundle.load(out), g, requests, inputs, check, tolerance, endpoints, secure,
                       worker_kind)
 
@@ -628,9 +660,10 @@ def parse_bytes(text: str) -> int:
 @click.option("--save", type=click.Path(dir_okay=False), help="Write the plan JSON here (for build --plan).")
 @click.option("--plot", type=click.Path(dir_okay=False),
               help="Draw per-layer compute and cut sizes with the cuts marked (PNG).")
+@fallback_option
 def plan_cmd(model, profile_file, devices, links, costs_file, objective, powers, method, mem_caps,
              sequential, batch, horizontal, pins, input_bytes, end_devices, deadline_ms,
-             share_steps, shapes, as_json, save, plot) -> None:
+             share_steps, shapes, as_json, save, plot, fallback) -> None:
     """Choose where to split MODEL (or a --profile) across a path of devices, with the
     baselines side by side."""
     from .devices import Device, Link
@@ -638,7 +671,9 @@ def plan_cmd(model, profile_file, devices, links, costs_file, objective, powers,
     from .planning import plan_partition
 
     profile = _plan_source(model, profile_file, costs_file, shapes)
-    g = profile.graph() if profile else _load_graph(model, shapes)
+    if profile and fallback:
+        raise TvmsplitError("--fallback is for a MODEL; a --profile has no operators: drop it")
+    g = profile.graph() if profile else _load_graph(model, shapes, fallback)
     caps = {name: parse_bytes(size) for name, size in _parse_pairs(mem_caps, "--mem-cap")}
     devs = [Device(name, target, caps.pop(name, None))
             for name, target in _parse_pairs(devices, "--devices")]
@@ -670,10 +705,28 @@ def plan_cmd(model, profile_file, devices, links, costs_file, objective, powers,
         from .plot import plot_plan
 
         click.echo(f"plot: {plot_plan(result, plot)}", err=True)
+    runtimes = _stage_runtimes(result.graph, result.plan, fallback)
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
+        doc = result.to_json()
+        if fallback:
+            doc["stage_runtimes"] = list(runtimes)
+        click.echo(json.dumps(doc, indent=2))
         return
     _print_plan(result.graph, result, link_list, objective)
+    if any(r != "tvm" for r in runtimes):
+        from .fallback import describe
+
+        click.echo(f"{describe(runtimes)}: predicted times of those stages are the predictor's "
+                   "or the cost table's, not onnxruntime's; build them with --fallback onnxruntime")
+
+
+def _stage_runtimes(g, plan, fallback: str | None) -> tuple:
+    """Each stage's runtime under --fallback (``fallback.stage_runtimes``); all TVM without."""
+    if not fallback:
+        return ("tvm",) * len(plan.stages)
+    from .fallback import stage_runtimes
+
+    return stage_runtimes(g, plan, fallback)
 
 
 def _plan_costs(g, devs, choice: str | None):
