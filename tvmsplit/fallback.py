@@ -45,6 +45,27 @@ def check_fallback(fallback: str | None) -> str | None:
     return fallback
 
 
+def supported_ops() -> frozenset[str]:
+    """ONNX operator types TVM 0.27's Relax importer converts (``frontend.supported_ops``)."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    return frozenset(onnx_frontend._get_convert_map())
+
+
+def unsupported_op(node, ok: frozenset[str]) -> str | None:
+    """The operator of ``node`` as listed when TVM cannot import it (``domain::Op`` outside the
+    default domain), else None; ``ok`` is ``supported_ops()``. Subgraphs are not looked into;
+    LSTM/GRU/RNN count as supported (``recurrent`` rewrites them)."""
+    from .recurrent import RECURRENT_OPS
+
+    domain = node.domain or "ai.onnx"
+    if domain != "ai.onnx":
+        return f"{domain}::{node.op_type}"
+    if node.op_type in ok or node.op_type in RECURRENT_OPS:
+        return None
+    return node.op_type
+
+
 def node_reads(node) -> list[str]:
     """``node``'s inputs followed by every tensor of the enclosing graph that its subgraphs read
     (outer-scope names of ``If`` branches and ``Loop``/``Scan`` bodies, nested ones included)."""
@@ -80,7 +101,6 @@ def fallback_layers(graph) -> dict[str, tuple[str, ...]]:
     too; a top-level ``If`` left after loading is one: its condition does not fold), for every
     layer that has some. Empty for a TFLite graph. Imports TVM (the importer's convert map)."""
     from . import controlflow, recurrent, tflitefront
-    from .frontend import supported_ops, unsupported_op
 
     if isinstance(graph.model, tflitefront.TfliteModel):
         return {}

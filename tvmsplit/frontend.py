@@ -35,7 +35,8 @@ from onnx import helper, numpy_helper
 
 from . import controlflow, recurrent, tflitefront
 from .errors import ModelError, ShapeError, UnsupportedOpsError
-from .fallback import check_fallback, complete_shapes, node_reads
+from .fallback import (check_fallback, complete_shapes, node_reads,  # noqa: F401 (re-export)
+                       supported_ops, unsupported_op)
 from .graph import Layer, LayerGraph, TensorSpec, group_layers
 from .recurrent import RECURRENT_OPS
 
@@ -111,24 +112,6 @@ def _read(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto,
     if not model.graph.node:
         raise ModelError(f"{label}: the graph has no nodes")
     return model, label
-
-
-def supported_ops() -> frozenset[str]:
-    """ONNX operator types TVM 0.27's Relax importer converts."""
-    from tvm.relax.frontend.onnx import onnx_frontend
-
-    return frozenset(onnx_frontend._get_convert_map())
-
-
-def unsupported_op(node: onnx.NodeProto, ok: frozenset[str]) -> str | None:
-    """The operator of ``node`` as listed when TVM cannot import it (``domain::Op`` outside the
-    default domain), else None; ``ok`` is ``supported_ops()``. Subgraphs are not looked into."""
-    domain = node.domain or "ai.onnx"
-    if domain != "ai.onnx":
-        return f"{domain}::{node.op_type}"
-    if node.op_type in ok or node.op_type in RECURRENT_OPS:
-        return None
-    return node.op_type
 
 
 def check_supported(model: onnx.ModelProto, final: bool = True) -> None:
