@@ -106,7 +106,8 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
         "test_the_native_worker_refuses_a_fallback_bundle_by_name")},
     **{("test_fallback", t): ("cli", "tvm") for t in (
         "test_cli_inspect_refuses_without_the_flag_and_marks_the_fallback_layers",
-        "test_cli_build_check_with_the_fallback")},
+        "test_cli_build_check_with_the_fallback",
+        "test_cli_plan_names_the_stage_that_falls_back")},
     ("test_fallback", "test_ddddocr_quantized_model_runs_with_the_fallback"): ("tvm", "runtime"),
     **{("test_control", t): ("tvm", "runtime") for t in (
         "test_a_live_worker_answers_every_golden_request",

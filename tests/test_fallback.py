@@ -264,3 +264,21 @@ def test_ddddocr_quantized_model_runs_with_the_fallback(tmp_path):
     want = whole_model_ort(onnx.load(str(path)), inputs)
     for t in g.outputs:
         assert compare(got[t.name], want[t.name], t.name).rel <= RTOL
+
+
+def test_cli_plan_names_the_stage_that_falls_back(tmp_path):
+    path = tmp_path / "lpnorm.onnx"
+    onnx.save(lpnorm_model(), str(path))
+    costs = tmp_path / "costs.json"  # conv1 is cheap on the end device, the rest on the edge
+    costs.write_text(json.dumps({"devices": ["end", "edge"], "compute_ms": {
+        "conv1": {"end": 0.1, "edge": 50.0}, "lpnorm": {"end": 50.0, "edge": 0.1},
+        "conv2": {"end": 50.0, "edge": 0.1}}}))
+    args = ("plan", path, "--devices", "end=x86_64,edge=x86_64", "--link", "lan:1000/1000/0.1",
+            "--costs", costs)
+    refused = _cli(*args)
+    assert refused.exit_code == 1 and "--fallback onnxruntime" in refused.output
+    shown = _cli(*args, "--fallback", ORT)
+    assert shown.exit_code == 0, shown.output
+    assert "stage 1 runs under onnxruntime" in shown.output
+    doc = json.loads(_cli(*args, "--fallback", ORT, "--json").output)
+    assert doc["stage_runtimes"] == ["tvm", ORT]
