@@ -177,6 +177,7 @@ def complete_shapes(model):
     import onnx
     from onnx import helper
 
+    from .check import random_inputs
     from .errors import ShapeError
 
     g = model.graph
@@ -197,7 +198,7 @@ def complete_shapes(model):
     try:
         session = ort.InferenceSession(probe.SerializeToString(), opts,
                                        providers=["CPUExecutionProvider"])
-        feeds = [_random_feed(session, seed) for seed in (0, 1)]
+        feeds = [random_inputs(_input_specs(model), seed) for seed in (0, 1)]
         seen = [session.run(missing, feed) for feed in feeds]
     except Exception as exc:  # noqa: BLE001 - onnxruntime's errors are of its own types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -224,18 +225,14 @@ def _static(vi) -> bool:
             and all(d.HasField("dim_value") for d in tt.shape.dim))
 
 
-def _random_feed(session, seed: int) -> dict:
+def _input_specs(model):
+    """The model's (pinned, static) graph inputs as TensorSpecs."""
     import numpy as np
+    from onnx import helper
 
-    rng = np.random.default_rng(seed)
-    dtypes = {"tensor(float)": np.float32, "tensor(double)": np.float64,
-              "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
-              "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
-    feed = {}
-    for i in session.get_inputs():
-        dtype = np.dtype(dtypes.get(i.type, np.float32))
-        if np.issubdtype(dtype, np.floating):
-            feed[i.name] = rng.random(i.shape).astype(dtype)
-        else:
-            feed[i.name] = rng.integers(0, 2, size=i.shape).astype(dtype)
-    return feed
+    from .graph import TensorSpec
+
+    inits = {t.name for t in model.graph.initializer}
+    return tuple(TensorSpec(vi.name, np.dtype(helper.tensor_dtype_to_np_dtype(
+        vi.type.tensor_type.elem_type)).name, tuple(d.dim_value for d in vi.type.tensor_type.shape.dim))
+        for vi in model.graph.input if vi.name not in inits)

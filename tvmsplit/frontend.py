@@ -15,6 +15,10 @@ Normalisation (the returned graph's ``model``):
   (``controlflow``); one left over is listed as unsupported, with the unsupported operators inside
   ``If``/``Loop``/``Scan`` bodies.
 
+With ``fallback="onnxruntime"`` (``fallback.py``) nothing is refused for being unsupported: the
+stages holding such operators run under onnxruntime; a subgraph's reads of outer tensors are its
+node's inputs (``fallback.node_reads``), and shapes onnx leaves open come from onnxruntime.
+
 LSTM, GRU and RNN nodes stay single nodes, hence single layers (``recurrent`` rewrites them into
 operators TVM imports only when a stage is compiled).
 
