@@ -322,6 +322,8 @@ def test_full_vgg16_runs_on_one_worker_under_1_gib_in_sequential_mode(tmp_path, 
             y, trace = p.run(x)
             (health,) = p.health()
             assert health["pid"] in cg.pids()  # the worker really runs inside the capped cgroup
+        use = cg.memory_use()
+        assert use["oom_kills"] in (0, None) and (use["peak"] is None or use["peak"] <= GIB)
     assert compare(y["output"], want, "output").rel <= 1e-4
     biggest = max(f.weights_bytes for f in bundle.stages[0].segments)
     assert biggest <= health["peak_rss_bytes"] <= GIB  # it held a segment, never the whole model
