@@ -65,7 +65,8 @@ def log(msg: str) -> None:
 
 def run_capped(bundle, stage_devices, n_devices: int, limit: int, requests: int, x, want):
     """Run ``requests`` requests with each device's workers in a cgroup of ``limit`` bytes:
-    (latencies s, traces, per-device peak RSS bytes, error or None)."""
+    (latencies s, traces, per-device memory: (the cgroup's peak charge, the sum of its workers'
+    peak RSS), error or None)."""
     groups = [Cgroup(f"tvmsplit-bench-hyps-{os.getpid()}-d{d}", Limits(memory_max_bytes=limit))
               for d in range(n_devices)]
     for g in groups:
@@ -84,12 +85,14 @@ def run_capped(bundle, stage_devices, n_devices: int, limit: int, requests: int,
                 if err > 1e-4:
                     raise AssertionError(f"output differs from onnxruntime: rel {err:.2e}")
             health = p.health()
-        peak = [0] * n_devices
+        rss = [0] * n_devices
         for h, d in zip(health, stage_devices):
-            peak[d] += h["peak_rss_bytes"]  # workers of one device: their peaks, summed
-        return lat, traces, peak, None
+            rss[d] += h["peak_rss_bytes"]  # workers of one device: their peaks, summed
+        return lat, traces, [(g.memory_use()["peak"] or 0, r) for g, r in zip(groups, rss)], None
     except (PipelineError, OSError) as exc:
-        return [], [], [0] * n_devices, f"{type(exc).__name__}: {str(exc)[:160]}"
+        kills = sum(g.memory_use()["oom_kills"] or 0 for g in groups)
+        why = f"{kills} worker(s) killed by the memory limit (oom_kill); " if kills else ""
+        return [], [], [(0, 0)] * n_devices, f"{why}{type(exc).__name__}: {str(exc)[:120]}"
     finally:
         for g in groups:
             g.remove()
@@ -109,7 +112,8 @@ def vgg_rows(requests: int, limit: int, work: Path) -> list[str]:
     rows = [f"VGG16 zoo model, 224x224, {weights / 1e6:.0f} MB of float32 weights; cgroup memory "
             f"limit {limit / GIB:g} GiB per device; {requests} requests per configuration.", "",
             "| configuration | plan | H-parts | latency s (median) | comm. share | per device: "
-            "predicted model MB / measured peak RSS MB / limit MB | HyPS on Pi 3B+ s |",
+            "predicted model MB / measured cgroup peak MB (workers' summed peak RSS) | "
+            "HyPS on Pi 3B+ s |",
             "|---|---|---|---|---|---|---|"]
     for label, k, budget, mode in configs:
         devices = [Device(f"d{i}", "x86_64", budget) for i in range(k)]
@@ -127,11 +131,11 @@ def vgg_rows(requests: int, limit: int, work: Path) -> list[str]:
         log(f"[{label}] built in {time.perf_counter() - t0:.0f} s; running under the cap")
         lat, traces, peak, error = run_capped(bundle, result.stage_devices, k, limit, requests, x, want)
         hparts = ", ".join(f"{n} x{p}" for n, p in result.horizontal) or "-"
-        mem = " · ".join(f"{m / 1e6:.0f} / {pk / 1e6:.0f} / {limit / 1e6:.0f}"
-                         for m, pk in zip(result.predicted.memory_bytes, peak))
+        mem = " · ".join(f"{m / 1e6:.0f} / {pk / 1e6:.0f} ({r / 1e6:.0f})"
+                         for m, (pk, r) in zip(result.predicted.memory_bytes, peak))
         if error:
             rows.append(f"| {label} | {desc} | {hparts} | killed: {error} | | "
-                        f"{' · '.join(f'{m / 1e6:.0f} / - / {limit / 1e6:.0f}' for m in result.predicted.memory_bytes)}"
+                        f"{' · '.join(f'{m / 1e6:.0f} / -' for m in result.predicted.memory_bytes)}"
                         f" | {HYPS_TABLE.get(k, '')} |")
             log(f"[{label}] FAILED: {error}")
             continue
@@ -139,7 +143,7 @@ def vgg_rows(requests: int, limit: int, work: Path) -> list[str]:
         comm = statistics.median(t.transfer_ms / t.total_ms for t in traces)
         rows.append(f"| {label} | {desc} | {hparts} | {med:.1f} | {comm:.1%} | {mem} | "
                     f"{HYPS_TABLE.get(k, '')} |")
-        log(f"[{label}] median {med:.1f} s, peak {[round(p / 1e6) for p in peak]} MB")
+        log(f"[{label}] median {med:.1f} s, peak {[(round(p / 1e6), round(r / 1e6)) for p, r in peak]} MB")
     return rows
 
 
@@ -176,7 +180,8 @@ def sweep_rows(counts: list[int], requests: int, limit: int, work: Path) -> list
     rows = ["VGG16's classifier (25088 -> 4096 -> 4096 -> 1000, 494 MB): fc1 in N H-parts, "
             "even parts on device 0 and odd on device 1 (two stages in parallel), then a stage "
             "with the merge, fc2 and fc3 on device 1; resident workers, one TVM thread each; "
-            f"{requests} requests per count, medians.", "",
+            f"cgroup limit {limit / GIB:g} GiB per device; {requests} requests per count, "
+            "medians.", "",
             "| H-parts | latency ms | parts' stages ms (d0 / d1) | merge+fc2+fc3 stage ms | vs 4 parts |",
             "|---|---|---|---|---|"]
     measured = []  # (n, latency ms, parts' cell, merge ms) or (n, error)
@@ -217,7 +222,11 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "hyps.md"))
     ap.add_argument("--requests", type=int, default=3)
     ap.add_argument("--limit", type=int, default=GIB, help="cgroup memory limit per device (bytes)")
+    ap.add_argument("--sweep-limit", type=int, default=4 * GIB,
+                    help="cgroup memory limit per device in the sweep (fc1 whole is 411 MB of "
+                         "weights, which TVM holds twice when it loads them)")
     ap.add_argument("--quick", action="store_true", help="only the sweep, at 1/2/4/8 parts")
+    ap.add_argument("--no-sweep", action="store_true", help="only the VGG16 configurations")
     ap.add_argument("--counts", default="1,2,4,8,16,32,50")
     args = ap.parse_args()
     why = unavailable_reason(Limits(memory_max_bytes=args.limit))
@@ -232,8 +241,9 @@ def main() -> int:
             lines += ["## VGG16 on 1 / 2 / 3 capped devices", ""]
             lines += vgg_rows(args.requests, args.limit, Path(tmp))
             lines.append("")
-        lines += ["## H-part sweep", ""]
-        lines += sweep_rows(counts, args.requests, args.limit, Path(tmp))
+        if not args.no_sweep:
+            lines += ["## H-part sweep", ""]
+            lines += sweep_rows(counts, args.requests, args.sweep_limit, Path(tmp))
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.out).write_text(text)

@@ -76,6 +76,8 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
     **{("test_hyps", t): ("tvm",) for t in (
         "test_a_sequential_plan_survives_its_plan_file", "test_bad_segments_are_refused_by_name",
         "test_the_h_part_count_is_priced_in_the_objective")},
+    ("test_hyps", "test_plan_cli_runs_a_device_larger_model_sequentially_and_saves_a_buildable_plan"):
+        ("cli", "tvm"),
     **{("test_hyps", t): ("tvm", "runtime") for t in (
         "test_a_sequential_stage_equals_onnxruntime_alone_and_batched",
         "test_the_native_worker_refuses_a_sequential_bundle")},

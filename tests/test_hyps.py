@@ -322,6 +322,8 @@ def test_full_vgg16_runs_on_one_worker_under_1_gib_in_sequential_mode(tmp_path, 
             y, trace = p.run(x)
             (health,) = p.health()
             assert health["pid"] in cg.pids()  # the worker really runs inside the capped cgroup
+        use = cg.memory_use()
+        assert use["oom_kills"] in (0, None) and (use["peak"] is None or use["peak"] <= GIB)
     assert compare(y["output"], want, "output").rel <= 1e-4
     biggest = max(f.weights_bytes for f in bundle.stages[0].segments)
     assert biggest <= health["peak_rss_bytes"] <= GIB  # it held a segment, never the whole model
@@ -406,3 +408,31 @@ def test_the_h_part_count_is_priced_in_the_objective():
     assert dict(best.horizontal)["fc1"] > 2
     costly = plan_partition(g, devices, link, costs, horizontal="best", hpart_overhead_ms=1e3, **kw)
     assert costly.horizontal == (("fc1", 2),)
+
+
+def test_plan_cli_runs_a_device_larger_model_sequentially_and_saves_a_buildable_plan(tmp_path):
+    """`tvmsplit plan --mem-cap` below the model's weights: the table says the device runs
+    sequentially, segment by segment; `build --plan` then builds it and its check passes."""
+    import json
+
+    from click.testing import CliRunner
+
+    from tvmsplit import zoo
+    from tvmsplit.cli import cli
+
+    model = zoo.save("vgg16", tmp_path / "vgg.onnx", input_size=64, width=0.25)
+    g = _small_vgg()
+    (tmp_path / "costs.json").write_text(json.dumps(CostTable.from_flops(g, {"end": 5.0}).to_json()))
+    weights = sum(layer.param_bytes for layer in g.layers)
+    run = lambda *a: CliRunner().invoke(cli, [str(x) for x in a])  # noqa: E731
+    out = run("plan", model, "--devices", "end=x86_64", "--costs",
+              tmp_path / "costs.json", "--mem-cap", f"end={weights * 2 // 3}B",
+              "--save", tmp_path / "plan.json")
+    assert out.exit_code == 0, out.output
+    assert "sequential (HyPS): 2 segment(s)" in out.output
+    refused = run("plan", model, "--devices", "end=x86_64", "--costs",
+                  tmp_path / "costs.json", "--mem-cap", f"end={weights * 2 // 3}B",
+                  "--sequential", "off")
+    assert refused.exit_code == 1 and "--sequential auto" in refused.output
+    built = run("build", model, "--plan", tmp_path / "plan.json", "-o", tmp_path / "b", "--check")
+    assert built.exit_code == 0, built.output

@@ -434,6 +434,10 @@ def _run_pipeline(bundle, g, requests: int, inputs, check: bool, tolerance: floa
             bound = 1000.0 / max(trace.compute_ms)
             click.echo(f"{len(results)} streamed requests in {elapsed:.2f} s: "
                        f"{len(results) / elapsed:.1f} req/s (bound 1/max stage compute: {bound:.1f} req/s)")
+        health = [h for h in pipeline.health() if h.get("ok") and h.get("peak_rss_bytes")]
+        if health:  # the measured check of a memory plan where no cgroup enforces it
+            click.echo("worker memory, peak RSS: " + ", ".join(
+                f"stage {h['stage']} {h['peak_rss_bytes'] / 1e6:.0f} MB" for h in health))
     if check:
         ref = reference(g, inputs)
         errors = [compare(outputs[t.name], ref[t.name], t.name) for t in g.outputs]
@@ -460,7 +464,9 @@ def _print_trace(trace, targets: list[str]) -> None:
         for h in trace.hops:
             if h.dst == stage:
                 hop_line(h)
-        click.echo(f"{'stage ' + str(stage) + ' [' + targets[stage] + ']':<24} {ms:>10.3f}")
+        load = trace.load_ms[stage] if stage < len(trace.load_ms) else 0.0
+        click.echo(f"{'stage ' + str(stage) + ' [' + targets[stage] + ']':<24} {ms:>10.3f}"
+                   + (f"   (sequential: {load:.1f} ms loading segments)" if load else ""))
     for h in trace.hops:
         if h.dst < 0:
             hop_line(h)
@@ -680,6 +686,8 @@ def plan_cmd(model, profile_file, devices, links, costs_file, objective, powers,
     if caps:
         raise TvmsplitError(f"--mem-cap for unknown device(s) {', '.join(caps)}")
     link_list = [Link.profile(p) for p in _split_list(links, "--link")]
+    if len(devs) == 1 and _is_default("links"):
+        link_list = []  # one device has no hop: the default --link does not apply
     power = {}
     for name, watts in _parse_pairs(powers, "--power"):
         try:
@@ -727,6 +735,13 @@ def _stage_runtimes(g, plan, fallback: str | None) -> tuple:
     from .fallback import stage_runtimes
 
     return stage_runtimes(g, plan, fallback)
+
+
+def _is_default(param: str) -> bool:
+    """True when the current command's ``param`` was not given (its default is in use)."""
+    from click.core import ParameterSource
+
+    return click.get_current_context().get_parameter_source(param) == ParameterSource.DEFAULT
 
 
 def _plan_costs(g, devs, choice: str | None):
