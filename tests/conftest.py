@@ -105,7 +105,8 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
     ("test_fuzz", "test_the_decoders_raise_only_their_own_errors"): ("unit",),
     **{("test_fallback", t): ("tvm", "runtime") for t in (
         "test_the_pipeline_equals_onnxruntime_on_the_whole_model",
-        "test_the_native_worker_refuses_a_fallback_bundle_by_name")},
+        "test_the_native_worker_refuses_a_fallback_bundle_by_name",
+        "test_a_fallback_stage_is_deployed_to_a_device_that_holds_only_the_manifest")},
     **{("test_fallback", t): ("cli", "tvm") for t in (
         "test_cli_inspect_refuses_without_the_flag_and_marks_the_fallback_layers",
         "test_cli_build_check_with_the_fallback",

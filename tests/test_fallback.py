@@ -282,3 +282,44 @@ def test_cli_plan_names_the_stage_that_falls_back(tmp_path):
     assert "stage 1 runs under onnxruntime" in shown.output
     doc = json.loads(_cli(*args, "--fallback", ORT, "--json").output)
     assert doc["stage_runtimes"] == ["tvm", ORT]
+
+
+def test_a_fallback_stage_is_deployed_to_a_device_that_holds_only_the_manifest(tmp_path):
+    """``Pipeline.deploy()`` pushes the stage's .onnx file like a TVM library (checksummed), and
+    the worker then runs it under onnxruntime."""
+    from types import SimpleNamespace
+
+    from hand_workers import HandStartedWorkers
+
+    g = ts.load(lpnorm_model(), fallback=ORT)
+    bundle = ts.build_bundle(g, ts.plan_split(g, ["conv1"]), tmp_path / "b", fallback=ORT)
+    assert [s.runtime for s in bundle.stages] == ["tvm", ORT]
+    devices = []
+    for i in range(2):
+        d = tmp_path / f"device{i}"
+        d.mkdir()
+        shutil.copy(bundle.path / "manifest.json", d / "manifest.json")
+        devices.append(SimpleNamespace(path=d))
+    x = random_inputs(g.inputs, seed=5)
+    with HandStartedWorkers(devices[1], tmp_path, "--await-library") as w1, \
+            HandStartedWorkers(devices[0], tmp_path, "--await-library") as w0:
+        info1 = w1.start(1)
+        info0 = w0.start(0, "--next", info1["data"])
+        with ts.Pipeline(bundle, endpoints=[info0, info1], timeout_s=20) as p:
+            p.deploy()
+            assert [h["deployed"] for h in p.health()] == [True, True]
+            y, _ = p.run(x)
+    assert compare(y["y"], whole_model_ort(lpnorm_model(), x)["y"], "y").rel <= RTOL
+    assert sorted(f.name for f in devices[1].path.iterdir()) == sorted(
+        ["manifest.json", bundle.stages[1].library.name])
+
+
+def test_a_sequential_stage_cannot_fall_back():
+    from tvmsplit.errors import SplitError
+    from tvmsplit.split import sequential_plan
+
+    g = ts.load(lpnorm_model(), fallback=ORT)
+    plan = ts.plan_split(g, ["conv1"])
+    plan = sequential_plan(g, plan, {1: [plan.stages[1].layers]})
+    with pytest.raises(SplitError, match="stage 1 is sequential.*lpnorm"):
+        stage_runtimes(g, plan, ORT)
