@@ -8,6 +8,7 @@ sequential stage) or ``OnnxStageRunner`` (a fallback stage's ONNX sub-model unde
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -111,8 +112,9 @@ class SegmentedRunner:
 
 class OnnxStageRunner:
     """A fallback stage (``tvmsplit.fallback``): its ONNX sub-model in an onnxruntime session
-    (CPU). ``run(tensors)`` takes the stage's inputs and returns its outputs (computed ones plus
-    those forwarded unchanged), as ``StageRunner`` does. Use as a context manager."""
+    (CPU; ``TVM_NUM_THREADS``, when set, is its thread count too). ``run(tensors)`` takes the
+    stage's inputs and returns its outputs (computed ones plus those forwarded unchanged), as
+    ``StageRunner`` does. Use as a context manager."""
 
     def __init__(self, model: str | Path, stage: StagePlan):
         try:
@@ -123,6 +125,10 @@ class OnnxStageRunner:
         self.stage = stage
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        threads = os.environ.get("TVM_NUM_THREADS", "")  # the worker's thread budget (testbed)
+        if threads.isdigit() and int(threads) > 0:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
         self._session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
         self._outputs = [t.name for t in stage.library_outputs]
 
