@@ -39,7 +39,7 @@ from onnx import helper, numpy_helper
 
 from . import controlflow, recurrent, tflitefront
 from .errors import ModelError, ShapeError, UnsupportedOpsError
-from .fallback import (check_fallback, complete_shapes, node_reads,  # noqa: F401 (re-export)
+from .fallback import (check_fallback, complete_shapes, node_reads,
                        supported_ops, unsupported_op)
 from .graph import Layer, LayerGraph, TensorSpec, group_layers
 from .recurrent import RECURRENT_OPS
