@@ -11,6 +11,11 @@ stages of a ``plan.Plan`` (``split.plan_split``'s ``stage_of``: a stage index pe
 - ``all-on-end`` / ``all-on-edge``: baselines.
 ``plan(problem)`` picks the fastest exact one for the problem (``method="auto"``).
 
+Over a device graph (``topology.Topology``: any device may link to any other), ``routes``
+chooses the devices and their order too: ``plan_topology(TopoProblem)`` with ``topo-dp`` (DP over
+device subsets, exact for chains), ``topo-routes`` (every route, exact), ``topo-dp-ilp`` (a
+heuristic for DAGs on many devices) and ``topo-oracle`` (brute force); see ``partition/routes.py``.
+
 How to add a planner
 --------------------
 1. Write it as a pure function in its own module here, ``partition/<name>.py``::
@@ -88,7 +93,7 @@ def choose(problem: Problem) -> str:
     if problem.latency_ceiling_ms is None and is_chain(problem):
         return "chain-dp"
     if (problem.n_devices == 2 and problem.objective == "latency" and problem.latency_ceiling_ms is None
-            and all(c == float("inf") for c in problem.cap)):
+            and all(c == float("inf") for c in problem.cap) and not problem.deploy_in_objective):
         return "dag-mincut"
     return "dag-ilp"
 
@@ -126,5 +131,7 @@ def plan(problem: Problem, method: str = "auto") -> tuple[str, Breakdown]:
     return name, result
 
 
+from .routes import TopoProblem, TopoResult, plan_topology  # noqa: E402  (needs plan, is_chain)
+
 __all__ = ["BASELINES", "PLANNERS", "Breakdown", "CostTable", "PlanningError", "PowerModel", "Problem", "choose",
-           "evaluate", "feasible", "plan", "register"]
+           "evaluate", "feasible", "plan", "plan_topology", "register", "TopoProblem", "TopoResult"]

@@ -1,4 +1,8 @@
-"""Brute force: every monotone assignment. Exponential; the reference for tests on small graphs."""
+"""Brute force: every monotone assignment. Exponential; the reference for tests on small graphs.
+
+``plan_routes_oracle``: the same over a device graph — every simple route from the source (every
+prefix, no device treated as interchangeable with another) times every monotone assignment along
+it; the reference for ``partition.routes``' planners."""
 from __future__ import annotations
 
 from .problem import Breakdown, PlanningError, Problem, evaluate, feasible
@@ -45,3 +49,25 @@ def _better(problem: Problem, a: Breakdown, b: Breakdown) -> bool:
     if abs(oa - ob) > 1e-9 * max(1.0, abs(ob)):
         return oa < ob
     return a.latency_ms < b.latency_ms - 1e-9 * max(1.0, b.latency_ms)
+
+
+def plan_routes_oracle(tp):
+    """Brute force over devices, orders and assignments of a ``routes.TopoProblem``."""
+    from .routes import TopoResult, _better, route_problem, routes
+
+    best = None
+    candidates = routes(tp, maximal=False, symmetric=False)
+    for route in candidates:
+        problem = route_problem(tp, route)
+        if problem is None:
+            continue
+        try:
+            b = plan_oracle(problem)
+        except PlanningError:
+            continue
+        if best is None or _better(tp.objective, b, best.breakdown):
+            best = TopoResult(route, problem, b, "topo-oracle", True, len(candidates))
+    if best is None:
+        raise PlanningError("no route and assignment satisfy the memory caps, pins and latency "
+                            "ceiling")
+    return best
