@@ -4,6 +4,14 @@
 ``plan.Plan``: the devices that received layers become the stages, in path order, each compiled
 for its device's target. The predicted breakdown and the baselines travel with it.
 
+Over a device graph (``topology=``: links between any pairs), the planner first chooses the
+route — which devices, in which order (``partition.routes``) — and the result is the plan on that
+route's path: ``PlannedSplit.devices`` are the route's devices, ``links`` its links. ``sink``
+says where the outputs go (``end``: back to the first device; ``last``: consumed where made; a
+device name), and every plan reports its deployment time (shipping each stage's weights +
+``deploy_code_bytes`` of code from the first device, IONN-style), which ``deploy_in_objective``
+adds to the latency objective for a one-shot run.
+
 Parallel stages. When layers on different devices could run at the same time (HyPS H-parts of
 one layer placed on two devices, or two branches of a block), one stage per device would run
 them one after another: a stage sends only when its last layer is done, and starts only when all
@@ -19,13 +27,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .devices import Device, Link
+from .topology import Topology, sink_output_ms
 from .graph import LayerGraph
 from .partition import (BASELINES, PLANNERS, Breakdown, CostTable, PlanningError, PowerModel,
-                        Problem, plan)
+                        Problem, TopoProblem, plan, plan_topology)
 from .partition.problem import feasible
 from .plan import CLIENT_END, Plan, PlanFile
 from .split import plan_split
 from .targets import get_target
+
+
+# code shipped with each stage's library besides its weights (deployment cost): BENCHMARKS.md's
+# build table has 0.1-0.9 MB of code per stage (library bytes - param bytes); an estimate
+DEFAULT_CODE_BYTES = 300_000
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,9 @@ class PlannedSplit:
     plan_costs: CostTable | None = field(repr=False, compare=False, default=None)
     stage_devices: tuple[int, ...] = ()  # the device (index into devices) of each stage
     critical_path_ms: float | None = None  # a stage DAG's predicted latency, branches in parallel
+    links: tuple[Link, ...] = ()  # the links of the devices' path (a topology: of the route)
+    sink: str = "end"
+    exact: bool = True  # False: a heuristic chose the route (partition.routes)
 
     def to_json(self) -> dict:
         """The plan file ``tvmsplit plan --save`` writes (``plan.PlanFile``, the format and its
@@ -50,6 +67,9 @@ class PlannedSplit:
         return {**PlanFile(self.plan, self.horizontal).to_json(), "method": self.method,
                 "stage_devices": list(self.stage_devices),
                 "critical_path_ms": self.critical_path_ms,
+                "links": [{"name": x.name, "up_bps": x.up_bps, "down_bps": x.down_bps,
+                           "rtt_s": x.rtt_s, "loss": x.loss} for x in self.links],
+                "sink": self.sink, "exact": self.exact,
                 "devices": [{"name": d.name, "target": d.target, "mem_cap_bytes": d.mem_cap_bytes}
                             for d in self.devices],
                 "predicted": _breakdown_json(self.predicted),
@@ -67,14 +87,19 @@ class PlannedSplit:
                        tuple((str(name), _breakdown(b)) for name, b in d["baselines"].items()),
                        horizontal=saved.horizontal,
                        stage_devices=tuple(int(i) for i in d.get("stage_devices", ())),
-                       critical_path_ms=d.get("critical_path_ms"))
+                       critical_path_ms=d.get("critical_path_ms"),
+                       links=tuple(Link(str(x["name"]), float(x["up_bps"]), float(x["down_bps"]),
+                                        float(x["rtt_s"]), float(x.get("loss", 0.0)))
+                                   for x in d.get("links", ())),
+                       sink=str(d.get("sink", "end")), exact=bool(d.get("exact", True)))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PlanningError(f"{source}: the planner's report is malformed (bad or missing "
                                 f"field {exc}); save the plan again") from None
 
 
 _BREAKDOWN_FIELDS = ("assignment", "compute_ms", "hop_bytes", "hop_ms", "return_ms",
-                     "memory_bytes", "latency_ms", "bottleneck_ms", "energy_mj")
+                     "memory_bytes", "latency_ms", "bottleneck_ms", "energy_mj", "deploy_ms",
+                     "deploy_counted", "lower_bound")
 
 
 def _breakdown_json(b: Breakdown | None) -> dict | None:
@@ -90,7 +115,9 @@ def _breakdown(d: Mapping | None) -> Breakdown | None:
     return Breakdown(tuple(int(i) for i in d["assignment"]), tuple(float(x) for x in d["compute_ms"]),
                      tuple(int(x) for x in d["hop_bytes"]), tuple(float(x) for x in d["hop_ms"]),
                      float(d["return_ms"]), tuple(int(x) for x in d["memory_bytes"]),
-                     float(d["latency_ms"]), float(d["bottleneck_ms"]), float(d["energy_mj"]))
+                     float(d["latency_ms"]), float(d["bottleneck_ms"]), float(d["energy_mj"]),
+                     float(d.get("deploy_ms", 0.0)), bool(d.get("deploy_counted", False)),
+                     None if d.get("lower_bound") is None else float(d["lower_bound"]))
 
 
 def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence[Link],
@@ -99,8 +126,13 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
                    latency_ceiling_ms: float | None = None, horizontal: bool = True,
                    power: Mapping[str, PowerModel] | None = None,
                    parallel: bool = True,
-                   stage_overhead_ms: Mapping[str, float] | None = None) -> PlannedSplit:
-    """Choose where to cut ``graph`` across ``devices`` (a path: end -> edge -> ...).
+                   stage_overhead_ms: Mapping[str, float] | None = None,
+                   topology: Topology | None = None, sink: str = "end",
+                   deploy_code_bytes: int = DEFAULT_CODE_BYTES,
+                   deploy_in_objective: bool = False) -> PlannedSplit:
+    """Choose where to cut ``graph`` across ``devices`` (a path: end -> edge -> ...), or, with
+    ``topology``, across a route that the planner chooses through it (``devices`` are then all
+    the topology's devices, the input's source first; ``links`` are unused).
 
     With memory caps, a layer that fits no device is first split horizontally (HyPS) into the
     fewest parts that fit the largest cap; each part is predicted to take its share of the
@@ -143,13 +175,38 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
                             f"{', '.join(map(repr, unknown))}; devices: {', '.join(names)}")
     overhead = (tuple(float(stage_overhead_ms.get(n, 0.0)) for n in names)
                 if stage_overhead_ms else ())
-    problem = Problem(graph, costs, tuple(links), objective=objective, input_bytes=input_bytes,
-                      mem_cap_bytes=tuple(d.mem_cap_bytes for d in devices), pins=tuple(pin_list),
-                      latency_ceiling_ms=latency_ceiling_ms,
-                      power=tuple((power or {}).get(n, PowerModel()) for n in names)
-                      if objective == "energy" else (),
-                      stage_overhead_ms=overhead)
-    method, best = plan(problem, method)
+    exact = True
+    if topology is not None:
+        if set(topology.devices) != set(names):
+            raise PlanningError(f"the topology's devices ({', '.join(topology.devices)}) are not "
+                                f"the devices given ({', '.join(names)})")
+        tp = TopoProblem(graph, costs, topology, names[0], sink=sink, objective=objective,
+                         input_bytes=input_bytes,
+                         mem_cap_bytes=tuple((d.name, d.mem_cap_bytes) for d in devices
+                                             if d.mem_cap_bytes is not None),
+                         pins=tuple((layer, names[d]) for layer, d in pin_list),
+                         latency_ceiling_ms=latency_ceiling_ms,
+                         power=tuple((power or {}).items()) if objective == "energy" else (),
+                         stage_overhead_ms=tuple(zip(names, overhead)),
+                         deploy_code_bytes=deploy_code_bytes,
+                         deploy_in_objective=deploy_in_objective)
+        routed = plan_topology(tp, "auto" if method == "auto" else method)
+        problem, best, method, exact = routed.problem, routed.breakdown, routed.method, routed.exact
+        devices = [devices[names.index(d)] for d in routed.route]
+        links = problem.links
+    else:
+        path = Topology.path(names, links) if sink != "end" else None
+        problem = Problem(graph, costs, tuple(links), objective=objective, input_bytes=input_bytes,
+                          mem_cap_bytes=tuple(d.mem_cap_bytes for d in devices),
+                          pins=tuple(pin_list), latency_ceiling_ms=latency_ceiling_ms,
+                          power=tuple((power or {}).get(n, PowerModel()) for n in names)
+                          if objective == "energy" else (),
+                          stage_overhead_ms=overhead,
+                          output_ms=sink_output_ms(path, names, [t.nbytes for t in graph.outputs],
+                                                   sink, names[0]) if path else (),
+                          deploy_code_bytes=deploy_code_bytes,
+                          deploy_in_objective=deploy_in_objective)
+        method, best = plan(problem, method)
     baselines = []
     for name in BASELINES:
         if name == "dag-mincut" and len(devices) != 2:
@@ -163,7 +220,8 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
     plan_, stage_devices = to_plan(graph, best, devices, parallel=parallel)
     return PlannedSplit(plan_, method, best, tuple(devices), tuple(baselines), graph,
                         tuple(sorted(hparts.items())), problem.costs, stage_devices,
-                        critical_path_ms(problem, plan_, stage_devices) if not plan_.is_chain else None)
+                        critical_path_ms(problem, plan_, stage_devices) if not plan_.is_chain else None,
+                        tuple(links), sink, exact)
 
 
 def _split_costs(costs: CostTable, graph: LayerGraph, hparts: dict[str, int]) -> CostTable:
