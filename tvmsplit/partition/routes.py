@@ -174,15 +174,19 @@ def device_classes(tp: TopoProblem) -> list[tuple[str, ...]]:
     return [tuple(c) for c in classes]
 
 
-def routes(tp: TopoProblem, maximal: bool = True, symmetric: bool = True) -> list[tuple[str, ...]]:
+def routes(tp: TopoProblem, maximal: bool = True, symmetric: bool = True,
+           limit: int | None = None) -> list[tuple[str, ...]]:
     """Simple paths over the links from the source: the maximal ones (no unvisited neighbour
-    left), or all of them; with ``symmetric``, one per sequence of device classes."""
+    left), or all of them; with ``symmetric``, one per sequence of device classes. With
+    ``limit``, the search stops once it has found more than ``limit``."""
     t = tp.topology
     cls = {d: i for i, c in enumerate(device_classes(tp) if symmetric else [(d,) for d in t.devices])
            for d in c}
     found: dict[tuple[int, ...], tuple[str, ...]] = {}
 
     def visit(path: list[str]) -> None:
+        if limit is not None and len(found) > limit:
+            return
         nxt = [d for d in t.neighbours(path[-1]) if d not in path]
         if not maximal or not nxt:
             found.setdefault(tuple(cls[d] for d in path), tuple(path))
@@ -256,7 +260,8 @@ def plan_topology(tp: TopoProblem, method: str = "auto") -> TopoResult:
         dp_ok = tp.objective in ("latency", "throughput") and tp.latency_ceiling_ms is None
         if _is_chain_graph(tp.graph) and dp_ok:
             method = "topo-dp"
-        elif not dp_ok or len(routes(tp, maximal=tp.objective != "energy")) <= MAX_EXACT_ROUTES:
+        elif not dp_ok or len(routes(tp, maximal=tp.objective != "energy",
+                                     limit=MAX_EXACT_ROUTES)) <= MAX_EXACT_ROUTES:
             method = "topo-routes"
         else:
             method = "topo-dp-ilp"
