@@ -2,8 +2,10 @@
 
     PYTHONPATH=. python3 bench/bench_topology.py [--rounds 3] [--out bench/results/topology.json]
 
-Synthetic problems (no TVM): a chain of n layers (each reads the previous one) or a DAG (each
-also reads one random earlier layer with probability 0.3, residual-like); per-layer base times
+Synthetic problems (no TVM): a chain of n layers (each reads the previous one) or a DAG (with
+probability 0.4 a layer reads a random earlier layer instead of the previous one: parallel
+branches; with probability 0.3 it also reads another earlier one; tensors nobody reads feed the
+last layer); per-layer base times
 0.1-5 ms scaled by a per-device speed; output sizes 1-400 KB; k devices in a full graph, each pair
 joined by a link of 10-1000 Mbit/s each way and 0.2-20 ms rtt; the input at device 0, results
 back to it. "4+4 types": PipeEdge-style, 4 devices of one type and 4 of another, one link kind.
@@ -37,8 +39,11 @@ def synthetic(n: int, dag: bool, rng: random.Random) -> LayerGraph:
     layers = []
     for i in range(n):
         reads = [x if i == 0 else specs[i - 1]]
-        if dag and i > 1 and rng.random() < 0.3:
+        if dag and i > 1 and rng.random() < 0.4:  # a branch: read an earlier layer instead
+            reads = [specs[rng.randrange(i - 1)]]
+        if dag and i > 1 and rng.random() < 0.3:  # and a skip
             reads.insert(0, specs[rng.randrange(i - 1)])
+        reads = list(dict.fromkeys(reads))
         layers.append(Layer(f"L{i}", "Op", (f"L{i}",), ("Op",), tuple(reads), (specs[i],), 0, 0,
                             rng.randint(0, 2_000_000)))
     consumed = {t.name for layer in layers for t in layer.inputs}
