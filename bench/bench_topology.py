@@ -81,6 +81,37 @@ def problem(n: int, k: int, dag: bool, seed: int, types: bool = False,
                        objective=objective)
 
 
+def random_reads(n: int, k: int, rng: random.Random) -> TopoProblem:
+    """The tests' distribution: each layer reads a random non-empty set of up to 3 earlier
+    tensors (so branches are everywhere), times 0-50 ms drawn per layer and device, a random
+    connected device graph (links 1-1000 Mbit/s, rtt 0 / 1 / 20 ms)."""
+    from tvmsplit.topology import Connection
+
+    x = TensorSpec("x", "float32", (rng.randint(1, 4000),))
+    specs = [TensorSpec(f"t{i}", "float32", (rng.randint(1, 4000),)) for i in range(n)]
+    reads = [[([x] + specs[:i])[p] for p in sorted(rng.sample(range(i + 1), rng.randint(1, min(3, i + 1))))]
+             for i in range(n)]
+    consumed = {t.name for r in reads for t in r}
+    for i in range(n - 1):
+        if specs[i].name not in consumed:
+            reads[-1].append(specs[i])
+    layers = tuple(Layer(f"L{i}", "Op", (f"L{i}",), ("Op",), tuple(reads[i]), (specs[i],), 0, 0,
+                         rng.randint(0, 5000)) for i in range(n))
+    g = LayerGraph("random", layers, (x,), (specs[-1],), "", None)
+    names = [f"d{d}" for d in range(k)]
+
+    def link():
+        return Link("l", rng.uniform(1e6, 1e9), rng.uniform(1e6, 1e9), rng.choice([0.0, 0.001, 0.02]))
+
+    conns = [Connection(names[rng.randrange(d)], names[d], link()) for d in range(1, k)]
+    linked = {frozenset((c.a, c.b)) for c in conns}
+    conns += [Connection(a, b, link()) for i, a in enumerate(names) for b in names[i + 1:]
+              if frozenset((a, b)) not in linked and rng.random() < 0.5]
+    table = {layer.name: {d: rng.uniform(0, 50) for d in names} for layer in g.layers}
+    return TopoProblem(g, CostTable.from_mapping(names, table), Topology(tuple(names), tuple(conns)),
+                       "d0", objective=rng.choice(["latency", "throughput"]))
+
+
 def timed(fn, tp):
     t0 = time.perf_counter()
     result = fn(tp)
@@ -124,35 +155,41 @@ def timings(rounds: int) -> list[dict]:
 
 
 def gaps(cases: int, seed: int = 1) -> dict:
-    """Heuristic and DP vs the oracle on random small DAGs; vs exact enumeration on 30 layers."""
+    """Heuristic and DP vs the oracle on small DAGs (the benchmark's DAGs and the tests'
+    random-reads DAGs), and vs the exact route enumeration on 30-layer ones."""
     rng = random.Random(seed)
-    small = {"cases": 0, "heuristic_worse": 0, "dp_worse": 0, "heuristic_max_rel_gap": 0.0,
-             "dp_max_rel_gap": 0.0, "heuristic_mean_rel_gap": 0.0, "dp_mean_rel_gap": 0.0}
-    for i in range(cases):
-        tp = problem(rng.randint(1, 6), rng.randint(2, 4), True, seed=seed * 100_000 + i)
-        try:
-            best = plan_routes_oracle(tp).breakdown.latency_ms
-        except PlanningError:
-            continue
-        small["cases"] += 1
-        for name, fn in (("heuristic", plan_routes_heuristic), ("dp", plan_routes_dp)):
-            gap = fn(tp).breakdown.latency_ms / best - 1
-            small[f"{name}_worse"] += gap > 1e-9
-            small[f"{name}_max_rel_gap"] = max(small[f"{name}_max_rel_gap"], gap)
-            small[f"{name}_mean_rel_gap"] += gap
-    for name in ("heuristic", "dp"):
-        small[f"{name}_mean_rel_gap"] /= max(1, small["cases"])
-    medium = {"cases": 0, "heuristic_worse": 0, "dp_worse": 0, "heuristic_max_rel_gap": 0.0,
-              "dp_max_rel_gap": 0.0}
-    for i in range(max(1, cases // 25)):
-        tp = problem(30, 4, True, seed=seed * 7_000 + i)
-        best = plan_routes_exact(tp).breakdown.latency_ms
-        medium["cases"] += 1
-        for name, fn in (("heuristic", plan_routes_heuristic), ("dp", plan_routes_dp)):
-            gap = fn(tp).breakdown.latency_ms / best - 1
-            medium[f"{name}_worse"] += gap > 1e-9
-            medium[f"{name}_max_rel_gap"] = max(medium[f"{name}_max_rel_gap"], gap)
-    return {"small_vs_oracle": small, "medium_vs_exact": medium}
+    out = {}
+    families = {
+        "small_bench_dags_vs_oracle": (lambda i: problem(rng.randint(1, 6), rng.randint(2, 4),
+                                                         True, seed=seed * 100_000 + i),
+                                       plan_routes_oracle, cases),
+        "small_random_reads_vs_oracle": (lambda i: random_reads(rng.randint(1, 6),
+                                                                rng.randint(2, 4), rng),
+                                         plan_routes_oracle, cases),
+        "medium_random_reads_vs_exact": (lambda i: random_reads(30, 4, rng), plan_routes_exact,
+                                         max(1, cases // 10)),
+    }
+    for family, (make, reference, count) in families.items():
+        stats = {"cases": 0, "heuristic_worse": 0, "dp_worse": 0, "heuristic_max_rel_gap": 0.0,
+                 "dp_max_rel_gap": 0.0, "heuristic_mean_rel_gap": 0.0, "dp_mean_rel_gap": 0.0}
+        for i in range(count):
+            tp = make(i)
+            try:
+                best = reference(tp).breakdown.objective(tp.objective)
+            except PlanningError:
+                continue
+            if best <= 0:
+                continue
+            stats["cases"] += 1
+            for name, fn in (("heuristic", plan_routes_heuristic), ("dp", plan_routes_dp)):
+                gap = fn(tp).breakdown.objective(tp.objective) / best - 1
+                stats[f"{name}_worse"] += gap > 1e-9
+                stats[f"{name}_max_rel_gap"] = max(stats[f"{name}_max_rel_gap"], gap)
+                stats[f"{name}_mean_rel_gap"] += gap
+        for name in ("heuristic", "dp"):
+            stats[f"{name}_mean_rel_gap"] /= max(1, stats["cases"])
+        out[family] = stats
+    return out
 
 
 def main() -> None:

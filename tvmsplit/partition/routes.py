@@ -301,16 +301,37 @@ def _subset_dp(tp: TopoProblem) -> list[tuple[float, tuple[str, ...], list[int]]
     param_pre = np.concatenate([[0.0], np.cumsum(params)])
     act = np.array([layer_activation_bytes(g, i) for i in range(n)], dtype=float)
     # peak[p, q] = max(act[p:q]) for p < q (the largest working set of segment [p, q))
-    peak = np.zeros((n + 1, n + 1))
-    for p in range(n):
-        peak[p, p + 1:] = np.maximum.accumulate(act[p:])
     caps, over = dict(tp.mem_cap_bytes), dict(tp.stage_overhead_ms)
+    peak = np.zeros((n + 1, n + 1) if caps else (0, 0))
+    for p in range(n if caps else 0):
+        peak[p, p + 1:] = np.maximum.accumulate(act[p:])
     pinned = {g.index(layer): d for layer, d in tp.pins}
     out_index = {o.name: k for k, o in enumerate(g.outputs)}
     out_rows = sink_output_ms(t, reps, [nbytes(o.name) for o in g.outputs], tp.sink, tp.source)
     P = np.arange(n + 1)
     below = P[:, None] <= P[None, :]  # p <= q
     nonempty = P[:, None] < P[None, :]
+
+    def separable(d: str, c: int) -> tuple[np.ndarray, float] | None:
+        """(F, o) with S[p, q] = F[q] - F[p] + o for p < q (S[q, q] = 0), when device d's
+        segment cost has that form (latency, no cap on d, no pins; deployment's fixed part
+        paid with the code): the DP step is then a prefix minimum, O(n)."""
+        if throughput or d in caps or pinned:
+            return None
+        per_byte, fixed = t.deploy_rate(tp.source, d) if tp.deploy_in_objective else (0.0, 0.0)
+        if fixed and not tp.deploy_code_bytes:
+            return None
+        j = tp.costs.devices.index(d)
+        comp = np.array([tp.costs.compute_ms[row[layer.name]][j] for layer in g.layers])
+        ret = np.zeros(n)
+        for i, layer in enumerate(g.layers):
+            ret[i] = sum(out_rows[out_index[o.name]][c] for o in layer.outputs
+                         if o.name in out_index)
+        F = np.concatenate([[0.0], np.cumsum(comp + ret)]) + per_byte * param_pre
+        o = float(over.get(d, 0.0))
+        if tp.deploy_in_objective and (per_byte * tp.deploy_code_bytes + fixed) > 0:
+            o += per_byte * tp.deploy_code_bytes + fixed
+        return F, o
 
     def segment(d: str, c: int) -> np.ndarray:
         """S[p, q]: device d's cost of holding layers [p, q) (inf where not allowed)."""
@@ -337,7 +358,26 @@ def _subset_dp(tp: TopoProblem) -> list[tuple[float, tuple[str, ...], list[int]]
         ok &= away[None, :] - away[:, None] == 0
         return np.where(ok, S, np.inf)
 
-    seg = [segment(d, c) for c, d in enumerate(reps)]
+    sep = [separable(d, c) for c, d in enumerate(reps)]
+    seg = [segment(d, c) if sep[c] is None else None for c, d in enumerate(reps)]
+
+    def step(cost: np.ndarray, H: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """new[q] = min over p <= q of cost[p] (+|max) H[p] (+|max) S_b[p, q], and its p."""
+        if sep[b] is not None:
+            F, o = sep[b]
+            A = cost + H
+            G = A - F
+            run = np.minimum.accumulate(G)
+            at = np.maximum.accumulate(np.where(G == run, P, 0))  # where the running min is
+            via = F + o + np.concatenate([[np.inf], run[:-1]])    # the best p < q
+            empty = A <= via                                      # p = q: nothing on b
+            return np.where(empty, A, via), np.where(empty, P, np.concatenate([[0], at[:-1]]))
+        if throughput:
+            M = np.maximum(np.maximum(cost, H)[:, None], seg[b])
+        else:
+            M = (cost + H)[:, None] + seg[b]
+        arg = np.argmin(M, axis=0)
+        return M[arg, P], arg
 
     def hop(a: int, b: int) -> np.ndarray | None:
         if a == b:
@@ -352,9 +392,13 @@ def _subset_dp(tp: TopoProblem) -> list[tuple[float, tuple[str, ...], list[int]]
 
     hops = [[hop(a, b) for b in range(C)] for a in range(C)]
     start = tuple(1 if c == 0 else 0 for c in range(C))
-    # state (counts, last class) -> (cost[q], arg p[q], predecessor state[q])
-    states: dict[tuple[tuple[int, ...], int], tuple[np.ndarray, np.ndarray, list]] = {
-        (start, 0): (seg[0][0].copy(), np.zeros(n + 1, dtype=int), [None] * (n + 1))}
+    first = seg[0][0].copy() if sep[0] is None else \
+        np.where(P > 0, sep[0][0] - sep[0][0][0] + sep[0][1], 0.0)
+    # state (counts, last class) -> (cost[q], arg p[q], predecessor state id[q] (-1: none))
+    ids: list = [(start, 0)]
+    states: dict[tuple[tuple[int, ...], int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {
+        (start, 0): (first, np.zeros(n + 1, dtype=int), np.full(n + 1, -1))}
+    key_id = {(start, 0): 0}
     frontier = [(start, 0)]
     while frontier:
         nxt: dict = {}
@@ -364,21 +408,19 @@ def _subset_dp(tp: TopoProblem) -> list[tuple[float, tuple[str, ...], list[int]]
             for b in range(C):
                 if counts[b] >= size[b] or hops[a][b] is None:
                     continue
-                H = hops[a][b]
-                if throughput:
-                    M = np.maximum(np.maximum(cost, H)[:, None], seg[b])
-                else:
-                    M = (cost + H)[:, None] + seg[b]
-                arg = np.argmin(M, axis=0)
-                val = M[arg, P]
+                val, arg = step(cost, hops[a][b], b)
                 new = (tuple(c + (i == b) for i, c in enumerate(counts)), b)
+                me = np.full(n + 1, key_id[key])
                 if new not in nxt:
-                    nxt[new] = (val, arg, [key] * (n + 1))
+                    nxt[new] = (val, arg, me)
                 else:
                     old_val, old_arg, old_pred = nxt[new]
                     better = val < old_val
                     nxt[new] = (np.where(better, val, old_val), np.where(better, arg, old_arg),
-                                [key if bt else o for bt, o in zip(better, old_pred)])
+                                np.where(better, me, old_pred))
+        for new in nxt:
+            key_id[new] = len(ids)
+            ids.append(new)
         states.update(nxt)
         frontier = list(nxt)
     finals = []
@@ -395,10 +437,10 @@ def _subset_dp(tp: TopoProblem) -> list[tuple[float, tuple[str, ...], list[int]]
         q = n
         while key is not None:
             _, arg, pred = states[key]
-            p = int(arg[q]) if pred[q] is not None else 0
+            p = int(arg[q]) if pred[q] >= 0 else 0
             seq.append(key[1])
             cuts.append((p, q))
-            key, q = pred[q], p
+            key, q = (ids[pred[q]] if pred[q] >= 0 else None), p
         seq.reverse()
         cuts.reverse()
         used = {c: 0 for c in range(C)}
