@@ -90,4 +90,20 @@ uint64_t mem_available_bytes() {
   return 0;
 }
 
+std::pair<uint64_t, uint64_t> memory_use() {
+  // VmRSS and VmHWM of /proc/self/status (kB): resident memory now and its peak since start
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  uint64_t rss = 0, peak = 0;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string key;
+    uint64_t value = 0;
+    if (!(fields >> key >> value)) continue;
+    if (key == "VmRSS:") rss = value * 1024;
+    if (key == "VmHWM:") peak = value * 1024;
+  }
+  return {rss, peak};
+}
+
 }  // namespace tvmsplit::control

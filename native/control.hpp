@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <zmq.hpp>
@@ -30,5 +31,6 @@ std::string error_reply(const std::string& code, const std::string& message);
 double cpu_percent();
 // MemAvailable from /proc/meminfo, in bytes.
 uint64_t mem_available_bytes();
+std::pair<uint64_t, uint64_t> memory_use();  // (VmRSS, VmHWM) in bytes; 0 where unknown
 
 }  // namespace tvmsplit::control

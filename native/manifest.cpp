@@ -105,6 +105,11 @@ Manifest load_manifest(const std::string& dir, int stage, bool check_library) {
   std::string text = ss.str();
   json m = json::parse(text, nullptr, false);
   if (m.is_discarded()) throw StartError(path + " is corrupt (not JSON); rebuild the bundle");
+  // version 3 = version 2 + sequential (HyPS) stages, whose segments this worker cannot load
+  if (m.is_object() && m.contains("schema_version") && m["schema_version"] == 3)
+    throw StartError(path + ": schema version 3 (sequential stages: segments with weights "
+                     "files), which the native worker cannot run; use the Python worker "
+                     "(run --worker python)");
   if (!m.is_object() || !m.contains("schema_version") || m["schema_version"] != 2)
     throw StartError(path + ": schema version " +
                      (m.is_object() && m.contains("schema_version") ? m["schema_version"].dump()

@@ -440,11 +440,14 @@ bool StageWorker::control_request() {
   try {
     control::Request req = control::parse_request(frames);
     if (req.cmd == "health") {
+      auto [rss, peak_rss] = control::memory_use();
       answer = control::ok_reply({{"stage", index_},
                                   {"pid", getpid()},
                                   {"host", host_},
                                   {"cpu_percent", control::cpu_percent()},
                                   {"mem_available_bytes", control::mem_available_bytes()},
+                                  {"rss_bytes", rss},
+                                  {"peak_rss_bytes", peak_rss},
                                   {"served", served_},
                                   {"errors", errors_},
                                   {"deployed", runner_ != nullptr}});

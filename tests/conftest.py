@@ -30,18 +30,23 @@ _HEAVY = frozenset({"tvm", "runtime", "rpc", "testbed"})
 # Test module -> its tests' tiers (unless OVERRIDES says otherwise for a test).
 TIERS: dict[str, tuple[str, ...]] = {
     "test_cli": ("cli", "tvm"),
+    "test_block_profile": ("unit",),
     "test_control": ("unit",),
     "test_deploy": ("tvm", "runtime"),
     "test_errors": ("cli", "tvm"),
     "test_fuzz": ("tvm", "runtime"),
     "test_graph": ("tvm",),
+    "test_hyps": ("unit",),
     "test_imports": ("unit",),
     "test_interrupts": ("cli", "tvm"),
     "test_launch": ("tvm", "runtime"),
+    "test_links": ("unit",),
     "test_partition": ("unit",),
     "test_plan_cli": ("cli", "tvm"),
     "test_plan_objectives": ("cli", "tvm"),
+    "test_multi_cli": ("cli", "tvm"),
     "test_predict": ("tvm",),
+    "test_profile_cli": ("cli", "tvm"),
     "test_readme_commands": ("cli", "tvm", "runtime"),
     "test_profile_link": ("runtime",),
     "test_real_models": ("tvm", "slow"),
@@ -68,6 +73,17 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
         "test_commands_are_the_documented_ones", "test_version", "test_zoo_lists_the_models",
         "test_zoo_file_has_normal_permissions")},
     ("test_cli", "test_demo"): ("cli", "tvm", "runtime"),
+    **{("test_hyps", t): ("tvm",) for t in (
+        "test_a_sequential_plan_survives_its_plan_file", "test_bad_segments_are_refused_by_name",
+        "test_the_h_part_count_is_priced_in_the_objective")},
+    ("test_hyps", "test_plan_cli_runs_a_device_larger_model_sequentially_and_saves_a_buildable_plan"):
+        ("cli", "tvm"),
+    **{("test_hyps", t): ("tvm", "runtime") for t in (
+        "test_a_sequential_stage_equals_onnxruntime_alone_and_batched",
+        "test_the_native_worker_refuses_a_sequential_bundle")},
+    **{("test_hyps", t): ("tvm", "runtime", "testbed", "slow") for t in (
+        "test_full_vgg16_runs_on_one_worker_under_1_gib_in_sequential_mode",
+        "test_full_vgg16_on_two_capped_workers_with_fc1_h_parts_in_parallel")},
     ("test_cli", "test_run_with_check_and_input_file"): ("cli", "tvm", "runtime"),
     **{("test_partition", t): ("tvm",) for t in (
         "test_cut_bytes_match_the_graph_cuts", "test_evaluate_prices_a_split_by_hand",
@@ -80,6 +96,7 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
     ("test_partition", "test_hyps_splits_an_oversized_fc_and_the_pipeline_equals_the_unsplit_model"):
         ("tvm", "runtime"),
     ("test_plan_cli", "test_parse_bytes"): ("unit",),
+    ("test_links", "test_every_link_option_documents_what_a_hop_charges"): ("cli", "unit"),
     ("test_readme_commands", "test_testbed_up_4g_status_down"): ("cli", "testbed"),
     **{("test_recurrent", t): ("unit",) for t in (
         "test_expansion_equals_onnxruntime", "test_expansion_options_equal_onnxruntime",

@@ -42,7 +42,7 @@ def goldens() -> dict[str, list[bytes]]:
         "control_deploy_request_v1.bin": control.encode_request(control.DEPLOY, LIBRARY),
         "control_health_reply_v1.bin": [control.ok_reply(
             stage=1, pid=4242, host="edge-é", cpu_percent=12.5, mem_available_bytes=1 << 30,
-            served=7, errors=0, deployed=True)],
+            rss_bytes=90 << 20, peak_rss_bytes=600 << 20, served=7, errors=0, deployed=True)],
         "control_deploy_reply_v1.bin": [control.ok_reply(stage=1, sha256="ab" * 32)],
         "control_error_reply_v1.bin": [control.error_reply(
             "unknown_cmd", "unknown cmd 'reboot'; known: health, shutdown, deploy")],

@@ -4,6 +4,9 @@
     g = ts.load("model.onnx", shapes={"x": (1, 3, 224, 224)})
     plan = ts.plan_split(g, split_at=["pool3"], targets=["rpi4b", "x86_64"])
     bundle = ts.build_bundle(g, plan, "build/model")
+    # or plan from per-block times and sizes measured by another tool (no ONNX):
+    planned = ts.plan_profile("profile.csv", [ts.Device("pi", "rpi4b"), ts.Device("edge", "x86_64")],
+                              [ts.Link.profile("wan:1.6/1.6/delay=66.7ms")])
 
 Importing tvmsplit does not import TVM; the functions that compile or run do.
 """
@@ -15,6 +18,8 @@ import importlib
 # imports tvmsplit.runtime does not pay for onnx or TVM's compiler.
 _EXPORTS = {
     "Bundle": "bundle", "BundleStage": "bundle", "build_bundle": "build",
+    "BlockProfile": "blockprofile", "read_block_profile": "blockprofile",
+    "plan_profile": "blockprofile",
     "Device": "devices", "Link": "devices", "TvmsplitError": "errors", "load": "frontend",
     "Cut": "graph", "Layer": "graph", "LayerGraph": "graph", "TensorSpec": "graph",
     "Plan": "plan", "PlanFile": "plan", "Route": "plan", "StagePlan": "plan",

@@ -59,6 +59,21 @@ def _build_bundle(graph: LayerGraph, plan: Plan, out_dir: Path, progress: Progre
             if progress:
                 progress(f"stage {stage.index + 1}/{len(plan.stages)}: {len(stage.layers)} layer(s) "
                          f"{stage.layers[0]}..{stage.layers[-1]} for {spec.name}")
+            if stage.segments:  # sequential (HyPS): one library + weights file per segment
+                files = []
+                for seg in stage.segments:
+                    interrupts.check()
+                    built = build_stage(graph, seg, spec, tmp / f"stage{stage.index}.seg.so",
+                                        db=stage_db, external_weights=True)
+                    if progress:
+                        progress(f"  stage {stage.index} segment {seg.index + 1}/"
+                                 f"{len(stage.segments)}: {len(seg.layers)} layer(s) "
+                                 f"{seg.layers[0]}..{seg.layers[-1]}, weights "
+                                 f"{built.weights.stat().st_size / 1e6:.1f} MB outside the library")
+                    files.append(_place(built, tmp / f"stage{stage.index}-seg{seg.index}"))
+                stages_json.append(stage_entry(stage, spec, files[0][0], None,
+                                               segment_files=files))
+                continue
             staging = tmp / f"stage{stage.index}.so"
             built = build_stage(graph, stage, spec, staging, db=stage_db)
             if progress and built.tuning is not None:
@@ -72,3 +87,13 @@ def _build_bundle(graph: LayerGraph, plan: Plan, out_dir: Path, progress: Progre
         text = json.dumps(manifest(graph, plan, stages_json, tvm.__version__), indent=2)
         (tmp / MANIFEST).write_text(text + "\n")
     return Bundle.load(out_dir)
+
+
+def _place(built, stem: Path) -> tuple[Path, Path]:
+    """Rename a built segment's library and weights to ``<stem>-<sha>.so`` / ``.so.weights``."""
+    from .compile import weights_path
+
+    library = stem.with_name(f"{stem.name}-{built.sha256[:12]}.so")
+    built.path.rename(library)
+    built.weights.rename(weights_path(library))
+    return library, weights_path(library)

@@ -27,6 +27,13 @@ This module is the format only: reading and checking bundles, and the pieces of 
 directory beside the destination and renamed into place only when complete, so a failed build
 leaves no half-written bundle. Loading validates the schema, every field and every library
 checksum. Raise ``SCHEMA_VERSION`` on any change an older reader would misread.
+
+Schema version 3 is version 2 plus sequential stages (HyPS): a stage whose plan has
+``"segments"`` also has ``"segment_files"``: per segment ``{"library", "sha256", "weights",
+"weights_sha256", "weights_bytes"}`` (the weights file is ``weights.py``'s format); its
+``"library"``/``"sha256"`` are the first segment's. A bundle is written as version 3 only when it
+has such a stage, so every reader of version 2 (the native worker) still reads every bundle it
+can run and refuses, by its version check, the ones it cannot.
 """
 from __future__ import annotations
 
@@ -35,7 +42,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +55,8 @@ from .plan import Plan, StagePlan
 from .targets import TargetSpec, host_arch
 
 SCHEMA_VERSION = 2
+SEQUENTIAL_SCHEMA_VERSION = 3  # version 2 + sequential stages (see the module doc)
+READABLE_SCHEMA_VERSIONS = (SCHEMA_VERSION, SEQUENTIAL_SCHEMA_VERSION)
 MANIFEST = "manifest.json"
 
 
@@ -60,14 +69,40 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 @dataclass(frozen=True)
+class SegmentFiles:
+    """A segment of a sequential stage on disk: its library and its external weights."""
+
+    library: Path
+    sha256: str
+    weights: Path
+    weights_sha256: str
+    weights_bytes: int      # tensor data only: what a worker holds while the segment runs
+
+    def to_json(self) -> dict[str, Any]:
+        return {"library": self.library.name, "sha256": self.sha256,
+                "weights": self.weights.name, "weights_sha256": self.weights_sha256,
+                "weights_bytes": self.weights_bytes}
+
+
+@dataclass(frozen=True)
 class BundleStage:
-    """One built stage: its plan, its target and its library on disk."""
+    """One built stage: its plan, its target and its library on disk. A sequential stage
+    (``plan.segments``) has one library + weights file per segment (``segments``); its
+    ``library`` is then the first segment's."""
 
     plan: StagePlan
     target: dict[str, Any]
     library: Path
     sha256: str
     library_bytes: int
+    segments: tuple[SegmentFiles, ...] = ()
+
+    def files(self) -> list[tuple[Path, str]]:
+        """Every file the stage needs, with its sha256."""
+        if not self.segments:
+            return [(self.library, self.sha256)]
+        return [f for s in self.segments for f in ((s.library, s.sha256),
+                                                    (s.weights, s.weights_sha256))]
 
     @property
     def index(self) -> int:
@@ -104,18 +139,25 @@ class Bundle:
             m = json.loads(manifest_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BundleError(f"{manifest_path} is corrupt ({exc}); rebuild the bundle") from None
-        if not isinstance(m, dict) or m.get("schema_version") != SCHEMA_VERSION:
+        if not isinstance(m, dict) or m.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
             got = m.get("schema_version") if isinstance(m, dict) else None
             raise BundleError(f"{manifest_path}: schema version {got!r}, this tvmsplit reads "
-                              f"{SCHEMA_VERSION}; rebuild the bundle")
+                              f"{' and '.join(map(str, READABLE_SCHEMA_VERSIONS))}; "
+                              "rebuild the bundle")
         try:
             plan = Plan.from_json(m["plan"])
             planned_target = {p.index: p.target for p in plan.stages}
             built = []
             for s in m["stages"]:  # "target" holds the resolved TargetSpec; the plan its name
                 stage_plan = StagePlan.from_json({**s, "target": planned_target[int(s["index"])]})
+                segs = tuple(SegmentFiles(path / f["library"], str(f["sha256"]),
+                                          path / f["weights"], str(f["weights_sha256"]),
+                                          int(f["weights_bytes"]))
+                             for f in s.get("segment_files", ()))
+                if len(segs) != len(stage_plan.segments):
+                    raise ValueError("'segment_files' (one per segment)")
                 built.append(BundleStage(stage_plan, dict(s["target"]), path / s["library"],
-                                          str(s["sha256"]), int(s["library_bytes"])))
+                                          str(s["sha256"]), int(s["library_bytes"]), segs))
             bundle = cls(path, str(m["model"]), str(m["model_sha256"]),
                          tuple(TensorSpec.from_json(t) for t in m["inputs"]),
                          tuple(TensorSpec.from_json(t) for t in m["outputs"]), plan, tuple(built))
@@ -145,13 +187,14 @@ class Bundle:
         for stage in bundle.stages:
             if stage.index not in wanted:
                 continue
-            if not stage.library.is_file():
-                raise BundleError(f"bundle {str(path)!r}: library {stage.library.name} of stage "
-                                  f"{stage.index} is missing; rebuild the bundle")
-            if file_sha256(stage.library) != stage.sha256:
-                raise BundleError(f"bundle {str(path)!r}: library {stage.library.name} of stage "
-                                  f"{stage.index} fails its checksum (corrupt or modified); "
-                                  "rebuild the bundle")
+            for file, sha in stage.files():
+                if not file.is_file():
+                    raise BundleError(f"bundle {str(path)!r}: library {file.name} of stage "
+                                      f"{stage.index} is missing; rebuild the bundle")
+                if file_sha256(file) != sha:
+                    raise BundleError(f"bundle {str(path)!r}: library {file.name} of stage "
+                                      f"{stage.index} fails its checksum (corrupt or modified); "
+                                      "rebuild the bundle")
         return bundle
 
 
@@ -173,19 +216,30 @@ def check_output_dir(out_dir: str | os.PathLike) -> None:
 
 
 def stage_entry(stage: StagePlan, target: TargetSpec, library: Path,
-                tuning: dict[str, Any] | None) -> dict[str, Any]:
+                tuning: dict[str, Any] | None,
+                segment_files: Sequence[tuple[Path, Path]] = ()) -> dict[str, Any]:
     """A manifest's stage: the stage's plan with its resolved target and its library, a file in
-    the bundle directory."""
-    return {**stage.to_json(), "target": target.to_json(), "library": library.name,
-            "sha256": file_sha256(library), "library_bytes": library.stat().st_size,
-            "runs_on_host": target.runs_on_host, "tuning": tuning}
+    the bundle directory. A sequential stage also lists ``segment_files``: per segment its
+    library and weights file (``SegmentFiles.to_json``); ``library`` is the first segment's."""
+    from .weights import weights_bytes
+
+    entry = {**stage.to_json(), "target": target.to_json(), "library": library.name,
+             "sha256": file_sha256(library), "library_bytes": library.stat().st_size,
+             "runs_on_host": target.runs_on_host, "tuning": tuning}
+    if segment_files:
+        entry["segment_files"] = [
+            SegmentFiles(lib, file_sha256(lib), w, file_sha256(w), weights_bytes(w)).to_json()
+            for lib, w in segment_files]
+    return entry
 
 
 def manifest(graph: LayerGraph, plan: Plan, stages: list[dict[str, Any]],
              tvm_version: str) -> dict[str, Any]:
     """The manifest of a bundle of ``plan`` with ``stages`` (``stage_entry`` each)."""
+    sequential = any(s.segments for s in plan.stages)
     return {
-        "schema_version": SCHEMA_VERSION, "tvmsplit_version": __version__,
+        "schema_version": SEQUENTIAL_SCHEMA_VERSION if sequential else SCHEMA_VERSION,
+        "tvmsplit_version": __version__,
         "tvm_version": tvm_version, "model": graph.name, "model_sha256": graph.model_sha256,
         "inputs": [t.to_json() for t in graph.inputs],
         "outputs": [t.to_json() for t in graph.outputs],

@@ -22,7 +22,7 @@ from . import tflitefront
 from .bundle import Bundle
 from .errors import ShapeError
 from .graph import LayerGraph, TensorSpec
-from .runtime.stage import StageRunner, check_tensors
+from .runtime.stage import check_tensors, runner_for
 
 DEFAULT_RTOL = 1e-4
 SCALE_FLOOR = 1e-3
@@ -136,7 +136,7 @@ def check_bundle(bundle: Bundle, graph: LayerGraph, inputs: Mapping[str, np.ndar
             continue
         feed_from = live if live is not None else ref
         feed = {t.name: feed_from[t.name] for t in stage.plan.inputs}
-        with StageRunner(stage.library, stage.plan) as runner:
+        with runner_for(stage) as runner:
             out = runner.run(feed)
         errors = tuple(compare(out[t.name], ref[t.name], t.name) for t in stage.plan.outputs)
         checks.append(StageCheck(stage.index, stage.target["name"], True, live is not None, errors))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from .devices import LINK_SPEC_HELP
 from .errors import ShapeError, TvmsplitError
 
 
@@ -402,6 +403,10 @@ def _run_pipeline(bundle, g, requests: int, inputs, check: bool, tolerance: floa
             bound = 1000.0 / max(trace.compute_ms)
             click.echo(f"{len(results)} streamed requests in {elapsed:.2f} s: "
                        f"{len(results) / elapsed:.1f} req/s (bound 1/max stage compute: {bound:.1f} req/s)")
+        health = [h for h in pipeline.health() if h.get("ok") and h.get("peak_rss_bytes")]
+        if health:  # the measured check of a memory plan where no cgroup enforces it
+            click.echo("worker memory, peak RSS: " + ", ".join(
+                f"stage {h['stage']} {h['peak_rss_bytes'] / 1e6:.0f} MB" for h in health))
     if check:
         ref = reference(g, inputs)
         errors = [compare(outputs[t.name], ref[t.name], t.name) for t in g.outputs]
@@ -428,7 +433,9 @@ def _print_trace(trace, targets: list[str]) -> None:
         for h in trace.hops:
             if h.dst == stage:
                 hop_line(h)
-        click.echo(f"{'stage ' + str(stage) + ' [' + targets[stage] + ']':<24} {ms:>10.3f}")
+        load = trace.load_ms[stage] if stage < len(trace.load_ms) else 0.0
+        click.echo(f"{'stage ' + str(stage) + ' [' + targets[stage] + ']':<24} {ms:>10.3f}"
+                   + (f"   (sequential: {load:.1f} ms loading segments)" if load else ""))
     for h in trace.hops:
         if h.dst < 0:
             hop_line(h)
@@ -571,11 +578,17 @@ def parse_bytes(text: str) -> int:
 
 
 @cli.command(name="plan")
-@click.argument("model")
+@click.argument("model", required=False)
+@click.option("--profile", "profile_file", type=click.Path(exists=True, dir_okay=False),
+              metavar="FILE",
+              help="Plan from a block-chain profile instead of a MODEL: per-block compute times "
+                   "per device (ms) and output sizes (bytes), CSV or JSON (README, 'Planning "
+                   "from a profile'); no ONNX, no --costs.")
 @click.option("--devices", required=True, metavar="NAME=TARGET,...",
-              help="The device path, end first: e.g. end=rpi4b,edge=x86_64 (target names or .toml files).")
-@click.option("--link", "links", default="4g", show_default=True, metavar="PROFILE,...",
-              help="One link per hop: 3g, 4g, wifi or NAME:UP_MBPS/DOWN_MBPS[/RTT_MS].")
+              help="The device path, end first: e.g. end=rpi4b,edge=x86_64 (target names or "
+                   ".toml files; with --profile the names are the profile's devices).")
+@click.option("--link", "links", default="4g", show_default=True, metavar="LINK,...",
+              help="One link per hop, comma-separated; " + LINK_SPEC_HELP + ".")
 @click.option("--costs", "costs_file", metavar="FILE|measure|predict",
               help="Per-layer compute times: a JSON or CSV file (see README); 'measure': time "
                    "every layer on the testbed's devices (end=pi-class,edge=host; root); "
@@ -589,9 +602,33 @@ def parse_bytes(text: str) -> int:
 @click.option("--method", default="auto", show_default=True, help="Planner name (see README).")
 @click.option("--mem-cap", "mem_caps", default="", metavar="NAME=SIZE,...",
               help="Memory cap per device, e.g. end=1GiB (weights + peak activations).")
+@click.option("--sequential", type=click.Choice(["auto", "best", "always", "off"]), default="auto",
+              show_default=True,
+              help="HyPS sequential devices (one segment of layers in memory at a time, so a "
+                   "model larger than the --mem-cap still runs): auto = only where a cap "
+                   "requires it, best = wherever it plans faster, always = every capped device.")
+@click.option("--batch", type=int, default=1, show_default=True,
+              help="Requests a sequential device serves per load of its segments.")
+@click.option("--horizontal", type=click.Choice(["fewest", "best", "off"]), default="fewest",
+              show_default=True,
+              help="HyPS H-parts for a layer that fits no cap: the fewest that fit, the count "
+                   "that plans best (more parts balance devices, cost transfers), or refuse.")
 @click.option("--pin", "pins", multiple=True, metavar="LAYER=DEVICE", help="Keep a layer on a device.")
 @click.option("--input-bytes", type=int, default=None,
-              help="Size of the input as the end device sends it (e.g. a JPEG); default: raw tensor.")
+              help="Size of the input as the end device sends it (e.g. a JPEG); default: raw "
+                   "tensor (with --profile: the profile's input_bytes).")
+@click.option("--end-devices", type=click.IntRange(min=1), default=1, show_default=True,
+              metavar="N",
+              help="N end devices like the first of --devices, each running this model, share "
+                   "the edge (the second device) and the uplink into it (--link): every "
+                   "device's split and its shares of the edge's compute and of the link's "
+                   "bandwidth are planned together, minimising the worst latency. Two devices, "
+                   "latency objective.")
+@click.option("--deadline-ms", type=float, default=None,
+              help="With --end-devices: an end device whose model alone meets this deadline "
+                   "leaves the edge to the others.")
+@click.option("--share-steps", type=click.IntRange(min=1, max=100), default=20,
+              show_default=True, help="With --end-devices: shares are multiples of 1/STEPS.")
 @shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--save", type=click.Path(dir_okay=False), help="Write the plan JSON here (for build --plan).")
@@ -607,34 +644,46 @@ def parse_bytes(text: str) -> int:
 @click.option("--deploy-cost", is_flag=True,
               help="One-shot run: add the time to ship each stage's library (weights + code) "
                    "to its device to the latency objective (always reported).")
-def plan_cmd(model, devices, links, costs_file, objective, powers, method, mem_caps, pins,
-             input_bytes, shapes, as_json, save, plot, links_file, sink, deploy_cost) -> None:
-    """Choose where to split MODEL across a path of devices, with the baselines side by side."""
+def plan_cmd(model, profile_file, devices, links, costs_file, objective, powers, method, mem_caps,
+             sequential, batch, horizontal, pins, input_bytes, end_devices, deadline_ms,
+             share_steps, shapes, as_json, save, plot, links_file, sink, deploy_cost) -> None:
+    """Choose where to split MODEL (or a --profile) across a path of devices, with the
+    baselines side by side."""
     from .devices import Device, Link
     from .partition import PowerModel
     from .planning import plan_partition
 
-    g = _load_graph(model, shapes)
+    profile = _plan_source(model, profile_file, costs_file, shapes)
+    g = profile.graph() if profile else _load_graph(model, shapes)
     caps = {name: parse_bytes(size) for name, size in _parse_pairs(mem_caps, "--mem-cap")}
     devs = [Device(name, target, caps.pop(name, None))
             for name, target in _parse_pairs(devices, "--devices")]
     if caps:
         raise TvmsplitError(f"--mem-cap for unknown device(s) {', '.join(caps)}")
     link_list = [Link.profile(p) for p in _split_list(links, "--link")]
+    if len(devs) == 1 and _is_default("links"):
+        link_list = []  # one device has no hop: the default --link does not apply
     power = {}
     for name, watts in _parse_pairs(powers, "--power"):
         try:
             power[name] = PowerModel(*(float(w) for w in watts.split("/")))
         except (TypeError, ValueError):
             raise TvmsplitError(f"--power {name}={watts} is not BUSY/IDLE/TX watts, e.g. 5/0.5/2") from None
-    costs = _plan_costs(g, devs, costs_file)
+    if end_devices > 1 or deadline_ms is not None:
+        _check_shared_options(end_devices, devs, objective, pins, mem_caps, powers, save, plot,
+                              method)
+    costs = profile.costs([d.name for d in devs]) if profile else _plan_costs(g, devs, costs_file)
     from .topology import Topology
 
     result = plan_partition(g, devs, link_list, costs,
                             objective=objective, method=method, pins=dict(_parse_pairs(pins, "--pin")),
-                            input_bytes=input_bytes, power=power,
+                            input_bytes=input_bytes, power=power, sequential=sequential,
+                            batch=batch, horizontal=horizontal,
                             topology=Topology.from_file(links_file) if links_file else None,
                             sink=sink, deploy_in_objective=deploy_cost)
+    if end_devices > 1:
+        _plan_shared(result, link_list, input_bytes, end_devices, deadline_ms, share_steps, as_json)
+        return
     if save:
         from .plan import save_plan_file
 
@@ -647,6 +696,13 @@ def plan_cmd(model, devices, links, costs_file, objective, powers, method, mem_c
         click.echo(json.dumps(result.to_json(), indent=2))
         return
     _print_plan(result.graph, result, result.links if links_file else link_list, objective)
+
+
+def _is_default(param: str) -> bool:
+    """True when the current command's ``param`` was not given (its default is in use)."""
+    from click.core import ParameterSource
+
+    return click.get_current_context().get_parameter_source(param) == ParameterSource.DEFAULT
 
 
 def _plan_costs(g, devs, choice: str | None):
@@ -672,6 +728,77 @@ def _plan_costs(g, devs, choice: str | None):
                             f"(root): `tvmsplit plan MODEL --devices end=pi-class,edge=host`") from None
 
 
+def _plan_source(model, profile_file, costs_file, shapes):
+    """``plan``'s input: None for a MODEL, the block profile for ``--profile``."""
+    if (model is None) == (profile_file is None):
+        raise TvmsplitError("plan takes a MODEL (an .onnx file or zoo:NAME) or --profile FILE"
+                            + (", not both" if model else ""))
+    if profile_file is None:
+        return None
+    from .blockprofile import read_block_profile
+
+    clash = [opt for opt, value in (("--costs", costs_file), ("--shape", shapes)) if value]
+    if clash:
+        raise TvmsplitError(f"--profile holds the compute times and sizes; drop {', '.join(clash)}")
+    return read_block_profile(profile_file)
+
+
+def _check_shared_options(n, devs, objective, pins, mem_caps, powers, save, plot, method) -> None:
+    problems = []
+    if n < 2:
+        problems.append("--deadline-ms is for --end-devices N with N >= 2")
+    if len(devs) != 2:
+        problems.append(f"--end-devices shares one edge: give two --devices, END,EDGE (got {len(devs)})")
+    if objective != "latency":
+        problems.append("--end-devices minimises the worst latency: drop --objective")
+    given = [opt for opt, v in (("--pin", pins), ("--mem-cap", mem_caps), ("--power", powers),
+                                ("--save", save), ("--plot", plot),
+                                ("--method", method != "auto")) if v]
+    if given:
+        problems.append(f"{', '.join(given)} do not combine with --end-devices")
+    if problems:
+        raise TvmsplitError("; ".join(problems))
+
+
+def _plan_shared(result, links, input_bytes, n, deadline_ms, steps, as_json) -> None:
+    """``plan --end-devices N``: N copies of the end device share the edge (partition/multi.py)."""
+    from .partition import Problem
+    from .partition.multi import EndDevice, plan_shared_edge
+
+    end, edge = result.devices
+    problem = Problem(result.graph, result.plan_costs, tuple(links), input_bytes=input_bytes)
+    shared = plan_shared_edge([EndDevice(f"{end.name}{i + 1}", problem, deadline_ms)
+                               for i in range(n)], steps=steps)
+    layers = [layer.name for layer in result.graph.layers]
+    rows = []
+    for name, cs, bs, b in zip(shared.names, shared.compute_share, shared.bandwidth_share,
+                               shared.plans):
+        on_end = sum(1 for d in b.assignment if d == 0)
+        rows.append({"name": name, "compute_share": cs, "bandwidth_share": bs,
+                     "layers_on_end": on_end, "first_on_edge": layers[on_end] if on_end < len(layers) else None,
+                     "assignment": list(b.assignment), "latency_ms": b.latency_ms,
+                     "compute_ms": list(b.compute_ms), "hop_ms": list(b.hop_ms),
+                     "return_ms": b.return_ms})
+    alone = result.predicted.latency_ms
+    if as_json:
+        click.echo(json.dumps({"model": result.graph.name, "end": end.name, "edge": edge.name,
+                               "end_devices": rows, "worst_latency_ms": shared.worst_latency_ms,
+                               "alone_latency_ms": alone, "share_steps": steps,
+                               "deadline_ms": deadline_ms}, indent=2))
+        return
+    click.echo(f"{result.graph.name}: {n} end devices like {end.name} ({end.target}) share "
+               f"{edge.name} ({edge.target}) and the {links[0].name} link into it, in shares of "
+               f"1/{steps} of the edge's compute and the link's bandwidth")
+    click.echo(f"{'end device':<12} {'compute':>8} {'uplink':>7} {'on end':>7}  {'first on edge':<24} "
+               f"{'latency ms':>10}")
+    for r in rows:
+        click.echo(f"{r['name']:<12} {r['compute_share']:>8.2f} {r['bandwidth_share']:>7.2f} "
+                   f"{r['layers_on_end']:>7}  {str(r['first_on_edge'] or '-')[:24]:<24} "
+                   f"{r['latency_ms']:>10.3f}")
+    click.echo(f"worst latency {shared.worst_latency_ms:.3f} ms (one end device alone with the "
+               f"whole edge: {alone:.3f} ms)")
+
+
 def _all_trained(devs) -> bool:
     from .predict.dataset import predictor_path
 
@@ -695,6 +822,11 @@ def _print_plan(g, result, links, objective: str) -> None:
         click.echo(f"{stage.index:<6} {result.devices[d].name:<10} {result.devices[d].target:<12} "
                    f"{len(layers):>6}  {(layers[0] + '..' + layers[-1])[:34]:<34} "
                    f"{sum(costs[name][d] for name in layers):>10.3f} {memory:>9}")
+        if stage.segments:
+            click.echo(f"{'':<6} sequential (HyPS): {len(stage.segments)} segment(s) loaded one at "
+                       "a time: " + ", ".join(f"{s.layers[0]}..{s.layers[-1]} "
+                                              f"{s.param_bytes / 1e6:.1f} MB"
+                                              for s in stage.segments))
     if not result.plan.is_chain:
         edges = ", ".join(f"{s.index} -> {'/'.join('client' if r.to < 0 else str(r.to) for r in s.sends)}"
                           for s in result.plan.stages)
@@ -730,8 +862,9 @@ def _print_plan(g, result, links, objective: str) -> None:
 @click.option("--devices", default="end=pi-class,edge=host", show_default=True,
               metavar="END=CAPPED,EDGE=TARGET",
               help="The testbed's capped end device (pi-class, phone-class) and its edge.")
-@click.option("--link", default="4g", show_default=True, metavar="PROFILE",
-              help="3g, 4g, wifi or NAME:UP_MBPS/DOWN_MBPS[/RTT_MS]; the testbed shapes it.")
+@click.option("--link", default="4g", show_default=True, metavar="LINK",
+              help="The link the testbed shapes (rate each way, one-way delay, loss); "
+                   + LINK_SPEC_HELP + ".")
 @click.option("--load", type=click.Choice(["none", "medium", "high"]), default="none",
               show_default=True, help="Background CPU load on the end device (in its cgroup).")
 @click.option("--objective", type=click.Choice(["latency", "throughput"]), default="latency",

@@ -55,6 +55,8 @@ class BuiltLibrary:
     sha256: str
     cached: bool
     tuning: AppliedTuning | None = None  # CPU stages: what the tuning database contributed
+    weights: Path | None = None           # external weights (``weights.py``), beside the library
+    weights_sha256: str = ""
 
 
 cache_dir = cache_root  # the build cache's root (TVMSPLIT_CACHE; "off" disables it)
@@ -97,7 +99,7 @@ def stage_relax(graph: LayerGraph, stage: StagePlan):
 
 
 def build_key(graph: LayerGraph, stage: StagePlan, spec: TargetSpec,
-              tuning_digest: str = "") -> str:
+              tuning_digest: str = "", external_weights: bool = False) -> str:
     import tvm
 
     from .graphopt import GRAPH_PASSES
@@ -109,51 +111,78 @@ def build_key(graph: LayerGraph, stage: StagePlan, spec: TargetSpec,
         h.update(stage_onnx(graph, stage).SerializeToString(deterministic=True))
     h.update(json.dumps({"target": spec.to_json(), "tvm": tvm.__version__,
                          "format": CACHE_FORMAT, "passes": list(GRAPH_PASSES),
-                         "tuning": tuning_digest}, sort_keys=True).encode())
+                         "tuning": tuning_digest,
+                         **({"weights": "external"} if external_weights else {})},
+                        sort_keys=True).encode())
     return h.hexdigest()
 
 
 def build_stage(graph: LayerGraph, stage: StagePlan, spec: TargetSpec,
-                out_path: str | os.PathLike, db: str | os.PathLike | None = None) -> BuiltLibrary:
+                out_path: str | os.PathLike, db: str | os.PathLike | None = None,
+                external_weights: bool = False) -> BuiltLibrary:
     """Compile ``stage`` for ``spec`` and write the library to ``out_path``.
 
     CPU stages use the tuning database at ``db`` (refused if tuned for another target), else the
-    target's default database when one exists (``tunedb.find_database``).
+    target's default database when one exists (``tunedb.find_database``). With
+    ``external_weights`` the weights are lifted out of the library into ``<out_path>.weights``
+    (``weights.py``; a segment of a sequential stage).
     """
     with interrupts.watching_passes():
-        return _build_stage(graph, stage, spec, Path(out_path), db)
+        return _build_stage(graph, stage, spec, Path(out_path), db, external_weights)
+
+
+def weights_path(library: str | os.PathLike) -> Path:
+    """Where a library's external weights live: beside it, ``<library>.weights``."""
+    library = Path(library)
+    return library.with_name(library.name + ".weights")
 
 
 def _build_stage(graph: LayerGraph, stage: StagePlan, spec: TargetSpec, out_path: Path,
-                 db: str | os.PathLike | None) -> BuiltLibrary:
+                 db: str | os.PathLike | None, external: bool = False) -> BuiltLibrary:
     check_toolchain(spec)
     database = find_database(spec, db)
     cache = cache_dir()
     prepared = None
     if database is not None:  # the records used are part of the key: lower first to know them
-        prepared = _prepare(graph, stage, spec, database)
-        key = build_key(graph, stage, spec, prepared[1].records_sha256)
+        prepared = _prepare(graph, stage, spec, database, external)
+        key = build_key(graph, stage, spec, prepared[1].records_sha256, external)
     else:
-        key = build_key(graph, stage, spec)
+        key = build_key(graph, stage, spec, external_weights=external)
     cached = cache / "builds" / f"{key}.so" if cache else None
+    weights_out = weights_path(out_path) if external else None
     if cached is not None and cached.is_file():
+        if external:
+            shutil.copyfile(weights_path(cached), weights_out)
         shutil.copyfile(cached, out_path)
-        return BuiltLibrary(out_path, file_sha256(out_path), cached=True,
-                            tuning=prepared[1] if prepared else _read_tuning(cached))
+        return _built(out_path, weights_out, True,
+                      prepared[1] if prepared else _read_tuning(cached))
 
     if prepared is None:
-        prepared = _prepare(graph, stage, spec, None)
-    _compile_to(stage, spec, prepared[0], out_path)
+        prepared = _prepare(graph, stage, spec, None, external)
+    mod, tuning, arrays = prepared
+    if external:
+        from .weights import write_weights
+
+        write_weights(weights_out, arrays)
+    _compile_to(stage, spec, mod, out_path)
     interrupts.check()  # TVM may have swallowed the interrupt (and built less well): never cache
     if cached is not None:
-        _store(cached, out_path, prepared[1])
-    return BuiltLibrary(out_path, file_sha256(out_path), cached=False, tuning=prepared[1])
+        _store(cached, out_path, tuning, weights_out)
+    return _built(out_path, weights_out, False, tuning)
 
 
-def _store(cached: Path, library: Path, tuning: AppliedTuning | None) -> None:
-    """Put ``library`` in the cache as ``cached``: the tuning summary first, the library last,
-    each through a temporary file renamed into place, so that an entry (its ``.so``) is complete
-    or absent; on any error or interrupt the temporary files are removed."""
+def _built(library: Path, weights: Path | None, cached: bool,
+           tuning: AppliedTuning | None) -> BuiltLibrary:
+    return BuiltLibrary(library, file_sha256(library), cached=cached, tuning=tuning,
+                        weights=weights, weights_sha256=file_sha256(weights) if weights else "")
+
+
+def _store(cached: Path, library: Path, tuning: AppliedTuning | None,
+           weights: Path | None = None) -> None:
+    """Put ``library`` in the cache as ``cached``: the tuning summary and the external weights
+    first, the library last, each through a temporary file renamed into place, so that an entry
+    (its ``.so``) is complete or absent; on any error or interrupt the temporary files are
+    removed."""
     temps = []
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -161,6 +190,10 @@ def _store(cached: Path, library: Path, tuning: AppliedTuning | None) -> None:
             temps.append(cached.with_suffix(f".json.tmp{os.getpid()}"))
             temps[-1].write_text(json.dumps(tuning.to_json()))
             os.replace(temps[-1], cached.with_suffix(".json"))
+        if weights is not None:
+            temps.append(cached.with_suffix(f".weights.tmp{os.getpid()}"))
+            shutil.copyfile(weights, temps[-1])
+            os.replace(temps[-1], weights_path(cached))
         temps.append(cached.with_suffix(f".so.tmp{os.getpid()}"))
         shutil.copyfile(library, temps[-1])
         os.replace(temps[-1], cached)  # the entry appears whole, or not at all
@@ -186,13 +219,19 @@ def stage_module(graph: LayerGraph, stage: StagePlan, spec: TargetSpec):
 
 
 def _prepare(graph: LayerGraph, stage: StagePlan, spec: TargetSpec,
-             database: TuningDatabase | None):
-    """(module ready for relax.build, AppliedTuning or None for GPU targets)."""
+             database: TuningDatabase | None, external: bool = False):
+    """(module ready for relax.build, AppliedTuning or None for GPU targets, the lifted
+    weights: arrays in parameter order when ``external``, else [])."""
     from .graphopt import lower
     from .tunedb import apply_database
 
     try:
         mod = stage_module(graph, stage, spec)
+        arrays = []
+        if external:
+            from .weights import lift_weights
+
+            mod, arrays = lift_weights(mod)
         target = spec.tvm_target()
         if spec.kind == "cuda":
             from tvm.s_tir import dlight as dl
@@ -201,8 +240,8 @@ def _prepare(graph: LayerGraph, stage: StagePlan, spec: TargetSpec,
             with target:
                 mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
                                               dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
-            return mod, None
-        return apply_database(lower(mod, target), database, target)
+            return mod, None, arrays
+        return (*apply_database(lower(mod, target), database, target), arrays)
     except Exception as exc:
         raise _build_error(stage, spec, exc) from exc
 

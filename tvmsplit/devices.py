@@ -10,6 +10,9 @@ device ``h`` and ``h + 1``, and ``up`` is towards the edge.
   *the* transfer bound that the planners, the stage-DAG estimate and the testbed's expected
   times all use: ``bytes x 8 / bandwidth + rtt / 2`` for one hop (nothing for 0 bytes: no
   message is sent). Loss is not in the bound; it is what the testbed emulates.
+  :meth:`Link.profile` reads a link spec (:data:`LINK_SPEC_HELP`, what ``--help`` shows): the
+  delay is explicit, ``rtt=`` (a round trip: each hop charges half of it) or ``delay=`` (one
+  way: each hop charges all of it); Scission's "full ping per hop" is ``delay=PING``.
 - :data:`LINK_PROFILES`: the built-in 3G / 4G / Wi-Fi links. The planner (``--link 4g``) and the
   testbed's shaper (``tvmsplit testbed up --profile 4g``, which adds only its tc overheads, see
   :mod:`tvmsplit.testbed.profiles`) read this one table.
@@ -98,24 +101,91 @@ class Link:
 
     @classmethod
     def profile(cls, name: str, rtt_s: float | None = None) -> "Link":
-        """A built-in profile (:data:`LINK_PROFILES`: 3g, 4g, wifi) or a custom
-        ``NAME:UP_MBPS/DOWN_MBPS[/RTT_MS]``; ``rtt_s`` overrides the RTT."""
-        key = name.lower()
-        if key in LINK_PROFILES:
-            base = LINK_PROFILES[key]
-            return base if rtt_s is None else cls(key, base.up_bps, base.down_bps, rtt_s, base.loss)
-        if ":" in key:
-            label, _, spec = key.partition(":")
+        """A link from its spec (:data:`LINK_SPEC_HELP`): a built-in profile (3g, 4g, wifi), or
+        ``NAME:UP_MBPS/DOWN_MBPS``, either followed by ``/``-separated fields ``rtt=TIME``
+        (the round trip: each hop charges half of it), ``delay=TIME`` (one way: each hop charges
+        all of it) and ``loss=P``; a bare number in the third place is the old form, an RTT in
+        ms. ``rtt_s`` overrides the RTT."""
+        spec = name.strip().lower()
+        head, sep, tail = spec.partition(":")
+        if sep:
+            fields = tail.split("/")
+            label, rates, fields = head, fields[:2], fields[2:]
+        else:
+            label, *fields = spec.split("/")
+            rates = None
+        if not label:
+            raise TvmsplitError(f"link {name!r} has no name; {LINK_SPEC_HELP}")
+        if rates is None and label not in LINK_PROFILES:
+            raise TvmsplitError(f"unknown link profile {label!r} in {name!r}; built in: "
+                                f"{', '.join(LINK_PROFILES)}; or {LINK_SPEC_HELP}")
+        problems: list[str] = []
+        if rates is None:
+            base = LINK_PROFILES[label]
+            up, down, rtt, loss = base.up_bps, base.down_bps, base.rtt_s, base.loss
+        else:
+            up = down = float("nan")
+            if len(rates) != 2 or any(not r for r in rates):
+                problems.append("give both rates, UP_MBPS/DOWN_MBPS")
+            else:
+                try:
+                    up, down = (float(r) * 1e6 for r in rates)
+                except ValueError:
+                    problems.append(f"rates {'/'.join(rates)!r} are not numbers (Mbit/s)")
+            rtt, loss = 0.0, 0.0
+        seen: set[str] = set()
+        for k, field_ in enumerate(fields):
+            key, eq, value = field_.partition("=")
+            if not eq and k == 0 and rates is not None:  # the old form: a bare RTT in ms
+                key, value = "rtt", field_ + "ms"
+            if key not in ("rtt", "delay", "loss"):
+                problems.append(f"unknown field {field_!r} (rtt=TIME, delay=TIME or loss=P)")
+                continue
+            if key in seen or {key, *seen} >= {"rtt", "delay"}:
+                problems.append(f"{field_!r}: give one rtt= or delay=, once")
+                continue
+            seen.add(key)
             try:
-                parts = [float(p) for p in spec.split("/")]
-                up, down = parts[0], parts[1]
-                rtt = parts[2] / 1e3 if len(parts) > 2 else 0.0
-            except (ValueError, IndexError):
-                raise TvmsplitError(f"custom link {name!r} is not NAME:UP_MBPS/DOWN_MBPS[/RTT_MS], "
-                                    "e.g. lan:100/100/1") from None
-            return cls(label, up * 1e6, down * 1e6, rtt if rtt_s is None else rtt_s)
-        raise TvmsplitError(f"unknown link profile {name!r}; built in: {', '.join(LINK_PROFILES)} "
-                            "(or NAME:UP_MBPS/DOWN_MBPS[/RTT_MS])")
+                if key == "loss":
+                    loss = float(value)
+                else:
+                    t = _parse_time_s(value)
+                    rtt = t if key == "rtt" else 2 * t
+            except ValueError as exc:
+                problems.append(f"{key}={value!r}: {exc}")
+        if problems:
+            raise TvmsplitError(f"link {name!r}: " + "; ".join(problems) + f". {LINK_SPEC_HELP}")
+        return cls(label, up, down, rtt if rtt_s is None else rtt_s, loss)
+
+    def spec(self) -> str:
+        """The spec that :meth:`profile` reads back into this link (one-way delay form)."""
+        out = f"{self.name}:{self.up_bps / 1e6:g}/{self.down_bps / 1e6:g}/delay={self.delay_s * 1e3:g}ms"
+        return out + (f"/loss={self.loss:g}" if self.loss else "")
+
+
+LINK_SPEC_HELP = (
+    "a link is a profile (3g, 4g, wifi) or NAME:UP_MBPS/DOWN_MBPS, then optionally "
+    "/rtt=TIME (round trip: each hop charges RTT/2) or /delay=TIME (one way: each hop charges "
+    "it all), and /loss=P; TIME is e.g. 40ms or 0.04s; e.g. lan:100/100/rtt=2ms, "
+    "wan:1.6/1.6/delay=66.7ms, 4g/rtt=80ms. The old NAME:UP/DOWN/RTT_MS (a bare number) is an RTT. "
+    "A hop costs bytes x 8 / rate + the one-way delay")
+
+
+def _parse_time_s(text: str) -> float:
+    """``40ms``, ``0.04s`` or a bare number of ms -> seconds (>= 0)."""
+    t = text.strip()
+    scale = 1e-3
+    if t.endswith("ms"):
+        t = t[:-2]
+    elif t.endswith("s"):
+        t, scale = t[:-1], 1.0
+    try:
+        value = float(t)
+    except ValueError:
+        raise ValueError("not a time like 40ms or 0.04s") from None
+    if not (value >= 0 and value != float("inf")):
+        raise ValueError("must be a finite time >= 0")
+    return value * scale
 
 
 LINK_PROFILES: dict[str, Link] = {

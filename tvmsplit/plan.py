@@ -89,7 +89,15 @@ class Route:
 @dataclass(frozen=True)
 class StagePlan:
     """One stage: where it runs, which layers it holds, what it receives, computes and sends.
-    ``target`` is what the plan names: a target name (``targets.get_target``) or a .toml path."""
+    ``target`` is what the plan names: a target name (``targets.get_target``) or a .toml path.
+
+    ``segments`` (HyPS sequential mode): when non-empty, the stage's layers are split into
+    consecutive segments, each its own library with its weights outside it, which the worker
+    loads one at a time, runs on the gathered requests and frees before the next — so the
+    device holds one segment's weights at a time, never the whole stage's. Each segment is a
+    StagePlan (``index`` = its position, no sends) whose inputs come from the stage's inputs or
+    earlier segments; the stage's ``library_inputs``/``library_outputs`` are then what the
+    segments together read and compute."""
 
     index: int
     target: str
@@ -101,9 +109,14 @@ class StagePlan:
     param_bytes: int
     flops: int
     sends: tuple[Route, ...] = ()
+    segments: tuple["StagePlan", ...] = ()
+
+    @property
+    def sequential(self) -> bool:
+        return bool(self.segments)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "index": self.index, "target": self.target, "layers": list(self.layers),
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
@@ -112,6 +125,9 @@ class StagePlan:
             "param_bytes": self.param_bytes, "flops": self.flops,
             "sends": [r.to_json() for r in self.sends],
         }
+        if self.segments:
+            out["segments"] = [s.to_json() for s in self.segments]
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "StagePlan":
@@ -125,7 +141,9 @@ class StagePlan:
         return cls(int(d["index"]), d["target"], tuple(str(n) for n in d["layers"]),
                    specs("inputs"), specs("outputs"), specs("library_inputs"),
                    specs("library_outputs"), int(d["param_bytes"]), int(d["flops"]),
-                   tuple(Route.from_json(r) for r in d.get("sends", ())))
+                   tuple(Route.from_json(r) for r in d.get("sends", ())),
+                   tuple(cls.from_json({**seg, "target": d["target"]})
+                         for seg in d.get("segments", ())))
 
 
 def chain_routes(stages: Sequence[StagePlan]) -> tuple[StagePlan, ...]:

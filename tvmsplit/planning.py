@@ -20,6 +20,16 @@ would serialise work, and the plan is then a stage DAG with direct routes (``spl
 the runtime executes with the independent stages in parallel. The predicted breakdown stays the
 cost model's (``partition/problem.py``: compute summed over layers, i.e. serial), so it is an
 upper bound for such plans; ``PlannedSplit.critical_path_ms`` estimates the parallel latency.
+
+Sequential devices (HyPS). A capped device may run its layers *sequentially*: its stage is cut
+into segments that each fit the cap, loaded one at a time (``StagePlan.segments``; the cost model
+in ``partition/problem.py``), so a model larger than the device still runs on it. ``sequential``
+says when: ``"auto"`` (default) plans every device resident first and, only when that is
+infeasible, searches the resident/sequential modes of the capped devices for the best plan
+(the cap requires it); ``"best"`` searches the modes even when resident plans exist (a
+sequential plan may be faster when the alternative is a slow link); ``"always"`` makes every
+capped device sequential; ``"off"`` never. The mode search runs the planner once per
+combination (2^c for c capped devices; beyond 6, only all-sequential is tried).
 """
 from __future__ import annotations
 
@@ -31,7 +41,7 @@ from .topology import Topology, sink_output_ms
 from .graph import LayerGraph
 from .partition import (BASELINES, PLANNERS, Breakdown, CostTable, PlanningError, PowerModel,
                         Problem, TopoProblem, plan, plan_topology)
-from .partition.problem import feasible
+from .partition.problem import DEFAULT_LOAD_BYTES_PER_S, feasible
 from .plan import CLIENT_END, Plan, PlanFile
 from .split import plan_split
 from .targets import get_target
@@ -123,24 +133,37 @@ def _breakdown(d: Mapping | None) -> Breakdown | None:
 def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence[Link],
                    costs: CostTable, *, objective: str = "latency", method: str = "auto",
                    pins: Mapping[str, str] | None = None, input_bytes: int | None = None,
-                   latency_ceiling_ms: float | None = None, horizontal: bool = True,
+                   latency_ceiling_ms: float | None = None,
+                   horizontal: bool | str | Mapping[str, int] = True,
                    power: Mapping[str, PowerModel] | None = None,
                    parallel: bool = True,
                    stage_overhead_ms: Mapping[str, float] | None = None,
+                   sequential: str = "auto", batch: int = 1,
+                   load_bytes_per_s: Mapping[str, float] | None = None,
+                   hpart_overhead_ms: float = 0.0,
                    topology: Topology | None = None, sink: str = "end",
                    deploy_code_bytes: int = DEFAULT_CODE_BYTES,
                    deploy_in_objective: bool = False) -> PlannedSplit:
     """Choose where to cut ``graph`` across ``devices`` (a path: end -> edge -> ...), or, with
     ``topology``, across a route that the planner chooses through it (``devices`` are then all
-    the topology's devices, the input's source first; ``links`` are unused).
+    the topology's devices, the input's source first; ``links`` are unused; its devices are
+    planned resident: ``sequential`` applies to paths only).
 
     With memory caps, a layer that fits no device is first split horizontally (HyPS) into the
     fewest parts that fit the largest cap; each part is predicted to take its share of the
-    layer's time. ``horizontal=False`` reports such a layer as infeasible instead.
+    layer's time. ``horizontal=False`` reports such a layer as infeasible instead;
+    ``horizontal="best"`` plans every H-part count from the fewest up (``hpart_counts``) and keeps
+    the best objective: more parts balance devices better but cost transfers, merges and
+    ``hpart_overhead_ms`` per part (each part's fixed time on its device, e.g. a kernel launch
+    or a stage hop); a mapping (layer -> parts) fixes the counts.
     ``parallel=False`` keeps one stage per device (a chain) even where stages could run in
     parallel (see the module doc). ``stage_overhead_ms`` (device name -> ms, others 0) is each
     device's fixed time per request when it runs a stage (``Problem.stage_overhead_ms``).
+    ``sequential``/``batch``/``load_bytes_per_s`` (device name -> bytes/s read speed of weights):
+    HyPS sequential devices, see the module doc.
     """
+    if sequential not in SEQUENTIAL_MODES:
+        raise PlanningError(f"sequential={sequential!r}; choose one of {', '.join(SEQUENTIAL_MODES)}")
     names = [d.name for d in devices]
     if len(set(names)) != len(names):
         raise PlanningError(f"device names repeat: {', '.join(names)}")
@@ -153,16 +176,18 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
                                 f"for {', '.join(missing)}")
         costs = CostTable(tuple(names), costs.layers, tuple(
             tuple(row[costs.devices.index(n)] for n in names) for row in costs.compute_ms))
-    hparts: dict[str, int] = {}
+    hcandidates: list[dict[str, int]] = [{}]
     caps = [d.mem_cap_bytes for d in devices if d.mem_cap_bytes is not None]
-    if horizontal and len(caps) == len(devices):
-        from .hsplit import plan_horizontal_parts, split_horizontally
+    if isinstance(horizontal, Mapping):
+        hcandidates = [{name: int(n) for name, n in horizontal.items() if int(n) > 1}]
+    elif horizontal and horizontal != "off" and len(caps) == len(devices):
+        from .hsplit import plan_horizontal_parts
 
-        hparts = plan_horizontal_parts(graph, max(caps))
-        if hparts:
-            split_graph = split_horizontally(graph, hparts)
-            costs = _split_costs(costs, split_graph, hparts)
-            graph = split_graph
+        if horizontal not in (True, "fewest", "best"):
+            raise PlanningError(f"horizontal={horizontal!r}; choose True/'fewest', 'best', False "
+                                "or a mapping layer -> parts")
+        fewest = plan_horizontal_parts(graph, max(caps))
+        hcandidates = hpart_counts(fewest, len(devices)) if horizontal == "best" else [fewest]
     pin_list = []
     for layer, device in (pins or {}).items():
         if device not in names:
@@ -175,38 +200,65 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
                             f"{', '.join(map(repr, unknown))}; devices: {', '.join(names)}")
     overhead = (tuple(float(stage_overhead_ms.get(n, 0.0)) for n in names)
                 if stage_overhead_ms else ())
+    unknown = [n for n in (load_bytes_per_s or {}) if n not in names]
+    if unknown:
+        raise PlanningError(f"load speed for unknown device(s) {', '.join(map(repr, unknown))}; "
+                            f"devices: {', '.join(names)}")
+    if topology is not None and set(topology.devices) != set(names):
+        raise PlanningError(f"the topology's devices ({', '.join(topology.devices)}) are not "
+                            f"the devices given ({', '.join(names)})")
+    chosen, first_error = None, None
+    for hparts in hcandidates:
+        g, c = graph, costs
+        if hparts:
+            from .hsplit import split_horizontally
+
+            g = split_horizontally(graph, hparts)
+            c = _split_costs(costs, g, hparts, hpart_overhead_ms)
+        try:
+            if topology is not None:
+                tp = TopoProblem(g, c, topology, names[0], sink=sink, objective=objective,
+                                 input_bytes=input_bytes,
+                                 mem_cap_bytes=tuple((d.name, d.mem_cap_bytes) for d in devices
+                                                     if d.mem_cap_bytes is not None),
+                                 pins=tuple((layer, names[d]) for layer, d in pin_list),
+                                 latency_ceiling_ms=latency_ceiling_ms,
+                                 power=tuple((power or {}).items()) if objective == "energy" else (),
+                                 stage_overhead_ms=tuple(zip(names, overhead)),
+                                 deploy_code_bytes=deploy_code_bytes,
+                                 deploy_in_objective=deploy_in_objective)
+                routed = plan_topology(tp, method)
+                found = (routed.problem, routed.method, routed.breakdown, hparts, routed)
+            else:
+                path = Topology.path(names, links) if sink != "end" else None
+                problem = Problem(g, c, tuple(links), objective=objective, input_bytes=input_bytes,
+                                  mem_cap_bytes=tuple(d.mem_cap_bytes for d in devices),
+                                  pins=tuple(pin_list), latency_ceiling_ms=latency_ceiling_ms,
+                                  power=tuple((power or {}).get(n, PowerModel()) for n in names)
+                                  if objective == "energy" else (),
+                                  stage_overhead_ms=overhead, batch=batch,
+                                  load_bytes_per_s=tuple(float((load_bytes_per_s or {}).get(
+                                      n, DEFAULT_LOAD_BYTES_PER_S)) for n in names),
+                                  output_ms=sink_output_ms(path, names,
+                                                           [t.nbytes for t in g.outputs], sink,
+                                                           names[0]) if path else (),
+                                  deploy_code_bytes=deploy_code_bytes,
+                                  deploy_in_objective=deploy_in_objective)
+                found = (*_plan_modes(problem, method, sequential), hparts, None)
+        except PlanningError as exc:
+            first_error = first_error or exc
+            continue
+        if chosen is None or (found[2].objective(objective)
+                              < chosen[2].objective(objective) - 1e-9):
+            chosen = found
+    if chosen is None:
+        raise first_error
+    problem, method, best, hparts, routed = chosen
+    graph = problem.graph
     exact = True
-    if topology is not None:
-        if set(topology.devices) != set(names):
-            raise PlanningError(f"the topology's devices ({', '.join(topology.devices)}) are not "
-                                f"the devices given ({', '.join(names)})")
-        tp = TopoProblem(graph, costs, topology, names[0], sink=sink, objective=objective,
-                         input_bytes=input_bytes,
-                         mem_cap_bytes=tuple((d.name, d.mem_cap_bytes) for d in devices
-                                             if d.mem_cap_bytes is not None),
-                         pins=tuple((layer, names[d]) for layer, d in pin_list),
-                         latency_ceiling_ms=latency_ceiling_ms,
-                         power=tuple((power or {}).items()) if objective == "energy" else (),
-                         stage_overhead_ms=tuple(zip(names, overhead)),
-                         deploy_code_bytes=deploy_code_bytes,
-                         deploy_in_objective=deploy_in_objective)
-        routed = plan_topology(tp, "auto" if method == "auto" else method)
-        problem, best, method, exact = routed.problem, routed.breakdown, routed.method, routed.exact
+    if routed is not None:
         devices = [devices[names.index(d)] for d in routed.route]
-        links = problem.links
-    else:
-        path = Topology.path(names, links) if sink != "end" else None
-        problem = Problem(graph, costs, tuple(links), objective=objective, input_bytes=input_bytes,
-                          mem_cap_bytes=tuple(d.mem_cap_bytes for d in devices),
-                          pins=tuple(pin_list), latency_ceiling_ms=latency_ceiling_ms,
-                          power=tuple((power or {}).get(n, PowerModel()) for n in names)
-                          if objective == "energy" else (),
-                          stage_overhead_ms=overhead,
-                          output_ms=sink_output_ms(path, names, [t.nbytes for t in graph.outputs],
-                                                   sink, names[0]) if path else (),
-                          deploy_code_bytes=deploy_code_bytes,
-                          deploy_in_objective=deploy_in_objective)
-        method, best = plan(problem, method)
+        links, exact = problem.links, routed.exact
     baselines = []
     for name in BASELINES:
         if name == "dag-mincut" and len(devices) != 2:
@@ -218,18 +270,97 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
         # all-on-end/-edge evaluate a fixed assignment: it may break a cap or a pin
         baselines.append((name, base if base is not None and feasible(problem, base) else None))
     plan_, stage_devices = to_plan(graph, best, devices, parallel=parallel)
+    plan_ = _segment_sequential(problem, plan_, stage_devices)
     return PlannedSplit(plan_, method, best, tuple(devices), tuple(baselines), graph,
                         tuple(sorted(hparts.items())), problem.costs, stage_devices,
                         critical_path_ms(problem, plan_, stage_devices) if not plan_.is_chain else None,
                         tuple(links), sink, exact)
 
 
-def _split_costs(costs: CostTable, graph: LayerGraph, hparts: dict[str, int]) -> CostTable:
-    """Rows for H-parts (an equal share of the layer's time) and merges (free)."""
+SEQUENTIAL_MODES = ("auto", "best", "always", "off")
+MAX_MODE_SEARCH_DEVICES = 6
+
+
+def _plan_modes(problem: Problem, method: str, sequential: str) -> tuple[Problem, str, Breakdown]:
+    """(the problem with the chosen devices sequential, planner name, breakdown): resident first
+    for ``"auto"``/``"off"``; then the best feasible combination of sequential devices (only
+    all capped ones for ``"always"``)."""
+    from dataclasses import replace
+    from itertools import product
+
+    capped = [d for d, c in enumerate(problem.mem_cap) if c != float("inf")]
+    first_error = None
+    if sequential in ("auto", "off"):
+        try:
+            return (problem, *plan(problem, method))
+        except PlanningError as exc:
+            if sequential == "off" or not capped:
+                raise
+            first_error = exc
+    if sequential == "always" or len(capped) > MAX_MODE_SEARCH_DEVICES:
+        combos = [tuple(capped)]  # all sequential: 2^c planner runs would be too many
+    else:
+        combos = [tuple(d for d, on in zip(capped, flags) if on)
+                  for flags in product((False, True), repeat=len(capped))]
+    best = None
+    for combo in combos:
+        if not combo and (first_error is not None or sequential == "always"):
+            continue  # the resident problem: already refused, or not wanted
+        flags = tuple(d in combo for d in range(problem.n_devices))
+        candidate = replace(problem, sequential=flags if any(flags) else ())
+        try:
+            name, b = plan(candidate, method)
+        except PlanningError as exc:
+            first_error = first_error or exc
+            continue
+        if best is None or b.objective(problem.objective) < best[2].objective(problem.objective) - 1e-9:
+            best = (candidate, name, b)
+    if best is None:
+        raise PlanningError(f"{first_error} (also tried running the capped devices sequentially, "
+                            "one segment of layers at a time: no combination fits)")
+    return best
+
+
+def _segment_sequential(problem: Problem, plan_: Plan, stage_devices: Sequence[int]) -> Plan:
+    """The stages on sequential devices cut into segments that fit the device's cap."""
+    from .partition.problem import segments
+    from .split import sequential_plan
+
+    groups = {}
+    for stage, d in zip(plan_.stages, stage_devices):
+        if problem.is_sequential(d):
+            idx = [problem.graph.index(name) for name in stage.layers]
+            groups[stage.index] = [[problem.graph.layers[i].name for i in seg]
+                                   for seg in segments(problem.graph, idx, problem.mem_cap[d])]
+    return sequential_plan(problem.graph, plan_, groups) if groups else plan_
+
+
+MAX_HPART_SEARCH = 12  # "best" tries at most this many counts above the fewest
+
+
+def hpart_counts(fewest: Mapping[str, int], n_devices: int) -> list[dict[str, int]]:
+    """The H-part counts ``horizontal="best"`` plans: the fewest that fit, then every layer at
+    k parts (never below its fewest) for k up to 4 parts per device."""
+    if not fewest:
+        return [{}]
+    low = min(fewest.values())
+    top = min(max(low, 4 * n_devices), low + MAX_HPART_SEARCH)
+    out = [dict(fewest)]
+    for k in range(low + 1, top + 1):
+        counts = {name: max(n, k) for name, n in fewest.items()}
+        if counts not in out:
+            out.append(counts)
+    return out
+
+
+def _split_costs(costs: CostTable, graph: LayerGraph, hparts: dict[str, int],
+                 part_overhead_ms: float = 0.0) -> CostTable:
+    """Rows for H-parts (an equal share of the layer's time, plus ``part_overhead_ms`` each) and
+    merges (free)."""
     rows = dict(zip(costs.layers, costs.compute_ms))
     for name, parts in hparts.items():
         for h in range(parts):
-            rows[f"{name}_h{h}"] = tuple(t / parts for t in rows[name])
+            rows[f"{name}_h{h}"] = tuple(t / parts + part_overhead_ms for t in rows[name])
         rows[f"{name}_merge"] = tuple(0.0 for _ in costs.devices)
     names = tuple(layer.name for layer in graph.layers)
     return CostTable(costs.devices, names, tuple(rows[n] for n in names))

@@ -21,6 +21,7 @@ stage into an ONNX sub-model and a Relax module is the compile side's (``compile
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from .errors import SplitError
 from .graph import LayerGraph, TensorSpec
@@ -190,3 +191,53 @@ def layer_stage(graph: LayerGraph, index: int, target: str) -> StagePlan:
                      outputs=layer.outputs, library_inputs=layer.inputs,
                      library_outputs=layer.outputs, param_bytes=layer.param_bytes,
                      flops=layer.flops)
+
+
+def segment_stage(graph: LayerGraph, stage: StagePlan, groups: Sequence[Sequence[str]]) -> StagePlan:
+    """``stage`` run sequentially (HyPS): its layers in the consecutive ``groups`` given (layer
+    names, each group in the stage's order, together exactly the stage's layers), each group a
+    segment (``StagePlan.segments``) that reads from the stage's inputs or earlier segments and
+    computes what later segments or the stage's outputs need. One group gives one segment: the
+    stage still runs with its weights outside its library (loaded per batch, then freed)."""
+    flat = [name for group in groups for name in group]
+    if flat != list(stage.layers) or any(not group for group in groups):
+        raise SplitError(f"segments of stage {stage.index} must be non-empty consecutive runs of "
+                         f"its layers in order ({', '.join(stage.layers[:4])}, ...); got "
+                         f"{[list(g) for g in groups]}")
+    layers = [graph.layer(name) for name in stage.layers]
+    needed_later: list[set[str]] = []  # per group: tensors read by later groups or sent on
+    after = {t.name for t in stage.outputs}
+    for group in reversed(groups):
+        needed_later.append(set(after))
+        after |= {t.name for name in group for t in graph.layer(name).inputs}
+    needed_later.reverse()
+    segments, start = [], 0
+    for k, group in enumerate(groups):
+        members = layers[start:start + len(group)]
+        start += len(group)
+        produced = {t.name: t for layer in members for t in layer.outputs}
+        reads = {t.name: t for layer in members for t in layer.inputs if t.name not in produced}
+        outs = tuple(t for name, t in produced.items() if name in needed_later[k])
+        ins = tuple(reads.values())
+        segments.append(StagePlan(
+            index=k, target=stage.target, layers=tuple(group), inputs=ins, outputs=outs,
+            library_inputs=ins, library_outputs=outs,
+            param_bytes=sum(layer.param_bytes for layer in members),
+            flops=sum(layer.flops for layer in members)))
+    computed = {t.name for seg in segments for t in seg.outputs}
+    read = {t.name for seg in segments for t in seg.inputs}
+    return replace(stage, segments=tuple(segments),
+                   library_inputs=tuple(t for t in stage.inputs if t.name in read),
+                   library_outputs=tuple(t for t in stage.outputs if t.name in computed))
+
+
+def sequential_plan(graph: LayerGraph, plan: Plan,
+                    segments: Mapping[int, Sequence[Sequence[str]]]) -> Plan:
+    """``plan`` with the stages named in ``segments`` (stage index -> groups of layer names) run
+    sequentially (``segment_stage``); the routes do not change."""
+    unknown = [s for s in segments if not 0 <= s < len(plan.stages)]
+    if unknown:
+        raise SplitError(f"no stage(s) {unknown} to segment: the plan has stages "
+                         f"0..{len(plan.stages) - 1}")
+    return replace(plan, stages=tuple(segment_stage(graph, st, segments[st.index])
+                                      if st.index in segments else st for st in plan.stages))

@@ -115,7 +115,9 @@ def check_memory(problem: Problem) -> None:
     total = sum(layer.param_bytes for layer in g.layers)
     if total > sum(caps):
         raise PlanningError(f"the model's weights need {total} bytes but the devices' caps add up "
-                            f"to {int(sum(caps))} bytes; add a device or raise the caps")
+                            f"to {int(sum(caps))} bytes; add a device, raise the caps, or let a device "
+                            "hold one segment of layers at a time (sequential, HyPS: plan "
+                            "--sequential auto)")
 
 
 def plan(problem: Problem, method: str = "auto") -> tuple[str, Breakdown]:

@@ -26,7 +26,14 @@ Cost of an assignment (``evaluate``):
   every device is busy for its compute, transmits while sending up its link, and idles for the
   rest of the request's latency;
 - memory per device: its layers' weights + the largest activation working set of one layer
-  (inputs + outputs), checked against ``mem_cap_bytes``.
+  (inputs + outputs), checked against ``mem_cap_bytes``;
+- a *sequential* device (HyPS, ``Problem.sequential``) holds one segment of its layers at a time:
+  its layers, in order, are packed greedily into the fewest consecutive segments whose weights +
+  largest working set fit its cap (``segments``), its memory is the largest segment's, and every
+  layer it runs costs the time to read its weights again, ``param_bytes / load_bytes_per_s``,
+  shared by the ``batch`` requests a load serves. Planners see a sequential device as uncapped;
+  a layer that does not fit it even alone is priced ``UNFIT_MS`` there, and ``feasible`` checks
+  the segments against the real cap.
 
 Planners (``tvmsplit.partition``) minimise ``latency`` or ``bottleneck`` subject to the memory caps
 and pins; tests check every exact planner against the brute-force oracle using this function.
@@ -45,6 +52,12 @@ from ..errors import TvmsplitError
 from ..graph import LayerGraph
 
 OBJECTIVES = ("latency", "throughput", "energy")
+# A layer's price on a sequential device it does not fit even alone: no plan uses it if any other
+# does (and ``feasible`` refuses one that does).
+UNFIT_MS = 1e9
+# How fast a worker reads a segment's weights file (bytes/s) when nothing was measured: measured
+# here on VGG16's fc1 weights (411 MB) from the page cache, ~2 GB/s; a Pi's SD card is ~40 MB/s.
+DEFAULT_LOAD_BYTES_PER_S = 2.0e9
 
 
 @dataclass(frozen=True)
@@ -152,6 +165,9 @@ class Problem:
     deploy_in_objective: bool = False              # one-shot: latency objective + deployment
     mip_rel_gap: float = 0.0                       # the MILP's stopping gap (0: solve to optimality)
     time_limit_s: float = 60.0                     # the MILP's time limit
+    sequential: tuple[bool, ...] = ()              # per device: HyPS sequential mode; () = none
+    load_bytes_per_s: tuple[float, ...] = ()       # per device: weights read speed; () = default
+    batch: int = 1                                 # requests per segment load (sequential)
     compute: tuple[tuple[float, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -192,6 +208,16 @@ class Problem:
         if not (self.mip_rel_gap >= 0 and self.time_limit_s > 0):
             problems.append(f"mip_rel_gap must be >= 0 and time_limit_s > 0, got "
                             f"{self.mip_rel_gap}, {self.time_limit_s}")
+        if self.sequential and len(self.sequential) != len(c.devices):
+            problems.append(f"sequential needs one flag per device ({len(c.devices)})")
+        if self.sequential and any(q and not self.mem_cap_bytes or q and self.mem_cap_bytes[d] is None
+                                   for d, q in enumerate(self.sequential)):
+            problems.append("a sequential device needs a memory cap (its segments fill it)")
+        lb = self.load_bytes_per_s
+        if lb and (len(lb) != len(c.devices) or any(not v > 0 for v in lb)):
+            problems.append(f"load_bytes_per_s needs one positive speed per device, got {list(lb)}")
+        if not (isinstance(self.batch, int) and self.batch >= 1):
+            problems.append(f"batch must be a whole number >= 1, got {self.batch!r}")
         for layer, d in self.pins:
             if layer not in g._index and layer not in g.node_layer:
                 problems.append(f"pinned layer {layer!r} does not exist")
@@ -200,14 +226,32 @@ class Problem:
         if problems:
             raise PlanningError("; ".join(problems))
         row = {name: k for k, name in enumerate(c.layers)}
-        object.__setattr__(self, "compute", tuple(c.compute_ms[row[layer.name]] for layer in g.layers))
+        compute = [list(c.compute_ms[row[layer.name]]) for layer in g.layers]
+        for d in range(len(c.devices)):
+            if not self.is_sequential(d):
+                continue
+            speed = self.load_bytes_per_s[d] if self.load_bytes_per_s else DEFAULT_LOAD_BYTES_PER_S
+            for i, layer in enumerate(g.layers):
+                compute[i][d] += layer.param_bytes / speed * 1e3 / self.batch
+                if layer_footprint(g, i) > self.mem_cap_bytes[d]:
+                    compute[i][d] += UNFIT_MS
+        object.__setattr__(self, "compute", tuple(tuple(r) for r in compute))
 
     @property
     def n_devices(self) -> int:
         return len(self.costs.devices)
 
+    def is_sequential(self, d: int) -> bool:
+        return bool(self.sequential) and bool(self.sequential[d])
+
     @property
     def cap(self) -> tuple[float, ...]:
+        """The caps as planners see them: a sequential device's is unlimited (its per-layer fit
+        is priced instead, see the module doc); ``mem_cap`` has the real ones."""
+        return tuple(math.inf if self.is_sequential(d) else c for d, c in enumerate(self.mem_cap))
+
+    @property
+    def mem_cap(self) -> tuple[float, ...]:
         caps = self.mem_cap_bytes or (None,) * self.n_devices
         return tuple(math.inf if c is None else float(c) for c in caps)
 
@@ -293,6 +337,40 @@ def layer_activation_bytes(graph: LayerGraph, i: int) -> int:
     return sum(t.nbytes for t in layer.inputs) + sum(t.nbytes for t in layer.outputs)
 
 
+def layer_footprint(graph: LayerGraph, i: int) -> int:
+    """What layer ``i`` needs in memory while it runs: its weights + its working set."""
+    return graph.layers[i].param_bytes + layer_activation_bytes(graph, i)
+
+
+def segments(graph: LayerGraph, layers: Sequence[int], cap: float) -> list[list[int]]:
+    """``layers`` (indices, in order) packed greedily into the fewest consecutive segments whose
+    weights + largest working set fit ``cap`` (greedy is optimal: a sub-run of a segment that fits
+    fits too); a layer that does not fit alone gets a segment of its own (over the cap)."""
+    out: list[list[int]] = []
+    weights = peak = 0
+    for i in layers:
+        w, a = graph.layers[i].param_bytes, layer_activation_bytes(graph, i)
+        if out and weights + w + max(peak, a) <= cap:
+            out[-1].append(i)
+            weights, peak = weights + w, max(peak, a)
+        else:
+            out.append([i])
+            weights, peak = w, a
+    return out
+
+
+def segment_bytes(graph: LayerGraph, segment: Sequence[int]) -> int:
+    return (sum(graph.layers[i].param_bytes for i in segment)
+            + max((layer_activation_bytes(graph, i) for i in segment), default=0))
+
+
+def device_segments(problem: "Problem", assignment: Sequence[int]) -> dict[int, list[list[int]]]:
+    """Each sequential device that runs layers -> its segments (``segments``)."""
+    return {d: segments(problem.graph, [i for i, x in enumerate(assignment) if x == d],
+                        problem.mem_cap[d])
+            for d in range(problem.n_devices) if problem.is_sequential(d) and d in assignment}
+
+
 def evaluate(problem: Problem, assignment: Sequence[int]) -> Breakdown:
     """Price ``assignment`` (device index per layer); raises PlanningError when it is not monotone."""
     g, k = problem.graph, problem.n_devices
@@ -328,6 +406,8 @@ def evaluate(problem: Problem, assignment: Sequence[int]) -> Breakdown:
         memory[d] += g.layers[i].param_bytes
         peak[d] = max(peak[d], layer_activation_bytes(g, i))
     memory = [m + p for m, p in zip(memory, peak)]
+    for d, segs in device_segments(problem, dev).items():  # one segment resident at a time
+        memory[d] = max(segment_bytes(g, seg) for seg in segs)
     latency = sum(compute) + sum(hop_ms) + return_ms
     bottleneck = max([*compute, *hop_ms])
     wc, wh, idle = problem.energy_weights()
@@ -343,7 +423,7 @@ def evaluate(problem: Problem, assignment: Sequence[int]) -> Breakdown:
 
 def feasible(problem: Problem, b: Breakdown) -> bool:
     """Memory caps, pins and the latency ceiling hold."""
-    if any(m > cap for m, cap in zip(b.memory_bytes, problem.cap)):
+    if any(m > cap for m, cap in zip(b.memory_bytes, problem.mem_cap)):
         return False
     if any(b.assignment[i] != d for i, d in problem.pinned().items()):
         return False

@@ -22,8 +22,10 @@ Request
 
 Reply: one frame, a JSON object in canonical form, always with ``ok`` (bool).
     health    ``{"ok": true, "stage", "pid", "host", "cpu_percent", "mem_available_bytes",
-              "served", "errors", "deployed"}`` (``served``/``errors``: requests answered /
-              failed since start; ``deployed``: the stage library is loaded)
+              "rss_bytes", "peak_rss_bytes", "served", "errors", "deployed"}``
+              (``served``/``errors``: requests answered / failed since start; ``deployed``: the
+              stage library is loaded; ``rss_bytes``/``peak_rss_bytes``: the worker's resident
+              memory now and its peak since start, VmRSS/VmHWM; 0 where unknown)
     shutdown  ``{"ok": true}``; the worker then exits with code 0
     deploy    ``{"ok": true, "stage", "sha256"}`` once the library, checked against the
               manifest's size and sha256, is written (atomically) and loaded

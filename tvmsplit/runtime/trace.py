@@ -40,6 +40,10 @@ class Trace:
     hops: tuple[Hop, ...]
     total_ms: float
     hosts: tuple[str, ...]
+    # sequential stages (HyPS): per stage, the ms this request's share of loading segments took
+    # (part of compute_ms; 0 for other stages) and how many requests shared that load
+    load_ms: tuple[float, ...] = ()
+    batch: tuple[int, ...] = ()
 
     @property
     def hop_bytes(self) -> tuple[int, ...]:
@@ -77,4 +81,6 @@ def make_trace(rid: int, send_ts: float, replies: Sequence[Part],
                         (part.recv_ts - sent_at.get(part.source, math.nan)) * 1e3))
     done = max(p.recv_ts for p in replies)
     return Trace(rid, tuple(_num(e, "compute_ms") for e in entries), tuple(hops),
-                 (done - send_ts) * 1e3, tuple(str(e.get("host", "")) for e in entries))
+                 (done - send_ts) * 1e3, tuple(str(e.get("host", "")) for e in entries),
+                 tuple(_num(e, "load_ms") if "load_ms" in e else 0.0 for e in entries),
+                 tuple(int(e["batch"]) if isinstance(e.get("batch"), int) else 1 for e in entries))

@@ -87,6 +87,9 @@ DATA_DOMAIN = "data"  # the ZAP domain of a worker's data socket: its senders' k
 from .stage import check_tensors  # noqa: E402
 
 POLL_MS = 200           # how often the loop wakes up to check the stop flag and the parent
+# A sequential stage takes up to this many queued requests per batch (each segment is loaded
+# once per batch); it never waits for more than are already queued.
+SEQUENTIAL_MAX_BATCH = 8
 
 
 class WorkerStartError(TvmsplitError):
@@ -121,7 +124,7 @@ class StageWorker:
                  next_key: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
                  await_library: bool = False):
         from ..bundle import Bundle
-        from .stage import StageRunner
+        from .stage import runner_for
 
         next_addrs = [next_addr] if isinstance(next_addr, str) else list(next_addr or [])
         next_keys = ([] if next_key is None else [next_key]
@@ -170,7 +173,13 @@ class StageWorker:
         self.errors = 0
         self._input_names = [t.name for t in self.plan.inputs]
         self._senders_one = senders[0][0] if senders else CLIENT_END
-        self.runner = None if await_library else StageRunner(self.bundle_stage.library, self.plan)
+        self.sequential = bool(self.bundle_stage.segments)
+        if self.sequential and await_library:
+            raise WorkerStartError(f"stage {stage} is sequential (HyPS segments, each with its "
+                                   "weights file): --await-library cannot push it; copy the "
+                                   "bundle's segment files to the device instead")
+        self._deferred: list | None = None  # handle_batch collects ready requests here
+        self.runner = None if await_library else runner_for(self.bundle_stage)
         self.ctx = zmq.Context()
         self.sockets: list[zmq.Socket] = []
         self.auth = None
@@ -311,21 +320,61 @@ class StageWorker:
         return self._run(msg.id, parts)
 
     def _run(self, rid: int, parts: list[Part]) -> list[tuple[zmq.Socket, list[Any]]]:
-        """Compute the stage on the gathered parts and address the results to every route."""
-        trace = merge_traces(parts) if len(parts) > 1 else parts[0].trace
-        tensors = {name: a for part in parts for name, a in part.tensors.items()}
+        """Compute the stage on the gathered parts and address the results to every route (in
+        ``handle_batch``: set the request aside for the batch)."""
+        if self._deferred is not None:
+            self._deferred.append((rid, parts))
+            return []
+        return self._run_batch([(rid, parts)])
+
+    def handle_batch(self, batch: Sequence[Sequence[Any]]) -> list[tuple[zmq.Socket, list[Any]]]:
+        """``handle`` for several messages at once: every request that is ready to compute runs in
+        one ``runner.run_batch`` (a sequential stage loads each segment once per batch)."""
+        self._deferred = []
         try:
-            check_tensors(self.plan.inputs, tensors, f"stage {self.index}")
-        except TvmsplitError as exc:
-            return self._error(rid, "shape_mismatch", str(exc), trace)
+            out = [m for frames in batch for m in self.handle(frames)]
+        finally:
+            ready, self._deferred = self._deferred, None
+        try:
+            return out + (self._run_batch(ready) if ready else [])
+        except Exception as exc:  # noqa: BLE001 - as in handle: no message makes it raise
+            return out + [m for rid, _ in ready for m in self._error(
+                rid, "internal_error", f"stage {self.index}: {type(exc).__name__}: {exc}")]
+
+    def _run_batch(self, ready: list[tuple[int, list[Part]]]) -> list[tuple[zmq.Socket, list[Any]]]:
+        out, valid = [], []
+        for rid, parts in ready:
+            trace = merge_traces(parts) if len(parts) > 1 else parts[0].trace
+            tensors = {name: a for part in parts for name, a in part.tensors.items()}
+            try:
+                check_tensors(self.plan.inputs, tensors, f"stage {self.index}")
+            except TvmsplitError as exc:
+                out += self._error(rid, "shape_mismatch", str(exc), trace)
+                continue
+            valid.append((rid, parts, trace, tensors))
+        if not valid:
+            return out
         t0 = time.perf_counter()
         try:
-            outputs = self.runner.run(tensors)
+            if len(valid) == 1:
+                results = [self.runner.run(valid[0][3])]
+            else:
+                results = self.runner.run_batch([v[3] for v in valid])
         except Exception as exc:  # noqa: BLE001 - a TVM failure must not kill the worker
-            return self._error(rid, "compute_failed",
-                               f"stage {self.index}: {type(exc).__name__}: {exc}", trace)
-        compute_ms = (time.perf_counter() - t0) * 1e3
-        entry = {"stage": self.index, "host": self.host, "compute_ms": compute_ms,
+            return out + [m for rid, _, trace, _ in valid for m in self._error(
+                rid, "compute_failed", f"stage {self.index}: {type(exc).__name__}: {exc}", trace)]
+        compute_ms = (time.perf_counter() - t0) * 1e3 / len(valid)
+        extra = {}
+        if self.sequential:  # what the batch spent loading segments, per request
+            extra = {"load_ms": self.runner.last_load_ms / len(valid), "batch": len(valid)}
+        for (rid, parts, trace, _), outputs in zip(valid, results):
+            out += self._address(rid, parts, trace, outputs, compute_ms, extra)
+        return out
+
+    def _address(self, rid: int, parts: list[Part], trace, outputs, compute_ms: float,
+                 extra: dict[str, Any]) -> list[tuple[zmq.Socket, list[Any]]]:
+        """The messages carrying one request's results, with this stage's trace entry."""
+        entry = {"stage": self.index, "host": self.host, "compute_ms": compute_ms, **extra,
                  "recv_ts": max(p.recv_ts for p in parts),
                  "bytes_in": sum(p.nbytes for p in parts),
                  "parts": [{"from": p.source, "recv_ts": p.recv_ts, "bytes": p.nbytes}
@@ -379,6 +428,7 @@ class StageWorker:
         return {"stage": self.index, "pid": os.getpid(), "host": self.host,
                 "cpu_percent": psutil.cpu_percent(None),
                 "mem_available_bytes": psutil.virtual_memory().available,
+                **memory_use(),
                 "served": self.served, "errors": self.errors, "deployed": self.runner is not None}
 
     def _deploy(self, data: bytes) -> bytes:
@@ -389,6 +439,10 @@ class StageWorker:
         from .stage import StageRunner
 
         stage = self.bundle_stage
+        if self.sequential:
+            return control.error_reply(
+                "deploy_failed", f"stage {self.index} is sequential (HyPS segments with weights "
+                "files); deploy pushes one library: copy the bundle's segment files instead")
         digest = hashlib.sha256(data).hexdigest()
         if len(data) != stage.library_bytes or digest != stage.sha256:
             return control.error_reply(
@@ -431,7 +485,16 @@ class StageWorker:
                     pending = self._send(pending)
             elif events.get(self.data_in, 0) & zmq.POLLIN:
                 frames = self.data_in.recv_multipart(copy=False)
-                pending = self._send(self.handle(frames))
+                if self.sequential:  # take what is queued: one load of each segment per batch
+                    batch = [frames]
+                    while len(batch) < SEQUENTIAL_MAX_BATCH:
+                        try:
+                            batch.append(self.data_in.recv_multipart(zmq.NOBLOCK, copy=False))
+                        except zmq.Again:
+                            break
+                    pending = self._send(self.handle_batch(batch))
+                else:
+                    pending = self._send(self.handle(frames))
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
                 return  # the client that started us is gone
 
@@ -448,6 +511,23 @@ class StageWorker:
                     blocked.add(sock)
             held.append((sock, frames))
         return held
+
+
+def memory_use() -> dict[str, int]:
+    """This process's resident memory now and its peak since it started (bytes), for
+    ``health``: VmRSS and VmHWM of /proc/self/status (not getrusage's ru_maxrss, which a process
+    inherits across fork + exec from its parent), 0 where /proc is not there."""
+    use = {"rss_bytes": 0, "peak_rss_bytes": 0}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):  # "  123456 kB"
+                    use["rss_bytes" if key == "VmRSS" else "peak_rss_bytes"] = \
+                        int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return use
 
 
 def _prime_cpu_percent() -> None:

@@ -316,6 +316,35 @@ class Cgroup:
                 out[n] = _read(d / n)
         return out
 
+    def memory_use(self) -> dict[str, int | None]:
+        """The memory the kernel charges to this cgroup (bytes; None where the kernel has no
+        such file): ``current`` now and ``peak`` since it was made (v1
+        ``memory.usage_in_bytes``/``memory.max_usage_in_bytes``; v2 ``memory.current``/
+        ``memory.peak``, Linux >= 5.19), and ``oom_kills`` (v2 ``memory.events`` /
+        v1 ``memory.oom_control``): the processes the limit killed. Unlike summing each
+        process's peak RSS, this is the device's real peak: its processes at the same moment,
+        with the page cache it could not drop."""
+        d = self.dir_of("memory")
+        v2 = self.hierarchy.version == 2
+
+        def number(name: str) -> int | None:
+            try:
+                return int(_read(d / name))
+            except (ValueError, TypeError, CgroupError, OSError):
+                return None
+
+        current = number("memory.current" if v2 else "memory.usage_in_bytes")
+        peak = number("memory.peak" if v2 else "memory.max_usage_in_bytes")
+        kills = None
+        try:
+            for line in _read(d / ("memory.events" if v2 else "memory.oom_control")).splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    kills = int(value)
+        except (ValueError, CgroupError, OSError):
+            pass
+        return {"current": current, "peak": peak, "oom_kills": kills}
+
     # ------------------------------------------------------------------------- processes
     def prefix(self, python: str = sys.executable) -> list[str]:
         """A command prefix that runs the rest of the command line inside this cgroup (put it
