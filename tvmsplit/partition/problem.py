@@ -1,7 +1,7 @@
 """The partitioning problem and its cost model — the one place that prices an assignment.
 
 Devices form a path ``d0 -> d1 -> ... -> d(k-1)`` (end -> edge -> cloud); link ``h`` joins d(h) and
-d(h+1). The model input is on d0 and the model outputs return to d0. An *assignment* gives every
+d(h+1). (Over a device graph, ``partition.routes`` chooses a route and prices it as this path.) The model input is on d0 and the model outputs return to d0. An *assignment* gives every
 layer a device index and is monotone: a layer's device is >= the devices of its producers (data
 only flows up the path; a pipeline never sends tensors back down except the final outputs).
 

@@ -7,7 +7,11 @@ sink the cheapest way over the topology, libraries shipped from the source along
 the most bandwidth). A route device with no layers relays (its hops are still paid), so
 "Pi -> cloud directly" and "Pi -> edge (relay) -> cloud" are two different routes, and the
 planner compares them. A route's empty tail costs nothing, so a route also covers its prefixes
-(except for energy: every route device idles during a request).
+(except for energy: every route device idles during a request). What a route does not model: a
+tensor between two non-consecutive stages of the route relays through the stages between them
+(the path's cost model, and what a chain plan's runtime does) even where the two devices are
+linked directly; only the outputs' delivery to the sink takes the cheapest way over the whole
+topology.
 
 Planners (``TopoProblem -> TopoResult``):
 
