@@ -27,10 +27,9 @@ from pathlib import Path
 from tvmsplit.devices import Link
 from tvmsplit.graph import Layer, LayerGraph, TensorSpec
 from tvmsplit.partition import CostTable, PlanningError
-from tvmsplit.partition.oracle import plan_routes_oracle
 from tvmsplit.partition.routes import (TopoProblem, plan_routes_dp, plan_routes_exact,
-                                       plan_routes_heuristic)
-from tvmsplit.topology import Topology
+                                       plan_routes_heuristic, plan_routes_oracle)
+from tvmsplit.partition.topology import Topology
 
 
 def synthetic(n: int, dag: bool, rng: random.Random) -> LayerGraph:
@@ -71,7 +70,7 @@ def problem(n: int, k: int, dag: bool, seed: int, types: bool = False,
             for b in names[i + 1:]:
                 conns.append((a, b, Link(f"{a}-{b}", rng.uniform(10e6, 1000e6),
                                          rng.uniform(10e6, 1000e6), rng.uniform(0.0002, 0.02))))
-        from tvmsplit.topology import Connection
+        from tvmsplit.partition.topology import Connection
 
         topo = Topology(tuple(names), tuple(Connection(a, b, link) for a, b, link in conns))
         speeds = {d: (1.0 if d == "d0" else rng.uniform(0.05, 0.8)) for d in names}
@@ -85,7 +84,7 @@ def random_reads(n: int, k: int, rng: random.Random) -> TopoProblem:
     """The tests' distribution: each layer reads a random non-empty set of up to 3 earlier
     tensors (so branches are everywhere), times 0-50 ms drawn per layer and device, a random
     connected device graph (links 1-1000 Mbit/s, rtt 0 / 1 / 20 ms)."""
-    from tvmsplit.topology import Connection
+    from tvmsplit.partition.topology import Connection
 
     x = TensorSpec("x", "float32", (rng.randint(1, 4000),))
     specs = [TensorSpec(f"t{i}", "float32", (rng.randint(1, 4000),)) for i in range(n)]

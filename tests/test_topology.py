@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 from tvmsplit.devices import Link
 from tvmsplit.graph import Layer, LayerGraph, TensorSpec
 from tvmsplit.partition import CostTable, PlanningError, Problem, evaluate, plan
-from tvmsplit.partition.oracle import plan_oracle, plan_routes_oracle
+from tvmsplit.partition.oracle import plan_oracle
 from tvmsplit.partition.problem import PowerModel
 from tvmsplit.partition.routes import (TopoProblem, device_classes, plan_routes_dp,
-                                       plan_routes_exact, plan_routes_heuristic, plan_topology,
-                                       route_problem, routes)
-from tvmsplit.topology import Connection, Topology, sink_output_ms
+                                       plan_routes_exact, plan_routes_heuristic,
+                                       plan_routes_oracle, plan_topology, route_problem, routes)
+from tvmsplit.partition.topology import Connection, Topology, sink_output_ms
 
 from test_partition import random_graph
 

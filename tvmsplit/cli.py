@@ -636,7 +636,7 @@ def parse_bytes(text: str) -> int:
               help="Draw per-layer compute and cut sizes with the cuts marked (PNG).")
 @click.option("--links-file", type=click.Path(exists=True, dir_okay=False),
               help="A device graph instead of a path (JSON/TOML: links between pairs of the "
-                   "--devices, see tvmsplit/topology.py); the planner chooses which devices "
+                   "--devices, see tvmsplit/partition/topology.py); the planner chooses which devices "
                    "and in what order, the input at the first of --devices. --link is unused.")
 @click.option("--sink", default="end", show_default=True, metavar="end|last|DEVICE",
               help="Where the outputs go: back to the first device, consumed where the last "
@@ -673,7 +673,7 @@ def plan_cmd(model, profile_file, devices, links, costs_file, objective, powers,
         _check_shared_options(end_devices, devs, objective, pins, mem_caps, powers, save, plot,
                               method)
     costs = profile.costs([d.name for d in devs]) if profile else _plan_costs(g, devs, costs_file)
-    from .topology import Topology
+    from .partition.topology import Topology
 
     result = plan_partition(g, devs, link_list, costs,
                             objective=objective, method=method, pins=dict(_parse_pairs(pins, "--pin")),

@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .devices import Device, Link
-from .topology import Topology, sink_output_ms
+from .partition.topology import Topology, sink_output_ms
 from .graph import LayerGraph
 from .partition import (BASELINES, PLANNERS, Breakdown, CostTable, PlanningError, PowerModel,
                         Problem, TopoProblem, plan, plan_topology)

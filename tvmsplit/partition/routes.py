@@ -1,4 +1,4 @@
-"""Planning over a device graph (``topology.Topology``): which devices, in what order, which layers.
+"""Planning over a device graph (``topology.Topology``): which devices, in what order, what layers.
 
 A plan over a topology is a *route* — distinct devices, the input's source first, each directly
 linked to the next — and a monotone assignment of the layers along it, priced exactly as a path
@@ -35,8 +35,8 @@ Planners (``TopoProblem -> TopoResult``):
   ``bench/bench_topology.py`` and BENCHMARKS.md).
 - ``plan_topology`` (``auto``): the DP for chains, the exact enumeration for DAGs up to
   ``MAX_EXACT_ROUTES`` routes, else the heuristic (``TopoResult.exact`` says which).
-- ``oracle.plan_routes_oracle``: brute force over every route (no symmetry, every prefix) and
-  every assignment: the tests' reference.
+- ``plan_routes_oracle`` (``topo-oracle``): brute force over every route (no symmetry, every
+  prefix) and every assignment (``oracle.plan_over_routes``): the tests' reference.
 """
 from __future__ import annotations
 
@@ -47,10 +47,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..graph import LayerGraph
-from ..topology import Topology, sink_output_ms
 from .chain import graph_cut_bytes
+from .oracle import _better_by, plan_over_routes
 from .problem import (Breakdown, CostTable, PlanningError, PowerModel, Problem, evaluate,
                       layer_activation_bytes)
+from .topology import Topology, sink_output_ms
 
 MAX_EXACT_ROUTES = 64  # auto: enumerate routes exactly for a DAG up to this many
 
@@ -201,17 +202,8 @@ def routes(tp: TopoProblem, maximal: bool = True, symmetric: bool = True,
     return list(found.values())
 
 
-def _better(problem_objective: str, a: Breakdown, b: Breakdown | None) -> bool:
-    if b is None:
-        return True
-    oa, ob = a.objective(problem_objective), b.objective(problem_objective)
-    if abs(oa - ob) > 1e-9 * max(1.0, abs(ob)):
-        return oa < ob
-    return a.latency_ms < b.latency_ms - 1e-9 * max(1.0, b.latency_ms)
-
-
 def _best_over(tp: TopoProblem, candidates, method: str, exact: bool) -> TopoResult:
-    from . import plan
+    from .registry import plan
 
     best = None
     tried = 0
@@ -224,7 +216,7 @@ def _best_over(tp: TopoProblem, candidates, method: str, exact: bool) -> TopoRes
             _, b = plan(problem)
         except PlanningError:
             continue
-        if best is None or _better(tp.objective, b, best.breakdown):
+        if best is None or _better_by(tp.objective, b, best.breakdown):
             best = TopoResult(tuple(route), problem, b, method, exact)
     if best is None:
         raise PlanningError("no route and assignment satisfy the memory caps, pins and latency "
@@ -246,7 +238,7 @@ def plan_routes_heuristic(tp: TopoProblem, top: int = 3) -> TopoResult:
 
 def plan_routes_dp(tp: TopoProblem) -> TopoResult:
     """The DP over device subsets (exact for chains; consecutive segments for a DAG)."""
-    from . import is_chain
+    from .registry import is_chain
 
     value, route, positions = _subset_dp(tp)[0]
     problem = route_problem(tp, route)
@@ -256,8 +248,6 @@ def plan_routes_dp(tp: TopoProblem) -> TopoResult:
 
 def plan_topology(tp: TopoProblem, method: str = "auto") -> TopoResult:
     """Plan over the topology by name: auto, topo-dp, topo-routes, topo-dp-ilp, topo-oracle."""
-    from .oracle import plan_routes_oracle
-
     methods = {"topo-dp": plan_routes_dp, "topo-routes": plan_routes_exact,
                "topo-dp-ilp": plan_routes_heuristic, "topo-oracle": plan_routes_oracle}
     if method == "auto":
@@ -456,3 +446,11 @@ def _subset_dp(tp: TopoProblem) -> list[tuple[float, tuple[str, ...], list[int]]
                 positions[i] = pos
         out.append((value, tuple(route), positions))
     return out
+
+
+def plan_routes_oracle(tp: TopoProblem) -> TopoResult:
+    """Brute force over devices, orders and assignments (``oracle.plan_over_routes`` on every
+    simple route from the source, no device taken as interchangeable with another)."""
+    candidates = routes(tp, maximal=False, symmetric=False)
+    route, problem, b = plan_over_routes(tp.objective, ((r, route_problem(tp, r)) for r in candidates))
+    return TopoResult(route, problem, b, "topo-oracle", True, len(candidates))

@@ -38,8 +38,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .devices import Link
-from .partition.problem import PlanningError
+from ..devices import Link
+from .problem import PlanningError
 
 SINKS = ("end", "last")  # or a device name
 
