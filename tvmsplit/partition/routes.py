@@ -54,6 +54,7 @@ from .problem import (Breakdown, CostTable, PlanningError, PowerModel, Problem, 
 from .topology import Topology, sink_output_ms
 
 MAX_EXACT_ROUTES = 64  # auto: enumerate routes exactly for a DAG up to this many
+MAX_ROUTES = 5000  # topo-routes refuses more
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,12 @@ def _best_over(tp: TopoProblem, candidates, method: str, exact: bool) -> TopoRes
 
 def plan_routes_exact(tp: TopoProblem) -> TopoResult:
     """Every maximal route (every route for energy), each planned exactly on its path."""
-    return _best_over(tp, routes(tp, maximal=tp.objective != "energy"), "topo-routes", True)
+    candidates = routes(tp, maximal=tp.objective != "energy", limit=MAX_ROUTES)
+    if len(candidates) > MAX_ROUTES:
+        raise PlanningError(f"more than {MAX_ROUTES} routes through the {len(tp.topology.devices)} "
+                            "devices to plan one by one; use topo-dp-ilp (latency/throughput), "
+                            "fewer devices, or devices of a few identical types")
+    return _best_over(tp, candidates, "topo-routes", True)
 
 
 def plan_routes_heuristic(tp: TopoProblem, top: int = 3) -> TopoResult:
