@@ -54,6 +54,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_stage_dag": ("tvm", "runtime"),
     "test_testbed": ("testbed", "tvm"),
     "test_tflite": ("tvm",),
+    "test_transformers": ("tvm",),
     "test_tune": ("tvm", "slow"),
     "test_wire": ("unit",),
     "test_worker_conformance": ("tvm", "runtime"),
