@@ -190,3 +190,28 @@ def test_quantized_vit_builds_and_equals_onnx_semantics(fmt, tmp_path, tmp_path_
             live.update(runner.run({t.name: live[t.name] for t in stage.plan.inputs}))
     (want,) = run_ort(model, x, optimize=fmt != "QDQ")
     assert np.abs(live["output"] - want).max() <= (1e-5 if fmt == "dynamic" else 0.0)
+
+
+def test_dynamic_quantize_lstm_becomes_an_lstm_and_builds(tmp_path, tmp_path_factory):
+    """com.microsoft DynamicQuantizeLSTM (quantize_dynamic of the zoo LSTM): an LSTM with the
+    dequantized weights, one layer, built; == onnxruntime on the rewritten graph, and within
+    the activations' quantization noise of onnxruntime's DynamicQuantizeLSTM."""
+    import tvmsplit as ts
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from tvmsplit.check import check_bundle
+
+    d = tmp_path_factory.mktemp("lstm_dynamic")
+    onnx.save(zoo.make("lstm"), d / "float.onnx")
+    quantize_dynamic(str(d / "float.onnx"), str(d / "q.onnx"), weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["LSTM"])
+    model = onnx.load(str(d / "q.onnx"))
+    assert ops(model)["com.microsoft::DynamicQuantizeLSTM"] == 2
+    g = ts.load(model)
+    lstms = [layer for layer in g.layers if layer.op == "LSTM"]
+    assert len(lstms) == 2 and all(len(layer.nodes) == 1 for layer in lstms)
+    bundle = ts.build_bundle(g, ts.plan_split(g, split_at=[lstms[0].name]), tmp_path / "b")
+    x = feeds()
+    report = check_bundle(bundle, g, x)
+    assert report.ok and report.rel < 1e-5, report.stages
+    (want,) = run_ort(model, x)
+    assert np.abs(report.outputs["output"] - want).max() < 1e-2 * np.abs(want).max()

@@ -10,6 +10,8 @@
   weights); the int32 bias is added; then ``QuantizeLinear(acc * M, 1, y_zp)`` with
   ``M = x_scale * w_scale / y_scale`` in float32 (per output channel where ``w_scale`` is), which
   is what onnxruntime's kernels compute (``ConvInteger``: a Cast to int32 instead).
+- ``com.microsoft`` ``DynamicQuantizeLSTM`` by an ``LSTM`` with the dequantized weights (then
+  ``recurrent`` expands it like any LSTM); approximate: see ``_dynamic_quantize_lstm``.
 - ``com.microsoft`` ``QLinearAdd``, ``QLinearMul``, ``QLinearSigmoid``, ``QLinearLeakyRelu``,
   ``QLinearSoftmax``, ``QLinearConcat``, ``QLinearGlobalAveragePool`` and ``QLinearAveragePool``
   (what ``onnxruntime.quantization`` writes in QOperator format) by ``DequantizeLinear`` -> the
@@ -22,8 +24,8 @@
 (only constant inputs), and where the quantizer put it (at the top of the graph) its output, the
 float weights, crossed every cut between it and its consumer. It is not folded into a float
 constant: onnxruntime would then run the float kernel instead of its integer QDQ one, and its
-reference would no longer be the model's. What is left (``DynamicQuantizeLSTM``,
-``QAttention``, ``QLinearConv`` with computed weights and per-channel zero points, ...) stays
+reference would no longer be the model's. What is left (``QAttention``, ``QLinearConv`` with computed scales, a
+``DynamicQuantizeLSTM`` with computed weights, ...) stays
 in the graph and is listed by ``frontend.check_supported``.
 
 The rewritten nodes keep the original node's name on the main float operator (the Conv of a
@@ -225,7 +227,34 @@ def _qlinear_concat(node, consts, e: _Emit) -> bool:
     return True
 
 
+def _dynamic_quantize_lstm(node, consts, e: _Emit) -> bool:
+    """com.microsoft DynamicQuantizeLSTM -> LSTM with its dequantized weights. W [D, I, 4H] and
+    R [D, H, 4H] (int8, scale and zero point per direction [D] or per gate column [D, 4H]) become
+    float32 [D, 4H, I] and [D, 4H, H]. onnxruntime also quantizes X and H at every step, which
+    the float LSTM does not: the outputs agree to the activations' quantization noise, not
+    exactly."""
+    ins = [_input(node, i) for i in range(12)]
+    w, r, ws, wzp, rs, rzp = ins[1], ins[2], ins[8], ins[9], ins[10], ins[11]
+    if not all(n in consts for n in (w, r, ws, wzp, rs, rzp)):
+        return False
+
+    def dequantize(q: str, s: str, zp: str) -> np.ndarray:
+        qv, sv, zv = (_arr(consts, n) for n in (q, s, zp))
+        sv, zv = sv.reshape(sv.shape[0], 1, -1), zv.reshape(zv.shape[0], 1, -1)  # [D, 1, 1|4H]
+        f = (qv.astype(np.int64) - zv.astype(np.int64)).astype(np.float32) * sv.astype(np.float32)
+        return np.ascontiguousarray(f.transpose(0, 2, 1))
+
+    inputs = [ins[0], e.const("W", dequantize(w, ws, wzp)), e.const("R", dequantize(r, rs, rzp)),
+              *ins[3:8]]
+    while inputs and not inputs[-1]:
+        inputs.pop()
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    e.nodes.append(helper.make_node("LSTM", inputs, list(node.output), name=e.name, **attrs))
+    return True
+
+
 _REWRITES: dict[tuple[str, str], Callable] = {
+    (_MS, "DynamicQuantizeLSTM"): _dynamic_quantize_lstm,
     ("", "QLinearConv"): _qlinear_conv,
     ("", "ConvInteger"): _conv_integer,
     ("", "QLinearMatMul"): _qlinear_matmul,
