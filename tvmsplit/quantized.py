@@ -6,10 +6,13 @@
   ``QGemm``, by their integer accumulator computed in float32 followed by the requantization
   onnxruntime does: ``DequantizeLinear(x, 1, x_zp)`` gives ``x - x_zp`` exactly; constant
   weights become float32 ``w - w_zp``; Conv / MatMul / Gemm on those is the int32 accumulator,
-  exact while every partial sum stays below 2**24 (``accumulator_bound`` checks it for constant
-  weights); the int32 bias is added; then ``QuantizeLinear(acc * M, 1, y_zp)`` with
-  ``M = x_scale * w_scale / y_scale`` in float32 (per output channel where ``w_scale`` is), which
-  is what onnxruntime's kernels compute (``ConvInteger``: a Cast to int32 instead).
+  exact while every partial sum stays below 2**24 (``accumulator_bound`` gives the bound for
+  constant weights; larger sums round, they are not refused); the int32 bias is added; then
+  ``QuantizeLinear(DequantizeLinear(int32(acc), M), 1, y_zp)``, i.e. ``acc * M`` rounded half to
+  even, with ``M = x_scale * w_scale / y_scale`` in float32 (per output channel where
+  ``w_scale`` is), which is what onnxruntime's kernels compute (``ConvInteger``: a Cast to int32
+  instead). Not a ``Mul`` by ``M``: onnxruntime's ConvMulFusion would fold it into the weights
+  and its reference would be off by one step in places.
 - ``com.microsoft`` ``DynamicQuantizeLSTM`` by an ``LSTM`` with the dequantized weights (then
   ``recurrent`` expands it like any LSTM); approximate: see ``_dynamic_quantize_lstm``.
 - ``com.microsoft`` ``QLinearAdd``, ``QLinearMul``, ``QLinearSigmoid``, ``QLinearLeakyRelu``,
@@ -24,9 +27,10 @@
 (only constant inputs), and where the quantizer put it (at the top of the graph) its output, the
 float weights, crossed every cut between it and its consumer. It is not folded into a float
 constant: onnxruntime would then run the float kernel instead of its integer QDQ one, and its
-reference would no longer be the model's. What is left (``QAttention``, ``QLinearConv`` with computed scales, a
-``DynamicQuantizeLSTM`` with computed weights, ...) stays
-in the graph and is listed by ``frontend.check_supported``.
+reference would no longer be the model's. What is left (``QAttention`` and the other
+com.microsoft transformer operators, ``QLinear*`` with computed scales, a
+``DynamicQuantizeLSTM`` with computed weights, channels-last pools) stays in the graph and is
+listed by ``frontend.check_supported``.
 
 The rewritten nodes keep the original node's name on the main float operator (the Conv of a
 QLinearConv), the others are ``<node>/<what>``; tensors are ``<node>/<what>`` too. To support
