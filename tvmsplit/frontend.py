@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import controlflow, recurrent, tflitefront
+from . import controlflow, quantized, recurrent, tflitefront
 from .errors import ModelError, ShapeError, UnsupportedOpsError
 from .graph import Layer, LayerGraph, TensorSpec, group_layers
 from .recurrent import RECURRENT_OPS
@@ -60,6 +60,7 @@ def load(source: str | os.PathLike | onnx.ModelProto, shapes: dict[str, Any] | N
         return tflitefront.load(source, shapes, name)  # by content ("TFL3"), not by extension
     model, label = _read(source)
     model_hash = hashlib.sha256(model.SerializeToString()).hexdigest()
+    model = quantized.rewrite(model)  # QLinearConv, ConvInteger, com.microsoft QLinear*: see there
     check_supported(model, final=False)  # If branches may still be inlined: checked below
     model = _pin_input_shapes(model, shapes or {})
     model = _constants_to_initializers(_name_nodes(model))
