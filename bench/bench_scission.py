@@ -34,10 +34,10 @@ ping, Scission's convention; ``rtt=`` would charge half), the input size is the 
 3-tier. tvmsplit plans a PATH of devices here (Pi -> edge -> cloud): data from the Pi to the
 cloud relays through the edge (both hops' pings), while Scission lets the Pi reach the cloud
 directly. ``device_graph_links`` builds every pairwise link of a query (the device graph) and
-``write_device_graph`` writes it as a links file in the format of ``tvmsplit.topology`` (being
-added on another branch); by default ``plan_tvmsplit`` uses only the path's links.
-``--graph-args '--links-file {links} --sink last'`` (the option names that branch uses) plans the
-3-tier queries over the device graph instead; then the "needs a direct link" rows should vanish.
+``write_device_graph`` writes it as a links file in the format of ``tvmsplit.partition.topology``; by
+default ``plan_tvmsplit`` uses only the path's links. ``--graph-args '--links-file {links}
+--sink last'`` plans the 3-tier queries over the device graph instead (BENCHMARKS.md: then all
+144 3-tier queries get Scission's split).
 
 Setup to state with the numbers: the machine, and that times are single-threaded Python.
 """
@@ -242,8 +242,8 @@ def device_graph_links(net, systems: list[str]) -> dict[tuple[str, str], str]:
 
 
 def write_device_graph(path: Path, net, systems: list[str]) -> Path:
-    """The query's device graph in ``tvmsplit.topology``'s links-file format (being added on
-    another branch): every pairwise link, ``up`` from the first device to the second."""
+    """The query's device graph in ``tvmsplit.partition.topology``'s links-file format: every
+    pairwise link, ``up`` from the first device to the second."""
     links = device_graph_links(net, systems)
     path.write_text(json.dumps({"devices": systems, "links": [
         {"between": [a, b], "profile": spec} for (a, b), spec in links.items()]}, indent=1))
@@ -415,7 +415,7 @@ def main() -> None:
     ap.add_argument("--graph-args", default=None, metavar="TEMPLATE",
                     help="plan the 3-tier queries over their device graph: these `plan` options "
                          "instead of --link, {links} = the query's links file (in "
-                         "tvmsplit.topology's format), e.g. '--links-file {links} --sink last'")
+                         "tvmsplit.partition.topology's format), e.g. '--links-file {links} --sink last'")
     ap.add_argument("--repeat", type=int, default=5,
                     help="timed runs of each search per query, interleaved (median)")
     args = ap.parse_args()
@@ -453,11 +453,13 @@ def main() -> None:
         relayed = [r for r in sub if r["verdict"] == "same plan" and r["scission_uses_direct_link"]]
         if relayed:
             excess = [r["tvmsplit_predicted_ms"] / r["scission_ms"] - 1 for r in relayed]
+            how = ("tvmsplit plans over the device graph (the direct link too)" if args.graph_args
+                   else "tvmsplit's path relays through the edge (same split, not the same route: "
+                        "needs the direct link)")
             print(f"  of the same splits, {len(relayed)} leave the edge empty and run the rest on "
-                  f"the cloud: Scission sends Pi -> cloud directly, tvmsplit's path relays through "
-                  f"the edge and predicts {statistics.median(excess):+.1%} (median; "
-                  f"{min(excess):+.1%} to {max(excess):+.1%}) over Scission's price: same split, "
-                  f"not the same route (needs the direct link)")
+                  f"the cloud: Scission sends Pi -> cloud directly; {how}; tvmsplit predicts "
+                  f"{statistics.median(excess):+.1%} (median; {min(excess):+.1%} to "
+                  f"{max(excess):+.1%}) over Scission's price")
         print(f"  queries whose best scission_predict.py's zero-time quirk changes (not counted "
               f"above): {sum(r['quirk_changes_best'] for r in sub)}")
         print(f"  with another convention, plans that would differ from Scission's best: "

@@ -14,7 +14,7 @@ import tvmsplit
 from tvmsplit import zoo
 from tvmsplit.cli import cli
 
-ZOO = ["chain", "resnet", "inception", "vgg16", "mobilenetv2", "lstm", "gru"]
+ZOO = ["chain", "resnet", "inception", "vgg16", "mobilenetv2", "lstm", "gru", "vit", "bert"]
 TARGETS = ["x86_64", "rpi3b", "rpi4b", "cuda-edge", "jetson-orin"]
 CHAIN_LAYERS = ["conv1", "conv2", "pool1", "conv3", "conv4", "pool2", "conv5", "pool3", "fc1", "fc2"]
 

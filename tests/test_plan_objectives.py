@@ -137,3 +137,48 @@ def test_memory_cap_moves_the_cut_and_is_respected(chain, costs_csv):
     assert got["memory_bytes"][0] == want["end_memory_bytes"] <= cap
     assert got["latency_ms"] == pytest.approx(want["latency_ms"], rel=1e-9)
     assert [s["layers"][-1] for s in capped["plan"]["stages"]] == ["pool3", "fc2"]
+
+
+def test_links_file_sink_and_deploy_cost(chain, tmp_path):
+    """`plan --links-file`: the Pi reaches the cloud directly (100 Mbit/s) or through a slow edge;
+    the plan goes straight to the cloud, priced by hand over every cut; `--sink last` drops the
+    return; `--deploy-cost` (shipping 2.6 MB of weights + code at 100 Mbit/s) keeps it on the Pi."""
+    costs = tmp_path / "costs.csv"
+    costs.write_text("layer,pi,edge,cloud\n" + "".join(
+        f"{name},{ms},{ms / 10},{ms / 100}\n" for name, ms in END_MS.items()))
+    links = tmp_path / "links.json"
+    links.write_text(json.dumps({"links": [
+        {"between": ["pi", "edge"], "profile": LINK},
+        {"between": ["edge", "cloud"], "up_mbps": 1000, "down_mbps": 1000, "rtt_ms": 0.2},
+        {"between": ["pi", "cloud"], "up_mbps": 100, "down_mbps": 100, "rtt_ms": 0.2}]}))
+    layers, n = chain.layers, len(chain.layers)
+
+    def hand(k: int, back: bool = True) -> float:  # first k layers on the Pi, the rest on the cloud
+        pi_ms = sum(END_MS[layer.name] for layer in layers[:k])
+        cloud_ms = sum(END_MS[layer.name] / 100 for layer in layers[k:])
+        if k == n:
+            return pi_ms
+        sent = chain.inputs if k == 0 else layers[k - 1].outputs
+        up = sum(t.nbytes for t in sent) * 8 / 100e6 * 1e3 + 0.1
+        down = sum(t.nbytes for t in chain.outputs) * 8 / 100e6 * 1e3 + 0.1
+        return pi_ms + cloud_ms + up + (down if back else 0.0)
+
+    def run(*extra):
+        result = invoke("plan", "zoo:chain", "--devices", "pi=x86_64,edge=x86_64,cloud=x86_64",
+                        "--costs", costs, "--links-file", links, "--json", *extra)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    for extra, back in (((), True), (("--sink", "last"), False)):
+        got = run(*extra)
+        best = min(range(n), key=lambda k: hand(k, back))
+        assert [d["name"] for d in got["devices"]][-1] == "cloud"
+        assert "edge" not in [d["name"] for d in got["devices"]]  # no relay through the edge
+        assert got["predicted"]["latency_ms"] == pytest.approx(hand(best, back), rel=1e-9)
+        assert got["predicted"]["latency_ms"] < hand(n)
+        assert got["sink"] == ("last" if not back else "end")
+    assert run("--sink", "last")["predicted"]["return_ms"] == 0.0
+    one_shot = run("--deploy-cost")["predicted"]
+    assert one_shot["assignment"] == [0] * n and one_shot["deploy_counted"]
+    assert one_shot["latency_ms"] == pytest.approx(hand(n), rel=1e-9)
+    assert run()["predicted"]["deploy_ms"] > 0  # reported even when not in the objective

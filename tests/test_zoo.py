@@ -14,6 +14,7 @@ from tvmsplit import zoo
 from tvmsplit.errors import TvmsplitError
 
 NAMES = ["chain", "resnet", "inception", "vgg16", "mobilenetv2", "lstm", "gru"]
+TRANSFORMERS = ["vit", "bert"]  # their own tests below (bert's inputs are token ids)
 # Small variants: fast to build and run.
 SMALL = {name: dict(input_size=32, width=0.25) for name in NAMES}
 SMALL["vgg16"] = dict(input_size=32, width=0.125)
@@ -43,8 +44,8 @@ def dims(value_info: onnx.ValueInfoProto) -> list[int]:
 
 
 def test_names_and_registry():
-    assert zoo.names() == NAMES
-    assert list(zoo.MODELS) == NAMES
+    assert zoo.names() == NAMES + TRANSFORMERS
+    assert list(zoo.MODELS) == NAMES + TRANSFORMERS
     assert all(callable(f) for f in zoo.MODELS.values())
 
 
@@ -232,3 +233,35 @@ def test_save_errors_leave_nothing(tmp_path):
     with pytest.raises(TvmsplitError, match="does not exist"):
         zoo.save("chain", tmp_path / "missing" / "x.onnx")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", TRANSFORMERS)
+def test_transformers_check_run_and_are_deterministic(name):
+    model = zoo.make(name, num_classes=3)
+    onnx.checker.check_model(model, full_check=True)
+    assert model.SerializeToString() == zoo.make(name, num_classes=3).SerializeToString()
+    rng = np.random.default_rng(1)
+    shapes = zoo.default_shapes(name)
+    if name == "bert":
+        feeds = {"input_ids": rng.integers(0, 1000, shapes["input_ids"]),
+                 "attention_mask": np.ones(shapes["attention_mask"], np.int64)}
+    else:
+        feeds = {"input": rng.uniform(0, 1, shapes["input"]).astype(np.float32)}
+    assert [i.name for i in model.graph.input] == list(shapes)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (y,) = sess.run(None, feeds)
+    assert y.shape == (1, 3) and np.all(np.isfinite(y)) and 1e-3 < float(y.std()) < 1e3
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert (ops["Softmax"], ops["LayerNormalization"], ops["Erf"]) == (2, 5, 2)
+    node_names = [n.name for n in model.graph.node]
+    assert len(set(node_names)) == len(node_names) and model.graph.node[-1].output[0] == "output"
+
+
+def test_transformer_sizes():
+    assert zoo.default_shapes("bert", input_size=8) == {"input_ids": (1, 8),
+                                                        "attention_mask": (1, 8)}
+    model = zoo.make("vit", input_size=16, width=0.5)
+    weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    assert weights["pos_embed.value"] == (1, 17, 32) and weights["patch_embed.weight"] == (32, 3, 4, 4)
+    with pytest.raises(TvmsplitError, match="multiple of 4"):
+        zoo.make("vit", input_size=18)

@@ -666,10 +666,21 @@ def parse_bytes(text: str) -> int:
 @click.option("--save", type=click.Path(dir_okay=False), help="Write the plan JSON here (for build --plan).")
 @click.option("--plot", type=click.Path(dir_okay=False),
               help="Draw per-layer compute and cut sizes with the cuts marked (PNG).")
+@click.option("--links-file", type=click.Path(exists=True, dir_okay=False),
+              help="A device graph instead of a path (JSON/TOML: links between pairs of the "
+                   "--devices, see tvmsplit/partition/topology.py); the planner chooses which devices "
+                   "and in what order, the input at the first of --devices. --link is unused.")
+@click.option("--sink", default="end", show_default=True, metavar="end|last|DEVICE",
+              help="Where the outputs go: back to the first device, consumed where the last "
+                   "stage runs, or at a named device.")
+@click.option("--deploy-cost", is_flag=True,
+              help="One-shot run: add the time to ship each stage's library (weights + code) "
+                   "to its device to the latency objective (always reported).")
 @fallback_option
 def plan_cmd(model, profile_file, devices, links, costs_file, objective, powers, method, mem_caps,
              sequential, batch, horizontal, pins, input_bytes, end_devices, deadline_ms,
-             share_steps, shapes, as_json, save, plot, fallback) -> None:
+             share_steps, shapes, as_json, save, plot, links_file, sink, deploy_cost,
+             fallback) -> None:
     """Choose where to split MODEL (or a --profile) across a path of devices, with the
     baselines side by side."""
     from .devices import Device, Link
@@ -698,10 +709,14 @@ def plan_cmd(model, profile_file, devices, links, costs_file, objective, powers,
         _check_shared_options(end_devices, devs, objective, pins, mem_caps, powers, save, plot,
                               method)
     costs = profile.costs([d.name for d in devs]) if profile else _plan_costs(g, devs, costs_file)
+    from .partition.topology import Topology
+
     result = plan_partition(g, devs, link_list, costs,
                             objective=objective, method=method, pins=dict(_parse_pairs(pins, "--pin")),
                             input_bytes=input_bytes, power=power, sequential=sequential,
-                            batch=batch, horizontal=horizontal)
+                            batch=batch, horizontal=horizontal,
+                            topology=Topology.from_file(links_file) if links_file else None,
+                            sink=sink, deploy_in_objective=deploy_cost)
     if end_devices > 1:
         _plan_shared(result, link_list, input_bytes, end_devices, deadline_ms, share_steps, as_json)
         return
@@ -720,7 +735,7 @@ def plan_cmd(model, profile_file, devices, links, costs_file, objective, powers,
             doc["stage_runtimes"] = list(runtimes)
         click.echo(json.dumps(doc, indent=2))
         return
-    _print_plan(result.graph, result, link_list, objective)
+    _print_plan(result.graph, result, result.links if links_file else link_list, objective)
     if any(r != "tvm" for r in runtimes):
         from .fallback import describe
 
@@ -876,7 +891,13 @@ def _print_plan(g, result, links, objective: str) -> None:
         if b.hop_bytes[h]:
             click.echo(f"link {h} ({link.name}, {link.up_bps / 1e6:g} Mbit/s up): "
                        f"{b.hop_bytes[h] / 1024:.1f} KB, {b.hop_ms[h]:.3f} ms")
-    click.echo(f"return of outputs: {b.return_ms:.3f} ms")
+    click.echo(f"return of outputs: {b.return_ms:.3f} ms (sink: {result.sink})")
+    click.echo(f"deployment: {b.deploy_ms:.3f} ms to ship each stage's weights + code from "
+               f"{result.devices[0].name}" + (" (in the objective)" if b.deploy_counted else ""))
+    if b.lower_bound is not None and b.lower_bound < b.objective(objective) - 1e-6:
+        click.echo(f"proven bound: the optimum is >= {b.lower_bound:.6f} (solver gap or time limit)")
+    if not result.exact:
+        click.echo("route chosen by a heuristic (partition/routes.py: topo-dp-ilp), not proven optimal")
     click.echo(f"predicted: latency {b.latency_ms:.3f} ms, throughput "
                f"{1000.0 / b.bottleneck_ms if b.bottleneck_ms else float('inf'):.1f} req/s"
                + (f", energy {b.energy_mj:.2f} mJ" if objective == "energy" else ""))

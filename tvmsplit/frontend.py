@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import controlflow, recurrent, tflitefront
+from . import controlflow, quantized, recurrent, tflitefront
 from .errors import ModelError, ShapeError, UnsupportedOpsError
 from .fallback import (check_fallback, complete_shapes, node_reads,
                        supported_ops, unsupported_op)
@@ -71,6 +71,7 @@ def load(source: str | os.PathLike | onnx.ModelProto, shapes: dict[str, Any] | N
         return tflitefront.load(source, shapes, name)  # by content ("TFL3"), not by extension
     model, label = _read(source)
     model_hash = hashlib.sha256(model.SerializeToString()).hexdigest()
+    model = quantized.rewrite(model)  # QLinearConv, ConvInteger, com.microsoft QLinear*: see there
     if not fallback:
         check_supported(model, final=False)  # If branches may still be inlined: checked below
     model = _pin_input_shapes(model, shapes or {})

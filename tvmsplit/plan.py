@@ -35,7 +35,8 @@ A saved plan file (``tvmsplit plan --save``; :class:`PlanFile`, read by ``build 
                                                            # (hsplit.split_horizontally)
      "plan": {...},                                        # Plan.to_json()
      "method": "dag-ilp", "devices": [...], "stage_devices": [...], "predicted": {...},
-     "baselines": {...}, "critical_path_ms": null}         # the planner's report
+     "baselines": {...}, "critical_path_ms": null,         # the planner's report
+     "links": [...], "sink": "end", "exact": true}         # (devices/links: the route chosen)
                                                            # (planning.PlannedSplit), not needed
                                                            # to build
 

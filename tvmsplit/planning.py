@@ -4,6 +4,14 @@
 ``plan.Plan``: the devices that received layers become the stages, in path order, each compiled
 for its device's target. The predicted breakdown and the baselines travel with it.
 
+Over a device graph (``topology=``: links between any pairs), the planner first chooses the
+route — which devices, in which order (``partition.routes``) — and the result is the plan on that
+route's path: ``PlannedSplit.devices`` are the route's devices, ``links`` its links. ``sink``
+says where the outputs go (``end``: back to the first device; ``last``: consumed where made; a
+device name), and every plan reports its deployment time (shipping each stage's weights +
+``deploy_code_bytes`` of code from the first device, IONN-style), which ``deploy_in_objective``
+adds to the latency objective for a one-shot run.
+
 Parallel stages. When layers on different devices could run at the same time (HyPS H-parts of
 one layer placed on two devices, or two branches of a block), one stage per device would run
 them one after another: a stage sends only when its last layer is done, and starts only when all
@@ -29,13 +37,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .devices import Device, Link
+from .partition.topology import Topology, sink_output_ms
 from .graph import LayerGraph
 from .partition import (BASELINES, PLANNERS, Breakdown, CostTable, PlanningError, PowerModel,
-                        Problem, plan)
+                        Problem, TopoProblem, plan, plan_topology)
 from .partition.problem import DEFAULT_LOAD_BYTES_PER_S, feasible
 from .plan import CLIENT_END, Plan, PlanFile
 from .split import plan_split
 from .targets import get_target
+
+
+# code shipped with each stage's library besides its weights (deployment cost): BENCHMARKS.md's
+# build table has 0.1-0.9 MB of code per stage (library bytes - param bytes); an estimate
+DEFAULT_CODE_BYTES = 300_000
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,9 @@ class PlannedSplit:
     plan_costs: CostTable | None = field(repr=False, compare=False, default=None)
     stage_devices: tuple[int, ...] = ()  # the device (index into devices) of each stage
     critical_path_ms: float | None = None  # a stage DAG's predicted latency, branches in parallel
+    links: tuple[Link, ...] = ()  # the links of the devices' path (a topology: of the route)
+    sink: str = "end"
+    exact: bool = True  # False: a heuristic chose the route (partition.routes)
 
     def to_json(self) -> dict:
         """The plan file ``tvmsplit plan --save`` writes (``plan.PlanFile``, the format and its
@@ -60,6 +77,9 @@ class PlannedSplit:
         return {**PlanFile(self.plan, self.horizontal).to_json(), "method": self.method,
                 "stage_devices": list(self.stage_devices),
                 "critical_path_ms": self.critical_path_ms,
+                "links": [{"name": x.name, "up_bps": x.up_bps, "down_bps": x.down_bps,
+                           "rtt_s": x.rtt_s, "loss": x.loss} for x in self.links],
+                "sink": self.sink, "exact": self.exact,
                 "devices": [{"name": d.name, "target": d.target, "mem_cap_bytes": d.mem_cap_bytes}
                             for d in self.devices],
                 "predicted": _breakdown_json(self.predicted),
@@ -77,14 +97,19 @@ class PlannedSplit:
                        tuple((str(name), _breakdown(b)) for name, b in d["baselines"].items()),
                        horizontal=saved.horizontal,
                        stage_devices=tuple(int(i) for i in d.get("stage_devices", ())),
-                       critical_path_ms=d.get("critical_path_ms"))
+                       critical_path_ms=d.get("critical_path_ms"),
+                       links=tuple(Link(str(x["name"]), float(x["up_bps"]), float(x["down_bps"]),
+                                        float(x["rtt_s"]), float(x.get("loss", 0.0)))
+                                   for x in d.get("links", ())),
+                       sink=str(d.get("sink", "end")), exact=bool(d.get("exact", True)))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PlanningError(f"{source}: the planner's report is malformed (bad or missing "
                                 f"field {exc}); save the plan again") from None
 
 
 _BREAKDOWN_FIELDS = ("assignment", "compute_ms", "hop_bytes", "hop_ms", "return_ms",
-                     "memory_bytes", "latency_ms", "bottleneck_ms", "energy_mj")
+                     "memory_bytes", "latency_ms", "bottleneck_ms", "energy_mj", "deploy_ms",
+                     "deploy_counted", "lower_bound")
 
 
 def _breakdown_json(b: Breakdown | None) -> dict | None:
@@ -100,7 +125,9 @@ def _breakdown(d: Mapping | None) -> Breakdown | None:
     return Breakdown(tuple(int(i) for i in d["assignment"]), tuple(float(x) for x in d["compute_ms"]),
                      tuple(int(x) for x in d["hop_bytes"]), tuple(float(x) for x in d["hop_ms"]),
                      float(d["return_ms"]), tuple(int(x) for x in d["memory_bytes"]),
-                     float(d["latency_ms"]), float(d["bottleneck_ms"]), float(d["energy_mj"]))
+                     float(d["latency_ms"]), float(d["bottleneck_ms"]), float(d["energy_mj"]),
+                     float(d.get("deploy_ms", 0.0)), bool(d.get("deploy_counted", False)),
+                     None if d.get("lower_bound") is None else float(d["lower_bound"]))
 
 
 def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence[Link],
@@ -113,8 +140,14 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
                    stage_overhead_ms: Mapping[str, float] | None = None,
                    sequential: str = "auto", batch: int = 1,
                    load_bytes_per_s: Mapping[str, float] | None = None,
-                   hpart_overhead_ms: float = 0.0) -> PlannedSplit:
-    """Choose where to cut ``graph`` across ``devices`` (a path: end -> edge -> ...).
+                   hpart_overhead_ms: float = 0.0,
+                   topology: Topology | None = None, sink: str = "end",
+                   deploy_code_bytes: int = DEFAULT_CODE_BYTES,
+                   deploy_in_objective: bool = False) -> PlannedSplit:
+    """Choose where to cut ``graph`` across ``devices`` (a path: end -> edge -> ...), or, with
+    ``topology``, across a route that the planner chooses through it (``devices`` are then all
+    the topology's devices, the input's source first; ``links`` are unused; its devices are
+    planned resident: ``sequential`` applies to paths only).
 
     With memory caps, a layer that fits no device is first split horizontally (HyPS) into the
     fewest parts that fit the largest cap; each part is predicted to take its share of the
@@ -171,6 +204,9 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
     if unknown:
         raise PlanningError(f"load speed for unknown device(s) {', '.join(map(repr, unknown))}; "
                             f"devices: {', '.join(names)}")
+    if topology is not None and set(topology.devices) != set(names):
+        raise PlanningError(f"the topology's devices ({', '.join(topology.devices)}) are not "
+                            f"the devices given ({', '.join(names)})")
     chosen, first_error = None, None
     for hparts in hcandidates:
         g, c = graph, costs
@@ -179,16 +215,36 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
 
             g = split_horizontally(graph, hparts)
             c = _split_costs(costs, g, hparts, hpart_overhead_ms)
-        problem = Problem(g, c, tuple(links), objective=objective, input_bytes=input_bytes,
-                          mem_cap_bytes=tuple(d.mem_cap_bytes for d in devices),
-                          pins=tuple(pin_list), latency_ceiling_ms=latency_ceiling_ms,
-                          power=tuple((power or {}).get(n, PowerModel()) for n in names)
-                          if objective == "energy" else (),
-                          stage_overhead_ms=overhead, batch=batch,
-                          load_bytes_per_s=tuple(float((load_bytes_per_s or {}).get(
-                              n, DEFAULT_LOAD_BYTES_PER_S)) for n in names))
         try:
-            found = (*_plan_modes(problem, method, sequential), hparts)
+            if topology is not None:
+                tp = TopoProblem(g, c, topology, names[0], sink=sink, objective=objective,
+                                 input_bytes=input_bytes,
+                                 mem_cap_bytes=tuple((d.name, d.mem_cap_bytes) for d in devices
+                                                     if d.mem_cap_bytes is not None),
+                                 pins=tuple((layer, names[d]) for layer, d in pin_list),
+                                 latency_ceiling_ms=latency_ceiling_ms,
+                                 power=tuple((power or {}).items()) if objective == "energy" else (),
+                                 stage_overhead_ms=tuple(zip(names, overhead)),
+                                 deploy_code_bytes=deploy_code_bytes,
+                                 deploy_in_objective=deploy_in_objective)
+                routed = plan_topology(tp, method)
+                found = (routed.problem, routed.method, routed.breakdown, hparts, routed)
+            else:
+                path = Topology.path(names, links) if sink != "end" else None
+                problem = Problem(g, c, tuple(links), objective=objective, input_bytes=input_bytes,
+                                  mem_cap_bytes=tuple(d.mem_cap_bytes for d in devices),
+                                  pins=tuple(pin_list), latency_ceiling_ms=latency_ceiling_ms,
+                                  power=tuple((power or {}).get(n, PowerModel()) for n in names)
+                                  if objective == "energy" else (),
+                                  stage_overhead_ms=overhead, batch=batch,
+                                  load_bytes_per_s=tuple(float((load_bytes_per_s or {}).get(
+                                      n, DEFAULT_LOAD_BYTES_PER_S)) for n in names),
+                                  output_ms=sink_output_ms(path, names,
+                                                           [t.nbytes for t in g.outputs], sink,
+                                                           names[0]) if path else (),
+                                  deploy_code_bytes=deploy_code_bytes,
+                                  deploy_in_objective=deploy_in_objective)
+                found = (*_plan_modes(problem, method, sequential), hparts, None)
         except PlanningError as exc:
             first_error = first_error or exc
             continue
@@ -197,8 +253,12 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
             chosen = found
     if chosen is None:
         raise first_error
-    problem, method, best, hparts = chosen
+    problem, method, best, hparts, routed = chosen
     graph = problem.graph
+    exact = True
+    if routed is not None:
+        devices = [devices[names.index(d)] for d in routed.route]
+        links, exact = problem.links, routed.exact
     baselines = []
     for name in BASELINES:
         if name == "dag-mincut" and len(devices) != 2:
@@ -213,7 +273,8 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
     plan_ = _segment_sequential(problem, plan_, stage_devices)
     return PlannedSplit(plan_, method, best, tuple(devices), tuple(baselines), graph,
                         tuple(sorted(hparts.items())), problem.costs, stage_devices,
-                        critical_path_ms(problem, plan_, stage_devices) if not plan_.is_chain else None)
+                        critical_path_ms(problem, plan_, stage_devices) if not plan_.is_chain else None,
+                        tuple(links), sink, exact)
 
 
 SEQUENTIAL_MODES = ("auto", "best", "always", "off")

@@ -36,6 +36,10 @@ VERSION = 1
 ALIGN = 64
 # Constants smaller than this stay inside the library (scalars, shapes, small biases).
 MIN_LIFTED_BYTES = 4096
+# read_weights reads this much at a time and drops it from the page cache before the next: a
+# worker under a memory limit is charged for the weights once (its buffer), not twice (buffer +
+# page cache; measured: a cgroup's peak reached its 1 GiB limit reading VGG16's fc1 in one go).
+READ_CHUNK_BYTES = 32 << 20
 
 
 class WeightsError(TvmsplitError):
@@ -115,18 +119,20 @@ def read_header(path: str | os.PathLike) -> tuple[list[dict], int]:
 
 def read_weights(path: str | os.PathLike) -> list[np.ndarray]:
     """The arrays, as 64-byte aligned views of ONE buffer read from the file (freed when the last
-    view goes). The file's pages are dropped from the page cache after reading, so a worker under
-    a memory limit is not charged for them twice."""
+    view goes). The file is read in ``READ_CHUNK_BYTES`` chunks, each dropped from the page cache
+    once read, so a worker under a memory limit is not charged for the weights twice."""
     entries, size = read_header(path)
     raw = np.empty(size + ALIGN, dtype=np.uint8)
     shift = (-raw.ctypes.data) % ALIGN
     buf = raw[shift:shift + size]
+    got, view = 0, memoryview(buf)
     with open(path, "rb", buffering=0) as f:
-        got = f.readinto(memoryview(buf))
-        try:
-            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        except (AttributeError, OSError):
-            pass
+        while got < size:  # in chunks, each dropped from the page cache once read
+            n = f.readinto(view[got:got + READ_CHUNK_BYTES])
+            if not n:
+                break
+            _drop_cached(f.fileno(), got, n)
+            got += n
     if got != size:
         raise WeightsError(f"{str(path)!r}: read {got} of {size} bytes")
     out = []
@@ -135,6 +141,13 @@ def read_weights(path: str | os.PathLike) -> list[np.ndarray]:
         a = buf[e["offset"]:e["offset"] + e["nbytes"]].view(dtype).reshape(e["shape"])
         out.append(a)
     return out
+
+
+def _drop_cached(fd: int, offset: int, length: int) -> None:
+    try:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    except (AttributeError, OSError):
+        pass
 
 
 def weights_bytes(path: str | os.PathLike) -> int:

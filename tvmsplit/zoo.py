@@ -19,10 +19,21 @@ byte-identical model. The models are:
                  directions, a forward LSTM, ReduceMean over time, Gemm.
 ``gru``          the same with GRUs (the second with ``linear_before_reset=1``, as PyTorch
                  exports it).
+``vit``          ViT-style encoder: patch embedding (Conv k=stride=4), class token (Concat),
+                 position embedding, 2 pre-LayerNorm blocks (multi-head attention:
+                 MatMul + bias, Reshape, Transpose, scaled ``Q K^T``, Softmax, ``P V``; MLP with
+                 Erf-form GELU; residual Adds), final LayerNormalization, class token (Gather),
+                 Gemm head. ``S/4`` squared patches + 1 tokens, dim 64 x ``width``, 4 heads.
+``bert``         BERT-style encoder over ``S`` tokens: int64 ``input_ids`` [1, S] (Gather from a
+                 1000-word embedding) and int64 ``attention_mask`` [1, S] (Cast, ``(1 - m) *
+                 -10000`` added to every head's scores), position embedding, LayerNormalization,
+                 2 post-LayerNorm blocks (attention as ``vit``; GELU MLP), pooler (first token,
+                 Gemm + Tanh), Gemm classifier.
 
 Conventions, shared by all models:
 
-* one input ``"input"``: float32 ``[1, 3, S, S]``; one output ``"output"``: float32
+* one input ``"input"``: float32 ``[1, 3, S, S]`` (``bert``: int64 ``input_ids`` and
+  ``attention_mask``, ``[1, S]``; see ``default_shapes``); one output ``"output"``: float32
   ``[1, num_classes]``; all dims static; opset 17, IR version 8.
 * every node has a unique, meaningful name (``conv1``, ``bn1``, ``relu1``, ``pool1``,
   ``block2_conv1``, ``block2_add``, ``inc1_branch3x3_conv``, ``flatten``, ``fc1`` ...), and the
@@ -45,6 +56,7 @@ from typing import Callable
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from tvmsplit.errors import TvmsplitError
 from tvmsplit.onnxbuild import IR_VERSION, OPSET, GraphBuilder
@@ -55,13 +67,45 @@ __all__ = ["IR_VERSION", "MODELS", "OPSET", "default_shapes", "make", "names", "
 class _Builder(GraphBuilder):
     """The zoo's layer shapes on top of the shared builder: each adds one node, returns its output."""
 
+    def __init__(self, seed: int):
+        super().__init__(seed)
+        self.int_inits: list[tuple[str, np.ndarray]] = []  # shapes, indices: added by ``make``
+
+    def ints(self, name: str, values) -> str:
+        """An int64 initializer ``name`` (a Reshape target, a Gather index); returns ``name``."""
+        self.int_inits.append((name, np.asarray(values, dtype=np.int64)))
+        return name
+
+    def linear(self, name: str, x: str, fin: int, fout: int) -> str:
+        """``x @ W + b`` on [..., fin] (MatMul ``<name>`` + Add ``<name>_bias``), W [fin, fout]."""
+        y = self.node("MatMul", name, [x, self.he_weight(f"{name}.weight", (fin, fout), fin)])
+        return self.node("Add", f"{name}_bias", [y, self.uniform(f"{name}.bias", (fout,), 0.01)])
+
+    def layernorm(self, name: str, x: str, c: int) -> str:
+        """LayerNormalization over the last axis, scale close to 1 (``<name>.scale/.bias``)."""
+        scale = self.const(f"{name}.scale", 1.0 + 0.1 * self.rng.standard_normal(c))
+        bias = self.const(f"{name}.bias", 0.05 * self.rng.standard_normal(c))
+        return self.node("LayerNormalization", name, [x, scale, bias], axis=-1, epsilon=1e-5)
+
+    def gelu(self, name: str, x: str) -> str:
+        """GELU in the Erf form torch.onnx exports: ``x * 0.5 * (1 + erf(x / sqrt(2)))``."""
+        if "gelu.sqrt2" not in self._bounds:  # the three scalars, shared by every GELU
+            self._bounds.add("gelu.sqrt2")
+            for k, v in (("sqrt2", math.sqrt(2.0)), ("one", 1.0), ("half", 0.5)):
+                self.const(f"gelu.{k}", np.array(v))
+        t = self.node("Div", f"{name}_div", [x, "gelu.sqrt2"])
+        t = self.node("Erf", f"{name}_erf", [t])
+        t = self.node("Add", f"{name}_add", [t, "gelu.one"])
+        t = self.node("Mul", f"{name}_mul", [x, t])
+        return self.node("Mul", name, [t, "gelu.half"])
+
     def conv(self, name: str, x: str, cin: int, cout: int, k: int = 3, stride: int = 1,
-             group: int = 1, bias: bool = True) -> str:
+             group: int = 1, bias: bool = True, pad: int | None = None) -> str:
         inputs = [x, self.he_weight(f"{name}.weight", (cout, cin // group, k, k), cin // group * k * k)]
         if bias:
             inputs.append(self.uniform(f"{name}.bias", (cout,), 0.01))
         return self.node("Conv", name, inputs, kernel_shape=[k, k], strides=[stride, stride],
-                         pads=[k // 2] * 4, group=group)
+                         pads=[k // 2 if pad is None else pad] * 4, group=group)
 
     def relu6(self, name: str, x: str) -> str:
         return self.clip(name, x, bounds="relu6")  # one pair of scalar bounds for the whole net
@@ -98,6 +142,7 @@ class _Spec:
     num_classes: int      # default number of classes
     min_input: int        # smallest S (total downsampling of the net)
     multiple_of: int = 1  # S must be a multiple of this
+    tokens: bool = False  # inputs are int64 input_ids + attention_mask [1, S], not an image
 
 
 MODELS: dict[str, Callable[[_Builder, int, float, int], None]] = {}
@@ -251,6 +296,93 @@ def _gru(g: _Builder, s: int, width: float, num_classes: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Transformers. Tensors are [1, tokens, dim]; weights ``<node>.weight`` [in, out] for MatMul.
+
+_VOCAB = 1000      # bert's word embedding rows
+_HEADS = 4
+
+
+def _attention(g: _Builder, p: str, x: str, tokens: int, dim: int, mask: str | None = None) -> str:
+    """Multi-head self-attention as exporters write it: per Q/K/V a MatMul + bias Add, Reshape to
+    heads and Transpose; ``Q K^T`` scaled by 1/sqrt(head dim), (+ mask), Softmax, ``P V``,
+    Transpose + Reshape back, output projection."""
+    heads = _HEADS if dim % _HEADS == 0 else 1
+    hd = dim // heads
+    split = g.ints(f"{p}.heads_shape", [1, tokens, heads, hd])
+
+    def project(what: str, perm: list[int]) -> str:
+        t = g.linear(f"{p}_{what}", x, dim, dim)
+        t = g.node("Reshape", f"{p}_{what}_reshape", [t, split])
+        return g.node("Transpose", f"{p}_{what}_transpose", [t], perm=perm)
+
+    q = project("q", [0, 2, 1, 3])                                    # [1, h, T, d]
+    k = project("k", [0, 2, 3, 1])                                    # [1, h, d, T]
+    v = project("v", [0, 2, 1, 3])                                    # [1, h, T, d]
+    scores = g.node("MatMul", f"{p}_scores", [q, k])                  # [1, h, T, T]
+    scores = g.node("Mul", f"{p}_scale", [scores, g.const(f"{p}_scale.value",
+                                                           np.array(1.0 / math.sqrt(hd)))])
+    if mask is not None:
+        scores = g.node("Add", f"{p}_mask", [scores, mask])
+    probs = g.node("Softmax", f"{p}_softmax", [scores], axis=-1)
+    ctx = g.node("MatMul", f"{p}_context", [probs, v])                # [1, h, T, d]
+    ctx = g.node("Transpose", f"{p}_context_transpose", [ctx], perm=[0, 2, 1, 3])
+    ctx = g.node("Reshape", f"{p}_context_reshape", [ctx, g.ints(f"{p}.merge_shape",
+                                                                 [1, tokens, dim])])
+    return g.linear(f"{p}_proj", ctx, dim, dim)
+
+
+def _mlp(g: _Builder, p: str, x: str, dim: int, hidden: int) -> str:
+    """Linear -> GELU (Erf form, as torch.onnx exports ``nn.GELU``) -> Linear."""
+    h = g.linear(f"{p}_fc1", x, dim, hidden)
+    return g.linear(f"{p}_fc2", g.gelu(f"{p}_gelu", h), hidden, dim)
+
+
+@_model("vit", input_size=32, num_classes=10, min_input=4, multiple_of=4)
+def _vit(g: _Builder, s: int, width: float, num_classes: int) -> None:
+    dim, patch, depth = _ch(64, width), 4, 2
+    dim = max(_HEADS, dim - dim % _HEADS)
+    tokens = (s // patch) ** 2 + 1
+    x = g.conv("patch_embed", "input", 3, dim, k=patch, stride=patch, pad=0)     # [1, C, s/4, s/4]
+    x = g.node("Reshape", "patch_flatten", [x, g.ints("patch_flatten.shape", [1, dim, -1])])
+    x = g.node("Transpose", "patch_transpose", [x], perm=[0, 2, 1])              # [1, N, C]
+    cls = g.uniform("cls_token.value", (1, 1, dim), 0.02)
+    x = g.node("Concat", "cls_token", [cls, x], axis=1)                          # [1, N + 1, C]
+    x = g.node("Add", "pos_embed", [x, g.uniform("pos_embed.value", (1, tokens, dim), 0.02)])
+    for i in range(1, depth + 1):
+        p = f"block{i}"
+        a = _attention(g, f"{p}_attn", g.layernorm(f"{p}_ln1", x, dim), tokens, dim)
+        x = g.add(f"{p}_add1", x, a)
+        m = _mlp(g, f"{p}_mlp", g.layernorm(f"{p}_ln2", x, dim), dim, 2 * dim)
+        x = g.add(f"{p}_add2", x, m)
+    x = g.layernorm("ln_final", x, dim)
+    x = g.node("Gather", "cls_select", [x, g.ints("cls_select.index", 0)], axis=1)  # [1, C]
+    g.gemm("head", x, dim, num_classes)
+
+
+@_model("bert", input_size=16, num_classes=2, min_input=1, tokens=True)
+def _bert(g: _Builder, s: int, width: float, num_classes: int) -> None:
+    dim, depth = _ch(64, width), 2
+    dim = max(_HEADS, dim - dim % _HEADS)
+    x = g.node("Gather", "word_embed", [g.uniform("word_embed.weight", (_VOCAB, dim), 1.0),
+                                        "input_ids"], axis=0)                     # [1, S, C]
+    x = g.node("Add", "pos_embed", [x, g.uniform("pos_embed.value", (1, s, dim), 0.1)])
+    x = g.layernorm("embed_ln", x, dim)
+    m = g.node("Cast", "mask_cast", ["attention_mask"], to=onnx.TensorProto.FLOAT)
+    m = g.node("Sub", "mask_invert", [g.const("mask_invert.one", np.array(1.0)), m])
+    m = g.node("Mul", "mask_scale", [m, g.const("mask_scale.value", np.array(-10000.0))])
+    mask = g.node("Reshape", "mask_reshape", [m, g.ints("mask_reshape.shape", [1, 1, 1, s])])
+    for i in range(1, depth + 1):
+        p = f"layer{i}"
+        x = g.layernorm(f"{p}_ln1", g.add(f"{p}_add1", x, _attention(g, f"{p}_attn", x, s, dim,
+                                                                      mask)), dim)
+        x = g.layernorm(f"{p}_ln2", g.add(f"{p}_add2", x, _mlp(g, f"{p}_mlp", x, dim, 4 * dim)),
+                        dim)
+    x = g.node("Gather", "pooler_select", [x, g.ints("pooler_select.index", 0)], axis=1)  # [1, C]
+    x = g.node("Tanh", "pooler_tanh", [g.gemm("pooler", x, dim, dim)])
+    g.gemm("classifier", x, dim, num_classes)
+
+
+# ---------------------------------------------------------------------------------------------
 # Public API.
 
 def names() -> list[str]:
@@ -281,8 +413,11 @@ def _input_size(name: str, input_size: int | None) -> int:
 
 
 def default_shapes(name: str, input_size: int | None = None) -> dict[str, tuple[int, ...]]:
-    """Input shapes of model ``name``: ``{"input": (1, 3, S, S)}``."""
+    """Input shapes of model ``name``: ``{"input": (1, 3, S, S)}``; for a token model (``bert``)
+    ``{"input_ids": (1, S), "attention_mask": (1, S)}`` (both int64)."""
     s = _input_size(name, input_size)
+    if _spec(name).tokens:
+        return {"input_ids": (1, s), "attention_mask": (1, s)}
     return {"input": (1, 3, s, s)}
 
 
@@ -308,8 +443,12 @@ def make(name: str, *, input_size: int | None = None, width: float = 1.0,
         raise TvmsplitError(f"seed must be a non-negative integer, got {seed!r}")
     g = _Builder(int(seed))
     MODELS[name](g, s, float(width), int(num_classes))
-    model = g.finish(name, [("input", (1, 3, s, s))], ("output", (1, int(num_classes))),
-                     producer="tvmsplit.zoo")
+    model = g.finish(name, list(default_shapes(name, s).items()),
+                     ("output", (1, int(num_classes))), producer="tvmsplit.zoo")
+    for vi in model.graph.input if spec.tokens else ():
+        vi.type.tensor_type.elem_type = onnx.TensorProto.INT64
+    for init_name, value in g.int_inits:
+        model.graph.initializer.append(numpy_helper.from_array(value, init_name))
     model.doc_string = f"tvmsplit zoo model {name!r} (random weights)"
     return model
 

@@ -17,7 +17,11 @@ from .problem import Breakdown, PlanningError, Problem, evaluate, layer_activati
 
 def cut_bytes(problem: Problem) -> np.ndarray:
     """cut[p]: bytes sent up when layers [0, p) are below a hop and [p, n) above it."""
-    g = problem.graph
+    return graph_cut_bytes(problem.graph, problem.tensor_bytes)
+
+
+def graph_cut_bytes(g, tensor_bytes) -> np.ndarray:
+    """``cut_bytes`` of a graph, with ``tensor_bytes(name)`` the size each tensor is sent at."""
     n = len(g.layers)
     pos = {t.name: -1 for t in g.inputs}
     for i, layer in enumerate(g.layers):
@@ -29,9 +33,31 @@ def cut_bytes(problem: Problem) -> np.ndarray:
     diff = np.zeros(n + 2)
     for name, r in last.items():
         a = pos[name]
-        diff[a + 1] += problem.tensor_bytes(name)  # crosses every p in (a, r]
-        diff[r + 1] -= problem.tensor_bytes(name)
+        diff[a + 1] += tensor_bytes(name)  # crosses every p in (a, r]
+        diff[r + 1] -= tensor_bytes(name)
     return np.cumsum(diff)[: n + 1]
+
+
+def return_table(problem: Problem) -> np.ndarray:
+    """ret[i, d]: ms to deliver the model outputs layer i makes, were it on device d
+    (``Problem.return_ms``)."""
+    g = problem.graph
+    ret = np.zeros((len(g.layers), problem.n_devices))
+    out_index = {t.name: o for o, t in enumerate(g.outputs)}
+    for i, layer in enumerate(g.layers):
+        for t in layer.outputs:
+            if t.name in out_index:
+                for d in range(problem.n_devices):
+                    ret[i, d] += problem.return_ms(out_index[t.name], d)
+    return ret
+
+
+def deploy_segment_ms(problem: Problem, d: int, param_pre: np.ndarray, q, p):
+    """``Problem.deploy_ms`` of device d holding layers [q, p) (q may be an array; p >= q)."""
+    per_byte, fixed = problem.deploy_rate(d)
+    q = np.asarray(q)
+    nbytes = param_pre[p] - param_pre[q] + np.where(q < p, problem.deploy_code_bytes, 0)
+    return np.where(nbytes > 0, per_byte * nbytes + fixed, 0.0)
 
 
 def plan_chain(problem: Problem) -> Breakdown:
@@ -43,13 +69,7 @@ def plan_chain(problem: Problem) -> Breakdown:
         ((1.0,) * k, (1.0,) * (k - 1), 1.0)
     cut = cut_bytes(problem)
     comp = np.array(problem.compute, dtype=float).reshape(n, k)
-    ret = np.zeros((n, k))  # returning model outputs produced by layer i on device d to d0
-    outputs = {t.name for t in g.outputs}
-    for i, layer in enumerate(g.layers):
-        for t in layer.outputs:
-            if t.name in outputs:
-                for d in range(k):
-                    ret[i, d] = sum(problem.links[h].down_ms(t.nbytes) for h in range(d))
+    ret = return_table(problem)
     zero = np.zeros((1, k))
     comp_pre = np.vstack([zero, np.cumsum(comp, axis=0)])
     ret_pre = np.vstack([zero, np.cumsum(ret, axis=0)])
@@ -84,6 +104,8 @@ def plan_chain(problem: Problem) -> Breakdown:
             else:
                 cost = ((prev[q] if d > 0 else 0.0) + link_w * link_ms[q] + wc[d] * seg
                         + w_ret * (ret_pre[p, d] - ret_pre[q, d]))
+                if problem.deploy_in_objective:
+                    cost = cost + deploy_segment_ms(problem, d, param_pre, q, p)
             # memory: weights of [q, p) + the largest single-layer working set among them
             if np.isfinite(caps[d]) and p > 0:
                 rev_max = np.maximum.accumulate(act[:p][::-1])[::-1]  # max(act[q:p]) for q < p

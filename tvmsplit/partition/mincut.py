@@ -36,6 +36,8 @@ def _cap(ms: float) -> int:
 def plan_mincut(problem: Problem) -> Breakdown:
     if problem.n_devices != 2 or problem.objective != "latency":
         raise PlanningError("the min-cut planner handles 2 devices and the latency objective")
+    if problem.deploy_in_objective:
+        raise PlanningError("the min-cut planner does not price deployment; use dag-ilp")
     if any(c != float("inf") for c in problem.cap) or problem.latency_ceiling_ms is not None:
         raise PlanningError("the min-cut planner has no memory caps or latency ceiling; use dag-ilp")
     g = problem.graph
@@ -43,11 +45,12 @@ def plan_mincut(problem: Problem) -> Breakdown:
     bps_up = link.up_bps
     G = nx.DiGraph()
     s, t = "s", "t"
-    outputs = {o.name for o in g.outputs}
+    outputs = {o.name: k for k, o in enumerate(g.outputs)}
     for i, layer in enumerate(g.layers):
         end_ms, edge_ms = problem.compute[i]
-        # returning an output produced on the edge back to the end device
-        edge_ms += sum(link.down_ms(o.nbytes) for o in layer.outputs if o.name in outputs)
+        # delivering the outputs it makes from where it runs (Problem.return_ms)
+        end_ms += sum(problem.return_ms(outputs[o.name], 0) for o in layer.outputs if o.name in outputs)
+        edge_ms += sum(problem.return_ms(outputs[o.name], 1) for o in layer.outputs if o.name in outputs)
         G.add_edge(s, i, capacity=_cap(edge_ms))
         G.add_edge(i, t, capacity=_cap(end_ms))
     readers: dict[str, set[int]] = {}

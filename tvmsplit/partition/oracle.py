@@ -1,4 +1,8 @@
-"""Brute force: every monotone assignment. Exponential; the reference for tests on small graphs."""
+"""Brute force: every monotone assignment. Exponential; the reference for tests on small graphs.
+
+``plan_over_routes``: the same over a device graph — every route given (``routes`` passes every
+simple route from the source) times every monotone assignment along it; the reference for
+``partition.routes``' planners."""
 from __future__ import annotations
 
 from .problem import Breakdown, PlanningError, Problem, evaluate, feasible
@@ -41,7 +45,32 @@ def plan_oracle(problem: Problem) -> Breakdown:
 
 def _better(problem: Problem, a: Breakdown, b: Breakdown) -> bool:
     """Lower objective wins; on a tie, lower latency."""
-    oa, ob = a.objective(problem.objective), b.objective(problem.objective)
+    return _better_by(problem.objective, a, b)
+
+
+
+def plan_over_routes(objective: str, candidates):
+    """Brute force over routes: ``candidates`` yields ``(route, Problem | None)`` (None: the route
+    cannot hold the pins); every assignment of every route's problem (``plan_oracle``). Returns
+    the best ``(route, problem, breakdown)``; ``routes.plan_routes_oracle`` enumerates them."""
+    best = None
+    for route, problem in candidates:
+        if problem is None:
+            continue
+        try:
+            b = plan_oracle(problem)
+        except PlanningError:
+            continue
+        if best is None or _better_by(objective, b, best[2]):
+            best = (tuple(route), problem, b)
+    if best is None:
+        raise PlanningError("no route and assignment satisfy the memory caps, pins and latency "
+                            "ceiling")
+    return best
+
+
+def _better_by(objective: str, a: Breakdown, b: Breakdown) -> bool:
+    oa, ob = a.objective(objective), b.objective(objective)
     if abs(oa - ob) > 1e-9 * max(1.0, abs(ob)):
         return oa < ob
     return a.latency_ms < b.latency_ms - 1e-9 * max(1.0, b.latency_ms)

@@ -1,7 +1,7 @@
 """The partitioning problem and its cost model — the one place that prices an assignment.
 
 Devices form a path ``d0 -> d1 -> ... -> d(k-1)`` (end -> edge -> cloud); link ``h`` joins d(h) and
-d(h+1). The model input is on d0 and the model outputs return to d0. An *assignment* gives every
+d(h+1). (Over a device graph, ``partition.routes`` chooses a route and prices it as this path.) The model input is on d0 and the model outputs return to d0. An *assignment* gives every
 layer a device index and is monotone: a layer's device is >= the devices of its producers (data
 only flows up the path; a pipeline never sends tensors back down except the final outputs).
 
@@ -12,9 +12,16 @@ Cost of an assignment (``evaluate``):
 - hop ``h`` (up): the tensors produced on devices <= h (the input counts as produced on d0) and
   read on a device > h, ``bytes x 8 / up_bps + rtt / 2`` (the rtt term once per hop used);
   the input's size is ``input_bytes`` when the end device sends it encoded (e.g. JPEG);
-- return: the model outputs, from the device that produced each, down to d0;
+- return: the model outputs, from the device that produced each, down to d0 — or, with
+  ``output_ms`` (``Problem.return_ms``), each output's delivery time from each device to where it
+  is consumed (another sink, or 0: consumed where it is made; ``topology.sink_output_ms``);
 - latency = compute + hops + return; the pipelined *bottleneck* = max(per-device compute, per-hop
   transfer) — throughput is 1 / bottleneck;
+- deployment (IONN-style, ``Problem.deploy_ms``): shipping each used device's library (its
+  layers' weights + ``deploy_code_bytes`` of code) from d0 up the path (or along
+  ``deploy_ms_per_byte`` / ``deploy_fixed_ms``), one device after another; always reported
+  (``Breakdown.deploy_ms``), added to the latency objective only with ``deploy_in_objective``
+  (a one-shot run: the model is deployed for this one request);
 - energy (mJ) from a per-device power model (``PowerModel``: watts busy, idle, transmitting):
   every device is busy for its compute, transmits while sending up its link, and idles for the
   rest of the request's latency;
@@ -150,6 +157,14 @@ class Problem:
     latency_ceiling_ms: float | None = None
     power: tuple[PowerModel, ...] = ()            # per device, for the energy objective
     stage_overhead_ms: tuple[float, ...] = ()      # per device, per request; () = all 0
+    # output_ms[o][d]: ms to deliver graph output o from device d to its sink; () = down to d0
+    output_ms: tuple[tuple[float, ...], ...] = ()
+    deploy_code_bytes: int = 0                     # code shipped with each used device's library
+    deploy_ms_per_byte: tuple[float, ...] = ()     # per device; () = up the path from d0
+    deploy_fixed_ms: tuple[float, ...] = ()        # per device, paid once when anything is shipped
+    deploy_in_objective: bool = False              # one-shot: latency objective + deployment
+    mip_rel_gap: float = 0.0                       # the MILP's stopping gap (0: solve to optimality)
+    time_limit_s: float = 60.0                     # the MILP's time limit
     sequential: tuple[bool, ...] = ()              # per device: HyPS sequential mode; () = none
     load_bytes_per_s: tuple[float, ...] = ()       # per device: weights read speed; () = default
     batch: int = 1                                 # requests per segment load (sequential)
@@ -175,6 +190,24 @@ class Problem:
         if o and (len(o) != len(c.devices) or any(not math.isfinite(v) or v < 0 for v in o)):
             problems.append(f"stage_overhead_ms needs one finite, non-negative time (ms) per "
                             f"device {list(c.devices)}, got {list(o)}")
+        n_out, k = len(g.outputs), len(c.devices)
+        if self.output_ms and (len(self.output_ms) != n_out or any(
+                len(row) != k or any(not math.isfinite(v) or v < 0 for v in row)
+                for row in self.output_ms)):
+            problems.append(f"output_ms needs one row per graph output ({n_out}) of one finite, "
+                            f"non-negative time (ms) per device ({k})")
+        for name in ("deploy_ms_per_byte", "deploy_fixed_ms"):
+            v = getattr(self, name)
+            if v and (len(v) != k or any(not math.isfinite(x) or x < 0 for x in v)):
+                problems.append(f"{name} needs one finite, non-negative value per device ({k})")
+        if self.deploy_code_bytes < 0:
+            problems.append(f"deploy_code_bytes must be >= 0, got {self.deploy_code_bytes}")
+        if self.deploy_in_objective and self.objective != "latency":
+            problems.append(f"deployment cost is added to the latency objective only (a one-shot "
+                            f"run), not to {self.objective!r}; drop deploy_in_objective")
+        if not (self.mip_rel_gap >= 0 and self.time_limit_s > 0):
+            problems.append(f"mip_rel_gap must be >= 0 and time_limit_s > 0, got "
+                            f"{self.mip_rel_gap}, {self.time_limit_s}")
         if self.sequential and len(self.sequential) != len(c.devices):
             problems.append(f"sequential needs one flag per device ({len(c.devices)})")
         if self.sequential and any(q and not self.mem_cap_bytes or q and self.mem_cap_bytes[d] is None
@@ -233,6 +266,31 @@ class Problem:
         bool array (elementwise)."""
         return self.overhead[d] * runs_layers
 
+    def return_ms(self, output: int, d: int) -> float:
+        """ms to deliver graph output number ``output`` from device ``d`` to where it is
+        consumed: ``output_ms`` when given, else down the path to d0."""
+        if self.output_ms:
+            return self.output_ms[output][d]
+        nbytes = self.graph.outputs[output].nbytes
+        return sum(self.links[h].down_ms(nbytes) for h in range(d))
+
+    def deploy_rate(self, d: int) -> tuple[float, float]:
+        """(ms per byte, fixed ms) to ship a library to device ``d``: up the path from d0 (each
+        hop's bandwidth and rtt/2, store and forward) unless given; (0, 0) for d0."""
+        if self.deploy_ms_per_byte:
+            return self.deploy_ms_per_byte[d], self.deploy_fixed_ms[d]
+        return (sum(8e3 / self.links[h].up_bps for h in range(d)),
+                sum(1e3 * self.links[h].rtt_s / 2 for h in range(d)))
+
+    def deploy_ms(self, d: int, param_bytes: int, runs_layers: bool) -> float:
+        """The deployment rule: shipping device ``d``'s library (``param_bytes`` of weights +
+        the code, when it runs layers) to it; 0 when there is nothing to ship."""
+        nbytes = param_bytes + (self.deploy_code_bytes if runs_layers else 0)
+        if not nbytes:
+            return 0.0
+        per_byte, fixed = self.deploy_rate(d)
+        return per_byte * nbytes + fixed
+
     def energy_weights(self) -> tuple[tuple[float, ...], tuple[float, ...], float]:
         """Energy (mJ) is linear: sum_d wc[d] * compute_d + sum_h wh[h] * hop_h + idle * return,
         with idle = total idle watts (everyone idles while the others work)."""
@@ -265,10 +323,13 @@ class Breakdown:
     latency_ms: float
     bottleneck_ms: float
     energy_mj: float = 0.0
+    deploy_ms: float = 0.0            # shipping every stage's library (Problem.deploy_ms)
+    deploy_counted: bool = False      # deploy_ms is part of the latency objective (one-shot)
+    lower_bound: float | None = None  # a solver's proven bound on the optimal objective
 
     def objective(self, name: str) -> float:
-        return {"latency": self.latency_ms, "throughput": self.bottleneck_ms,
-                "energy": self.energy_mj}[name]
+        return {"latency": self.latency_ms + (self.deploy_ms if self.deploy_counted else 0.0),
+                "throughput": self.bottleneck_ms, "energy": self.energy_mj}[name]
 
 
 def layer_activation_bytes(graph: LayerGraph, i: int) -> int:
@@ -338,10 +399,7 @@ def evaluate(problem: Problem, assignment: Sequence[int]) -> Breakdown:
         for h in range(made[name], reader):
             hop_bytes[h] += problem.tensor_bytes(name)
     hop_ms = tuple(problem.links[h].up_ms(b) for h, b in enumerate(hop_bytes))
-    return_ms = 0.0
-    for t in g.outputs:
-        for h in range(made[t.name]):
-            return_ms += problem.links[h].down_ms(t.nbytes)
+    return_ms = sum(problem.return_ms(o, made[t.name]) for o, t in enumerate(g.outputs))
     memory = [0] * k
     peak = [0] * k
     for i, d in enumerate(dev):
@@ -355,8 +413,12 @@ def evaluate(problem: Problem, assignment: Sequence[int]) -> Breakdown:
     wc, wh, idle = problem.energy_weights()
     energy = (sum(w * c for w, c in zip(wc, compute)) + sum(w * h for w, h in zip(wh, hop_ms))
               + idle * return_ms) if problem.power else 0.0
+    shipped = [0] * k
+    for i, d in enumerate(dev):
+        shipped[d] += g.layers[i].param_bytes
+    deploy = sum(problem.deploy_ms(d, shipped[d], d in dev) for d in range(k))
     return Breakdown(dev, tuple(compute), tuple(hop_bytes), hop_ms, return_ms, tuple(memory),
-                     latency, bottleneck, energy)
+                     latency, bottleneck, energy, deploy, problem.deploy_in_objective)
 
 
 def feasible(problem: Problem, b: Breakdown) -> bool:

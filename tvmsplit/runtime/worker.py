@@ -51,6 +51,12 @@ be read from the header), so it reaches the client. A successful stage appends `
 "bytes"}]}`` to the (merged) trace and sends each route its tensors: a request for the next
 stage, or a reply to the client.
 
+A sequential stage (HyPS, ``StagePlan.segments``) takes every request already queued, up to
+``SEQUENTIAL_MAX_BATCH``, as one batch (it never waits for more): each segment's library and
+weights are loaded once, run on every request of the batch and freed before the next
+(``stage.SegmentedRunner``). Its trace entries add ``"load_ms"`` (the request's share of the
+loading) and ``"batch"``; ``compute_ms`` is the batch's time divided by its size.
+
 On start the bound endpoints are written to ``--ready-file`` atomically as JSON
 ``{"data", "control", "out", "pid", "stage"}`` (``out`` is null unless a client route is bound).
 SIGTERM / SIGINT / ``shutdown`` exit cleanly with code 0; so does the worker when ``--parent-pid``
