@@ -436,3 +436,16 @@ def test_plan_cli_runs_a_device_larger_model_sequentially_and_saves_a_buildable_
     assert refused.exit_code == 1 and "--sequential auto" in refused.output
     built = run("build", model, "--plan", tmp_path / "plan.json", "-o", tmp_path / "b", "--check")
     assert built.exit_code == 0, built.output
+
+
+def test_a_sequential_stage_always_gets_the_python_worker(monkeypatch):
+    """Even when its target file asks for the native worker, which cannot load segments."""
+    from types import SimpleNamespace
+
+    from tvmsplit.runtime import launch
+
+    monkeypatch.setattr(launch, "target_worker_kind", lambda target: "native")
+    plain = SimpleNamespace(segments=(), runtime="tvm", plan=SimpleNamespace(target="t.toml"))
+    assert launch.stage_worker_kind(plain) == "native"
+    assert launch.stage_worker_kind(SimpleNamespace(**{**vars(plain), "segments": (1,)})) == "python"
+    assert launch.stage_worker_kind(SimpleNamespace(**{**vars(plain), "runtime": "onnxruntime"})) == "python"

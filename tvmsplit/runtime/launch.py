@@ -247,6 +247,15 @@ def target_worker_kind(target: str) -> str:
     return kind
 
 
+def stage_worker_kind(stage) -> str:
+    """The worker kind for a bundle stage: ``"python"`` for a stage only the Python worker can
+    run (sequential HyPS segments, an onnxruntime fallback stage), else what its target file
+    asks for (``target_worker_kind``)."""
+    if stage.segments or getattr(stage, "runtime", "tvm") != "tvm":
+        return "python"
+    return target_worker_kind(stage.plan.target)
+
+
 def worker_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment a worker runs in: ``base`` (default: ours) with the runtime-only TVM
     library (``TVM_USE_RUNTIME_LIB=1``) unless the caller chose otherwise."""
@@ -469,7 +478,7 @@ class LocalLauncher:
             check_shared_keys(secure, len(bundle.stages))
         if self.program is None:
             self._from_targets = {s.index: worker_program(kind) for s in bundle.stages
-                                  if (kind := target_worker_kind(s.plan.target)) != "python"}
+                                  if (kind := stage_worker_kind(s)) != "python"}
         started: dict[int, Worker] = {}
         try:
             for index in launch_order(bundle.plan):

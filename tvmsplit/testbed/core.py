@@ -40,7 +40,7 @@ from typing import Any
 from ..atomic import write_json
 from ..devices import Link
 from ..runtime.launch import (LaunchError, WorkerSpec, Worker, native_worker, python_worker, spawn,
-                              target_worker_kind,
+                              stage_worker_kind,
                               wait_for_ready_file, launch_order, next_addresses,
                               stop_processes, same_addresses)
 from ..runtime.procs import killpg, stop_group
@@ -104,7 +104,7 @@ def _target_kind(spec: WorkerSpec) -> str:
     """The worker kind the target file of ``spec``'s stage asks for (``[worker] kind``)."""
     from ..bundle import Bundle
 
-    return target_worker_kind(Bundle.load(spec.bundle, stages=[]).stages[spec.stage].plan.target)
+    return stage_worker_kind(Bundle.load(spec.bundle, stages=[]).stages[spec.stage])
 
 
 # ---------------------------------------------------------------------------------- testbed
