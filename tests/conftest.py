@@ -38,6 +38,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_imports": ("unit",),
     "test_interrupts": ("cli", "tvm"),
     "test_launch": ("tvm", "runtime"),
+    "test_load_speed": ("tvm",),
     "test_partition": ("unit",),
     "test_plan_cli": ("cli", "tvm"),
     "test_plan_objectives": ("cli", "tvm"),

@@ -37,8 +37,12 @@ def _load_graph(model: str, shapes: tuple[str, ...]):
     pinned = _parse_shapes(shapes)
     if model.startswith("zoo:"):
         name = model[4:]
-        return load(zoo.make(name), shapes=pinned or None, name=name)
-    return load(model, shapes=pinned or None)
+        start = time.perf_counter()
+        proto = zoo.make(name)
+        if time.perf_counter() - start > 1.0:
+            _progress(f"{model}: random weights generated in {time.perf_counter() - start:.1f} s")
+        return load(proto, shapes=pinned or None, name=name, log=_progress, copy=False)
+    return load(model, shapes=pinned or None, log=_progress)
 
 
 def _split_list(value: str | None, option: str) -> list[str]:
