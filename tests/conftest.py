@@ -29,6 +29,8 @@ _HEAVY = frozenset({"tvm", "runtime", "rpc", "testbed"})
 
 # Test module -> its tests' tiers (unless OVERRIDES says otherwise for a test).
 TIERS: dict[str, tuple[str, ...]] = {
+    "test_check": ("unit",),
+    "test_check_cli": ("cli", "tvm"),
     "test_cli": ("cli", "tvm"),
     "test_control": ("unit",),
     "test_deploy": ("tvm", "runtime"),
@@ -69,6 +71,7 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
         "test_zoo_file_has_normal_permissions")},
     ("test_cli", "test_demo"): ("cli", "tvm", "runtime"),
     ("test_cli", "test_run_with_check_and_input_file"): ("cli", "tvm", "runtime"),
+    ("test_check_cli", "test_run_check_reports_the_output_tensor"): ("cli", "tvm", "runtime"),
     **{("test_partition", t): ("tvm",) for t in (
         "test_cut_bytes_match_the_graph_cuts", "test_evaluate_prices_a_split_by_hand",
         "test_slow_link_keeps_everything_on_the_end_device_and_fast_link_offloads",
