@@ -35,6 +35,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_control": ("unit",),
     "test_deploy": ("tvm", "runtime"),
     "test_errors": ("cli", "tvm"),
+    "test_folding": ("tvm",),
     "test_fuzz": ("tvm", "runtime"),
     "test_graph": ("tvm",),
     "test_imports": ("unit",),
@@ -72,6 +73,7 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
     ("test_cli", "test_demo"): ("cli", "tvm", "runtime"),
     ("test_cli", "test_run_with_check_and_input_file"): ("cli", "tvm", "runtime"),
     ("test_check_cli", "test_run_check_reports_the_output_tensor"): ("cli", "tvm", "runtime"),
+    ("test_folding", "test_ppocrv4_rec_builds_and_checks_at_every_width"): ("tvm", "slow"),
     **{("test_partition", t): ("tvm",) for t in (
         "test_cut_bytes_match_the_graph_cuts", "test_evaluate_prices_a_split_by_hand",
         "test_slow_link_keeps_everything_on_the_end_device_and_fast_link_offloads",

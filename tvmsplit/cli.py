@@ -164,6 +164,10 @@ def inspect(model: str, shapes: tuple[str, ...], as_json: bool) -> None:
     click.echo(f"{g.name}: {len(g.layers)} layers, {g.param_bytes / 1024:.1f} KB params, "
                f"input {', '.join(f'{t.name}{list(t.shape)}' for t in g.inputs)} "
                f"({g.input_bytes / 1024:.1f} KB)")
+    if g.folding:
+        from .frontend import Folding
+
+        click.echo(Folding(g.folding).describe())
     header = f"{'#':>3} {'layer':<28} {'op':<22} {'output shape':<20} {'MFLOPs':>9} " \
              f"{'params KB':>10} {'out KB':>9} {'cut KB':>9}"
     click.echo(header)
@@ -184,7 +188,7 @@ def inspect(model: str, shapes: tuple[str, ...], as_json: bool) -> None:
 
 def _graph_json(g, cuts) -> dict:
     return {
-        "model": g.name, "model_sha256": g.model_sha256,
+        "model": g.name, "model_sha256": g.model_sha256, "folding": g.folding,
         "inputs": [t.to_json() for t in g.inputs], "outputs": [t.to_json() for t in g.outputs],
         "layers": [{
             "index": i, "name": layer.name, "op": layer.op, "ops": list(layer.ops),

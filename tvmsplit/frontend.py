@@ -10,7 +10,10 @@ Normalisation (the returned graph's ``model``):
   exporter left it empty);
 - shape arithmetic (Shape -> Slice -> Concat -> Reshape) is folded with onnxsim once the inputs
   are static, without onnxsim's optimisations, so layers keep their identity (BatchNormalization
-  is not fused away);
+  is not fused away). The folding is guarded (``_fold_shape_arithmetic``): the folded and the
+  unfolded model run under onnxruntime on the pinned shapes and must agree; when they do not,
+  full simplification is tried, then no folding. ``LayerGraph.folding`` says which was used
+  (``Folding``), and ``log`` gets a line whenever it is not the light folding;
 - an ``If`` whose condition folded to a constant is replaced by the branch it takes
   (``controlflow``); one left over is listed as unsupported, with the unsupported operators inside
   ``If``/``Loop``/``Scan`` bodies.
@@ -18,14 +21,19 @@ Normalisation (the returned graph's ``model``):
 LSTM, GRU and RNN nodes stay single nodes, hence single layers (``recurrent`` rewrites them into
 operators TVM imports only when a stage is compiled).
 
+Large models: the ONNX checker and shape inference see a copy without the large float weights
+(``_without_weights``), so a 553 MB VGG16 is not serialised and parsed by them twice over.
+
 Splitting then happens on this ONNX graph (see ``split.py``); each stage is imported into Relax on
 its own, so it carries exactly its own weights.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -74,19 +82,29 @@ def load(source: str | os.PathLike | onnx.ModelProto, shapes: dict[str, Any] | N
     owned = not copy or not isinstance(source, onnx.ModelProto)  # read here, or handed over
     model = _pin_input_shapes(model, shapes or {}, copy=not owned)
     model = _constants_to_initializers(_name_nodes(model))
+    folding = Folding("")
     for _ in range(_MAX_FOLDS):  # folding can make If conditions constant, inlining more foldable
         if _needs_folding(model):
             if big:
                 say(f"{label}: folding shape arithmetic (onnxsim; it copies the weights)")
-            model = _fold_shape_arithmetic(model)
+            model, step = _fold_shape_arithmetic(model)
+            if step.method != "light":
+                say(f"{label}: {step.describe()}")
+            folding = max(folding, step, key=Folding.severity)
             model = _constants_to_initializers(_name_nodes(model))
         model, inlined = controlflow.inline_constant_ifs(model)
         if not inlined:
             break
         model = _constants_to_initializers(_name_nodes(model))
     check_supported(model)
-    model = _infer_shapes(model)
-    return _build_layer_graph(model, name or label, model_hash)
+    try:
+        model = _infer_shapes(model)
+    except ShapeError as exc:
+        if folding.method in ("", "light"):
+            raise
+        raise ShapeError(f"{exc} ({folding.describe()})") from None
+    graph = _build_layer_graph(model, name or label, model_hash)
+    return dataclasses.replace(graph, folding=folding.method)
 
 
 # ---- reading and validation -------------------------------------------------------------------
@@ -286,18 +304,100 @@ def _needs_folding(model: onnx.ModelProto) -> bool:
     return False
 
 
-def _fold_shape_arithmetic(model: onnx.ModelProto) -> onnx.ModelProto:
+@dataclass(frozen=True)
+class Folding:
+    """How the shape arithmetic was folded (``LayerGraph.folding`` holds ``method``).
+
+    ``method``: ``""`` nothing to fold; ``"light"`` onnxsim without its optimisations (layers
+    keep their identity), checked against onnxruntime; ``"full"`` onnxsim with them, used
+    because the light folding changed the model's results or failed; ``"none"`` left unfolded,
+    because both did; ``"unchecked"`` folded but not checked: onnxruntime cannot run the
+    unfolded model. ``why`` says what went wrong with the methods passed over.
+    """
+
+    method: str
+    why: str = ""
+
+    _ORDER = ("", "light", "unchecked", "full", "none")
+
+    def severity(self) -> int:
+        return self._ORDER.index(self.method)
+
+    def describe(self) -> str:
+        what = {"": "no shape arithmetic to fold",
+                "light": "shape arithmetic folded by onnxsim without optimisation, checked "
+                         "against onnxruntime",
+                "unchecked": "shape arithmetic folded by onnxsim, NOT checked against "
+                             "onnxruntime",
+                "full": "shape arithmetic folded by full onnxsim simplification, checked "
+                        "against onnxruntime",
+                "none": "shape arithmetic left unfolded"}[self.method]
+        return what + (f" ({self.why})" if self.why else "")
+
+
+FOLDING_METHODS = ("light", "full")  # tried in this order; then the model stays unfolded
+
+
+def _simplify(model: onnx.ModelProto, method: str) -> onnx.ModelProto:
+    """onnxsim's folding: ``light`` without its optimisations, ``full`` with them."""
     import onnxsim
 
-    try:
-        folded, ok = onnxsim.simplify(model, perform_optimization=False)
-    except Exception as exc:
-        raise ModelError(f"folding the model's shape arithmetic failed ({exc}); "
-                         "simplify it yourself (python -m onnxsim in.onnx out.onnx) and retry") from None
-    if not ok:
-        raise ModelError("folding the model's shape arithmetic changed its results; "
-                         "simplify it yourself (python -m onnxsim) and retry")
+    folded, _ = onnxsim.simplify(model, perform_optimization=(method == "full"))
     return folded
+
+
+def _fold_shape_arithmetic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Folding]:
+    """Fold with onnxsim, guarded: each candidate (``FOLDING_METHODS``) must give onnxruntime's
+    outputs of the unfolded model on the pinned shapes (``check.realistic_inputs``; onnxsim's own
+    check never runs here, its ``check_n`` is 0). The first that does is used; when none does the
+    model stays unfolded. Returns the model and how it was folded."""
+    from .check import realistic_inputs, run_onnxruntime
+
+    specs = _tensor_specs(model)
+    feed = realistic_inputs(tuple(specs[vi.name] for vi in graph_inputs(model)), model)
+    try:
+        want = run_onnxruntime(model, feed)
+    except Exception as exc:
+        want, cannot_run = None, _first_line(exc)
+    passed_over = []
+    for method in FOLDING_METHODS:
+        try:
+            folded = _simplify(model, method)
+        except Exception as exc:
+            passed_over.append(f"{method} folding failed: {_first_line(exc)}")
+            continue
+        if want is None:
+            why = f"{method} folding; onnxruntime cannot run the unfolded model: {cannot_run}"
+            return folded, Folding("unchecked", "; ".join([*passed_over, why]))
+        why = _results_differ(folded, feed, want)
+        if why is None:
+            return folded, Folding(method, "; ".join(passed_over))
+        passed_over.append(f"{method} folding rejected: {why}")
+    return model, Folding("none", "; ".join(passed_over))
+
+
+def _results_differ(folded: onnx.ModelProto, feed: dict, want: dict) -> str | None:
+    """Why ``folded``'s onnxruntime outputs are not ``want`` (None when they match)."""
+    from .check import compare, run_onnxruntime
+
+    try:
+        got = run_onnxruntime(folded, feed, list(want))
+    except Exception as exc:
+        return f"onnxruntime cannot run the folded model ({_first_line(exc)})"
+    for name, ref in want.items():
+        value = np.asarray(got[name])
+        if value.shape != np.asarray(ref).shape:
+            return (f"output {name!r} has shape {list(value.shape)} instead of "
+                    f"{list(np.shape(ref))}")
+        err = compare(value.astype(np.asarray(ref).dtype), ref, name)
+        if not err.ok:
+            return f"output {err.describe()}"  # where and how far off
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
