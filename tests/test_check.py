@@ -100,6 +100,12 @@ def test_nans_and_infinities():
     assert not err.ok and err.max_abs == math.inf and err.max_abs_at == (0,)
 
 
+def test_a_scalar_is_compared_too():
+    assert compare(np.array(16000, np.int64), np.array(16000, np.int64), "sr").ok
+    err = compare(np.array(1.5, np.float32), np.array(1.0, np.float32), "s")
+    assert not err.ok and err.max_abs == 0.5 and err.max_abs_at == ()
+
+
 def test_rel_keeps_its_meaning():
     ref = np.array([0.0, 2.0, -4.0], np.float32)
     err = compare(ref + np.float32(1e-3), ref, "t")

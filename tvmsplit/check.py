@@ -272,7 +272,7 @@ def compare(got: np.ndarray, ref: np.ndarray, name: str,
         tolerance = tolerance_for(ref.dtype.name, DEFAULT_RTOL if tolerance is None else tolerance)
     if not ref.size:
         return TensorError(name, 0.0, 0.0, tolerance=tolerance)
-    g, r = got.astype(np.float64), ref.astype(np.float64)
+    g, r = got.astype(np.float64).reshape(-1), ref.astype(np.float64).reshape(-1)  # 0-d too
     with np.errstate(invalid="ignore"):  # inf - inf
         diff = np.abs(g - r)
     same = (g == r) | (np.isnan(g) & np.isnan(r))  # equal infinities and NaNs are no error
