@@ -29,12 +29,15 @@ _HEAVY = frozenset({"tvm", "runtime", "rpc", "testbed"})
 
 # Test module -> its tests' tiers (unless OVERRIDES says otherwise for a test).
 TIERS: dict[str, tuple[str, ...]] = {
+    "test_check": ("unit",),
+    "test_check_cli": ("cli", "tvm"),
     "test_cli": ("cli", "tvm"),
     "test_block_profile": ("unit",),
     "test_control": ("unit",),
     "test_deploy": ("tvm", "runtime"),
     "test_errors": ("cli", "tvm"),
     "test_fallback": ("tvm",),
+    "test_folding": ("tvm",),
     "test_fuzz": ("tvm", "runtime"),
     "test_graph": ("tvm",),
     "test_hyps": ("unit",),
@@ -42,6 +45,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_interrupts": ("cli", "tvm"),
     "test_launch": ("tvm", "runtime"),
     "test_links": ("unit",),
+    "test_load_speed": ("tvm",),
     "test_partition": ("unit",),
     "test_plan_cli": ("cli", "tvm"),
     "test_plan_objectives": ("cli", "tvm"),
@@ -92,6 +96,8 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
         "test_full_vgg16_runs_on_one_worker_under_1_gib_in_sequential_mode",
         "test_full_vgg16_on_two_capped_workers_with_fc1_h_parts_in_parallel")},
     ("test_cli", "test_run_with_check_and_input_file"): ("cli", "tvm", "runtime"),
+    ("test_check_cli", "test_run_check_reports_the_output_tensor"): ("cli", "tvm", "runtime"),
+    ("test_folding", "test_ppocrv4_rec_builds_and_checks_at_every_width"): ("tvm", "slow"),
     **{("test_partition", t): ("tvm",) for t in (
         "test_cut_bytes_match_the_graph_cuts", "test_evaluate_prices_a_split_by_hand",
         "test_slow_link_keeps_everything_on_the_end_device_and_fast_link_offloads",

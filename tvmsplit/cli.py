@@ -38,8 +38,13 @@ def _load_graph(model: str, shapes: tuple[str, ...], fallback: str | None = None
     pinned = _parse_shapes(shapes)
     if model.startswith("zoo:"):
         name = model[4:]
-        return load(zoo.make(name), shapes=pinned or None, name=name, fallback=fallback)
-    return load(model, shapes=pinned or None, fallback=fallback)
+        start = time.perf_counter()
+        proto = zoo.make(name)
+        if time.perf_counter() - start > 1.0:
+            _progress(f"{model}: random weights generated in {time.perf_counter() - start:.1f} s")
+        return load(proto, shapes=pinned or None, name=name, log=_progress, copy=False,
+                    fallback=fallback)
+    return load(model, shapes=pinned or None, log=_progress, fallback=fallback)
 
 
 def _split_list(value: str | None, option: str) -> list[str]:
@@ -63,6 +68,11 @@ shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=D1
 db_option = click.option(
     "--db", default=None, type=click.Path(file_okay=False),
     help="Tuning database (`tvmsplit tune --db`); default: each target's own, when it was tuned.")
+tolerance_option = click.option(
+    "--tolerance", default=1e-4, show_default=True,
+    help="--check's float32 tolerance: each element within T x the tensor's range (at least "
+         "1e-6) + T x |reference|, like numpy.allclose; other float dtypes' scale with it, "
+         "integers must be equal.")
 plan_file_option = click.option(
     "--plan", "plan_file", type=click.Path(exists=True, dir_okay=False),
     help="A plan saved by `tvmsplit plan --save` (instead of --split-at/--targets).")
@@ -168,6 +178,10 @@ def inspect(model: str, shapes: tuple[str, ...], as_json: bool, fallback: str | 
     click.echo(f"{g.name}: {len(g.layers)} layers, {g.param_bytes / 1024:.1f} KB params, "
                f"input {', '.join(f'{t.name}{list(t.shape)}' for t in g.inputs)} "
                f"({g.input_bytes / 1024:.1f} KB)")
+    if g.folding:
+        from .frontend import Folding
+
+        click.echo(Folding(g.folding).describe())
     header = f"{'#':>3} {'layer':<28} {'op':<22} {'output shape':<20} {'MFLOPs':>9} " \
              f"{'params KB':>10} {'out KB':>9} {'cut KB':>9}"
     click.echo(header)
@@ -204,7 +218,7 @@ def _fallback_layers(g, fallback: str | None) -> dict:
 
 def _graph_json(g, cuts) -> dict:
     return {
-        "model": g.name, "model_sha256": g.model_sha256,
+        "model": g.name, "model_sha256": g.model_sha256, "folding": g.folding,
         "inputs": [t.to_json() for t in g.inputs], "outputs": [t.to_json() for t in g.outputs],
         "layers": [{
             "index": i, "name": layer.name, "op": layer.op, "ops": list(layer.ops),
@@ -229,17 +243,23 @@ def _graph_json(g, cuts) -> dict:
 @shape_option
 @plan_file_option
 @click.option("--check", is_flag=True, help="Run host-runnable stages and compare with onnxruntime.")
-@click.option("--tolerance", default=1e-4, show_default=True, help="Max relative error for --check.")
+@click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False),
+              help="--check's input: .npy (single-input models) or .npz (by input name); "
+                   "default: what the model expects (images in [0,1), token ids in range).")
+@tolerance_option
 @db_option
 @fallback_option
 @_interruptible
 def build(model: str, split_at: str, targets: str, out_dir: str, shapes: tuple[str, ...],
-          plan_file: str | None, check: bool, tolerance: float, db: str | None,
-          fallback: str | None) -> None:
+          plan_file: str | None, check: bool, input_file: str | None, tolerance: float,
+          db: str | None, fallback: str | None) -> None:
     """Split MODEL, compile every stage for its target and write a bundle."""
+    if input_file and not check:
+        raise TvmsplitError(f"--input {input_file} is what --check feeds the stages; add --check")
     g = _load_graph(model, shapes, fallback)
+    inputs = _read_inputs(input_file, g) if input_file else None
     g, plan = _plan_to_build(g, split_at, targets, plan_file)
-    _build_plan_and_check(g, plan, out_dir, check, tolerance, db, fallback)
+    _build_plan_and_check(g, plan, out_dir, check, tolerance, db, fallback, inputs)
 
 
 def _parse_duration(text: str | None) -> float | None:
@@ -364,7 +384,8 @@ def _build_and_check(g, split_at: list[str], targets: list[str], stage_of: dict 
 
 
 def _build_plan_and_check(g, plan, out_dir: str, check: bool, tolerance: float,
-                          db: str | None = None, fallback: str | None = None) -> None:
+                          db: str | None = None, fallback: str | None = None,
+                          inputs: dict | None = None) -> None:
     """Build ``plan`` as it is into ``out_dir``, print its stages, and with ``check`` compare
     the host-runnable stages with onnxruntime."""
     from .build import build_bundle
@@ -389,35 +410,57 @@ def _build_plan_and_check(g, plan, out_dir: str, check: bool, tolerance: float,
                    f"{stage.plan.param_bytes / 1024:.1f} KB  library {stage.library_bytes / 1024:.1f} KB"
                    f"  -> {cut}")
     if check:
-        _report_check(bundle, g, tolerance)
+        _report_check(bundle, g, tolerance, inputs)
 
 
-def _report_check(bundle, g, tolerance: float) -> None:
+def _report_check(bundle, g, tolerance: float, inputs: dict | None = None) -> None:
+    """Per stage, and per tensor it outputs: how far from the reference and where; then the
+    verdict line (``check vs REF: max abs err A, max rel err R (...) OK|FAILED``, R relative to
+    each tensor's largest magnitude); exit 1 when a tensor is beyond its tolerance."""
     from .check import check_bundle, reference_name
 
-    report = check_bundle(bundle, g, tolerance=tolerance)
+    report = check_bundle(bundle, g, inputs, tolerance=tolerance)
     for s in report.stages:
         if not s.ran:
             click.echo(f"check stage {s.index} [{s.target}]: not runnable on this machine, skipped")
             continue
         fed = "chained" if s.chained else f"fed {reference_name(g)}'s inputs"
-        worst = max(s.errors, key=lambda e: e.rel)
-        click.echo(f"check stage {s.index} [{s.target}] ({fed}): max abs err {worst.max_abs:.3g}, "
-                   f"max rel err {worst.rel:.3g}")
-    verdict = "OK" if report.ok else "FAILED"
-    click.echo(f"check vs {reference_name(g)}: max abs err {report.max_abs:.3g}, max rel err "
-               f"{report.rel:.3g} (tolerance {tolerance:g}) {verdict}")
+        worst = max(s.errors, key=lambda e: e.ratio)
+        click.echo(f"check stage {s.index} [{s.target}] ({fed}): max abs err "
+                   f"{max(e.max_abs for e in s.errors):.3g}, max rel err {s.rel:.3g}, worst "
+                   f"tensor at {worst.ratio:.2g} of tolerance{'' if s.ok else ' FAILED'}")
+        _echo_tensors(s.errors)
+    _echo_verdict(g, report.max_abs, report.rel, report.worst, tolerance, report.ok)
     if not report.ok:
         raise SystemExit(1)
 
 
+def _echo_tensors(errors) -> None:
+    """One line per tensor (all of them when few, else the 3 worst and the failing ones)."""
+    ranked = sorted(errors, key=lambda e: -e.ratio)
+    shown = ranked if len(ranked) <= 4 else [e for i, e in enumerate(ranked) if i < 3 or not e.ok]
+    for e in shown:
+        click.echo(f"  {e.describe()}")
+    if len(shown) < len(ranked):
+        click.echo(f"  ... {len(ranked) - len(shown)} more tensor(s) within tolerance")
+
+
+def _echo_verdict(g, max_abs: float, rel: float, worst, tolerance: float, ok: bool) -> None:
+    from .check import reference_name
+
+    how = (f"worst {worst.name}: {worst.ratio:.2g} of its tolerance, "
+           f"{worst.tolerance.describe()}" if worst is not None else f"tolerance {tolerance:g}")
+    click.echo(f"check vs {reference_name(g)}: max abs err {max_abs:.3g}, max rel err {rel:.3g} "
+               f"(rel: to each tensor's largest |value|; {how}) {'OK' if ok else 'FAILED'}")
+
+
 def _run_pipeline(bundle, g, requests: int, inputs, check: bool, tolerance: float,
                   endpoints=None, secure=None, worker_kind: str | None = None) -> None:
-    from .check import compare, random_inputs, reference, reference_name
+    from .check import compare, default_inputs, reference
     from .runtime.launch import LocalLauncher, worker_program
     from .runtime.pipeline import Pipeline
 
-    inputs = inputs if inputs is not None else random_inputs(g.inputs)
+    inputs = inputs if inputs is not None else default_inputs(g)
     click.echo(f"starting {len(bundle.stages)} worker(s)" +
                (" (local processes)" if endpoints is None else "") +
                (", CurveZMQ" if secure else ""), err=True)
@@ -440,11 +483,11 @@ def _run_pipeline(bundle, g, requests: int, inputs, check: bool, tolerance: floa
                 f"stage {h['stage']} {h['peak_rss_bytes'] / 1e6:.0f} MB" for h in health))
     if check:
         ref = reference(g, inputs)
-        errors = [compare(outputs[t.name], ref[t.name], t.name) for t in g.outputs]
-        worst = max(errors, key=lambda e: e.rel)
-        ok = worst.rel <= tolerance
-        click.echo(f"check vs {reference_name(g)}: max abs err {worst.max_abs:.3g}, max rel err "
-                   f"{worst.rel:.3g} (tolerance {tolerance:g}) {'OK' if ok else 'FAILED'}")
+        errors = [compare(outputs[t.name], ref[t.name], t.name, tolerance) for t in g.outputs]
+        ok = all(e.ok for e in errors)
+        _echo_tensors(errors)
+        _echo_verdict(g, max(e.max_abs for e in errors), max(e.rel for e in errors),
+                      max(errors, key=lambda e: e.ratio), tolerance, ok)
         if not ok:
             raise SystemExit(1)
 
@@ -488,7 +531,7 @@ def _print_trace(trace, targets: list[str]) -> None:
               help="JSON list of running workers' endpoints ({data, control, out}) instead of local ones.")
 @click.option("--requests", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--check", is_flag=True, help="Compare the output with onnxruntime.")
-@click.option("--tolerance", default=1e-4, show_default=True)
+@tolerance_option
 @click.option("--secure", default=None, type=click.Path(file_okay=False), metavar="KEYS_DIR",
               help="Run every link over CurveZMQ with the keys in KEYS_DIR (`tvmsplit keys`); "
                    "off by default, plain TCP is fine on loopback.")

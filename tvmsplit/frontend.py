@@ -10,7 +10,10 @@ Normalisation (the returned graph's ``model``):
   exporter left it empty);
 - shape arithmetic (Shape -> Slice -> Concat -> Reshape) is folded with onnxsim once the inputs
   are static, without onnxsim's optimisations, so layers keep their identity (BatchNormalization
-  is not fused away);
+  is not fused away). The folding is guarded (``_fold_shape_arithmetic``): the folded and the
+  unfolded model run under onnxruntime on the pinned shapes and must agree; when they do not,
+  full simplification is tried, then no folding. ``LayerGraph.folding`` says which was used
+  (``Folding``), and ``log`` gets a line whenever it is not the light folding;
 - an ``If`` whose condition folded to a constant is replaced by the branch it takes
   (``controlflow``); one left over is listed as unsupported, with the unsupported operators inside
   ``If``/``Loop``/``Scan`` bodies.
@@ -22,16 +25,21 @@ node's inputs (``fallback.node_reads``), and shapes onnx leaves open come from o
 LSTM, GRU and RNN nodes stay single nodes, hence single layers (``recurrent`` rewrites them into
 operators TVM imports only when a stage is compiled).
 
+Large models: the ONNX checker and shape inference see a copy without the large float weights
+(``_without_weights``), so a 553 MB VGG16 is not serialised and parsed by them twice over.
+
 Splitting then happens on this ONNX graph (see ``split.py``); each stage is imported into Relax on
 its own, so it carries exactly its own weights.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -56,11 +64,16 @@ _MAX_FOLDS = 4  # rounds of (fold shape arithmetic, inline constant Ifs)
 
 
 def load(source: str | os.PathLike | onnx.ModelProto, shapes: dict[str, Any] | None = None,
-         name: str | None = None, fallback: str | None = None) -> LayerGraph:
+         name: str | None = None, log: Callable[[str], None] | None = None, *,
+         copy: bool = True, fallback: str | None = None) -> LayerGraph:
     """Read an ONNX (or TFLite: ``tflitefront``) model and return its LayerGraph.
 
     ``shapes`` pins input shapes, e.g. ``{"x": (1, 3, 224, 224)}``; required for every input with
-    a dynamic dimension. ``fallback="onnxruntime"`` (``tvmsplit.fallback``) accepts operators
+    a dynamic dimension. ``log`` (e.g. ``print``) receives a line before each phase that takes a
+    while on a large model (``BIG_MODEL_BYTES`` of weights or more) and says how shape arithmetic
+    was folded. A ModelProto ``source`` is left as it was; with ``copy=False`` it becomes the
+    graph's model instead of being copied (for a caller that will not use it again: VGG16's
+    weights are 553 MB). ``fallback="onnxruntime"`` (``tvmsplit.fallback``) accepts operators
     TVM cannot import: the layers holding them are run under onnxruntime once built.
     """
     fallback = check_fallback(fallback)
@@ -69,16 +82,29 @@ def load(source: str | os.PathLike | onnx.ModelProto, shapes: dict[str, Any] | N
             raise ModelError("--fallback onnxruntime runs ONNX stages; it does not apply to a "
                              "TFLite model: drop the option")
         return tflitefront.load(source, shapes, name)  # by content ("TFL3"), not by extension
+    say = log or (lambda _msg: None)
     model, label = _read(source)
+    weights = _weight_bytes(model)
+    big = weights >= BIG_MODEL_BYTES
+    if big:
+        say(f"{label}: {weights / 1e6:.0f} MB of weights: hashing and copying them")
     model_hash = hashlib.sha256(model.SerializeToString()).hexdigest()
-    model = quantized.rewrite(model)  # QLinearConv, ConvInteger, com.microsoft QLinear*: see there
+    rewritten = quantized.rewrite(model)  # QLinearConv, ConvInteger, com.microsoft QLinear*
     if not fallback:
-        check_supported(model, final=False)  # If branches may still be inlined: checked below
-    model = _pin_input_shapes(model, shapes or {})
+        check_supported(rewritten, final=False)  # If branches may still be inlined: checked below
+    # read here, handed over, or already a copy (the rewrite): no need to copy it again
+    owned = not copy or not isinstance(source, onnx.ModelProto) or rewritten is not model
+    model = _pin_input_shapes(rewritten, shapes or {}, copy=not owned)
     model = _constants_to_initializers(_name_nodes(model))
+    folding = Folding("")
     for _ in range(_MAX_FOLDS):  # folding can make If conditions constant, inlining more foldable
         if _needs_folding(model):
-            model = _fold_shape_arithmetic(model)
+            if big:
+                say(f"{label}: folding shape arithmetic (onnxsim; it copies the weights)")
+            model, step = _fold_shape_arithmetic(model)
+            if step.method != "light":
+                say(f"{label}: {step.describe()}")
+            folding = max(folding, step, key=Folding.severity)
             model = _constants_to_initializers(_name_nodes(model))
         model, inlined = controlflow.inline_constant_ifs(model)
         if not inlined:
@@ -86,10 +112,16 @@ def load(source: str | os.PathLike | onnx.ModelProto, shapes: dict[str, Any] | N
         model = _constants_to_initializers(_name_nodes(model))
     if not fallback:
         check_supported(model)
-    model = _infer_shapes(model)
+    try:
+        model = _infer_shapes(model)
+    except ShapeError as exc:
+        if folding.method in ("", "light"):
+            raise
+        raise ShapeError(f"{exc} ({folding.describe()})") from None
     if fallback:  # what onnx cannot infer (Loop-carried values), from onnxruntime
         model = complete_shapes(model)
-    return _build_layer_graph(model, name or label, model_hash)
+    graph = _build_layer_graph(model, name or label, model_hash)
+    return dataclasses.replace(graph, folding=folding.method)
 
 
 # ---- reading and validation -------------------------------------------------------------------
@@ -110,7 +142,8 @@ def _read(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto,
                              "(TFLite: bytes 4..8 are TFL3) — re-export it") from None
         label = path.stem
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(_without_weights(model))
+        _check_weight_sizes(model)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{label}: not a valid ONNX model ({first}); re-export it") from None
@@ -161,8 +194,11 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [vi for vi in model.graph.input if vi.name not in inits]
 
 
-def _pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, Any]) -> onnx.ModelProto:
-    model = _copy(model)
+def _pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, Any],
+                      copy: bool = True) -> onnx.ModelProto:
+    """``model`` (a copy unless ``copy`` is False: a model read here is ours to change) with
+    the pinned ``shapes`` on its inputs; every dynamic input dimension must be pinned."""
+    model = _copy(model) if copy else model
     inputs = graph_inputs(model)
     names = [vi.name for vi in inputs]
     unknown = sorted(set(shapes) - set(names))
@@ -273,31 +309,193 @@ def _needs_folding(model: onnx.ModelProto) -> bool:
     return False
 
 
-def _fold_shape_arithmetic(model: onnx.ModelProto) -> onnx.ModelProto:
+@dataclass(frozen=True)
+class Folding:
+    """How the shape arithmetic was folded (``LayerGraph.folding`` holds ``method``).
+
+    ``method``: ``""`` nothing to fold; ``"light"`` onnxsim without its optimisations (layers
+    keep their identity), checked against onnxruntime; ``"full"`` onnxsim with them, used
+    because the light folding changed the model's results or failed; ``"none"`` left unfolded,
+    because both did; ``"unchecked"`` folded but not checked: onnxruntime cannot run the
+    unfolded model. ``why`` says what went wrong with the methods passed over.
+    """
+
+    method: str
+    why: str = ""
+
+    _ORDER = ("", "light", "unchecked", "full", "none")
+
+    def severity(self) -> int:
+        return self._ORDER.index(self.method)
+
+    def describe(self) -> str:
+        what = {"": "no shape arithmetic to fold",
+                "light": "shape arithmetic folded by onnxsim without optimisation, checked "
+                         "against onnxruntime",
+                "unchecked": "shape arithmetic folded by onnxsim, NOT checked against "
+                             "onnxruntime",
+                "full": "shape arithmetic folded by full onnxsim simplification, checked "
+                        "against onnxruntime",
+                "none": "shape arithmetic left unfolded"}[self.method]
+        return what + (f" ({self.why})" if self.why else "")
+
+
+FOLDING_METHODS = ("light", "full")  # tried in this order; then the model stays unfolded
+
+
+def _simplify(model: onnx.ModelProto, method: str) -> onnx.ModelProto:
+    """onnxsim's folding: ``light`` without its optimisations, ``full`` with them."""
     import onnxsim
 
-    try:
-        folded, ok = onnxsim.simplify(model, perform_optimization=False)
-    except Exception as exc:
-        raise ModelError(f"folding the model's shape arithmetic failed ({exc}); "
-                         "simplify it yourself (python -m onnxsim in.onnx out.onnx) and retry") from None
-    if not ok:
-        raise ModelError("folding the model's shape arithmetic changed its results; "
-                         "simplify it yourself (python -m onnxsim) and retry")
+    folded, _ = onnxsim.simplify(model, perform_optimization=(method == "full"))
     return folded
 
 
+def _fold_shape_arithmetic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Folding]:
+    """Fold with onnxsim, guarded: each candidate (``FOLDING_METHODS``) must give onnxruntime's
+    outputs of the unfolded model on the pinned shapes (``check.realistic_inputs``; onnxsim's own
+    check never runs here, its ``check_n`` is 0). The first that does is used; when none does the
+    model stays unfolded. Returns the model and how it was folded."""
+    from .check import realistic_inputs, run_onnxruntime
+
+    specs = _tensor_specs(model)
+    feed = realistic_inputs(tuple(specs[vi.name] for vi in graph_inputs(model)), model)
+    try:
+        want = run_onnxruntime(model, feed)
+    except Exception as exc:
+        want, cannot_run = None, _first_line(exc)
+    passed_over = []
+    for method in FOLDING_METHODS:
+        try:
+            folded = _simplify(model, method)
+        except Exception as exc:
+            passed_over.append(f"{method} folding failed: {_first_line(exc)}")
+            continue
+        if want is None:
+            why = f"{method} folding; onnxruntime cannot run the unfolded model: {cannot_run}"
+            return folded, Folding("unchecked", "; ".join([*passed_over, why]))
+        why = _results_differ(folded, feed, want)
+        if why is None:
+            return folded, Folding(method, "; ".join(passed_over))
+        passed_over.append(f"{method} folding rejected: {why}")
+    return model, Folding("none", "; ".join(passed_over))
+
+
+def _results_differ(folded: onnx.ModelProto, feed: dict, want: dict) -> str | None:
+    """Why ``folded``'s onnxruntime outputs are not ``want`` (None when they match)."""
+    from .check import compare, run_onnxruntime
+
+    try:
+        got = run_onnxruntime(folded, feed, list(want))
+    except Exception as exc:
+        return f"onnxruntime cannot run the folded model ({_first_line(exc)})"
+    for name, ref in want.items():
+        value = np.asarray(got[name])
+        if value.shape != np.asarray(ref).shape:
+            return (f"output {name!r} has shape {list(value.shape)} instead of "
+                    f"{list(np.shape(ref))}")
+        err = compare(value.astype(np.asarray(ref).dtype), ref, name)
+        if not err.ok:
+            return f"output {err.describe()}"  # where and how far off
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    # Exporters leave stale or dynamic (-1) shapes on intermediate and output tensors; drop them
-    # and infer everything again from the pinned inputs.
+    """``model`` with every tensor's shape inferred again from the pinned inputs (in place).
+
+    Exporters leave stale or dynamic (-1) shapes on intermediate and output tensors; they are
+    dropped first. Inference runs on a copy without the large weights (``_without_weights``):
+    onnx would otherwise serialise and parse the whole model twice (VGG16: 5.9 s of 7).
+    """
     del model.graph.value_info[:]
     for out in model.graph.output:
         out.type.tensor_type.ClearField("shape")
     try:
-        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True,
-                                                 data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(_without_weights(model), check_type=True,
+                                                     strict_mode=True, data_prop=True)
     except Exception as exc:
         raise ShapeError(f"shape inference failed: {str(exc).strip().splitlines()[0]}") from None
+    model.graph.value_info.extend(inferred.graph.value_info)
+    for out, done in zip(model.graph.output, inferred.graph.output):
+        out.CopyFrom(done)
+    return model
+
+
+# ---- large weights ----------------------------------------------------------------------------
+# Float initializers at least this large are left out of the copy that the ONNX checker and shape
+# inference see. No operator reads a float tensor this large to infer a shape (shape-like inputs
+# are integer; Resize scales or Range bounds are a few values), so the results are the same.
+STRIP_MIN_BYTES = 1 << 16
+BIG_MODEL_BYTES = 64 << 20  # weights from which ``load`` logs its long phases
+_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                          onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16})
+
+
+def _nbytes_declared(t: onnx.TensorProto) -> int:
+    return int(np.prod(list(t.dims), dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(
+        t.data_type).itemsize
+
+
+def _strippable(t: onnx.TensorProto) -> bool:
+    return (t.data_type in _FLOAT_TYPES and t.HasField("raw_data")
+            and t.data_location != onnx.TensorProto.EXTERNAL
+            and _nbytes_declared(t) >= STRIP_MIN_BYTES)
+
+
+def _weight_bytes(model: onnx.ModelProto) -> int:
+    """Declared bytes of the graph's initializers (no data is read)."""
+    return sum(_nbytes_declared(t) for t in model.graph.initializer
+               if t.data_type not in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED))
+
+
+def _copy_fields(src, dst, skip: frozenset[str] = frozenset()) -> None:
+    """Copy every set field of protobuf message ``src`` into ``dst`` except those in ``skip``
+    (fields are read by reference: a skipped field's data is never copied)."""
+    for fd, value in src.ListFields():
+        if fd.name in skip:
+            continue
+        if fd.is_repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.type == fd.TYPE_MESSAGE:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` in which each large float initializer (``STRIP_MIN_BYTES``) is a graph
+    input of the same type and shape instead: what the checker and shape inference need of it,
+    without its data. ``model`` itself when it has none."""
+    graph = model.graph
+    if not any(_strippable(t) for t in graph.initializer):
+        return model
+    out = onnx.ModelProto()
+    _copy_fields(model, out, frozenset({"graph"}))
+    _copy_fields(graph, out.graph, frozenset({"initializer"}))
+    declared = {vi.name for vi in graph.input}
+    for t in graph.initializer:
+        if not _strippable(t):
+            out.graph.initializer.add().CopyFrom(t)
+        elif t.name not in declared:  # IR < 4 lists initializers among the inputs already
+            out.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return out
+
+
+def _check_weight_sizes(model: onnx.ModelProto) -> None:
+    """What the checker verifies of the initializers ``_without_weights`` leaves out: raw data
+    at least as large as the declared shape and type need."""
+    for t in model.graph.initializer:
+        if _strippable(t):
+            need, got = _nbytes_declared(t), len(t.raw_data)
+            if got < need:
+                raise ModelError(f"TensorProto (tensor name: {t.name}) raw_data size ({got} "
+                                 f"bytes) is too small for the declared shape and type ({need} "
+                                 "bytes required)")
 
 
 # ---- layers -----------------------------------------------------------------------------------

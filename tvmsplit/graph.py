@@ -101,6 +101,7 @@ class LayerGraph:
     outputs: tuple[TensorSpec, ...]
     model_sha256: str
     model: Any = field(repr=False, compare=False)
+    folding: str = ""  # how load folded shape arithmetic: frontend.Folding's method ("" none)
 
     # ---- lookup -------------------------------------------------------------------------
     @cached_property
