@@ -190,6 +190,11 @@ def test_quantized_vit_builds_and_equals_onnx_semantics(fmt, tmp_path, tmp_path_
             live.update(runner.run({t.name: live[t.name] for t in stage.plan.inputs}))
     (want,) = run_ort(model, x, optimize=fmt != "QDQ")
     assert np.abs(live["output"] - want).max() <= (1e-5 if fmt == "dynamic" else 0.0)
+    # check's reference knows it: a QDQ model is compared with its ONNX semantics
+    from tvmsplit.check import check_bundle, is_qdq
+
+    assert is_qdq(model) == (fmt == "QDQ")
+    assert check_bundle(bundle, g, x).ok
 
 
 def test_dynamic_quantize_lstm_becomes_an_lstm_and_builds(tmp_path, tmp_path_factory):
