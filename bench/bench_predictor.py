@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 
 from tvmsplit.compile import build_stage  # noqa: E402
 from tvmsplit.predict import Dataset, Predictor, Row, split_by_model  # noqa: E402
-from tvmsplit.predict.features import layer_from_json, live_snapshot, state_from_json  # noqa: E402
+from tvmsplit.predict.features import live_snapshot, state_from_json  # noqa: E402
 from tvmsplit.profile import LocalSession, profile_layers, time_library  # noqa: E402
 from tvmsplit.split import plan_split  # noqa: E402
 from tvmsplit.sweep import LOAD_LEVELS, background_load, repeats_for, zoo_graphs  # noqa: E402
