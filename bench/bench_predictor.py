@@ -187,11 +187,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--data", default=str(REPO / "bench" / "results" / "predictor-data.json"))
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "predictor.md"))
+    ap.add_argument("--no-profile", action="store_true",
+                    help="only analyse the models already in --data (profile nothing more)")
     args = ap.parse_args()
     path = Path(args.data)
     data = json.loads(path.read_text()) if path.is_file() else None
     models = {m for m, *_ in zoo_graphs(MODELS)}
-    if data is None or not models <= {r["model_id"] for r in data["dataset"]["rows"]}:
+    if data is None or not (args.no_profile or models <= {r["model_id"] for r in data["dataset"]["rows"]}):
         data = profile(args.target, args.repeat, data)
         path.write_text(json.dumps(data))
         log(f"profile written to {path}")
