@@ -52,6 +52,8 @@ SAMPLE_MS = 10.0
 VARIANTS = {"static": dict(dynamic=False, tuning=False),
             "static+load": dict(dynamic=True, tuning=False),
             "static+load+tuning": dict(dynamic=True, tuning=True)}
+TUNED_MODEL = "zoo:chain@32x1"
+UNTUNED = "all, without the tuned model"
 SUM_OF_MEASURED = "sum of the measured layers"
 SUM_OF_MEASURED_AFTER = "static+load+tuning"
 
@@ -164,8 +166,9 @@ def render(data: dict, res: dict) -> str:
         out += [f"## {what}", "", "| variant | load | median error % | p90 error % | within ±10 % (%) "
                 "| noise floor % | n |", "|---|---|---:|---:|---:|---:|---:|"]
         for variant in [*VARIANTS, SUM_OF_MEASURED]:
-            for load in ("none", "medium", "high", "all"):
-                rows = [r for r in res[what] if r["variant"] == variant and load in ("all", r["load"])]
+            for load in ("none", "medium", "high", "all", UNTUNED):
+                rows = [r for r in res[what] if r["variant"] == variant
+                        and (load in ("all", r["load"]) or load == UNTUNED and r["model"] != TUNED_MODEL)]
                 if rows:
                     e = _err(rows)
                     out.append(f"| {variant} | {load} | {e[0]:.1f} | {e[1]:.1f} | {e[2]:.0f} | "
