@@ -45,6 +45,13 @@ class Timing:
     min_ms: float
     samples: tuple[float, ...]
 
+    @property
+    def noise(self) -> float:
+        """median(|sample - median|) / median: the spread of the repeats (0 for one sample)."""
+        if self.median_ms <= 0:
+            return 0.0
+        return statistics.median(abs(s - self.median_ms) for s in self.samples) / self.median_ms
+
     @classmethod
     def of(cls, samples_ms: Sequence[float]) -> "Timing":
         s = tuple(float(x) for x in samples_ms)

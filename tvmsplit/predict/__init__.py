@@ -23,6 +23,12 @@ how efficient a shape runs under a load, the size comes from the FLOPs. ``bench_
 compares it with a plain ``ln(ms)`` target. A type never seen in training (or with fewer than
 ``MIN_ROWS`` rows) falls back to the FLOPs-proportional baseline ``ms = k_type * flops``.
 
+Optionally (``Predictor.train(tuning=True)``) also how much of the layer's build was tuned
+(``TUNING_FEATURES``: the share of its kernels scheduled from a tuning database, from the row's
+"N/M kernels tuned" record; pass ``tuned_fraction=`` to ``predict_layers``). Every row also keeps
+its measurement's noise floor (``Row.noise``: median |repeat - median| / median).
+``bench/bench_predictor.py`` checks all of it on held-out zoo models.
+
 Files (one JSON file per device, schema ``SCHEMA_VERSION``; see ``Predictor.save``) are tied to the
 target they were trained for; ``Predictor.load(path, target=...)`` refuses a file trained for
 another target, of another schema, missing or corrupt, with the command that fixes it.
@@ -44,16 +50,17 @@ from .dataset import (DATASET_FORMAT, DATASET_SCHEMA_VERSION, Dataset, Row, data
                       predictors_dir, split_by_config, split_by_model)
 from .errors import (PredictorCorruptError, PredictorError, PredictorMissingError, PredictorTargetError,
                      PredictorVersionError)
-from .features import (DYNAMIC_FEATURES, LAYER_TYPES, STATIC_FEATURES, config_id,
+from .features import (DYNAMIC_FEATURES, LAYER_TYPES, STATIC_FEATURES, TUNING_FEATURES, config_id,
                        dynamic_features, feature_names, layer_from_json, layer_to_json, layer_type,
-                       live_snapshot, state_from_json, static_features, work)
+                       live_snapshot, state_from_json, static_features, tuned_fraction, work)
 from .predictor import (DEFAULT_ROUNDS, DEFAULT_XGB_PARAMS, FORMAT, MIN_ROWS, SCHEMA_VERSION,
                         GraphPrediction, LayerPrediction, Predictor, TypeModel, baseline_k, cost_table,
                         fit_xgb, metrics, predict_graph, predict_model, train_device)
 
 __all__ = [
     # features
-    "LAYER_TYPES", "DYNAMIC_FEATURES", "STATIC_FEATURES", "live_snapshot",
+    "LAYER_TYPES", "DYNAMIC_FEATURES", "STATIC_FEATURES", "TUNING_FEATURES", "tuned_fraction",
+    "live_snapshot",
     "state_from_json", "layer_type", "static_features", "dynamic_features", "feature_names", "work",
     "layer_to_json", "layer_from_json", "config_id",
     # dataset

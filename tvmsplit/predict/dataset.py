@@ -19,7 +19,7 @@ from ..monitor import DeviceState
 from .errors import (PredictorCorruptError, PredictorError, PredictorMissingError, PredictorTargetError,
                      PredictorVersionError)
 from .features import (LAYER_TYPES, config_id, dynamic_features, feature_names, layer_from_json,
-                       layer_to_json, layer_type, state_from_json, static_features, work)
+                       layer_to_json, layer_type, state_from_json, static_features, tuned_fraction, work)
 
 DATASET_SCHEMA_VERSION = 1
 DATASET_FORMAT = "tvmsplit-dataset"
@@ -64,13 +64,20 @@ class Row:
     config_id: str = ""
     load: str = ""
     tuning: str = ""   # the tuning database the measured build used (profile.LayerMeasurement)
+    noise: float = 0.0  # median(|repeat - median|) / median of the repeats: the noise floor
     _features: dict[str, float] | None = field(default=None, repr=False, compare=False)
 
     @property
     def layer_type(self) -> str:
         return layer_type(self.layer)
 
+    @property
+    def tuned_fraction(self) -> float:
+        """Share of the layer's kernels scheduled from a tuning database (NaN: not recorded)."""
+        return tuned_fraction(self.tuning)
+
     def features(self) -> dict[str, float]:
+        """Static and dynamic features (``tuned_fraction`` is its own property)."""
         if self._features is None:
             self._features = {**static_features(self.layer), **dynamic_features(self.state)}
         return self._features
@@ -82,13 +89,15 @@ class Row:
                      for k, v in self.state.to_json().items()}
         return {"layer_type": self.layer_type, "layer": layer_to_json(self.layer), "state": state,
                 "ms": self.ms, "std_ms": self.std_ms, "model_id": self.model_id,
-                "config_id": self.config_id, "load": self.load, "tuning": self.tuning}
+                "config_id": self.config_id, "load": self.load, "tuning": self.tuning,
+                "noise": self.noise}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Row":
         return cls(layer_from_json(d["layer"]), state_from_json(d.get("state")),
                    float(d["ms"]), float(d.get("std_ms", 0.0)), str(d.get("model_id", "")),
-                   str(d.get("config_id", "")), str(d.get("load", "")), str(d.get("tuning", "")))
+                   str(d.get("config_id", "")), str(d.get("load", "")), str(d.get("tuning", "")),
+                   float(d.get("noise", 0.0)))
 
 
 class Dataset:
@@ -114,7 +123,8 @@ class Dataset:
         for m in measurements:
             layer = graph.layer(m.layer)
             self.rows.append(Row(layer, m.state, float(m.timing.median_ms), float(m.timing.std_ms),
-                                 mid, config_id(layer), load, getattr(m, "tuning", "")))
+                                 mid, config_id(layer), load, getattr(m, "tuning", ""),
+                                 m.timing.noise))
 
     def extend(self, other: "Dataset") -> None:
         self.rows.extend(other.rows)
@@ -183,7 +193,8 @@ class Dataset:
         """(X, ms, work) of the rows of one type, features in ``names`` order."""
         rows = self.of_type(ltype)
         names = names or feature_names(ltype)
-        X = np.array([[r.features()[n] for n in names] for r in rows], dtype=np.float64)
+        X = np.array([[r.tuned_fraction if n == "tuned_fraction" else r.features()[n] for n in names]
+                      for r in rows], dtype=np.float64)
         X = X.reshape(len(rows), len(names))
         ms = np.maximum(np.array([r.ms for r in rows], dtype=np.float64), 1e-6)  # ln() needs > 0
         wk = np.array([work(r.layer) for r in rows], dtype=np.float64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,8 @@ _SMOOTH_ACT = frozenset({"HardSwish", "Sigmoid", "HardSigmoid", "Tanh", "Gelu", 
                          "Softplus", "Erf"})
 _ELTWISE_ANCHORS = ("Add", "Relu", "Clip", "HardSwish", "Sigmoid", "BatchNormalization", "Mul")
 
+# How much of the layer's build was tuned: the same shape runs several times faster tuned.
+TUNING_FEATURES = ("tuned_fraction",)
 DYNAMIC_FEATURES = ("cpu_percent", "system_cpu_percent", "mem_available_gib", "mem_used_percent",
                     "load_avg_1m", "runnable_per_core")
 _COMMON = ("log_flops", "log_macs", "log_param_bytes", "log_in_bytes", "log_out_bytes",
@@ -185,8 +188,17 @@ def dynamic_features(state: DeviceState | Mapping[str, Any] | None) -> dict[str,
             "runnable_per_core": float("nan") if run is None else float(run)}
 
 
-def feature_names(ltype: str, dynamic: bool = True) -> tuple[str, ...]:
-    return STATIC_FEATURES[ltype] + (DYNAMIC_FEATURES if dynamic else ())
+def feature_names(ltype: str, dynamic: bool = True, tuning: bool = False) -> tuple[str, ...]:
+    return STATIC_FEATURES[ltype] + (DYNAMIC_FEATURES if dynamic else ()) + (TUNING_FEATURES if tuning else ())
+
+
+def tuned_fraction(tuning: str) -> float:
+    """Share of a build's kernels taken from a tuning database, from its description
+    ("N/M kernels tuned (...)", ``tunedb.AppliedTuning.describe``); NaN when there is none."""
+    m = re.search(r"(\d+)/(\d+) kernels tuned", tuning or "")
+    if m is None or int(m.group(2)) == 0:
+        return float("nan")
+    return int(m.group(1)) / int(m.group(2))
 
 
 def work(layer: Layer) -> float:

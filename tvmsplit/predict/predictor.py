@@ -184,9 +184,13 @@ class Predictor:
     # ---- training ------------------------------------------------------------------------
     @classmethod
     def train(cls, dataset: Dataset, target: Any = None, *, params: Mapping[str, Any] | None = None,
-              rounds: int = DEFAULT_ROUNDS, dynamic: bool = True, seed: int = 0) -> "Predictor":
+              rounds: int = DEFAULT_ROUNDS, dynamic: bool = True, tuning: bool = False,
+              seed: int = 0) -> "Predictor":
         """One XGBoost model per layer type on ``ln(ms / work)``; types with fewer than
-        ``MIN_ROWS`` rows get their FLOPs baseline. ``target`` defaults to the dataset's."""
+        ``MIN_ROWS`` rows get their FLOPs baseline. ``target`` defaults to the dataset's.
+        ``dynamic``: use the live-load features; ``tuning``: also the share of the layer's kernels
+        that were tuned (``TUNING_FEATURES``, from each row's build; give it at prediction time
+        with ``tuned_fraction=``, else it is missing)."""
         target = target if target is not None else dataset.target
         if target is None:
             raise PredictorError("the dataset names no target; pass target=")
@@ -196,7 +200,7 @@ class Predictor:
         types: dict[str, TypeModel] = {}
         all_ms, all_wk = [], []
         for t in dataset.types():
-            names = feature_names(t, dynamic)
+            names = feature_names(t, dynamic, tuning)
             X, ms, wk = dataset.matrix(t, names)
             all_ms.append(ms)
             all_wk.append(wk)
@@ -219,15 +223,16 @@ class Predictor:
         ms_all, wk_all = np.concatenate(all_ms), np.concatenate(all_wk)
         training = {"rows": len(dataset), "models": len(dataset.models()),
                     "loads": sorted({r.load for r in dataset}), "dataset_sha256": dataset.sha256(),
-                    "dynamic_features": dynamic, "rounds": rounds,
+                    "dynamic_features": dynamic, "tuning_features": tuning,
+                    "rounds": rounds,
                     "params": {**DEFAULT_XGB_PARAMS, **(params or {})}, "seed": seed,
                     "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         return cls(target, types, baseline_k(ms_all, wk_all), float(np.percentile(ms_all, 1)),
                    training)
 
     # ---- prediction ----------------------------------------------------------------------
-    def _predict(self, layers: Sequence[Layer],
-                 states: Sequence[DeviceState | None]) -> tuple[np.ndarray, list[str]]:
+    def _predict(self, layers: Sequence[Layer], states: Sequence[DeviceState | None],
+                 tuned: Sequence[float] | None = None) -> tuple[np.ndarray, list[str]]:
         out = np.zeros(len(layers))
         source = [""] * len(layers)
         by_type: dict[str, list[int]] = defaultdict(list)
@@ -241,21 +246,32 @@ class Predictor:
                 for i in idx:
                     source[i] = "fallback"
                 continue
-            feats = [{**static_features(layers[i]), **dynamic_features(states[i])} for i in idx]
+            feats = [{**static_features(layers[i]), **dynamic_features(states[i]),
+                      "tuned_fraction": math.nan if tuned is None else float(tuned[i])} for i in idx]
             X = np.array([[f[n] for n in model.features] for f in feats], dtype=np.float64)
             out[idx] = model.predict(X.reshape(len(idx), len(model.features)), wk)
             for i in idx:
                 source[i] = model.kind
         return out, source
 
-    def predict_layers(self, layers: Sequence[Layer], state: DeviceState | None) -> np.ndarray:
-        """Predicted ms of each layer with the device in ``state``."""
-        return self._predict(list(layers), [state] * len(layers))[0]
+    def predict_layers(self, layers: Sequence[Layer], state: DeviceState | None, *,
+                       tuned_fraction: Sequence[float] | float | None = None) -> np.ndarray:
+        """Predicted ms of each layer with the device in ``state``; ``tuned_fraction`` (one per
+        layer, or one for all) is the share of each layer's kernels that its build tunes (used
+        by predictors trained with ``tuning=True``; unknown when None)."""
+        layers = list(layers)
+        if tuned_fraction is not None and not isinstance(tuned_fraction, Sequence):
+            tuned_fraction = [float(tuned_fraction)] * len(layers)
+        if tuned_fraction is not None and len(tuned_fraction) != len(layers):
+            raise PredictorError(f"tuned_fraction has {len(tuned_fraction)} values for "
+                                 f"{len(layers)} layers; give one per layer or one for all")
+        return self._predict(layers, [state] * len(layers), tuned_fraction)[0]
 
     def predict_rows(self, rows: Iterable[Row]) -> np.ndarray:
         """Predicted ms of dataset rows, each with the state recorded when it was measured."""
         rows = list(rows)
-        return self._predict([r.layer for r in rows], [r.state for r in rows])[0]
+        return self._predict([r.layer for r in rows], [r.state for r in rows],
+                             [r.tuned_fraction for r in rows])[0]
 
     # ---- files ---------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
