@@ -924,6 +924,14 @@ def _print_plan(g, result, links, objective: str) -> None:
                        "a time: " + ", ".join(f"{s.layers[0]}..{s.layers[-1]} "
                                               f"{s.param_bytes / 1e6:.1f} MB"
                                               for s in stage.segments))
+    resident_capped = sorted({result.devices[d].name for stage, d in zip(result.plan.stages,
+                                                                     result.stage_devices)
+                              if result.devices[d].mem_cap_bytes and not stage.segments})
+    if resident_capped:  # measured: BENCHMARKS.md "HyPS on real memory limits"
+        click.echo(f"memory: a capped device's figure is model bytes; a resident stage's worker "
+                   f"holds its weights about twice while loaded (TVM copies them out of the "
+                   f"library) plus ~40 MB: leave that room on {', '.join(resident_capped)}, or "
+                   "--sequential always holds them once")
     if not result.plan.is_chain:
         edges = ", ".join(f"{s.index} -> {'/'.join('client' if r.to < 0 else str(r.to) for r in s.sends)}"
                           for s in result.plan.stages)
