@@ -449,3 +449,29 @@ def test_a_sequential_stage_always_gets_the_python_worker(monkeypatch):
     assert launch.stage_worker_kind(plain) == "native"
     assert launch.stage_worker_kind(SimpleNamespace(**{**vars(plain), "segments": (1,)})) == "python"
     assert launch.stage_worker_kind(SimpleNamespace(**{**vars(plain), "runtime": "onnxruntime"})) == "python"
+
+
+def test_the_critical_path_charges_each_stage_its_overhead_and_a_sequential_reload():
+    """A hand-made DAG: x -> A (d0) -> {B (d0), C (d1)} -> D (d1). Stages: [A], [B], [C], [D]
+    (B and C in parallel). With a 2 ms stage overhead on every device and d1 sequential
+    (reloading C's and D's weights at 1 MB/s), the critical path is worked out by hand."""
+    from tvmsplit.devices import Link
+    from tvmsplit.graph import Layer, LayerGraph, TensorSpec
+    from tvmsplit.planning import critical_path_ms
+    from tvmsplit.split import plan_split
+
+    x = TensorSpec("x", "float32", (1,))
+    t = {n: TensorSpec(n, "float32", (1,)) for n in "abcd"}
+    layer = lambda n, ins, w: Layer(n.upper(), "Op", (n.upper(),), ("Op",), ins, (t[n],), 0, 0, w)  # noqa: E731
+    layers = (layer("a", (x,), 0), layer("b", (t["a"],), 0), layer("c", (t["a"],), 1000),
+              layer("d", (t["b"], t["c"]), 2000))
+    g = LayerGraph("dag", layers, (x,), (t["d"],), "", None)
+    costs = CostTable.from_mapping(["d0", "d1"], {"A": {"d0": 1, "d1": 1}, "B": {"d0": 4, "d1": 4},
+                                                  "C": {"d0": 3, "d1": 3}, "D": {"d0": 1, "d1": 1}})
+    link = Link("free", 1e12, 1e12, 0.0)
+    problem = Problem(g, costs, (link,), mem_cap_bytes=(None, 10_000), sequential=(False, True),
+                      load_bytes_per_s=(1e6, 1e6), stage_overhead_ms=(2.0, 2.0))
+    plan_ = plan_split(g, stage_of={"A": 0, "B": 1, "C": 2, "D": 3}, routing="direct")
+    # A: 0 -> 3 (1 + 2); B on d0: 3 -> 9 (4 + 2); C on d1: 3 -> 3 + 3 + 1 (reload) + 2 = 9;
+    # D on d1: max(9, 9) -> 9 + 1 + 2 (reload) + 2 = 14
+    assert critical_path_ms(problem, plan_, (0, 0, 1, 1)) == pytest.approx(14.0, abs=1e-6)

@@ -436,8 +436,11 @@ def critical_path_ms(problem: Problem, plan_: Plan, stage_devices: Sequence[int]
     starting when its inputs are there and its device is free (one device runs one stage at a
     time), taking the cost table's times; each route costs the cost model's transfer time per
     link crossed (``Link.up_ms`` / ``down_ms``; free within a device; the input as the end device
-    sends it); the latency ends with the outputs' return to the end device."""
-    costs = dict(zip(problem.costs.layers, problem.costs.compute_ms))
+    sends it); the latency ends with the outputs' return to the end device. A stage's time is
+    its layers' ``Problem.compute`` (the cost table's, plus the weights' reload on a sequential
+    device) plus its device's ``stage_overhead_ms``: every stage of a DAG is a worker of its own,
+    so each pays it (the serial cost model charges it once per device)."""
+    row = {layer.name: i for i, layer in enumerate(problem.graph.layers)}
 
     def transfer_ms(names, src_dev: int, dst_dev: int) -> float:
         nbytes = sum(problem.tensor_bytes(n) for n in names)
@@ -452,7 +455,8 @@ def critical_path_ms(problem: Problem, plan_: Plan, stage_devices: Sequence[int]
     done = 0.0
     for s in plan_.stages:  # numbered by (device, position on it): a device's stages in order
         dev = stage_devices[s.index]
-        finish = free[dev] = max(ready[s.index], free[dev]) + sum(costs[name][dev] for name in s.layers)
+        work = sum(problem.compute[row[name]][dev] for name in s.layers) + problem.overhead[dev]
+        finish = free[dev] = max(ready[s.index], free[dev]) + work
         for route in s.sends:
             dst = 0 if route.to == CLIENT_END else stage_devices[route.to]
             arrive = finish + transfer_ms(route.tensors, dev, dst)
