@@ -298,6 +298,8 @@ def test_full_vgg16_runs_on_one_worker_under_1_gib_in_sequential_mode(tmp_path, 
     cgroup limited to 1 GiB — the same model built resident (weights inside the library, which
     TVM copies out when it loads it) is killed at that limit, BENCHMARKS.md "HyPS on real
     memory" — and its output equals onnxruntime's; its measured peak is under the limit."""
+    import os
+
     import tvmsplit as ts
     from tvmsplit.check import compare, random_inputs, reference
     from tvmsplit.devices import Device
@@ -316,7 +318,7 @@ def test_full_vgg16_runs_on_one_worker_under_1_gib_in_sequential_mode(tmp_path, 
     bundle = ts.build_bundle(result.graph, result.plan, tmp_path / "b")
     x = random_inputs(g.inputs)
     want = reference(g, x)["output"]
-    with _capped(f"tvmsplit-test-hyps-{__import__('os').getpid()}", GIB) as cg:
+    with _capped(f"tvmsplit-test-hyps-{os.getpid()}", GIB) as cg:
         launcher = LocalLauncher(programs={0: [*cg.prefix(), *python_worker()]})
         with Pipeline(bundle, launcher=launcher, timeout_s=600) as p:
             y, trace = p.run(x)

@@ -210,7 +210,8 @@ class Problem:
                             f"{self.mip_rel_gap}, {self.time_limit_s}")
         if self.sequential and len(self.sequential) != len(c.devices):
             problems.append(f"sequential needs one flag per device ({len(c.devices)})")
-        if self.sequential and any(q and not self.mem_cap_bytes or q and self.mem_cap_bytes[d] is None
+        caps = self.mem_cap_bytes or (None,) * len(self.sequential)
+        if self.sequential and any(q and (d >= len(caps) or caps[d] is None)
                                    for d, q in enumerate(self.sequential)):
             problems.append("a sequential device needs a memory cap (its segments fill it)")
         lb = self.load_bytes_per_s

@@ -434,7 +434,7 @@ class StageWorker:
         return {"stage": self.index, "pid": os.getpid(), "host": self.host,
                 "cpu_percent": psutil.cpu_percent(None),
                 "mem_available_bytes": psutil.virtual_memory().available,
-                **memory_use(),
+                **process_memory(),
                 "served": self.served, "errors": self.errors, "deployed": self.runner is not None}
 
     def _deploy(self, data: bytes) -> bytes:
@@ -519,7 +519,7 @@ class StageWorker:
         return held
 
 
-def memory_use() -> dict[str, int]:
+def process_memory() -> dict[str, int]:
     """This process's resident memory now and its peak since it started (bytes), for
     ``health``: VmRSS and VmHWM of /proc/self/status (not getrusage's ru_maxrss, which a process
     inherits across fork + exec from its parent), 0 where /proc is not there."""
