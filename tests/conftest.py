@@ -50,6 +50,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_plan_cli": ("cli", "tvm"),
     "test_plan_objectives": ("cli", "tvm"),
     "test_multi_cli": ("cli", "tvm"),
+    "test_multi_eval": ("unit",),
     "test_predict": ("tvm",),
     "test_profile_cli": ("cli", "tvm"),
     "test_quantized": ("tvm",),
@@ -84,6 +85,9 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
         "test_commands_are_the_documented_ones", "test_version", "test_zoo_lists_the_models",
         "test_zoo_file_has_normal_permissions")},
     ("test_cli", "test_demo"): ("cli", "tvm", "runtime"),
+    ("test_multi_eval", "test_per_client_edge_cgroups_enforce_their_cpu_shares"): ("testbed",),
+    ("test_multi_eval", "test_two_clients_stream_at_once_to_one_edge_without_losing_a_request"):
+        ("testbed", "tvm", "runtime", "cli"),
     **{("test_hyps", t): ("tvm",) for t in (
         "test_a_sequential_plan_survives_its_plan_file", "test_bad_segments_are_refused_by_name",
         "test_the_h_part_count_is_priced_in_the_objective")},

@@ -3,7 +3,9 @@
 Each end device ``i`` has its own model, cost table (end and edge times at a whole edge) and link.
 The edge's compute and the uplink bandwidth into the edge are shared: device ``i`` gets shares
 ``compute_share[i]`` and ``bandwidth_share[i]`` (each summing to <= 1 over the devices); its edge
-layers take ``edge_ms / compute_share`` and its transfers ``bytes / (bandwidth_share x bps)``.
+layers (and the edge's per-request stage overhead) take ``edge_ms / compute_share`` and its
+transfers ``bytes / (bandwidth_share x bps)``. ``tvmsplit.multi_eval`` enforces the shares on the
+testbed (``testbed/shared.py``) and measures the plans.
 
 ``plan_shared_edge`` chooses every device's split jointly with its shares, minimising the worst
 latency over the devices. A device whose model alone on the end device already meets its
@@ -54,7 +56,12 @@ def with_shares(problem: Problem, compute_share: float, bandwidth_share: float) 
                      down_bps=link.down_bps * bandwidth_share) if bandwidth_share > 0 else None
     if scaled is None or compute_share <= 0:
         return replace(problem, pins=tuple((layer.name, 0) for layer in problem.graph.layers))
-    return replace(problem, costs=CostTable(c.devices, c.layers, rows), links=(scaled,))
+    # the edge worker's fixed per-request work runs under the same share as its layers
+    overhead = problem.stage_overhead_ms
+    if overhead:
+        overhead = (overhead[0], overhead[1] / compute_share)
+    return replace(problem, costs=CostTable(c.devices, c.layers, rows), links=(scaled,),
+                   stage_overhead_ms=overhead)
 
 
 def _best(problem: Problem) -> Breakdown | None:

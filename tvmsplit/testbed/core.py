@@ -118,7 +118,9 @@ class Testbed:
     device. ``device``: False skips the ARM sysroot (network only). ``log(str)`` receives progress lines.
     ``end``: a capped end device (:func:`.capped.get_capped`: ``pi-class``, ``phone-class`` or a
     .toml path), which makes placement ``"end"`` available and pins the edge's workers to the
-    other cores; None (the default): no cgroups.
+    other cores; None (the default): no cgroups. ``edge_limits``: the edge cgroup's limits
+    instead (with ``end``): e.g. one core at a share of its time, when several testbeds' edges
+    stand for one edge shared by several end devices (:mod:`.shared`).
     """
 
     __test__ = False  # not a pytest test class despite its name
@@ -126,7 +128,7 @@ class Testbed:
     def __init__(self, profile: str | Link = "4g", *, index: int | None = None,
                  up_mbps: float | None = None, down_mbps: float | None = None,
                  delay_ms: float | None = None, loss: float | None = None, rpc: bool = True,
-                 device: bool = True, end=None, log=None):
+                 device: bool = True, end=None, edge_limits: Limits | None = None, log=None):
         self.profile = LinkProfile.of(profile) if isinstance(profile, Link) else get_profile(
             profile, up_mbps=up_mbps, down_mbps=down_mbps, delay_ms=delay_ms, loss=loss)
         self._index = index
@@ -156,6 +158,10 @@ class Testbed:
 
             self.end = get_capped(end)
         self.cgroups: dict[str, Cgroup] = {}   # "end", "edge": made at up() when end is set
+        if edge_limits is not None and end is None:
+            raise TestbedError("edge_limits needs a capped end device (end='pi-class'): the "
+                               "edge gets a cgroup only beside one")
+        self.edge_limits = edge_limits
 
     # ----------------------------------------------------------------------------- properties
     def _layout(self) -> Layout:
@@ -315,8 +321,15 @@ class Testbed:
                                f"process may use cores {allowed} only; set core in "
                                f"[capped] of {end.target.source}")
         others = [c for c in allowed if c != end.core]
-        for role, limits in (("end", end.limits()),
-                             ("edge", Limits(cpus=",".join(map(str, others))) if others else None)):
+        if self.edge_limits is not None:
+            wanted = parse_cpus(self.edge_limits.cpus) if self.edge_limits.cpus else others
+            if not set(wanted) <= set(others):
+                raise TestbedError(f"edge_limits cpus {self.edge_limits.cpus!r} must be cores "
+                                   f"this process may use other than the end device's core "
+                                   f"{end.core} ({others or 'none'})")
+            others = wanted
+        edge = self.edge_limits or (Limits(cpus=",".join(map(str, others))) if others else None)
+        for role, limits in (("end", end.limits()), ("edge", edge)):
             if limits is None:
                 self.log(f"only core {end.core} is usable: the edge shares it with the end device")
                 continue
@@ -340,7 +353,7 @@ class Testbed:
         if where == "end" and self.end is not None:
             return self.end.threads
         cg = self.cgroups.get("edge") if where == "edge" else None
-        return len(parse_cpus(cg.limits.cpus)) if cg is not None else None
+        return len(parse_cpus(cg.limits.cpus)) if cg is not None and cg.limits.cpus else None
 
     def _native(self, where: str, env: dict, in_namespace: bool = True
                 ) -> tuple[list[str], dict]:
