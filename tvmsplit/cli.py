@@ -982,12 +982,22 @@ def _print_plan(g, result, links, objective: str) -> None:
               help="Size of the input as the end device sends it (not measurable yet).")
 @click.option("--costs", "costs_file", type=click.Path(exists=True, dir_okay=False),
               help="Plan on this cost table instead of measuring the layers on the testbed.")
+@click.option("--end-devices", type=click.IntRange(min=1, max=8), default=1, show_default=True,
+              metavar="N",
+              help="N end devices like END stream at once to one shared edge (core 1): the "
+                   "planned compute and bandwidth shares enforced (CPU quotas, per-client "
+                   "tbf) against no shares, all-edge and all-end (tvmsplit/multi_eval.py).")
+@click.option("--deadline-ms", type=float, default=None,
+              help="With --end-devices: an end device whose model alone meets this deadline "
+                   "leaves the edge to the others.")
+@click.option("--share-steps", type=click.IntRange(min=1, max=100), default=20,
+              show_default=True, help="With --end-devices: shares are multiples of 1/STEPS.")
 @shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the evaluation as JSON.")
 @click.option("--save", type=click.Path(dir_okay=False), help="Also write the JSON here.")
 @_interruptible
 def evaluate(model, devices, link, load, objective, requests, rounds, input_bytes, costs_file,
-             shapes, as_json, save) -> None:
+             end_devices, deadline_ms, share_steps, shapes, as_json, save) -> None:
     """Run the plan the planner chooses and every alternative (all on the end device, all on
     the edge, every single cut) on the testbed (root): predicted vs measured latency, regret and
     speedup over the best single site."""
@@ -1000,6 +1010,10 @@ def evaluate(model, devices, link, load, objective, requests, rounds, input_byte
     why_not = measurable_here(devs)
     if why_not is not None:
         raise TvmsplitError(why_not)
+    if end_devices > 1 or deadline_ms is not None:
+        _evaluate_shared(g, devs, link, load, objective, requests, rounds, input_bytes,
+                         costs_file, end_devices, deadline_ms, share_steps, as_json, save)
+        return
     ev = run_evaluation(g, devices=devs, link=Link.profile(link), load=load, objective=objective,
                         requests=requests, rounds=rounds, input_bytes=input_bytes,
                         costs=CostTable.from_file(costs_file) if costs_file else None,
@@ -1029,6 +1043,49 @@ def evaluate(model, devices, link, load, objective, requests, rounds, input_byte
                f"regret {ev.regret:.3f}; speedup over the best single site "
                f"({ev.best_single_site[0]}) {ev.speedup:.2f}x; noise floor (median spread) "
                f"{ev.noise:.1%}")
+
+
+def _evaluate_shared(g, devs, link, load, objective, requests, rounds, input_bytes, costs_file,
+                     n, deadline_ms, steps, as_json, save) -> None:
+    """``evaluate --end-devices N``: N end devices share one edge (multi_eval.py)."""
+    from .devices import Link
+    from .multi_eval import evaluate_shared
+    from .partition import CostTable
+
+    given = [opt for opt, v in (("--load", load != "none"), ("--objective", objective != "latency"),
+                                ("--input-bytes", input_bytes is not None)) if v]
+    if n < 2 or given:
+        raise TvmsplitError("; ".join(
+            (["--deadline-ms is for --end-devices N with N >= 2"] if n < 2 else [])
+            + ([f"{', '.join(given)} do not combine with --end-devices"] if given else [])))
+    ev = evaluate_shared(g, n=n, devices=devs, link=Link.profile(link), deadline_ms=deadline_ms,
+                         steps=steps, requests=requests, rounds=rounds,
+                         costs=CostTable.from_file(costs_file) if costs_file else None,
+                         log=_progress)
+    data = ev.to_json()
+    if save:
+        from .atomic import write_json
+
+        write_json(save, data)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"{g.name}: {n} end devices {devs[0].name}={devs[0].target} streaming at once to "
+               f"one edge {devs[1].name}={devs[1].target}, link {ev.link.name}"
+               + (f", deadline {deadline_ms:g} ms" if deadline_ms is not None else "")
+               + f" ({requests} requests per device per setting in {rounds} interleaved rounds)")
+    click.echo(f"{'setting':<9} {'device':<7} {'compute':>7} {'uplink':>7} {'plan':<16} "
+               f"{'predicted':>9} {'measured':>9} {'p90 ms':>8} {'answered':>9}")
+    share = lambda v: "free" if v is None else f"{v:.2f}"  # noqa: E731
+    for s in data["settings"]:
+        for c in s["clients"]:
+            click.echo(f"{s['name']:<9} {c['name']:<7} {share(c['compute_share']):>7} "
+                       f"{share(c['bandwidth_share']):>7} {c['plan'][:16]:<16} "
+                       f"{c['predicted_ms']:>9.1f} {c['measured_ms'] or float('nan'):>9.1f} "
+                       f"{c['p90_ms'] or float('nan'):>8.1f} {c['answered']:>4}/{c['sent']:<4}")
+    worst = ", ".join(f"{k} {v:.1f}" for k, v in data["worst_ms"].items())
+    click.echo(f"worst device (ms): {worst}; planned shares vs the best other setting: "
+               f"{ev.worst_gain:.2f}x; requests lost: {ev.lost}")
 
 
 @cli.command()
