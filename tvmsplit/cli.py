@@ -987,9 +987,10 @@ def _print_plan(g, result, links, objective: str) -> None:
               help="N end devices like END stream at once to one shared edge (core 1): the "
                    "planned compute and bandwidth shares enforced (CPU quotas, per-client "
                    "tbf) against no shares, all-edge and all-end (tvmsplit/multi_eval.py).")
-@click.option("--deadline-ms", type=float, default=None,
-              help="With --end-devices: an end device whose model alone meets this deadline "
-                   "leaves the edge to the others.")
+@click.option("--deadline-ms", default=None, metavar="D|D1,D2,...",
+              help="With --end-devices: an end device whose model alone meets its deadline "
+                   "leaves the edge to the others; one for every device, or one per device "
+                   "(empty: none), e.g. 900, for the first device only.")
 @click.option("--share-steps", type=click.IntRange(min=1, max=100), default=20,
               show_default=True, help="With --end-devices: shares are multiples of 1/STEPS.")
 @shape_option
@@ -1045,6 +1046,24 @@ def evaluate(model, devices, link, load, objective, requests, rounds, input_byte
                f"{ev.noise:.1%}")
 
 
+def _parse_deadlines(value: str | None, n: int) -> tuple[float | None, ...] | None:
+    """``--deadline-ms``: D for every device, or D1,D2,... per device (empty: none)."""
+    if value is None:
+        return None
+    parts = [v.strip() for v in value.split(",")]
+    try:
+        got = [float(v) if v else None for v in parts]
+    except ValueError:
+        raise TvmsplitError(f"--deadline-ms {value!r} is not D or D1,D2,... (ms), e.g. 900 or "
+                            "900,") from None
+    if len(got) == 1:
+        return (got[0],) * n
+    if len(got) != n:
+        raise TvmsplitError(f"--deadline-ms {value!r} gives {len(got)} deadlines for {n} end "
+                            "devices: give one, or one per device")
+    return tuple(got)
+
+
 def _evaluate_shared(g, devs, link, load, objective, requests, rounds, input_bytes, costs_file,
                      n, deadline_ms, steps, as_json, save) -> None:
     """``evaluate --end-devices N``: N end devices share one edge (multi_eval.py)."""
@@ -1058,7 +1077,8 @@ def _evaluate_shared(g, devs, link, load, objective, requests, rounds, input_byt
         raise TvmsplitError("; ".join(
             (["--deadline-ms is for --end-devices N with N >= 2"] if n < 2 else [])
             + ([f"{', '.join(given)} do not combine with --end-devices"] if given else [])))
-    ev = evaluate_shared(g, n=n, devices=devs, link=Link.profile(link), deadline_ms=deadline_ms,
+    deadlines = _parse_deadlines(deadline_ms, n)
+    ev = evaluate_shared(g, n=n, devices=devs, link=Link.profile(link), deadline_ms=deadlines,
                          steps=steps, requests=requests, rounds=rounds,
                          costs=CostTable.from_file(costs_file) if costs_file else None,
                          log=_progress)
@@ -1072,7 +1092,7 @@ def _evaluate_shared(g, devs, link, load, objective, requests, rounds, input_byt
         return
     click.echo(f"{g.name}: {n} end devices {devs[0].name}={devs[0].target} streaming at once to "
                f"one edge {devs[1].name}={devs[1].target}, link {ev.link.name}"
-               + (f", deadline {deadline_ms:g} ms" if deadline_ms is not None else "")
+               + (f", deadlines {deadline_ms} ms" if deadline_ms is not None else "")
                + f" ({requests} requests per device per setting in {rounds} interleaved rounds)")
     click.echo(f"{'setting':<9} {'device':<7} {'compute':>7} {'uplink':>7} {'plan':<16} "
                f"{'predicted':>9} {'measured':>9} {'p90 ms':>8} {'answered':>9}")

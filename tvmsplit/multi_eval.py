@@ -129,7 +129,7 @@ class SharedEvaluation:
     devices: tuple[Device, ...]
     link: Link
     n: int
-    deadline_ms: float | None
+    deadline_ms: tuple[float | None, ...]      # per end device
     steps: int
     shared: SharedPlan = field(repr=False)
     alone: Breakdown = field(repr=False)
@@ -153,7 +153,7 @@ class SharedEvaluation:
         return sum(s.lost for s in self.settings)
 
     def to_json(self) -> dict:
-        return {"model": self.model, "end_devices": self.n, "deadline_ms": self.deadline_ms,
+        return {"model": self.model, "end_devices": self.n, "deadline_ms": list(self.deadline_ms),
                 "share_steps": self.steps,
                 "devices": [{"name": d.name, "target": d.target} for d in self.devices],
                 "link": {"name": self.link.name, "up_mbps": self.link.up_bps / 1e6,
@@ -194,8 +194,17 @@ def plan_settings(problem: Problem, shared: SharedPlan, alone: Breakdown
     free = ClientShares(None, even)
     for name, assignment in (("unshared", alone.assignment), ("all-edge", (1,) * layers)):
         out[name] = [client(i, assignment, free, (even, even)) for i in range(n)]
-    out["all-end"] = [client(i, (0,) * layers, free, (0.0, 0.0)) for i in range(n)]
+    out["all-end"] = [client(i, (0,) * layers, ClientShares(None, None), (0.0, 0.0))
+                      for i in range(n)]
     return out
+
+
+def per_device(deadline_ms: float | Sequence[float | None] | None, n: int
+               ) -> tuple[float | None, ...]:
+    """``n`` deadlines from one for all (or None) or one per device."""
+    if deadline_ms is None or isinstance(deadline_ms, (int, float)):
+        return (None if deadline_ms is None else float(deadline_ms),) * n
+    return tuple(None if d is None else float(d) for d in deadline_ms)
 
 
 def rel_error(got: dict, ref: dict) -> float:
@@ -271,13 +280,15 @@ def stream_at_once(testbeds, bundles, placements, inputs, ref, *, requests: int,
 # -------------------------------------------------------------------------------- evaluate
 def evaluate_shared(graph: LayerGraph, *, n: int = 2,
                     devices: Sequence[Device] = (Device("end", "pi-class"), Device("edge", "host")),
-                    link: Link | str = "4g", deadline_ms: float | None = None, steps: int = 20,
+                    link: Link | str = "4g",
+                    deadline_ms: float | Sequence[float | None] | None = None, steps: int = 20,
                     requests: int = 20, rounds: int = 2, warmup: int = 2, edge_core: int = 1,
                     settings: Sequence[str] = SETTINGS, costs: CostTable | None = None,
                     workdir: str | Path | None = None,
                     log: Callable[[str], None] = print) -> SharedEvaluation:
     """Plan ``n`` end devices sharing the edge on measured costs, then run the planned shares
-    and the baselines on the testbed with all clients at once (see the module doc). Root."""
+    and the baselines on the testbed with all clients at once (see the module doc). Root.
+    ``deadline_ms``: one for every device, or one per device (None: no deadline)."""
     import tempfile
 
     from .build import build_bundle
@@ -290,6 +301,9 @@ def evaluate_shared(graph: LayerGraph, *, n: int = 2,
 
     link = Link.profile(link) if isinstance(link, str) else link
     problems = []
+    deadlines = per_device(deadline_ms, n)
+    if len(deadlines) != n:
+        problems.append(f"deadline_ms gives {len(deadlines)} deadlines for {n} end devices")
     if not 2 <= n <= 8:
         problems.append(f"end devices must be 2..8, got {n}")
     if requests < 3 or rounds < 1:
@@ -314,8 +328,8 @@ def evaluate_shared(graph: LayerGraph, *, n: int = 2,
                 costs = measured_costs(graph, devices, log=log, testbed=tb)
             overhead = stage_overheads(devices, tb, link, work, log=log)
         problem = Problem(graph, costs, (link,), stage_overhead_ms=overhead)
-        shared = plan_shared_edge([EndDevice(f"{devices[0].name}{i + 1}", problem, deadline_ms)
-                                   for i in range(n)], steps=steps)
+        shared = plan_shared_edge([EndDevice(f"{devices[0].name}{i + 1}", problem, d)
+                                   for i, d in enumerate(deadlines)], steps=steps)
         alone = plan(problem)[1]
         by_setting = {k: v for k, v in plan_settings(problem, shared, alone).items()
                       if k in settings}
@@ -358,5 +372,5 @@ def evaluate_shared(graph: LayerGraph, *, n: int = 2,
            if c.max_rel_error > CHECK_RTOL]
     if bad:
         raise EvaluationError(f"outputs differ from onnxruntime: {bad}")
-    return SharedEvaluation(graph.name, tuple(devices), link, n, deadline_ms, steps, shared,
+    return SharedEvaluation(graph.name, tuple(devices), link, n, deadlines, steps, shared,
                             alone, runs, costs, tuple(overhead), requests, rounds)
