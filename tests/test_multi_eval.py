@@ -191,3 +191,16 @@ def test_two_clients_stream_at_once_to_one_edge_without_losing_a_request(tmp_pat
     assert sum(c["compute_share"] for c in planned) <= 1 + 1e-9
     assert sum(c["bandwidth_share"] for c in planned) <= 1 + 1e-9
     assert data["worst_gain"] > 0 and set(data["worst_ms"]) == set(names)
+
+
+def test_deadlines_are_one_for_all_or_one_per_device():
+    from tvmsplit.cli import _parse_deadlines
+    from tvmsplit.errors import TvmsplitError
+    from tvmsplit.multi_eval import per_device
+
+    assert _parse_deadlines(None, 3) is None and per_device(None, 3) == (None,) * 3
+    assert _parse_deadlines("900", 3) == (900.0,) * 3 == per_device(900, 3)
+    assert _parse_deadlines("900,,", 3) == (900.0, None, None) == per_device([900, None, None], 3)
+    for bad in ("900,1", "fast"):
+        with pytest.raises(TvmsplitError, match="--deadline-ms"):
+            _parse_deadlines(bad, 3)
