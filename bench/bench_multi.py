@@ -69,14 +69,14 @@ def main() -> int:
     devices = (Device("end", "pi-class"), Device("edge", "host"))
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     g = load(zoo.make(args.model, input_size=args.input_size, width=args.width),
-             name=f"{args.model}{args.input_size}")
+             name=f"{args.model}{args.input_size}" + (f"w{args.width:g}" if args.width != 1 else ""))
     costs = measured_costs(g, devices, log=log)
     json_dir = Path(args.json_dir)
     json_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"# Several end devices, one edge: {g.name} (bench/bench_multi.py)", ""]
     summary = ["| end devices | link | deadline (end1) | planned: plans (shares) | worst ms "
-               "planned (predicted) | unshared | all-edge | all-end | best other / planned | "
-               "lost |", "|---|---|---|---|---|---|---|---|---|---|"]
+               "planned (predicted) | unshared | all-edge | all-end | unshared / planned | "
+               "best other / planned | lost |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for link_name in args.links.split(","):
         link = Link.profile(link_name)
         all_end = price(Problem(g, costs, (link,)), (0,) * len(g.layers)).latency_ms
@@ -99,7 +99,8 @@ def main() -> int:
                     f"| {n} | {link_name} | {_fmt(deadline[0] if deadline else None)} | {plans} | "
                     f"{w['planned']:.1f} ({planned['worst_predicted_ms']:.1f}) | "
                     f"{w.get('unshared', float('nan')):.1f} | {w.get('all-edge', float('nan')):.1f} | "
-                    f"{w.get('all-end', float('nan')):.1f} | {data['worst_gain']:.2f}x | {data['lost']} |")
+                    f"{w.get('all-end', float('nan')):.1f} | {data['unshared_gain'] or float('nan'):.2f}x | "
+                    f"{data['worst_gain']:.2f}x | {data['lost']} |")
                 lines += [f"## {n} end devices, {link_name}, deadline "
                           f"{_fmt(deadline[0] if deadline else None)} ms for end1 "
                           f"({data['wall_s']:.0f} s)", "", *table(data), ""]

@@ -1104,7 +1104,8 @@ def _evaluate_shared(g, devs, link, load, objective, requests, rounds, input_byt
                        f"{c['predicted_ms']:>9.1f} {c['measured_ms'] or float('nan'):>9.1f} "
                        f"{c['p90_ms'] or float('nan'):>8.1f} {c['answered']:>4}/{c['sent']:<4}")
     worst = ", ".join(f"{k} {v:.1f}" for k, v in data["worst_ms"].items())
-    click.echo(f"worst device (ms): {worst}; planned shares vs the best other setting: "
+    click.echo(f"worst device (ms): {worst}; planned shares vs unshared "
+               f"{ev.unshared_gain or float('nan'):.2f}x, vs the best other setting "
                f"{ev.worst_gain:.2f}x; requests lost: {ev.lost}")
 
 

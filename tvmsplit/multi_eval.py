@@ -149,6 +149,15 @@ class SharedEvaluation:
         return min(others) / self.setting("planned").worst_ms
 
     @property
+    def unshared_gain(self) -> float | None:
+        """Unshared's worst-device latency / planned's (> 1: enforcing the plan's shares helps
+        the worst device); None when the unshared setting was not run."""
+        names = {s.name for s in self.settings}
+        if "unshared" not in names:
+            return None
+        return self.setting("unshared").worst_ms / self.setting("planned").worst_ms
+
+    @property
     def lost(self) -> int:
         return sum(s.lost for s in self.settings)
 
@@ -164,7 +173,8 @@ class SharedEvaluation:
                 "alone_latency_ms": self.alone.latency_ms,
                 "planned_worst_latency_ms": self.shared.worst_latency_ms,
                 "worst_ms": {s.name: s.worst_ms for s in self.settings},
-                "worst_gain": self.worst_gain, "lost": self.lost,
+                "worst_gain": self.worst_gain, "unshared_gain": self.unshared_gain,
+                "lost": self.lost,
                 "settings": [{"name": s.name, "worst_ms": s.worst_ms,
                               "worst_predicted_ms": s.worst_predicted_ms, "lost": s.lost,
                               "clients": [c.to_json() for c in s.clients]}
