@@ -205,3 +205,44 @@ def test_deadlines_are_one_for_all_or_one_per_device():
     for bad in ("900,1", "fast"):
         with pytest.raises(TvmsplitError, match="--deadline-ms"):
             _parse_deadlines(bad, 3)
+
+
+def test_the_edge_a_device_leaves_goes_to_the_others(tmp_path):
+    """A device whose deadline is met alone keeps off the edge, and the worst latency is then
+    its own; the others still get the edge (least sum of latencies under that worst, checked
+    against a brute force over the share grid), rather than any plan under the worst."""
+    import itertools
+    import math
+
+    from tvmsplit.blockprofile import read_block_profile
+    from tvmsplit.partition import PlanningError, Problem, plan
+    from tvmsplit.partition.multi import EndDevice, plan_shared_edge, with_shares
+
+    path = tmp_path / "p.csv"
+    path.write_text(CSV)
+    prof = read_block_profile(path)
+    problem = Problem(prof.graph(), prof.costs(["cam", "edge"]), (Link("lan", 80e6, 80e6, 0.0),),
+                      stage_overhead_ms=(1.0, 1.0))
+    steps = 4
+    devices = [EndDevice("slowok", problem, 150.0), EndDevice("a", problem), EndDevice("b", problem)]
+    shared = plan_shared_edge(devices, steps=steps)
+    alone = plan(with_shares(problem, 0, 0))[1].latency_ms
+    assert shared.compute_share[0] == 0 and shared.worst_latency_ms == pytest.approx(alone)
+    assert all(b.latency_ms < alone / 2 for b in shared.plans[1:])  # the others offload
+
+    def best(pair):
+        try:
+            return plan(with_shares(problem, pair[0] / steps, pair[1] / steps))[1].latency_ms
+        except PlanningError:
+            return math.inf
+
+    grid = [(c, b) for c in range(steps + 1) for b in range(steps + 1) if (c == 0) == (b == 0)]
+    table = {pair: best(pair) for pair in grid}
+    feasible = [pairs for pairs in itertools.product(grid, repeat=3)
+                if sum(p[0] for p in pairs) <= steps and sum(p[1] for p in pairs) <= steps
+                and pairs[0] == (0, 0)]
+    worst = min(max(table[p] for p in pairs) for pairs in feasible)
+    total = min(sum(table[p] for p in pairs) for pairs in feasible
+                if max(table[p] for p in pairs) <= worst + 1e-9)
+    assert shared.worst_latency_ms == pytest.approx(worst)
+    assert sum(b.latency_ms for b in shared.plans) == pytest.approx(total)

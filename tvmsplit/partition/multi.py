@@ -8,7 +8,8 @@ transfers ``bytes / (bandwidth_share x bps)``. ``tvmsplit.multi_eval`` enforces 
 testbed (``testbed/shared.py``) and measures the plans.
 
 ``plan_shared_edge`` chooses every device's split jointly with its shares, minimising the worst
-latency over the devices. A device whose model alone on the end device already meets its
+latency over the devices, then (``spread``, among the assignments with that worst latency) the
+sum of the devices' latencies, so spare edge compute and bandwidth go to someone. A device whose model alone on the end device already meets its
 ``deadline_ms`` leaves the edge alone (shares 0). Shares are chosen on a grid of ``1/steps``:
 for each candidate share pair the device's best split is computed exactly (chain DP / min cut /
 MILP through ``plan``), then a DP over devices picks the pairs (sum of compute shares on the grid
@@ -73,6 +74,36 @@ def _best(problem: Problem) -> Breakdown | None:
         return None
 
 
+def spread(options: Sequence[dict[tuple[int, int], Breakdown]], limit_ms: float,
+           steps: int) -> list[tuple[int, int]]:
+    """Among the share pairs with every latency <= ``limit_ms`` and shares summing to <= 1
+    (``steps`` each), those with the least sum of latencies (then the fewest steps used): the
+    second objective under the worst latency, so the edge a device leaves (its deadline met
+    alone) goes to the others instead of idling. A DP over devices, state (compute, bandwidth
+    steps used)."""
+    # best[(c, b)] = (sum of latencies, back-pointer (previous state, pair))
+    layers: list[dict[tuple[int, int], tuple[float, tuple | None]]] = [{(0, 0): (0.0, None)}]
+    for opts in options:
+        fits = [(pair, b.latency_ms) for pair, b in opts.items() if b.latency_ms <= limit_ms + 1e-9]
+        nxt: dict[tuple[int, int], tuple[float, tuple | None]] = {}
+        for (uc, ub), (total, _) in layers[-1].items():
+            for (cs, bs), ms in fits:
+                key = (uc + cs, ub + bs)
+                if key[0] > steps or key[1] > steps:
+                    continue
+                if key not in nxt or total + ms < nxt[key][0] - 1e-9:
+                    nxt[key] = (total + ms, ((uc, ub), (cs, bs)))
+        if not nxt:
+            raise PlanningError(f"no share assignment keeps every latency <= {limit_ms:.3f} ms")
+        layers.append(nxt)
+    state = min(layers[-1], key=lambda k: (round(layers[-1][k][0], 9), k[0] + k[1]))
+    chosen = []
+    for layer in reversed(layers[1:]):
+        state, pair = layer[state][1]
+        chosen.append(pair)
+    return chosen[::-1]
+
+
 def plan_shared_edge(devices: Sequence[EndDevice], steps: int = 20) -> SharedPlan:
     if not devices:
         raise PlanningError("no end devices to plan")
@@ -125,7 +156,7 @@ def plan_shared_edge(devices: Sequence[EndDevice], steps: int = 20) -> SharedPla
             hi = mid
         else:
             lo = mid + 1
-    chosen = allocate(candidates[lo])
+    chosen = spread(options, candidates[lo], steps)
     return SharedPlan(tuple(names), tuple(cs / steps for cs, _ in chosen),
                       tuple(bs / steps for _, bs in chosen),
                       tuple(options[i][pair] for i, pair in enumerate(chosen)))
