@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from tvmsplit.rpc_device import LocalRPCDevice
 from tvmsplit.split import plan_split
 from tvmsplit.targets import get_target
 from tvmsplit.tune import tune
-from tvmsplit.tunedb import META, TuningError, create_database, read_database
+from tvmsplit.tunedb import META, create_database, read_database
 
 pytestmark = pytest.mark.slow
 
