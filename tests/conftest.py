@@ -35,6 +35,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_block_profile": ("unit",),
     "test_control": ("unit",),
     "test_deploy": ("tvm", "runtime"),
+    "test_encoded_inputs": ("tvm", "runtime"),
     "test_encoding": ("unit",),
     "test_errors": ("cli", "tvm"),
     "test_fallback": ("tvm",),

@@ -174,3 +174,32 @@ def test_bad_decode_costs_are_refused():
     with pytest.raises(PlanningError, match="give input_bytes"):
         _two_layer_problem(table, link, decode_ms=(1.0, 1.0))
     assert _two_layer_problem(table, link, decode_ms=(0.0, 0.0)).compute[0] == (1.0, 1.0)
+
+
+def test_a_decoding_runner_decodes_what_its_library_reads_and_forwards_the_bytes():
+    """The stage reads x (decoded for its library) and forwards x on (as the bytes it came as)."""
+    from tvmsplit.plan import StagePlan
+    from tvmsplit.runtime.stage import DecodingRunner
+
+    x, y = TensorSpec("x", "float32", (1, 3, 8, 8)), TensorSpec("y", "float32", (1,))
+    enc = Encoding(x)
+    stage = wire_stage(StagePlan(0, "host", ("c",), (x,), (y, x), (x,), (y,), 0, 0), {"x": enc})
+
+    class Inner:  # what StageRunner does: check, compute y, forward x
+        stage = decoded_stage(wire_stage(StagePlan(0, "host", ("c",), (x,), (y, x), (x,), (y,),
+                                                   0, 0), {"x": enc}))
+
+        def run(self, tensors):
+            check_tensors(self.stage.inputs, tensors, "inner")
+            return {"y": tensors["x"].sum(keepdims=True).reshape(1), "x": tensors["x"]}
+
+        def close(self):
+            pass
+
+    data = enc.tensor(enc.encode(synthetic_image(8, 8)))
+    with DecodingRunner(Inner(), stage, [enc]) as runner:
+        out = runner.run({"x": data})
+        assert np.allclose(out["y"], enc.decode(data).sum()) and out["x"] is data
+        assert [o["x"] is data for o in runner.run_batch([{"x": data}] * 2)] == [True, True]
+        with pytest.raises(EncodingError, match="do not decode"):
+            runner.run({"x": np.frombuffer(b"\xff\xd8xx", np.uint8)})

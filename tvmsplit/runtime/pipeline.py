@@ -514,6 +514,9 @@ class Pipeline:
         """Send one request without waiting for it; returns its id for :meth:`result`. Waits
         while ``max_in_flight`` requests are already in flight."""
         self._check_usable()
+        # an encoded input (a JPEG, bundle schema 5) may be given as its bytes
+        inputs = {name: np.frombuffer(a, np.uint8) if isinstance(a, (bytes, bytearray)) else a
+                  for name, a in inputs.items()}
         check_tensors(self.bundle.inputs, inputs, f"pipeline input of {self.bundle.model}")
         if not self.allow_nonfinite:
             self._check_finite(inputs)
