@@ -36,6 +36,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_control": ("unit",),
     "test_deploy": ("tvm", "runtime"),
     "test_encoded_inputs": ("tvm", "runtime"),
+    "test_evaluate_jpeg": ("testbed", "tvm", "cli"),
     "test_encoding": ("unit",),
     "test_errors": ("cli", "tvm"),
     "test_fallback": ("tvm",),

@@ -111,3 +111,22 @@ def test_bytes_that_do_not_decode_are_refused_by_name_and_the_worker_keeps_servi
             ctx.term()
         _close(p.run({"input": data})[0], want)  # still serving
         assert p.health()[0]["errors"] == 3
+
+
+def test_the_native_worker_refuses_an_encoded_bundle_by_name(jpeg_bundles):
+    """The native worker cannot decode a JPEG: it refuses a schema 5 bundle at start-up (one
+    line, exit 2) rather than take the bytes for a float tensor."""
+    import subprocess
+
+    from tvmsplit.runtime.launch import find_native_worker
+
+    worker = find_native_worker()
+    if worker is None:
+        pytest.skip("the native worker is not built (cmake -S . -B build/native)")
+    _, _, _, bundles = jpeg_bundles
+    for stage in (0, 1):
+        run = subprocess.run([str(worker), "--bundle", str(bundles["split"].path), "--stage",
+                              str(stage), "--bind", "tcp://127.0.0.1:0"], capture_output=True,
+                             text=True, timeout=60)
+        assert run.returncode == 2 and "schema version 5 (encoded inputs" in run.stderr, run.stderr
+        assert "--worker python" in run.stderr
