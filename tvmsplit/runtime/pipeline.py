@@ -40,6 +40,11 @@ to the client must have been started without ``--next`` for that route so that i
 which the client connects to. ``Pipeline(bundle, launcher=testbed.launcher([...]))`` lets the
 testbed start them in its namespaces the same way.
 
+A bundle whose input is encoded (a JPEG; ``bundle.encode_inputs``, schema 5) takes that input
+as the JPEG's bytes (``bytes`` or a uint8 1-D array, at most the encoding's ``max_bytes``): the
+client sends them as they are and the stage that reads the input decodes them
+(``stage.DecodingRunner``).
+
 ``Pipeline(bundle, secure=KEYS_DIR)`` encrypts and authenticates every link with CurveZMQ (see
 security.py; default None: plain TCP, fine on loopback). The client's keypair is
 ``KEYS_DIR/client.key_secret``; it connects to the workers' data and control sockets as a CURVE
