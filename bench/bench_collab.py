@@ -9,7 +9,12 @@ device's cgroup. Builds use each target's tuning database when it has one (`tvms
 zoo:M --target host` and `--target pi-class` first; the table says which).
 
     python3 bench/bench_collab.py [--models chain,resnet] [--links 3g,4g,wifi] \\
-        [--loads none,high] [--requests 9] [--rounds 3] [--out bench/results/collab.md]
+        [--loads none,high] [--inputs raw,20000] [--requests 9] [--rounds 3] \\
+        [--out bench/results/collab.md]
+
+``--inputs``: what the client sends, per case: ``raw`` (the float32 tensor) or a JPEG size in
+bytes (``evaluate(input_bytes=N)``: the quality nearest N; the table gives the size used and
+each device's measured decode time).
 
 Writes one JSON per case (``--json-dir``) and a Markdown table to ``--out``.
 """
@@ -19,6 +24,7 @@ import argparse
 import json
 import sys
 import time
+from itertools import product
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +53,8 @@ def main() -> int:
     p.add_argument("--loads", default="none")
     p.add_argument("--input-size", type=int, default=None,
                    help="the zoo models' input height/width (default: each model's own)")
+    p.add_argument("--inputs", default="raw",
+                   help="comma-separated: raw (the float32 tensor) and/or JPEG sizes in bytes")
     p.add_argument("--objective", default="latency", choices=["latency", "throughput"])
     p.add_argument("--requests", type=int, default=9)
     p.add_argument("--rounds", type=int, default=3)
@@ -60,34 +68,40 @@ def main() -> int:
     for model in args.models.split(","):
         kw = {"input_size": args.input_size} if args.input_size else {}
         g = load(zoo.make(model, **kw), name=f"{model}{args.input_size or ''}")
-        for link_name in args.links.split(","):
-            for level in args.loads.split(","):
-                t0 = time.monotonic()
-                ev = evaluate(g, devices=devices, link=Link.profile(link_name), load=level,
-                              objective=args.objective, requests=args.requests,
-                              rounds=args.rounds,
-                              log=lambda m: print(m, file=sys.stderr, flush=True))
-                data = ev.to_json()
-                data["wall_s"] = time.monotonic() - t0
-                data["tuning"] = {d.target: tuned(d.target) for d in devices}
-                (json_dir / f"{g.name}-{link_name}-{level}-{args.objective}.json").write_text(
-                    json.dumps(data, indent=1))
-                chosen = next(x for x in data["plans"] if x["name"] == data["chosen"])
-                errors = sorted(abs(x["error"]) for x in data["plans"])
-                rows.append(
-                    f"| {g.name} | {link_name} | {level} | {data['chosen']} | "
-                    f"{chosen['predicted']:.1f} | {chosen['measured']:.1f} | {data['best']} | "
-                    f"{data['regret']:.3f} | {data['speedup']:.2f}x ({list(data['best_single_site'])[0]}) | "
-                    f"{errors[len(errors) // 2]:.1%} / {errors[-1]:.1%} | {data['noise']:.1%} | "
-                    f"{data['tuning']['pi-class']}/{data['tuning']['host']} |")
-                print(rows[-1], flush=True)
+        for link_name, level, sent in product(args.links.split(","), args.loads.split(","),
+                                              args.inputs.split(",")):
+            t0 = time.monotonic()
+            ev = evaluate(g, devices=devices, link=Link.profile(link_name), load=level,
+                          objective=args.objective, requests=args.requests,
+                          rounds=args.rounds,
+                          input_bytes=None if sent == "raw" else int(sent),
+                          log=lambda m: print(m, file=sys.stderr, flush=True))
+            data = ev.to_json()
+            data["wall_s"] = time.monotonic() - t0
+            data["tuning"] = {d.target: tuned(d.target) for d in devices}
+            tag = "" if sent == "raw" else f"-jpeg{sent}"
+            (json_dir / f"{g.name}-{link_name}-{level}{tag}-{args.objective}.json").write_text(
+                json.dumps(data, indent=1))
+            chosen = next(x for x in data["plans"] if x["name"] == data["chosen"])
+            errors = sorted(abs(x["error"]) for x in data["plans"])
+            inp = data["input"]
+            what = (f"raw {inp['bytes']} B" if inp["encoding"] == "raw" else
+                    f"JPEG {inp['bytes']} B q{inp['quality']} (decode "
+                    + " / ".join(f"{ms:.2f}" for ms in inp["decode_ms"].values()) + " ms)")
+            rows.append(
+                f"| {g.name} | {what} | {link_name} | {level} | {data['chosen']} | "
+                f"{chosen['predicted']:.1f} | {chosen['measured']:.1f} | {data['best']} | "
+                f"{data['regret']:.3f} | {data['speedup']:.2f}x ({list(data['best_single_site'])[0]}) | "
+                f"{errors[len(errors) // 2]:.1%} / {errors[-1]:.1%} | {data['noise']:.1%} | "
+                f"{data['tuning']['pi-class']}/{data['tuning']['host']} |")
+            print(rows[-1], flush=True)
     unit = "ms" if args.objective == "latency" else "req/s"
     head = (f"objective {args.objective}; {args.requests} requests per plan in {args.rounds} "
             f"interleaved rounds; end pi-class (core 0 at 10 %, 1 thread), edge host (core 1)\n\n"
-            f"| model | link | end load | chosen | predicted {unit} | measured {unit} | best "
+            f"| model | input (decode end / edge) | link | end load | chosen | predicted {unit} | measured {unit} | best "
             f"measured | regret | speedup over best single site | prediction error median / "
             f"worst (all plans) | noise (median IQR/median) | tuning end/edge |\n"
-            f"|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+            f"|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     Path(args.out).write_text(head + "\n".join(rows) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

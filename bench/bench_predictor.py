@@ -51,7 +51,9 @@ LEVEL_NAMES = {"none": "none", "cpu1x50": "medium", "cpu2x100+mem2g": "high"}
 SAMPLE_MS = 10.0
 VARIANTS = {"static": dict(dynamic=False, tuning=False),
             "static+load": dict(dynamic=True, tuning=False),
-            "static+load+tuning": dict(dynamic=True, tuning=True)}
+            "static+load+tuning": dict(dynamic=True, tuning=True),
+            "static+load+prior": dict(dynamic=True, tuning=False, prior=True)}
+RECORDED = "the database's own times"   # sum of recorded_ms, unscaled (no training)
 TUNED_MODEL = "zoo:chain@32x1"
 UNTUNED = "all, without the tuned model"
 SUM_OF_MEASURED = "sum of the measured layers"
@@ -63,7 +65,7 @@ def log(msg: str) -> None:
 
 
 # ---- 1. profile ---------------------------------------------------------------------------------
-def profile(target: str, repeat: int, done: dict | None = None) -> dict:
+def profile(target: str, repeat: int, done: dict | None = None, db: str | None = None) -> dict:
     """Profile every model of ``MODELS`` not yet in ``done`` (an earlier profile, extended)."""
     spec = get_target(target)
     layers, stages = Dataset(target=spec.name), []
@@ -80,7 +82,7 @@ def profile(target: str, repeat: int, done: dict | None = None) -> dict:
             libs = []
             for s, stage in enumerate(plan.stages):
                 lib = Path(tmp) / f"{mid.replace(':', '_').replace('@', '_')}_s{s}.so"
-                built = build_stage(graph, stage, spec, lib)
+                built = build_stage(graph, stage, spec, lib, db=db)
                 est = sum(repeats_for(graph.layer(n), SAMPLE_MS) ** -1 for n in stage.layers)
                 libs.append((s, stage, lib, max(1, round(1 / est)), built.tuning.describe()
                              if built.tuning else ""))
@@ -92,7 +94,8 @@ def profile(target: str, repeat: int, done: dict | None = None) -> dict:
                     ms = []
                     for layer in graph.layers:
                         ms.extend(profile_layers(graph, spec, session, layers=[layer.name],
-                                                 number=repeats_for(layer, SAMPLE_MS), repeat=repeat))
+                                                 number=repeats_for(layer, SAMPLE_MS), repeat=repeat,
+                                                 db=db))
                     layers.add(graph, ms, model_id=mid, load=LEVEL_NAMES[label])
                     for s, stage, lib, number, tuning in libs:
                         state = live_snapshot()
@@ -103,7 +106,7 @@ def profile(target: str, repeat: int, done: dict | None = None) -> dict:
                                        "state": state.to_json()})
                 log(f"{mid} under {label}: {len(ms)} layers, {len(libs)} stages "
                     f"({time.perf_counter() - t0:.0f} s)")
-    return {"dataset": layers.to_json(), "stages": stages, "repeat": repeat,
+    return {"dataset": layers.to_json(), "stages": stages, "repeat": repeat, "db": db,
             "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}"}
 
 
@@ -123,15 +126,26 @@ def lomo(data: dict) -> dict:
                 out["layers"].append({"model": model, "variant": variant, "load": r.load,
                                       "type": r.layer_type, "ms": r.ms, "pred": float(pm),
                                       "noise": r.noise, "tuned": r.tuned_fraction})
+                if variant == "static" and r.recorded_ms > 0:
+                    out["layers"].append({"model": model, "variant": RECORDED, "load": r.load,
+                                          "type": r.layer_type, "ms": r.ms, "pred": r.recorded_ms,
+                                          "noise": r.noise, "tuned": r.tuned_fraction})
             for st in (s for s in data["stages"] if s["model"] == model):
                 state = state_from_json(st["state"])
                 tuned = {r.layer.name: r.tuned_fraction for r in test if r.load == st["load"]}
+                recorded = {r.layer.name: r.recorded_ms for r in test if r.load == st["load"]}
                 layers = [layers_of[model][n] for n in st["layers"]]
                 pm = pred.predict_layers(layers, state, tuned_fraction=[
-                    tuned.get(n, float("nan")) for n in st["layers"]])
+                    tuned.get(n, float("nan")) for n in st["layers"]], recorded_ms=[
+                    recorded.get(n, float("nan")) for n in st["layers"]])
                 out["stages"].append({"model": model, "variant": variant, "load": st["load"],
                                       "stage": st["stage"], "ms": st["ms"], "pred": float(pm.sum()),
                                       "noise": st["noise"]})
+                if variant == "static" and all(recorded.get(n, 0) > 0 for n in st["layers"]):
+                    out["stages"].append({"model": model, "variant": RECORDED, "load": st["load"],
+                                          "stage": st["stage"], "ms": st["ms"],
+                                          "pred": sum(recorded[n] for n in st["layers"]),
+                                          "noise": st["noise"]})
                 if variant == SUM_OF_MEASURED_AFTER:   # the ceiling: the layers' own medians
                     ms = {r.layer.name: r.ms for r in test if r.load == st["load"]}
                     out["stages"].append({"model": model, "variant": SUM_OF_MEASURED,
@@ -165,7 +179,7 @@ def render(data: dict, res: dict) -> str:
     for what in ("layers", "stages"):
         out += [f"## {what}", "", "| variant | load | median error % | p90 error % | within ±10 % (%) "
                 "| noise floor % | n |", "|---|---|---:|---:|---:|---:|---:|"]
-        for variant in [*VARIANTS, SUM_OF_MEASURED]:
+        for variant in [*VARIANTS, RECORDED, SUM_OF_MEASURED]:
             for load in ("none", "medium", "high", "all", UNTUNED):
                 rows = [r for r in res[what] if r["variant"] == variant
                         and (load in ("all", r["load"]) or load == UNTUNED and r["model"] != TUNED_MODEL)]
@@ -174,13 +188,14 @@ def render(data: dict, res: dict) -> str:
                     out.append(f"| {variant} | {load} | {e[0]:.1f} | {e[1]:.1f} | {e[2]:.0f} | "
                                f"{e[3]:.1f} | {e[4]} |")
         out.append("")
-    out += ["## per held-out model (static+load+tuning, all loads)", "",
-            "| model | layers: median error % | noise % | stages: median error % | noise % |",
-            "|---|---:|---:|---:|---:|"]
+    out += ["## per held-out model (all loads)", "",
+            "| model | variant | layers: median error % | noise % | stages: median error % | noise % |",
+            "|---|---|---:|---:|---:|---:|"]
     for model in dict.fromkeys(r["model"] for r in res["layers"]):
-        a = _err([r for r in res["layers"] if r["model"] == model and r["variant"] == "static+load+tuning"])
-        b = _err([r for r in res["stages"] if r["model"] == model and r["variant"] == "static+load+tuning"])
-        out.append(f"| {model} | {a[0]:.1f} | {a[3]:.1f} | {b[0]:.1f} | {b[3]:.1f} |")
+        for variant in ("static+load+tuning", "static+load+prior"):
+            a = _err([r for r in res["layers"] if r["model"] == model and r["variant"] == variant])
+            b = _err([r for r in res["stages"] if r["model"] == model and r["variant"] == variant])
+            out.append(f"| {model} | {variant} | {a[0]:.1f} | {a[3]:.1f} | {b[0]:.1f} | {b[3]:.1f} |")
     return "\n".join(out) + "\n"
 
 
@@ -190,6 +205,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--data", default=str(REPO / "bench" / "results" / "predictor-data.json"))
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "predictor.md"))
+    ap.add_argument("--db", default=None,
+                    help="the tuning database every layer and stage is built from (default: the "
+                         "target's own)")
     ap.add_argument("--no-profile", action="store_true",
                     help="only analyse the models already in --data (profile nothing more)")
     args = ap.parse_args()
@@ -197,7 +215,7 @@ def main() -> None:
     data = json.loads(path.read_text()) if path.is_file() else None
     models = {m for m, *_ in zoo_graphs(MODELS)}
     if data is None or not (args.no_profile or models <= {r["model_id"] for r in data["dataset"]["rows"]}):
-        data = profile(args.target, args.repeat, data)
+        data = profile(args.target, args.repeat, data, args.db)
         path.write_text(json.dumps(data))
         log(f"profile written to {path}")
     text = render(data, lomo(data))

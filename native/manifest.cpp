@@ -115,6 +115,11 @@ Manifest load_manifest(const std::string& dir, int stage, bool check_library) {
     throw StartError(path + ": schema version 4 (onnxruntime fallback stages: .onnx libraries), "
                      "which the native worker cannot run; use the Python worker "
                      "(run --worker python)");
+  // version 5 = version 4 + encoded inputs (a JPEG on the wire), which this worker cannot decode
+  if (m.is_object() && m.contains("schema_version") && m["schema_version"] == 5)
+    throw StartError(path + ": schema version 5 (encoded inputs: JPEG bytes to decode), "
+                     "which the native worker cannot run; use the Python worker "
+                     "(run --worker python)");
   if (!m.is_object() || !m.contains("schema_version") || m["schema_version"] != 2)
     throw StartError(path + ": schema version " +
                      (m.is_object() && m.contains("schema_version") ? m["schema_version"].dump()

@@ -426,3 +426,36 @@ def test_a_predictor_trained_on_other_models_predicts_a_held_out_models_stages(t
     assert p.predict_layers(layers, None, tuned_fraction=1.0).shape == (len(layers),)
     with pytest.raises(PredictorError, match="tuned_fraction has 2 values for"):
         p.predict_layers(layers, None, tuned_fraction=[1.0, 0.0])
+
+
+def test_the_database_prior_predicts_what_static_features_cannot_see(tmp_path):
+    """A layer's time = what its tuning record measured (a per-layer schedule quality the static
+    features cannot see) x the load + a call overhead: the prior learns the ratio and wins."""
+    rng = np.random.default_rng(7)
+    ds = _zoo_rows([("chain", 16), ("chain", 24), ("resnet", 16), ("resnet", 24),
+                    ("inception", 16), ("inception", 24)], rng)
+    quality = {}
+    for r in ds:
+        q = quality.setdefault((r.model_id, r.layer.name), float(rng.uniform(0.3, 3.0)))
+        cpu = float(r.load[3:])
+        r.recorded_ms = _synthetic_ms(r.layer, 5.0, rng) * q
+        r.ms = r.recorded_ms * (1 + 1.5 / (1 + math.exp(-(cpu - 55) / 8))) + 0.01
+    train, test = split_by_model(ds, ["zoo:resnet@24"])
+    blind = Predictor.train(train, rounds=300)
+    prior = Predictor.train(train, rounds=300, prior=True)
+    assert prior.prior is not None and blind.prior is None and prior.training["database_prior"]
+    true = np.array([r.ms for r in test])
+    err = {name: np.median(np.abs(p.predict_rows(test.rows) - true) / true)
+           for name, p in (("blind", blind), ("prior", prior))}
+    assert err["prior"] < 0.10 < err["blind"], err
+    # through the file; layers without a record (NaN) fall back to their type's model
+    p = Predictor.load(prior.save(tmp_path / "p.json"), target="x86_64")
+    layers, recorded = [r.layer for r in test], [r.recorded_ms for r in test]
+    assert np.allclose(p.predict_layers(layers, test.rows[0].state, recorded_ms=recorded),
+                       prior.predict_layers(layers, test.rows[0].state, recorded_ms=recorded))
+    unknown = p.predict_layers(layers, test.rows[0].state, recorded_ms=[math.nan] * len(layers))
+    assert np.array_equal(unknown, blind.predict_layers(layers, test.rows[0].state))
+    with pytest.raises(PredictorError, match="recorded_ms has 1 values for"):
+        p.predict_layers(layers, None, recorded_ms=[1.0])
+    back = Row.from_json(json.loads(json.dumps(test.rows[0].to_json())))
+    assert back.recorded_ms == test.rows[0].recorded_ms

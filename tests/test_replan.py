@@ -136,3 +136,23 @@ def test_replanner_reacts_to_the_end_devices_load_seen_in_traces(tmp_path):
         assert r.swaps == 2
         y2, _ = p.run({"input": np.zeros((1, 3, 32, 32), np.float32)})
         np.testing.assert_allclose(y2["output"], y["output"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_wait_on_a_local_hop_counts_as_the_devices_load(tmp_path):
+    """A request that waits before the end device's stage takes it (the client is on the end
+    device) makes the end device slower by that wait; a hop over the link does not."""
+    from tvmsplit.runtime.trace import Hop, Trace
+
+    g = ts.load(zoo.make("chain"), name="chain")
+    costs = CostTable.from_flops(g, {"end": 0.5, "edge": 2.0})
+    devices = [Device("end", "x86_64"), Device("edge", "x86_64")]
+    link = Link("wifi-ish", 1e7, 1e7, 0.01)
+    r = Replanner(None, g, devices, costs, lambda: link, tmp_path / "plans", input_bytes=200_000)
+    stages = list(zip(r.planned.plan.stages, r.planned.stage_devices))
+    assert [d for _, d in stages] == [0, 1]
+    rows = dict(zip(costs.layers, costs.compute_ms))
+    own = [sum(rows[n][d] for n in s.layers) for s, d in stages]
+    hops = (Hop(-1, 0, 100, own[0]), Hop(0, 1, 100, 50.0), Hop(1, -1, 100, 40.0))
+    for _ in range(3):
+        r.observe(Trace(0, tuple(own), hops, 0.0, ()))
+    assert r.slowdown[0] == pytest.approx(2.0) and r.slowdown[1] == pytest.approx(1.0)

@@ -8,7 +8,7 @@ its tensor intrinsics (~30 s).
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import math
 
 import numpy as np
 import pytest
@@ -23,7 +23,7 @@ from tvmsplit.rpc_device import LocalRPCDevice
 from tvmsplit.split import plan_split
 from tvmsplit.targets import get_target
 from tvmsplit.tune import tune
-from tvmsplit.tunedb import META, TuningError, create_database, read_database
+from tvmsplit.tunedb import META, create_database, read_database
 
 pytestmark = pytest.mark.slow
 
@@ -123,6 +123,33 @@ def test_the_build_cache_follows_the_records_used(tmp_path):
     cached_untuned = build_stage(g, stage, spec, tmp_path / "d.so")
     assert cached_untuned.cached and cached_untuned.sha256 == untuned.sha256
     assert cached_untuned.tuning.kernels == untuned.tuning.kernels
+    assert math.isnan(untuned.tuning.recorded_ms)
+
+
+def test_what_the_database_measured_is_read_back_per_layer(tmp_path):
+    """The predictor's database prior: the recorded time of a layer's kernels, read as the
+    build matches them, equals the record's own run time (and a layer with a kernel the
+    database never measured has none)."""
+    from tvmsplit.compile import build_stage
+    from tvmsplit.predict import database_times
+    from tvmsplit.split import layer_stage
+
+    g = small("chain")
+    spec = get_target("x86_64")
+    res = tune(g, spec, db=tmp_path / "db", trials=4)
+    per_layer = database_times(g, spec, tmp_path / "db")
+    assert len(per_layer) == len(g.layers)
+    measured = [i for i, ms in enumerate(per_layer) if ms > 0]
+    assert measured and len(measured) < len(g.layers), per_layer  # 4 trials: not every kernel
+    assert res.trials_run > 0
+    for i in (measured[0], next(i for i in range(len(g.layers)) if i not in measured)):
+        built = build_stage(g, layer_stage(g, i, spec.name), spec, tmp_path / f"l{i}.so",
+                            db=tmp_path / "db")
+        if i in measured:
+            assert built.tuning.recorded_ms == pytest.approx(per_layer[i], rel=1e-12)
+            assert built.tuning.tuned == built.tuning.kernels
+        else:
+            assert math.isnan(built.tuning.recorded_ms) and math.isnan(per_layer[i])
 
 
 def test_a_database_of_another_target_is_refused_with_one_line(tmp_path):

@@ -57,7 +57,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, interrupts
-from .errors import BundleError
+from .encoding import Encoding, check_encodings, wire_specs, wire_stage
+from .errors import BundleError, TvmsplitError
 from .graph import LayerGraph, TensorSpec
 from .plan import Plan, StagePlan
 from .targets import TargetSpec, host_arch
@@ -65,7 +66,9 @@ from .targets import TargetSpec, host_arch
 SCHEMA_VERSION = 2
 SEQUENTIAL_SCHEMA_VERSION = 3  # version 2 + sequential stages (see the module doc)
 FALLBACK_SCHEMA_VERSION = 4    # version 3 + each stage's "runtime" (onnxruntime fallback stages)
-READABLE_SCHEMA_VERSIONS = (SCHEMA_VERSION, SEQUENTIAL_SCHEMA_VERSION, FALLBACK_SCHEMA_VERSION)
+ENCODED_SCHEMA_VERSION = 5     # version 4 + "input_encodings" (JPEG inputs, see the module doc)
+READABLE_SCHEMA_VERSIONS = (SCHEMA_VERSION, SEQUENTIAL_SCHEMA_VERSION, FALLBACK_SCHEMA_VERSION,
+                            ENCODED_SCHEMA_VERSION)
 RUNTIMES = ("tvm", "onnxruntime")  # a stage's "runtime" (fallback.RUNTIMES)
 MANIFEST = "manifest.json"
 
@@ -107,6 +110,7 @@ class BundleStage:
     library_bytes: int
     segments: tuple[SegmentFiles, ...] = ()
     runtime: str = "tvm"  # "onnxruntime": ``library`` is an ONNX sub-model (``fallback``)
+    encodings: tuple[Encoding, ...] = ()  # the inputs it receives encoded (schema 5)
 
     def files(self) -> list[tuple[Path, str]]:
         """Every file the stage needs, with its sha256."""
@@ -135,6 +139,7 @@ class Bundle:
     outputs: tuple[TensorSpec, ...]
     plan: Plan
     stages: tuple[BundleStage, ...]
+    encodings: tuple[Encoding, ...] = ()  # encoded model inputs (schema 5); inputs: wire form
 
     @classmethod
     def load(cls, path: str | os.PathLike, stages: Iterable[int] | None = None) -> "Bundle":
@@ -190,6 +195,8 @@ class Bundle:
             problems.append("its stages' inputs or routes differ from its plan's")
         if problems:
             raise BundleError(f"{manifest_path}: {'; '.join(problems)}; rebuild the bundle")
+        if m["schema_version"] >= ENCODED_SCHEMA_VERSION:
+            bundle = _with_encodings(bundle, m.get("input_encodings"), manifest_path)
         for stage in bundle.stages:
             target = stage.target
             if not (isinstance(target.get("target"), dict) and "kind" in target["target"]
@@ -215,6 +222,60 @@ class Bundle:
                                       f"{stage.index} fails its checksum (corrupt or modified); "
                                       "rebuild the bundle")
         return bundle
+
+
+def _with_encodings(bundle: Bundle, entries: Any, manifest_path: Path) -> Bundle:
+    """``bundle`` with its encoded inputs in wire form (see the module doc, schema 5)."""
+    from dataclasses import replace
+
+    try:
+        encodings = tuple(Encoding.from_json(e) for e in entries)
+        if not encodings:
+            raise ValueError("no encodings")
+        check_encodings(bundle.inputs, encodings)
+    except (KeyError, TypeError, ValueError, TvmsplitError) as exc:
+        raise BundleError(f"{manifest_path}: bad 'input_encodings' ({exc}); rebuild the bundle "
+                          "and encode its inputs again (bundle.encode_inputs)") from None
+    by_name = {e.name: e for e in encodings}
+
+    def received(stage: StagePlan) -> tuple[Encoding, ...]:
+        return tuple(by_name[t.name] for t in stage.inputs if t.name in by_name)
+
+    plan = replace(bundle.plan, stages=tuple(wire_stage(s, by_name) for s in bundle.plan.stages))
+    stages = tuple(replace(s, plan=wire_stage(s.plan, by_name), encodings=received(s.plan))
+                   for s in bundle.stages)
+    return replace(bundle, inputs=wire_specs(bundle.inputs, encodings), plan=plan, stages=stages,
+                   encodings=encodings)
+
+
+def encode_inputs(path: str | os.PathLike, encodings: Sequence[Encoding]) -> Bundle:
+    """Make the bundle at ``path`` take ``encodings``' inputs encoded (schema 5, see the module
+    doc): its manifest is rewritten atomically (libraries unchanged) and the bundle loaded
+    again. ``encodings=()`` makes it take the raw tensors again."""
+    from .atomic import write_json
+
+    path = Path(path)
+    bundle = Bundle.load(path, stages=[])
+    base = tuple(e.input for e in bundle.encodings)
+    raw = tuple(next((b for b in base if b.name == t.name), t) for t in bundle.inputs)
+    check_encodings(raw, encodings)
+    m = json.loads((path / MANIFEST).read_text())
+    if encodings:
+        m["schema_version"] = ENCODED_SCHEMA_VERSION
+        m["input_encodings"] = [e.to_json() for e in encodings]
+        for s in m["stages"]:
+            s.setdefault("runtime", "tvm")
+    else:
+        m.pop("input_encodings", None)
+        fallback = any(s.get("runtime", "tvm") != "tvm" for s in m["stages"])
+        m["schema_version"] = (FALLBACK_SCHEMA_VERSION if fallback else SEQUENTIAL_SCHEMA_VERSION
+                               if any(s.get("segment_files") for s in m["stages"])
+                               else SCHEMA_VERSION)
+        if not fallback:
+            for s in m["stages"]:
+                s.pop("runtime", None)
+    write_json(path / MANIFEST, m)
+    return Bundle.load(path)
 
 
 def check_output_dir(out_dir: str | os.PathLike) -> None:

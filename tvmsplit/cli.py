@@ -691,7 +691,12 @@ def parse_bytes(text: str) -> int:
 @click.option("--pin", "pins", multiple=True, metavar="LAYER=DEVICE", help="Keep a layer on a device.")
 @click.option("--input-bytes", type=int, default=None,
               help="Size of the input as the end device sends it (e.g. a JPEG); default: raw "
-                   "tensor (with --profile: the profile's input_bytes).")
+                   "tensor (with --profile: the profile's input_bytes). Decoding it is not "
+                   "priced (0 ms) unless --decode-ms is given; `tvmsplit evaluate "
+                   "--input-bytes N` measures it.")
+@click.option("--decode-ms", "decode_ms", default="", metavar="NAME=MS,...",
+              help="With --input-bytes: ms to decode the input on each device, charged to the "
+                   "device that runs the layer reading it (others: 0).")
 @click.option("--end-devices", type=click.IntRange(min=1), default=1, show_default=True,
               metavar="N",
               help="N end devices like the first of --devices, each running this model, share "
@@ -721,8 +726,8 @@ def parse_bytes(text: str) -> int:
                    "to its device to the latency objective (always reported).")
 @fallback_option
 def plan_cmd(model, profile_file, devices, links, costs_file, objective, powers, method, mem_caps,
-             sequential, batch, horizontal, pins, input_bytes, end_devices, deadline_ms,
-             share_steps, shapes, as_json, save, plot, links_file, sink, deploy_cost,
+             sequential, batch, horizontal, pins, input_bytes, decode_ms, end_devices,
+             deadline_ms, share_steps, shapes, as_json, save, plot, links_file, sink, deploy_cost,
              fallback) -> None:
     """Choose where to split MODEL (or a --profile) across a path of devices, with the
     baselines side by side."""
@@ -759,7 +764,8 @@ def plan_cmd(model, profile_file, devices, links, costs_file, objective, powers,
                             input_bytes=input_bytes, power=power, sequential=sequential,
                             batch=batch, horizontal=horizontal,
                             topology=Topology.from_file(links_file) if links_file else None,
-                            sink=sink, deploy_in_objective=deploy_cost)
+                            sink=sink, deploy_in_objective=deploy_cost,
+                            decode_ms=_decode_ms(decode_ms, input_bytes))
     if end_devices > 1:
         _plan_shared(result, link_list, input_bytes, end_devices, deadline_ms, share_steps, as_json)
         return
@@ -779,11 +785,27 @@ def plan_cmd(model, profile_file, devices, links, costs_file, objective, powers,
         click.echo(json.dumps(doc, indent=2))
         return
     _print_plan(result.graph, result, result.links if links_file else link_list, objective)
+    if input_bytes is not None:
+        click.echo(f"input sent as {input_bytes} bytes; its decode is "
+                   + (f"priced ({decode_ms} ms) where the first layer runs" if decode_ms else
+                      "not priced (0 ms): give --decode-ms, or measure it with `tvmsplit "
+                      "evaluate MODEL --input-bytes N`"))
     if any(r != "tvm" for r in runtimes):
         from .fallback import describe
 
         click.echo(f"{describe(runtimes)}: predicted times of those stages are the predictor's "
                    "or the cost table's, not onnxruntime's; build them with --fallback onnxruntime")
+
+
+def _decode_ms(text: str, input_bytes: int | None) -> dict[str, float]:
+    """``--decode-ms NAME=MS,...`` as device name -> ms (needs --input-bytes)."""
+    if text and input_bytes is None:
+        raise TvmsplitError("--decode-ms prices decoding an encoded input: give --input-bytes "
+                            "(its size as sent) too")
+    try:
+        return {name: float(ms) for name, ms in _parse_pairs(text, "--decode-ms")}
+    except ValueError:
+        raise TvmsplitError(f"--decode-ms {text!r} is not NAME=MS,... (e.g. end=4.2,edge=0.6)") from None
 
 
 def _stage_runtimes(g, plan, fallback: str | None) -> tuple:
@@ -979,7 +1001,10 @@ def _print_plan(g, result, links, objective: str) -> None:
 @click.option("--rounds", type=click.IntRange(1), default=3, show_default=True,
               help="Interleaved rounds: each runs every plan in turn.")
 @click.option("--input-bytes", type=int, default=None,
-              help="Size of the input as the end device sends it (not measurable yet).")
+              help="Send a JPEG instead of the raw tensor: a synthetic scene at the model's "
+                   "size, at the JPEG quality whose size is nearest this many bytes (the size "
+                   "used is printed); each device's decode is measured and priced where the "
+                   "first layer runs.")
 @click.option("--costs", "costs_file", type=click.Path(exists=True, dir_okay=False),
               help="Plan on this cost table instead of measuring the layers on the testbed.")
 @click.option("--end-devices", type=click.IntRange(min=1, max=8), default=1, show_default=True,
@@ -1031,6 +1056,11 @@ def evaluate(model, devices, link, load, objective, requests, rounds, input_byte
     click.echo(f"{g.name} on {' -> '.join(f'{d.name}={d.target}' for d in devs)}, link "
                f"{ev.link.name}, end load {load}, objective {objective} ({unit}; "
                f"{requests} requests per plan in {rounds} interleaved rounds)")
+    sent = data["input"]
+    click.echo(f"input: {sent['bytes']} bytes, " + (
+        "the raw tensor" if sent["encoding"] == "raw" else
+        f"a JPEG (quality {sent['quality']}, raw tensor {sent['raw_bytes']} bytes), decoded in "
+        + ", ".join(f"{ms:.2f} ms on {name}" for name, ms in sent["decode_ms"].items())))
     click.echo(f"{'plan':<26} {'where':<9} {'predicted':>10} {'measured':>10} {'p90 ms':>8} "
                f"{'error':>7} {'spread':>7}")
     for p in data["plans"]:

@@ -23,6 +23,15 @@ cores, joined by a link shaped to ``link``:
    tvmsplit all-end / all-edge runs, and onnxruntime timed inside each device's cgroup (for the
    edge plus the transport the all-edge run measured: its end-to-end time minus its compute).
 
+Encoded input (``input_bytes=N``, ``--input-bytes N``): the client sends a JPEG instead of the
+raw tensor (``encoding``: a synthetic photo-like scene at the model's size, encoded at the
+quality whose size is nearest N; the size used is reported). Each device's decode time is
+measured inside its cgroup (``decode_ms_on_testbed``) and priced where the input-reading layer
+runs (``Problem.decode_ms``); every candidate's bundle takes the JPEG (``bundle.encode_inputs``)
+and its worker decodes it; outputs are checked against onnxruntime on the same decoded tensor;
+the single sites include the decode (onnxruntime on the end: decode + model there; on the edge:
+the all-edge run's transport of the JPEG + decode + model).
+
 Reported: per candidate the predicted and measured latency (median, p90, spread = IQR/median:
 the noise floor beside every error figure), the prediction error; ``regret`` = measured
 latency of the chosen plan / the best measured candidate (>= 1; 1 = the planner picked the
@@ -50,6 +59,7 @@ import numpy as np
 
 from .atomic import write_json
 from .devices import Device, Link
+from .encoding import Encoding
 from .errors import TvmsplitError
 from .graph import LayerGraph
 from .partition import CostTable, Problem
@@ -126,6 +136,9 @@ class Evaluation:
     single_site: tuple[tuple[str, float], ...]    # (label, ms or req/s), measured
     costs: CostTable = field(repr=False, compare=False, default=None)
     stage_overhead_ms: tuple[float, ...] = ()     # per device, measured (``stage_overheads``)
+    input_bytes: int = 0                          # the input as sent (the JPEG or the tensor)
+    encoding: Encoding | None = None              # the JPEG's, None: the raw tensor was sent
+    decode_ms: tuple[float, ...] = ()             # per device, measured (encoded input only)
 
     def run_of(self, name: str) -> Measured:
         return next(r for r in self.runs if r.candidate.name == name)
@@ -173,6 +186,7 @@ class Evaluation:
             "best_single_site": dict([self.best_single_site]),
             "single_site": dict(self.single_site), "noise": self.noise,
             "stage_overhead_ms": dict(zip((d.name for d in self.devices), self.stage_overhead_ms)),
+            "input": self.input_json(),
             "unit": "ms" if obj == "latency" else "requests/s",
             "plans": [{"name": r.candidate.name, "placement": list(r.candidate.placement),
                        "assignment": list(r.candidate.assignment),
@@ -186,6 +200,15 @@ class Evaluation:
                        "predicted_hop_ms": list(r.candidate.predicted.hop_ms),
                        "max_rel_error": r.max_rel_error}
                       for r in self.runs]}
+
+
+    def input_json(self) -> dict:
+        """What the client sent: ``{"encoding": "raw"|"jpeg", "bytes", ...}``."""
+        if self.encoding is None:
+            return {"encoding": "raw", "bytes": self.input_bytes}
+        return {"encoding": self.encoding.format, "bytes": self.input_bytes,
+                "quality": self.encoding.quality, "raw_bytes": self.encoding.input.nbytes,
+                "decode_ms": dict(zip((d.name for d in self.devices), self.decode_ms))}
 
 
 # ---------------------------------------------------------------------------------- pieces
@@ -379,6 +402,25 @@ def onnxruntime_ms(graph: LayerGraph, inputs: dict, testbed, where: str, workdir
     return Timing.of(json.loads(out.read_text())["samples_ms"])
 
 
+def decode_ms_on_testbed(encoding: Encoding, data: bytes, testbed, where: str, workdir: Path,
+                         repeat: int = 5) -> Timing:
+    """Decoding ``data`` (``Encoding.decode``) inside ``where``'s cgroup: samples of at least
+    ``END_MIN_REPEAT_MS`` each, as the layers are timed."""
+    spec, jpeg, out = workdir / "encoding.json", workdir / "input.jpg", workdir / f"decode-{where}.json"
+    write_json(spec, encoding.to_json())
+    jpeg.write_bytes(data)
+    proc = testbed.spawn(where, [sys.executable, "-m", "tvmsplit.encoding", str(spec), str(jpeg),
+                                 str(out), "--repeat", str(repeat),
+                                 "--min-ms", str(END_MIN_REPEAT_MS if where == "end"
+                                                 else EDGE_MIN_REPEAT_MS)],
+                         role=f"decode-{where}", in_namespace=False)
+    if proc.wait(timeout=300) != 0 or not out.exists():
+        raise EvaluationError(f"timing the JPEG decode on the {where} failed (exit "
+                              f"{proc.returncode}); see the testbed's decode-{where} log in "
+                              f"{testbed.dir}")
+    return Timing.of(json.loads(out.read_text())["samples_ms"])
+
+
 def _run_candidate(bundle, placement, testbed, inputs, ref, *, requests: int, warmup: int,
                    objective: str, max_in_flight: int):
     """(latency samples ms, per-stage compute ms lists, throughput req/s or None, max rel err)."""
@@ -422,6 +464,7 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
     import tempfile
 
     from .build import build_bundle
+    from .bundle import encode_inputs
     from .check import random_inputs, reference
     from .planning import plan_partition, to_plan
     from .testbed import Testbed
@@ -434,17 +477,29 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
         problems.append(f"objective {objective!r} is not latency or throughput")
     if requests < 3 or rounds < 1:
         problems.append(f"need requests >= 3 and rounds >= 1, got {requests} and {rounds}")
-    if input_bytes is not None:
-        problems.append("--input-bytes is not measurable yet: the testbed sends the raw tensor "
-                        "(plan with --input-bytes prices it; evaluate measures raw inputs)")
+    if input_bytes is not None and not (isinstance(input_bytes, int) and input_bytes > 0):
+        problems.append(f"input_bytes (the JPEG's size) must be a positive int, got "
+                        f"{input_bytes!r}")
     why_not = measurable_here(devices)   # two devices, a capped end, an edge that runs here, root
     if why_not is not None:
         problems.append(why_not)
     if problems:
         raise EvaluationError("; ".join(problems))
     per_round = max(1, -(-requests // rounds))
-    inputs = random_inputs(graph.inputs)
-    ref = reference(graph, inputs)
+    encoding, sent_bytes = None, sum(t.nbytes for t in graph.inputs)
+    if input_bytes is None:
+        inputs = random_inputs(graph.inputs)
+        ref = reference(graph, inputs)
+    else:  # a JPEG of a synthetic scene, its size nearest input_bytes
+        from .encoding import jpeg_input
+
+        encoding, data = jpeg_input(graph.inputs, input_bytes)
+        sent_bytes = len(data)
+        inputs = {encoding.name: encoding.tensor(data)}
+        ref = reference(graph, {encoding.name: encoding.decode(data)})  # the same decoded tensor
+        log(f"input: a {sent_bytes}-byte JPEG (quality {encoding.quality}, nearest the "
+            f"{input_bytes} asked for) instead of the {encoding.input.nbytes}-byte tensor")
+    decode: tuple[float, ...] = ()
     with tempfile.TemporaryDirectory(prefix="tvmsplit-evaluate-") as tmp:
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -453,12 +508,20 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
                 if costs is None:
                     costs = measured_costs(graph, devices, load=load, log=log, testbed=tb)
                 overhead = stage_overheads(devices, tb, link, work, log=log)
+                if encoding is not None:
+                    decode = tuple(decode_ms_on_testbed(encoding, data, tb, where, work).median_ms
+                                   for where in PLACES)
+                    log("JPEG decode: " + ", ".join(f"{ms:.2f} ms on the {where}"
+                                                    for ms, where in zip(decode, PLACES)))
+                priced = {"input_bytes": sent_bytes if encoding else None, "decode_ms": decode}
                 chosen = plan_partition(graph, devices, [link], costs, objective=objective,
                                         method=method, parallel=False,
                                         stage_overhead_ms={d.name: o for d, o in
-                                                           zip(devices, overhead)})
+                                                           zip(devices, overhead)},
+                                        input_bytes=priced["input_bytes"],
+                                        decode_ms=dict(zip((d.name for d in devices), decode)))
                 problem = Problem(graph, chosen.plan_costs, (link,), objective=objective,
-                                  stage_overhead_ms=overhead)
+                                  stage_overhead_ms=overhead, **priced)
                 cands, chosen_name = candidates(problem, chosen.predicted.assignment)
                 log(f"planner {chosen.method} chose {chosen_name}; measuring {len(cands)} "
                     f"candidates x {rounds} round(s) x {per_round} request(s)")
@@ -466,7 +529,11 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
                 for k, c in enumerate(cands):
                     plan_, _ = to_plan(graph, c.predicted, devices, parallel=False)
                     bundles.append(build_bundle(graph, plan_, work / f"plan{k}"))
-                ort = {where: onnxruntime_ms(graph, inputs, tb, where, work) for where in PLACES}
+                    if encoding is not None:  # the client sends the JPEG; stage 0 decodes it
+                        bundles[-1] = encode_inputs(bundles[-1].path, [encoding])
+                decoded = ({encoding.name: encoding.decode(data)} if encoding is not None
+                           else inputs)
+                ort = {where: onnxruntime_ms(graph, decoded, tb, where, work) for where in PLACES}
                 samples = {c.name: ([], [[] for _ in c.placement], [], []) for c in cands}
                 for r in range(rounds):
                     for k in range(len(cands)):   # a rotated order each round
@@ -493,19 +560,21 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
     if bad:
         raise EvaluationError(f"plan output differs from onnxruntime: {bad}")
     by = {r.candidate.name: r for r in runs}
+    # the all-edge stage's compute includes its decode (the worker times the DecodingRunner)
     edge_transport = by["all-edge"].latency.median_ms - by["all-edge"].stage_ms[0]
+    dec = dict(zip(PLACES, decode or (0.0, 0.0)))  # onnxruntime is given the decoded tensor
     if objective == "latency":
         site = (("end: tvmsplit", by["all-end"].latency.median_ms),
-                ("end: onnxruntime", ort["end"].median_ms),
+                ("end: onnxruntime", ort["end"].median_ms + dec["end"]),
                 ("edge: tvmsplit", by["all-edge"].latency.median_ms),
-                ("edge: onnxruntime", ort["edge"].median_ms + edge_transport))
+                ("edge: onnxruntime", ort["edge"].median_ms + dec["edge"] + edge_transport))
     else:  # onnxruntime on the edge: the all-edge rate sped up by onnxruntime's compute ratio,
         # at most its compute rate (an upper bound: a transport-bound stream would not speed up)
-        all_edge, edge_ms = by["all-edge"], ort["edge"].median_ms
+        all_edge, edge_ms = by["all-edge"], ort["edge"].median_ms + dec["edge"]
         site = (("end: tvmsplit", by["all-end"].value(objective)),
-                ("end: onnxruntime", 1e3 / ort["end"].median_ms),
+                ("end: onnxruntime", 1e3 / (ort["end"].median_ms + dec["end"])),
                 ("edge: tvmsplit", all_edge.value(objective)),
                 ("edge: onnxruntime", min(1e3 / edge_ms, all_edge.value(objective)
                                           * max(1.0, all_edge.stage_ms[0] / edge_ms))))
     return Evaluation(graph.name, tuple(devices), link, load, objective, chosen_name,
-                      chosen.method, runs, site, costs, overhead)
+                      chosen.method, runs, site, costs, overhead, sent_bytes, encoding, decode)

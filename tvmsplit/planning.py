@@ -143,7 +143,8 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
                    hpart_overhead_ms: float = 0.0,
                    topology: Topology | None = None, sink: str = "end",
                    deploy_code_bytes: int = DEFAULT_CODE_BYTES,
-                   deploy_in_objective: bool = False) -> PlannedSplit:
+                   deploy_in_objective: bool = False,
+                   decode_ms: Mapping[str, float] | None = None) -> PlannedSplit:
     """Choose where to cut ``graph`` across ``devices`` (a path: end -> edge -> ...), or, with
     ``topology``, across a route that the planner chooses through it (``devices`` are then all
     the topology's devices, the input's source first; ``links`` are unused; its devices are
@@ -160,7 +161,9 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
     parallel (see the module doc). ``stage_overhead_ms`` (device name -> ms, others 0) is each
     device's fixed time per request when it runs a stage (``Problem.stage_overhead_ms``).
     ``sequential``/``batch``/``load_bytes_per_s`` (device name -> bytes/s read speed of weights):
-    HyPS sequential devices, see the module doc.
+    HyPS sequential devices, see the module doc. ``decode_ms`` (device name -> ms, others 0;
+    with ``input_bytes``): decoding the encoded input on the device that runs the layer reading
+    it (``Problem.decode_ms``; paths only).
     """
     if sequential not in SEQUENTIAL_MODES:
         raise PlanningError(f"sequential={sequential!r}; choose one of {', '.join(SEQUENTIAL_MODES)}")
@@ -200,6 +203,14 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
                             f"{', '.join(map(repr, unknown))}; devices: {', '.join(names)}")
     overhead = (tuple(float(stage_overhead_ms.get(n, 0.0)) for n in names)
                 if stage_overhead_ms else ())
+    unknown = [n for n in (decode_ms or {}) if n not in names]
+    if unknown:
+        raise PlanningError(f"decode time for unknown device(s) "
+                            f"{', '.join(map(repr, unknown))}; devices: {', '.join(names)}")
+    decode = tuple(float(decode_ms.get(n, 0.0)) for n in names) if decode_ms else ()
+    if any(decode) and topology is not None:
+        raise PlanningError("decode times are priced on a path of devices, not over a "
+                            "--links-file topology; drop one of them")
     unknown = [n for n in (load_bytes_per_s or {}) if n not in names]
     if unknown:
         raise PlanningError(f"load speed for unknown device(s) {', '.join(map(repr, unknown))}; "
@@ -243,7 +254,7 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
                                                            [t.nbytes for t in g.outputs], sink,
                                                            names[0]) if path else (),
                                   deploy_code_bytes=deploy_code_bytes,
-                                  deploy_in_objective=deploy_in_objective)
+                                  deploy_in_objective=deploy_in_objective, decode_ms=decode)
                 found = (*_plan_modes(problem, method, sequential), hparts, None)
         except PlanningError as exc:
             first_error = first_error or exc

@@ -14,6 +14,7 @@ Sessions are resources (context managers):
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import tempfile
 from collections.abc import Callable, Sequence
@@ -66,6 +67,7 @@ class LayerMeasurement:
     timing: Timing
     state: DeviceState | None
     tuning: str = ""   # which tuning database the layer's build used, "N/M kernels tuned (...)"
+    recorded_ms: float = math.nan  # what that database measured for the layer's kernels
 
 
 class LocalSession:
@@ -184,7 +186,8 @@ def profile_layers(graph: LayerGraph, target: str | TargetSpec, session: Session
             timing = time_library(session, lib, stage, number=number, repeat=repeat,
                                   min_repeat_ms=min_repeat_ms)
             out.append(LayerMeasurement(layer.name, layer.op, timing, state,
-                                        built.tuning.describe() if built.tuning else ""))
+                                        built.tuning.describe() if built.tuning else "",
+                                        built.tuning.recorded_ms if built.tuning else math.nan))
             if progress:
                 progress(f"[{n + 1}/{len(indices)}] {layer.name} ({layer.op}): "
                          f"{timing.median_ms:.3f} ms ± {timing.std_ms:.3f}")

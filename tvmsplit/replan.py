@@ -6,9 +6,15 @@ Two signals:
   returning a ``Link``); a re-plan when its uplink differs from the one the running plan was made
   for by more than ``threshold`` (relative);
 - **each device's load**, from the pipeline's own traces: :meth:`Replanner.observe` compares a
-  stage's measured compute with what the cost table predicts for it unloaded, and keeps a
-  *slowdown* per device, the median of the last ``window`` requests' ratios (1 = as profiled,
-  2 = half its CPU is gone). A re-plan when a device's
+  device's time on a request with what the cost table predicts for its stages unloaded, and
+  keeps a *slowdown* per device, the median of the last ``window`` requests' ratios (1 = as
+  profiled, 2 = half its CPU is gone). A device's time is its stages' compute plus the wait
+  before each of them could take the request when it came from the same device (the client
+  counts as the end device, ``devices[0]``): a local hop moves no bytes over a link, so its time
+  is the device not getting to the request, e.g. a burner holding the CPU (measured on the
+  testbed's capped device: under a burner the stage's compute stays ~1 ms while the request
+  waits for the CPU before it). Hops over a link are the link monitor's business, not load.
+  A re-plan when a device's
   slowdown moved by more than ``load_threshold`` (relative) from the one the plan was made for;
   the planner then sees that device's costs times its slowdown. A device that runs no stage of
   the current plan keeps its last estimate (``set_slowdown`` lets a device's own health report
@@ -113,14 +119,23 @@ class Replanner:
     # ----------------------------------------------------------------------------- signals
     def observe(self, trace) -> None:
         """Update each device's slowdown from one request's trace of the running plan: its
-        stages' measured compute over the cost table's (unloaded) prediction for them."""
+        stages' measured compute, plus the waits on hops into them from the same device, over
+        the cost table's (unloaded) prediction for them."""
+        from .plan import CLIENT_END
+
         rows = dict(zip(self.costs.layers, self.costs.compute_ms))
         measured = [0.0] * len(self.devices)
         predicted = [0.0] * len(self.devices)
+        device_of = {CLIENT_END: 0}
         for stage, d in zip(self.planned.plan.stages, self.planned.stage_devices):
+            device_of[stage.index] = d
             if stage.index < len(trace.compute_ms):
                 measured[d] += trace.compute_ms[stage.index]
                 predicted[d] += sum(rows[name][d] for name in stage.layers if name in rows)
+        for hop in trace.hops:
+            d = device_of.get(hop.dst)
+            if hop.dst != CLIENT_END and d is not None and device_of.get(hop.src) == d:
+                measured[d] += max(0.0, hop.ms)
         for d in range(len(self.devices)):
             if predicted[d] > 0:
                 self._ratios[d].append(measured[d] / predicted[d])

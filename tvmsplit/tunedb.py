@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,6 +210,10 @@ class AppliedTuning:
     tuned: int
     kernels: int
     records_sha256: str
+    # What the database measured for the build's kernels (each record's mean run time, times
+    # the calls of that kernel): the prior the latency predictor scales. NaN unless every
+    # kernel with a reduction (conv, matmul, pooling) is tuned.
+    recorded_ms: float = math.nan
 
     def describe(self) -> str:
         if self.database is None:
@@ -216,12 +222,14 @@ class AppliedTuning:
 
     def to_json(self) -> dict[str, Any]:
         return {"database": self.database, "measured_on": self.measured_on, "tuned": self.tuned,
-                "kernels": self.kernels, "records_sha256": self.records_sha256}
+                "kernels": self.kernels, "records_sha256": self.records_sha256,
+                "recorded_ms": None if math.isnan(self.recorded_ms) else self.recorded_ms}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "AppliedTuning":
+        recorded = d.get("recorded_ms")
         return cls(d["database"], d["measured_on"], int(d["tuned"]), int(d["kernels"]),
-                   str(d["records_sha256"]))
+                   str(d["records_sha256"]), math.nan if recorded is None else float(recorded))
 
 
 def apply_database(lowered, db: TuningDatabase | None, build_target):
@@ -235,9 +243,11 @@ def apply_database(lowered, db: TuningDatabase | None, build_target):
     names = [gv for gv, f in lowered.functions.items() if isinstance(f, tirx.PrimFunc)]
     digest = hashlib.sha256()
     tuned = 0
+    recorded = math.nan
     if db is not None:
         from tvm.relax.transform import MetaScheduleApplyDatabase
 
+        recorded = recorded_ms(lowered, db)
         with db.tvm_target(), db.open():
             lowered = MetaScheduleApplyDatabase(enable_warning=False)(lowered)
         for gv in sorted(names, key=lambda g: g.name_hint):
@@ -248,8 +258,52 @@ def apply_database(lowered, db: TuningDatabase | None, build_target):
     lowered = fallback_schedule(lowered, build_target)
     applied = AppliedTuning(None if db is None else str(db.path),
                             None if db is None else db.measured_on, tuned, len(names),
-                            digest.hexdigest())
+                            digest.hexdigest(), recorded)
     return lowered, applied
+
+
+def kernel_calls(lowered) -> Counter:
+    """How many times the Relax functions of ``lowered`` call each PrimFunc (by name)."""
+    from tvm import relax
+
+    calls: Counter = Counter()
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.Call) and expr.args and isinstance(expr.args[0], relax.GlobalVar):
+            calls[expr.args[0].name_hint] += 1
+
+    for func in lowered.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return calls
+
+
+def recorded_ms(lowered, db: TuningDatabase) -> float:
+    """The time ``db`` measured for the kernels of ``lowered`` (a module after the "zero"
+    pipeline): per PrimFunc, the mean run time of its best record, times its calls. The kernels
+    are matched the way ``MetaScheduleApplyDatabase`` matches them (MetaSchedule's
+    ``normalize_mod``, then the structural workload hash). NaN when a kernel with a reduction has
+    no record; an elementwise kernel without one counts 0 (it is memory-bound and small)."""
+    import tvm_ffi
+    from tvm import tirx
+
+    normalize = tvm_ffi.get_global_func("tvm.s_tir.meta_schedule.normalize_mod")
+    calls = kernel_calls(lowered)
+    total_s = 0.0
+    target = db.tvm_target()
+    with target:
+        database = db.open()
+        for gv, func in lowered.functions.items():
+            if not isinstance(func, tirx.PrimFunc) or not calls[gv.name_hint]:
+                continue
+            record = database.query_tuning_record(normalize(func), target, gv.name_hint)
+            secs = [float(s) for s in (record.run_secs or ())] if record is not None else []
+            if not secs:
+                if has_reduction(func):
+                    return math.nan
+                continue
+            total_s += calls[gv.name_hint] * sum(secs) / len(secs)
+    return 1e3 * total_s
 
 
 

@@ -12,6 +12,11 @@ Cost of an assignment (``evaluate``):
 - hop ``h`` (up): the tensors produced on devices <= h (the input counts as produced on d0) and
   read on a device > h, ``bytes x 8 / up_bps + rtt / 2`` (the rtt term once per hop used);
   the input's size is ``input_bytes`` when the end device sends it encoded (e.g. JPEG);
+- decode (``decode_ms``, per device, default 0): an encoded input is decoded on each device that
+  runs a layer reading it, so that layer's compute there includes the device's decode time (a
+  model whose input several layers read pays it once per such layer: an upper bound, a stage
+  decodes once; the usual CNN reads its input in one layer). Folded into ``Problem.compute``,
+  so every planner prices it exactly as ``evaluate`` does;
 - return: the model outputs, from the device that produced each, down to d0 — or, with
   ``output_ms`` (``Problem.return_ms``), each output's delivery time from each device to where it
   is consumed (another sink, or 0: consumed where it is made; ``topology.sink_output_ms``);
@@ -168,6 +173,7 @@ class Problem:
     sequential: tuple[bool, ...] = ()              # per device: HyPS sequential mode; () = none
     load_bytes_per_s: tuple[float, ...] = ()       # per device: weights read speed; () = default
     batch: int = 1                                 # requests per segment load (sequential)
+    decode_ms: tuple[float, ...] = ()              # per device: decoding the encoded input; () = 0
     compute: tuple[tuple[float, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -190,6 +196,13 @@ class Problem:
         if o and (len(o) != len(c.devices) or any(not math.isfinite(v) or v < 0 for v in o)):
             problems.append(f"stage_overhead_ms needs one finite, non-negative time (ms) per "
                             f"device {list(c.devices)}, got {list(o)}")
+        dec = self.decode_ms
+        if dec and (len(dec) != len(c.devices) or any(not math.isfinite(v) or v < 0 for v in dec)):
+            problems.append(f"decode_ms needs one finite, non-negative time (ms) per device "
+                            f"{list(c.devices)}, got {list(dec)}")
+        elif any(dec) and self.input_bytes is None:
+            problems.append("decode_ms prices decoding an encoded input: give input_bytes, the "
+                            "size it is sent at, too")
         n_out, k = len(g.outputs), len(c.devices)
         if self.output_ms and (len(self.output_ms) != n_out or any(
                 len(row) != k or any(not math.isfinite(v) or v < 0 for v in row)
@@ -228,6 +241,9 @@ class Problem:
             raise PlanningError("; ".join(problems))
         row = {name: k for k, name in enumerate(c.layers)}
         compute = [list(c.compute_ms[row[layer.name]]) for layer in g.layers]
+        for i in self.input_readers():  # the decode, where a layer reads the encoded input
+            for d, ms in enumerate(self.decode_ms):
+                compute[i][d] += ms
         for d in range(len(c.devices)):
             if not self.is_sequential(d):
                 continue
@@ -237,6 +253,11 @@ class Problem:
                 if layer_footprint(g, i) > self.mem_cap_bytes[d]:
                     compute[i][d] += UNFIT_MS
         object.__setattr__(self, "compute", tuple(tuple(r) for r in compute))
+
+    def input_readers(self) -> tuple[int, ...]:
+        """The layers that read a model input (where an encoded input is decoded)."""
+        inputs = {t.name for t in self.graph.inputs}
+        return tuple(sorted({j for i, j, t in self.graph.edges if i < 0 and t.name in inputs}))
 
     @property
     def n_devices(self) -> int:

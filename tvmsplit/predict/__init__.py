@@ -27,7 +27,14 @@ Optionally (``Predictor.train(tuning=True)``) also how much of the layer's build
 (``TUNING_FEATURES``: the share of its kernels scheduled from a tuning database, from the row's
 "N/M kernels tuned" record; pass ``tuned_fraction=`` to ``predict_layers``). Every row also keeps
 its measurement's noise floor (``Row.noise``: median |repeat - median| / median).
-``bench/bench_predictor.py`` checks all of it on held-out zoo models.
+
+The database prior (``Predictor.train(prior=True)``; ``train_device`` turns it on when the
+profile was measured from a tuning database): a layer built from tuning records already has a
+measured time, the one MetaSchedule recorded for those kernels (``Row.recorded_ms``,
+``tunedb.recorded_ms``). One model over all layer types learns ``ln(ms / recorded_ms)`` from the
+live load (the call overhead and the load, not the operator); ``predict_model`` reads each
+layer's recorded time from the device's database (``database_times``) and layers without one use
+their type's model. ``bench/bench_predictor.py`` checks all of it on held-out zoo models.
 
 Files (one JSON file per device, schema ``SCHEMA_VERSION``; see ``Predictor.save``) are tied to the
 target they were trained for; ``Predictor.load(path, target=...)`` refuses a file trained for
@@ -55,7 +62,8 @@ from .features import (DYNAMIC_FEATURES, LAYER_TYPES, STATIC_FEATURES, TUNING_FE
                        live_snapshot, state_from_json, static_features, tuned_fraction, work)
 from .predictor import (DEFAULT_ROUNDS, DEFAULT_XGB_PARAMS, FORMAT, MIN_ROWS, SCHEMA_VERSION,
                         GraphPrediction, LayerPrediction, Predictor, TypeModel, baseline_k, cost_table,
-                        fit_xgb, metrics, predict_graph, predict_model, train_device)
+                        database_times, fit_xgb, metrics, predict_graph, predict_model,
+                        train_device)
 
 __all__ = [
     # features
@@ -71,7 +79,7 @@ __all__ = [
     "PredictorTargetError",
     # predictor
     "SCHEMA_VERSION", "FORMAT", "MIN_ROWS", "metrics", "DEFAULT_XGB_PARAMS", "DEFAULT_ROUNDS",
-    "TypeModel", "LayerPrediction", "GraphPrediction", "Predictor", "predict_graph", "predict_model",
+    "TypeModel", "LayerPrediction", "GraphPrediction", "Predictor", "predict_graph", "predict_model", "database_times",
     "train_device", "cost_table", "baseline_k", "fit_xgb",
     # compare
     "REGRESSORS", "ABLATIONS", "Comparison", "compare_regressors",

@@ -65,6 +65,7 @@ class Row:
     load: str = ""
     tuning: str = ""   # the tuning database the measured build used (profile.LayerMeasurement)
     noise: float = 0.0  # median(|repeat - median|) / median of the repeats: the noise floor
+    recorded_ms: float = math.nan  # the tuning database's measured time of the layer's kernels
     _features: dict[str, float] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -90,14 +91,16 @@ class Row:
         return {"layer_type": self.layer_type, "layer": layer_to_json(self.layer), "state": state,
                 "ms": self.ms, "std_ms": self.std_ms, "model_id": self.model_id,
                 "config_id": self.config_id, "load": self.load, "tuning": self.tuning,
-                "noise": self.noise}
+                "noise": self.noise,
+                "recorded_ms": None if math.isnan(self.recorded_ms) else self.recorded_ms}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Row":
         return cls(layer_from_json(d["layer"]), state_from_json(d.get("state")),
                    float(d["ms"]), float(d.get("std_ms", 0.0)), str(d.get("model_id", "")),
                    str(d.get("config_id", "")), str(d.get("load", "")), str(d.get("tuning", "")),
-                   float(d.get("noise", 0.0)))
+                   float(d.get("noise", 0.0)),
+                   math.nan if d.get("recorded_ms") is None else float(d["recorded_ms"]))
 
 
 class Dataset:
@@ -124,7 +127,7 @@ class Dataset:
             layer = graph.layer(m.layer)
             self.rows.append(Row(layer, m.state, float(m.timing.median_ms), float(m.timing.std_ms),
                                  mid, config_id(layer), load, getattr(m, "tuning", ""),
-                                 m.timing.noise))
+                                 m.timing.noise, float(getattr(m, "recorded_ms", math.nan))))
 
     def extend(self, other: "Dataset") -> None:
         self.rows.extend(other.rows)

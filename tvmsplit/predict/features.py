@@ -31,6 +31,9 @@ _ELTWISE_ANCHORS = ("Add", "Relu", "Clip", "HardSwish", "Sigmoid", "BatchNormali
 
 # How much of the layer's build was tuned: the same shape runs several times faster tuned.
 TUNING_FEATURES = ("tuned_fraction",)
+# The database prior (``Predictor.train(prior=True)``): ln(ms / recorded_ms) from these, where
+# recorded_ms is what the tuning database measured for the layer's kernels.
+PRIOR_FEATURES = ("log_recorded_ms", "n_fused")
 DYNAMIC_FEATURES = ("cpu_percent", "system_cpu_percent", "mem_available_gib", "mem_used_percent",
                     "load_avg_1m", "runnable_per_core")
 _COMMON = ("log_flops", "log_macs", "log_param_bytes", "log_in_bytes", "log_out_bytes",

@@ -19,8 +19,8 @@ from ..monitor import DeviceState
 from .dataset import Dataset, Row, dataset_path, predictor_path, write_atomic
 from .errors import (PredictorCorruptError, PredictorError, PredictorMissingError, PredictorTargetError,
                      PredictorVersionError)
-from .features import (DYNAMIC_FEATURES, LAYER_TYPES, dynamic_features, feature_names, layer_type,
-                       live_snapshot, static_features, work)
+from .features import (DYNAMIC_FEATURES, LAYER_TYPES, PRIOR_FEATURES, dynamic_features,
+                       feature_names, layer_type, live_snapshot, static_features, work)
 
 SCHEMA_VERSION = 1
 FORMAT = "tvmsplit-predictor"
@@ -150,7 +150,8 @@ class Predictor:
     """Per-layer-type latency models for one target (device kind)."""
 
     def __init__(self, target: Any, types: Mapping[str, TypeModel], fallback_k: float,
-                 floor_ms: float, training: Mapping[str, Any] | None = None):
+                 floor_ms: float, training: Mapping[str, Any] | None = None,
+                 prior: TypeModel | None = None):
         from ..targets import get_target
 
         spec = get_target(target) if isinstance(target, str) else target
@@ -160,6 +161,9 @@ class Predictor:
         self.fallback_k = float(fallback_k)
         self.floor_ms = float(floor_ms)
         self.training = dict(training or {})
+        # ms = exp(model(features)) * recorded_ms for layers whose kernels the tuning database
+        # measured (None: not trained with prior=True, or too few such rows)
+        self.prior = prior
 
     def __repr__(self) -> str:
         kinds = {t: m.kind for t, m in self.types.items()}
@@ -185,12 +189,14 @@ class Predictor:
     @classmethod
     def train(cls, dataset: Dataset, target: Any = None, *, params: Mapping[str, Any] | None = None,
               rounds: int = DEFAULT_ROUNDS, dynamic: bool = True, tuning: bool = False,
-              seed: int = 0) -> "Predictor":
+              prior: bool = False, seed: int = 0) -> "Predictor":
         """One XGBoost model per layer type on ``ln(ms / work)``; types with fewer than
         ``MIN_ROWS`` rows get their FLOPs baseline. ``target`` defaults to the dataset's.
         ``dynamic``: use the live-load features; ``tuning``: also the share of the layer's kernels
         that were tuned (``TUNING_FEATURES``, from each row's build; give it at prediction time
-        with ``tuned_fraction=``, else it is missing)."""
+        with ``tuned_fraction=``, else it is missing). ``prior``: also one model, over all layer
+        types, of ln(ms / recorded_ms) on the rows whose kernels the tuning database measured
+        (``Row.recorded_ms``); layers given a ``recorded_ms`` at prediction time use it."""
         target = target if target is not None else dataset.target
         if target is None:
             raise PredictorError("the dataset names no target; pass target=")
@@ -224,20 +230,32 @@ class Predictor:
         training = {"rows": len(dataset), "models": len(dataset.models()),
                     "loads": sorted({r.load for r in dataset}), "dataset_sha256": dataset.sha256(),
                     "dynamic_features": dynamic, "tuning_features": tuning,
-                    "rounds": rounds,
+                    "database_prior": prior, "rounds": rounds,
                     "params": {**DEFAULT_XGB_PARAMS, **(params or {})}, "seed": seed,
                     "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         return cls(target, types, baseline_k(ms_all, wk_all), float(np.percentile(ms_all, 1)),
-                   training)
+                   training, _train_prior(dataset, dynamic, params, rounds, seed) if prior else None)
 
     # ---- prediction ----------------------------------------------------------------------
     def _predict(self, layers: Sequence[Layer], states: Sequence[DeviceState | None],
-                 tuned: Sequence[float] | None = None) -> tuple[np.ndarray, list[str]]:
+                 tuned: Sequence[float] | None = None,
+                 recorded: Sequence[float] | None = None) -> tuple[np.ndarray, list[str]]:
         out = np.zeros(len(layers))
         source = [""] * len(layers)
         by_type: dict[str, list[int]] = defaultdict(list)
+        with_prior = []
         for i, layer in enumerate(layers):
-            by_type[layer_type(layer)].append(i)
+            if self.prior is not None and recorded is not None and recorded[i] > 0:
+                with_prior.append(i)   # NaN > 0 is False: no record, no prior
+            else:
+                by_type[layer_type(layer)].append(i)
+        if with_prior:
+            X = np.array([_prior_row(layers[i], states[i], recorded[i], self.prior.features)
+                          for i in with_prior], dtype=np.float64)
+            out[with_prior] = self.prior.predict(X.reshape(len(with_prior), -1),
+                                                 np.array([recorded[i] for i in with_prior]))
+            for i in with_prior:
+                source[i] = "database"
         for t, idx in by_type.items():
             model = self.types.get(t)
             wk = np.array([work(layers[i]) for i in idx])
@@ -255,37 +273,44 @@ class Predictor:
         return out, source
 
     def predict_layers(self, layers: Sequence[Layer], state: DeviceState | None, *,
-                       tuned_fraction: Sequence[float] | float | None = None) -> np.ndarray:
+                       tuned_fraction: Sequence[float] | float | None = None,
+                       recorded_ms: Sequence[float] | None = None) -> np.ndarray:
         """Predicted ms of each layer with the device in ``state``; ``tuned_fraction`` (one per
         layer, or one for all) is the share of each layer's kernels that its build tunes (used
-        by predictors trained with ``tuning=True``; unknown when None)."""
+        by predictors trained with ``tuning=True``; unknown when None); ``recorded_ms`` (one per
+        layer, NaN where unknown) what the tuning database measured for each layer's kernels
+        (used by predictors trained with ``prior=True``)."""
         layers = list(layers)
         if tuned_fraction is not None and not isinstance(tuned_fraction, Sequence):
             tuned_fraction = [float(tuned_fraction)] * len(layers)
         if tuned_fraction is not None and len(tuned_fraction) != len(layers):
             raise PredictorError(f"tuned_fraction has {len(tuned_fraction)} values for "
                                  f"{len(layers)} layers; give one per layer or one for all")
-        return self._predict(layers, [state] * len(layers), tuned_fraction)[0]
+        if recorded_ms is not None and len(recorded_ms) != len(layers):
+            raise PredictorError(f"recorded_ms has {len(recorded_ms)} values for {len(layers)} "
+                                 "layers; give one per layer (NaN where unknown)")
+        return self._predict(layers, [state] * len(layers), tuned_fraction, recorded_ms)[0]
 
     def predict_rows(self, rows: Iterable[Row]) -> np.ndarray:
         """Predicted ms of dataset rows, each with the state recorded when it was measured."""
         rows = list(rows)
         return self._predict([r.layer for r in rows], [r.state for r in rows],
-                             [r.tuned_fraction for r in rows])[0]
+                             [r.tuned_fraction for r in rows], [r.recorded_ms for r in rows])[0]
 
     # ---- files ---------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         import xgboost as xgb
 
-        types = {}
-        for t, m in self.types.items():
-            entry: dict[str, Any] = {"model": m.kind, "features": list(m.features), "baseline_k": m.k,
-                                     "stats": m.stats}
+        def entry(m: TypeModel) -> dict[str, Any]:
+            e: dict[str, Any] = {"model": m.kind, "features": list(m.features), "baseline_k": m.k,
+                                 "stats": m.stats}
             if m.kind == "xgboost":
                 raw = bytes(m.booster.save_raw(raw_format="json")).decode()
-                entry["booster_json"] = raw
-                entry["booster_sha256"] = hashlib.sha256(raw.encode()).hexdigest()
-            types[t] = entry
+                e["booster_json"] = raw
+                e["booster_sha256"] = hashlib.sha256(raw.encode()).hexdigest()
+            return e
+
+        types = {t: entry(m) for t, m in self.types.items()}
         from .. import __version__
 
         return {"format": FORMAT, "schema_version": SCHEMA_VERSION, "tvmsplit_version": __version__,
@@ -294,7 +319,8 @@ class Predictor:
                 "target_transform": "ln(ms / max(flops, 1))",
                 "dynamic_features": list(DYNAMIC_FEATURES),
                 "fallback": {"k": self.fallback_k, "floor_ms": self.floor_ms},
-                "training": self.training, "types": types}
+                "training": self.training, "types": types,
+                "database_prior": None if self.prior is None else entry(self.prior)}
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the predictor as one JSON file (atomically)."""
@@ -350,10 +376,7 @@ class Predictor:
         try:
             import xgboost as xgb
 
-            types = {}
-            for t, e in data["types"].items():
-                if t not in LAYER_TYPES:
-                    raise ValueError(f"unknown layer type {t!r}")
+            def model(t: str, e: Mapping[str, Any]) -> TypeModel:
                 booster = None
                 if e["model"] == "xgboost":
                     raw = e["booster_json"]
@@ -364,13 +387,21 @@ class Predictor:
                     booster.set_param({"nthread": 1})
                 elif e["model"] != "flops":
                     raise ValueError(f"unknown model kind {e['model']!r}")
-                types[t] = TypeModel(e["model"], tuple(e["features"]), float(e["baseline_k"]), booster,
-                                     dict(e.get("stats", {})))
+                return TypeModel(e["model"], tuple(e["features"]), float(e["baseline_k"]), booster,
+                                 dict(e.get("stats", {})))
+
+            types = {}
+            for t, e in data["types"].items():
+                if t not in LAYER_TYPES:
+                    raise ValueError(f"unknown layer type {t!r}")
+                types[t] = model(t, e)
+            prior = data.get("database_prior")
             fb = data["fallback"]
             pred = cls.__new__(cls)
             pred.target_name, pred.target_json = trained_for, trained_spec
             pred.types, pred.training = types, dict(data.get("training", {}))
             pred.fallback_k, pred.floor_ms = float(fb["k"]), float(fb["floor_ms"])
+            pred.prior = None if prior is None else model("database prior", prior)
         except PredictorError:
             raise
         except Exception as exc:
@@ -379,25 +410,77 @@ class Predictor:
         return pred
 
 
+# ---- the database prior ----------------------------------------------------------------------
+def _prior_row(layer: Layer, state: DeviceState | None, recorded_ms: float,
+               names: Sequence[str]) -> list[float]:
+    f = {**static_features(layer), **dynamic_features(state),
+         "log_recorded_ms": math.log(recorded_ms)}
+    return [f[n] for n in names]
+
+
+def _train_prior(dataset: Dataset, dynamic: bool, params: Mapping[str, Any] | None, rounds: int,
+                 seed: int) -> TypeModel | None:
+    """ln(ms / recorded_ms) over every row the tuning database measured (all layer types: the
+    ratio is the call overhead and the load, not the operator); its median ratio below
+    ``MIN_ROWS`` rows, None without any."""
+    rows = [r for r in dataset if r.recorded_ms > 0]
+    if not rows:
+        return None
+    names = PRIOR_FEATURES + (DYNAMIC_FEATURES if dynamic else ())
+    ms = np.maximum(np.array([r.ms for r in rows], dtype=np.float64), 1e-6)
+    rec = np.array([r.recorded_ms for r in rows], dtype=np.float64)
+    stats = {"rows": len(rows), "models": len({r.model_id for r in rows}),
+             "ms_min": float(ms.min()), "ms_max": float(ms.max())}
+    if len(rows) < MIN_ROWS:
+        return TypeModel("flops", names, baseline_k(ms, rec), stats=stats)
+    X = np.array([_prior_row(r.layer, r.state, r.recorded_ms, names) for r in rows], dtype=np.float64)
+    booster = fit_xgb(X, np.log(ms) - np.log(rec), names, params, rounds, seed)
+    return TypeModel("xgboost", names, baseline_k(ms, rec), booster, stats)
+
+
 # ---- whole graphs -----------------------------------------------------------------------------
-def predict_graph(predictor: Predictor, graph: LayerGraph,
-                  state: DeviceState | None = None) -> GraphPrediction:
+def predict_graph(predictor: Predictor, graph: LayerGraph, state: DeviceState | None = None,
+                  recorded_ms: Sequence[float] | None = None) -> GraphPrediction:
     """Per-layer and total predicted latency of ``graph`` with the device in ``state``
-    (None: the state is unknown; XGBoost then treats the dynamic features as missing)."""
-    ms, source = predictor._predict(list(graph.layers), [state] * len(graph.layers))
+    (None: the state is unknown; XGBoost then treats the dynamic features as missing);
+    ``recorded_ms``: per layer, what the tuning database measured for its kernels (NaN where
+    it has no record), for a predictor with a database prior."""
+    ms, source = predictor._predict(list(graph.layers), [state] * len(graph.layers), None,
+                                    recorded_ms)
     return GraphPrediction(graph.name, predictor.target_name, tuple(
         LayerPrediction(layer.name, layer.op, layer_type(layer), float(m), s)
         for layer, m, s in zip(graph.layers, ms, source)), state)
 
 
+def database_times(graph: LayerGraph, target: Any, db: str | os.PathLike | None = None) -> list[float]:
+    """Per layer of ``graph``, what the tuning database of ``target`` (``db``, else the target's
+    own) measured for the kernels of the layer built alone, as the profiler builds it (NaN where
+    a kernel has no record; all NaN without a database). Lowers every layer: ~0.1-0.5 s each."""
+    from ..compile import build_target, stage_module
+    from ..graphopt import lower
+    from ..split import layer_stage
+    from ..targets import get_target
+    from ..tunedb import find_database, recorded_ms
+
+    spec = get_target(target) if not hasattr(target, "kind") else target
+    database = find_database(spec, db)
+    if database is None:
+        return [math.nan] * len(graph.layers)
+    tvm_target = build_target(spec)
+    return [recorded_ms(lower(stage_module(graph, layer_stage(graph, i, spec.name), spec),
+                              tvm_target), database) for i in range(len(graph.layers))]
+
+
 def predict_model(graph: LayerGraph, device: str, *, path: str | os.PathLike | None = None,
                   state: DeviceState | None = None, session: Any = None) -> GraphPrediction:
     """`tvmsplit predict MODEL --target D`: load D's predictor (checked against D's target) and
-    predict with the device's live state read now (from ``session``, else this machine)."""
+    predict with the device's live state read now (from ``session``, else this machine). A
+    predictor with a database prior scales what D's tuning database measured for each layer."""
     predictor = Predictor.load(path or predictor_path(device), target=device)
     if state is None:
         state = session.state() if session is not None else live_snapshot()
-    return predict_graph(predictor, graph, state)
+    recorded = database_times(graph, device) if predictor.prior is not None else None
+    return predict_graph(predictor, graph, state, recorded)
 
 
 def train_device(device: str, *, dataset: str | os.PathLike | Dataset | None = None,
@@ -409,7 +492,9 @@ def train_device(device: str, *, dataset: str | os.PathLike | Dataset | None = N
     spec = get_target(device)
     ds = dataset if isinstance(dataset, Dataset) else Dataset.load(dataset or dataset_path(spec.name),
                                                                    target=spec.name)
-    predictor = Predictor.train(ds, spec, params=params, rounds=rounds)
+    # a profile measured from a tuning database trains the database prior as well
+    prior = any(r.recorded_ms > 0 for r in ds)
+    predictor = Predictor.train(ds, spec, params=params, rounds=rounds, prior=prior)
     return predictor, predictor.save(out or predictor_path(spec.name))
 
 

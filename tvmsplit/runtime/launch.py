@@ -249,9 +249,11 @@ def target_worker_kind(target: str) -> str:
 
 def stage_worker_kind(stage) -> str:
     """The worker kind for a bundle stage: ``"python"`` for a stage only the Python worker can
-    run (sequential HyPS segments, an onnxruntime fallback stage), else what its target file
-    asks for (``target_worker_kind``)."""
-    if stage.segments or getattr(stage, "runtime", "tvm") != "tvm":
+    run (sequential HyPS segments, an onnxruntime fallback stage, a stage that receives an
+    encoded input: a JPEG it decodes or forwards), else what its target file asks for
+    (``target_worker_kind``)."""
+    if stage.segments or getattr(stage, "runtime", "tvm") != "tvm" or getattr(
+            stage, "encodings", ()):
         return "python"
     return target_worker_kind(stage.plan.target)
 

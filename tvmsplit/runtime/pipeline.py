@@ -40,6 +40,11 @@ to the client must have been started without ``--next`` for that route so that i
 which the client connects to. ``Pipeline(bundle, launcher=testbed.launcher([...]))`` lets the
 testbed start them in its namespaces the same way.
 
+A bundle whose input is encoded (a JPEG; ``bundle.encode_inputs``, schema 5) takes that input
+as the JPEG's bytes (``bytes`` or a uint8 1-D array, at most the encoding's ``max_bytes``): the
+client sends them as they are and the stage that reads the input decodes them
+(``stage.DecodingRunner``).
+
 ``Pipeline(bundle, secure=KEYS_DIR)`` encrypts and authenticates every link with CurveZMQ (see
 security.py; default None: plain TCP, fine on loopback). The client's keypair is
 ``KEYS_DIR/client.key_secret``; it connects to the workers' data and control sockets as a CURVE
@@ -514,6 +519,9 @@ class Pipeline:
         """Send one request without waiting for it; returns its id for :meth:`result`. Waits
         while ``max_in_flight`` requests are already in flight."""
         self._check_usable()
+        # an encoded input (a JPEG, bundle schema 5) may be given as its bytes
+        inputs = {name: np.frombuffer(a, np.uint8) if isinstance(a, (bytes, bytearray)) else a
+                  for name, a in inputs.items()}
         check_tensors(self.bundle.inputs, inputs, f"pipeline input of {self.bundle.model}")
         if not self.allow_nonfinite:
             self._check_finite(inputs)

@@ -4,7 +4,8 @@ Only ``tvm.runtime`` is used, so this works in a runtime-only process (``TVM_USE
 on a small device. The stage worker and ``build --check`` both run stages through here, choosing
 the runner with ``runner_for``: ``StageRunner`` (a TVM library), ``SegmentedRunner`` (a
 sequential stage) or ``OnnxStageRunner`` (a fallback stage's ONNX sub-model under onnxruntime;
-``tvmsplit.fallback``).
+``tvmsplit.fallback``), wrapped in a ``DecodingRunner`` when the stage computes on an input that
+arrives encoded (a JPEG; ``tvmsplit.encoding``, ``BundleStage.encodings``).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..encoding import EncodedSpec, decoded_stage
 from ..errors import ShapeError, TvmsplitError
 from ..graph import TensorSpec
 from ..plan import StagePlan
@@ -153,9 +155,59 @@ class OnnxStageRunner:
         return [self.run(tensors) for tensors in batch]
 
 
+class DecodingRunner:
+    """A stage whose library reads an input that arrives encoded (``encoding.Encoding``): each
+    request's encoded inputs are checked in their wire form, decoded (``Encoding.decode``; a
+    bad one raises ``EncodingError``, which the worker answers as a failed request) and the
+    decoded tensors given to ``inner``, the stage's own runner. An encoded input the stage also
+    forwards goes on as the bytes it came as. ``stage``: the stage's wire-form plan."""
+
+    def __init__(self, inner, stage: StagePlan, encodings):
+        self.inner, self.stage = inner, stage
+        self.encodings = {e.name: e for e in encodings}
+
+    def __enter__(self) -> "DecodingRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    @property
+    def last_load_ms(self) -> float:  # a sequential inner runner's (the worker reads it)
+        return getattr(self.inner, "last_load_ms", 0.0)
+
+    def _decode(self, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_tensors(self.stage.inputs, tensors, f"stage {self.stage.index}")
+        return {name: self.encodings[name].decode(a) if name in self.encodings else a
+                for name, a in tensors.items()}
+
+    def _forward(self, tensors, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {**outputs, **{n: tensors[n] for n in self.encodings if n in outputs}}
+
+    def run(self, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._forward(tensors, self.inner.run(self._decode(tensors)))
+
+    def run_batch(self, batch: list[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        decoded = [self._decode(tensors) for tensors in batch]
+        outs = (self.inner.run_batch(decoded) if hasattr(self.inner, "run_batch")
+                else [self.inner.run(t) for t in decoded])
+        return [self._forward(t, o) for t, o in zip(batch, outs)]
+
+
 def runner_for(bundle_stage):
     """The runner a worker uses for a bundle stage: onnxruntime for a fallback stage, else
-    sequential or loaded once."""
+    sequential or loaded once; wrapped in a ``DecodingRunner`` when its library reads an input
+    that arrives encoded."""
+    from dataclasses import replace
+
+    reads = {t.name for t in bundle_stage.plan.library_inputs}
+    decodes = [e for e in getattr(bundle_stage, "encodings", ()) if e.name in reads]
+    if decodes:
+        inner = replace(bundle_stage, plan=decoded_stage(bundle_stage.plan), encodings=())
+        return DecodingRunner(runner_for(inner), bundle_stage.plan, decodes)
     if getattr(bundle_stage, "runtime", "tvm") == "onnxruntime":
         return OnnxStageRunner(bundle_stage.library, bundle_stage.plan)
     if bundle_stage.segments:
@@ -172,6 +224,12 @@ def check_tensors(specs: tuple[TensorSpec, ...], tensors: Mapping[str, np.ndarra
             problems.append(f"missing input {t.name!r}")
             continue
         a = np.asarray(tensors[t.name])
+        if isinstance(t, EncodedSpec):
+            if not t.accepts(a):
+                problems.append(f"input {t.name!r} is sent encoded ({t.encoding.format}): "
+                                f"expected uint8 bytes, 1-D, 1..{t.shape[0]} long; got "
+                                f"{a.dtype.name}{list(a.shape)}")
+            continue
         if tuple(a.shape) != t.shape or a.dtype.name != t.dtype:
             problems.append(f"input {t.name!r} is {a.dtype.name}{list(a.shape)}, "
                             f"expected {t.dtype}{list(t.shape)}")
