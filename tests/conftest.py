@@ -43,6 +43,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_folding": ("tvm",),
     "test_fuzz": ("tvm", "runtime"),
     "test_graph": ("tvm",),
+    "test_graphopt": ("tvm",),
     "test_hyps": ("unit",),
     "test_imports": ("unit",),
     "test_interrupts": ("cli", "tvm"),

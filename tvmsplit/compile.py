@@ -6,7 +6,8 @@
   weights.
 - A fallback stage (``fallback``: ops TVM cannot import) is that ONNX sub-model, written as its
   library for onnxruntime (``export_onnx_stage``); nothing below applies to it.
-- Every stage first gets the graph-level passes of ``graphopt`` (BatchNorm folded into convs).
+- Every stage first gets the graph-level passes of ``graphopt`` (BatchNorm folded into convs;
+  the convolutions in the target's ``[build] conv_layout``, NCHW unless the file says otherwise).
 - CPU targets are lowered (legalize + fuse), scheduled from the target's tuning database where it
   holds records (``tunedb``: "N/M kernels tuned" per stage), the other kernels get a parallel
   fallback schedule (``tunedb.fallback_schedule``), then built with Relax's default pipeline for the target.
@@ -55,7 +56,8 @@ from .plan import StagePlan
 from .targets import TargetSpec, check_toolchain
 from .tunedb import AppliedTuning, TuningDatabase, cache_root, find_database
 
-CACHE_FORMAT = 3  # 2: graph passes, tuning databases, fallback schedules; 3: fast-math-reassoc
+CACHE_FORMAT = 4  # 2: graph passes, tuning databases, fallback schedules; 3: fast-math-reassoc;
+# 4: graphopt's convert_layout (the target's conv_layout) and its conv2d legalisation
 REASSOC = {"fast-math-reassoc": True}  # the one LLVM fast-math flag CPU builds get
 
 
@@ -244,10 +246,11 @@ def _read_tuning(cached: Path) -> AppliedTuning | None:
 
 
 def stage_module(graph: LayerGraph, stage: StagePlan, spec: TargetSpec):
-    """The stage's Relax module after the graph-level passes: what is tuned and built."""
+    """The stage's Relax module after the graph-level passes (convs in ``spec.conv_layout``):
+    what is tuned and built."""
     from .graphopt import optimize
 
-    return optimize(stage_relax(graph, stage))
+    return optimize(stage_relax(graph, stage), conv_layout=spec.conv_layout)
 
 
 def _prepare(graph: LayerGraph, stage: StagePlan, spec: TargetSpec,

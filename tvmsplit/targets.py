@@ -30,6 +30,9 @@ with these fields::
     [build]
     cross_compiler = "aarch64-linux-gnu-g++"   # optional: links the library for another arch;
                                                #   check_toolchain says when it is missing
+    conv_layout = "NCHW"               # optional: the convolutions' layout in the compiled code
+                                       #   (graphopt.CONV_LAYOUTS: NCHW, NHWC, NCHW8c, NCHW16c);
+                                       #   the stage's inputs/outputs stay NCHW either way
 
 ``num-cores`` in ``[target]`` is the device's physical core count; MetaSchedule needs it to tune
 (``tvmsplit tune``; a target that runs on this machine defaults to this machine's count).
@@ -94,6 +97,7 @@ class TargetSpec:
     host: tuple[tuple[str, Any], ...] | None = None
     cross_compiler: str | None = None
     source: str = ""
+    conv_layout: str = "NCHW"  # [build] conv_layout: graphopt.CONV_LAYOUTS (the convs' layout)
 
     @property
     def kind(self) -> str:
@@ -124,7 +128,8 @@ class TargetSpec:
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "arch": self.arch,
                 "memory_bytes": self.memory_bytes, "target": self.target_dict,
-                "host": self.host_dict, "cross_compiler": self.cross_compiler}
+                "host": self.host_dict, "cross_compiler": self.cross_compiler,
+                **({"conv_layout": self.conv_layout} if self.conv_layout != "NCHW" else {})}
 
 
 def host_cores() -> int:
@@ -198,11 +203,17 @@ def parse_target_file(path: str | os.PathLike) -> TargetSpec:
     if problems:
         raise TargetError(f"target file {str(path)!r}: {'; '.join(problems)}")
     build = data.get("build", {})
+    from .graphopt import CONV_LAYOUTS
+
+    layout = str(build.get("conv_layout", "NCHW"))
+    if layout not in CONV_LAYOUTS:
+        raise TargetError(f"target file {str(path)!r}: [build] conv_layout = {layout!r} is not one "
+                          f"of {', '.join(CONV_LAYOUTS)}")
     return TargetSpec(
         name=str(data["name"]), description=str(data.get("description", "")),
         arch=str(data["arch"]), memory_bytes=int(data.get("memory_bytes", 0)),
         target=_freeze(target), host=_freeze(data["host"]) if "host" in data else None,
-        cross_compiler=build.get("cross_compiler"), source=str(path))
+        cross_compiler=build.get("cross_compiler"), source=str(path), conv_layout=layout)
 
 
 def target_dirs() -> list[Path]:
