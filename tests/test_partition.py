@@ -418,7 +418,8 @@ def test_bad_overheads_are_refused_and_copies_keep_them():
             _two_layer_problem(table, link, stage_overhead_ms=bad)
     problem = _two_layer_problem(table, link, stage_overhead_ms=(2.0, 1.0))
     assert problem.overhead == (2.0, 1.0) and _two_layer_problem(table, link).overhead == (0.0, 0.0)
-    assert with_shares(problem, 0.5, 0.5).stage_overhead_ms == (2.0, 1.0)
+    # the edge's (device 1) per-request work runs under its compute share, as its layers do
+    assert with_shares(problem, 0.5, 0.5).stage_overhead_ms == (2.0, 2.0)
 
 
 def test_plan_partition_takes_overheads_by_device_name():
