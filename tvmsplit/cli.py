@@ -1045,12 +1045,7 @@ def evaluate(model, devices, link, load, objective, requests, rounds, input_byte
                         costs=CostTable.from_file(costs_file) if costs_file else None,
                         log=_progress)
     data = ev.to_json()
-    if save:
-        from .atomic import write_json
-
-        write_json(save, data)
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
+    if _saved_or_json(data, save, as_json):
         return
     unit = data["unit"]
     click.echo(f"{g.name} on {' -> '.join(f'{d.name}={d.target}' for d in devs)}, link "
@@ -1094,6 +1089,18 @@ def _parse_deadlines(value: str | None, n: int) -> tuple[float | None, ...] | No
     return tuple(got)
 
 
+def _saved_or_json(data: dict, save: str | None, as_json: bool) -> bool:
+    """An evaluation's JSON: written to ``save`` if given, printed with ``--json``; True when
+    printed (nothing else to show)."""
+    if save:
+        from .atomic import write_json
+
+        write_json(save, data)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    return as_json
+
+
 def _evaluate_shared(g, devs, link, load, objective, requests, rounds, input_bytes, costs_file,
                      n, deadline_ms, steps, as_json, save) -> None:
     """``evaluate --end-devices N``: N end devices share one edge (multi_eval.py)."""
@@ -1113,12 +1120,7 @@ def _evaluate_shared(g, devs, link, load, objective, requests, rounds, input_byt
                          costs=CostTable.from_file(costs_file) if costs_file else None,
                          log=_progress)
     data = ev.to_json()
-    if save:
-        from .atomic import write_json
-
-        write_json(save, data)
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
+    if _saved_or_json(data, save, as_json):
         return
     click.echo(f"{g.name}: {n} end devices {devs[0].name}={devs[0].target} streaming at once to "
                f"one edge {devs[1].name}={devs[1].target}, link {ev.link.name}"

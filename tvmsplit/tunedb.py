@@ -247,8 +247,9 @@ def apply_database(lowered, db: TuningDatabase | None, build_target):
     if db is not None:
         from tvm.relax.transform import MetaScheduleApplyDatabase
 
-        recorded = recorded_ms(lowered, db)
-        with db.tvm_target(), db.open():
+        database = db.open()   # read once: the records the build applies and reports
+        recorded = recorded_ms(lowered, db, database)
+        with db.tvm_target(), database:
             lowered = MetaScheduleApplyDatabase(enable_warning=False)(lowered)
         for gv in sorted(names, key=lambda g: g.name_hint):
             func = lowered[gv]
@@ -278,12 +279,13 @@ def kernel_calls(lowered) -> Counter:
     return calls
 
 
-def recorded_ms(lowered, db: TuningDatabase) -> float:
+def recorded_ms(lowered, db: TuningDatabase, database=None) -> float:
     """The time ``db`` measured for the kernels of ``lowered`` (a module after the "zero"
     pipeline): per PrimFunc, the mean run time of its best record, times its calls. The kernels
     are matched the way ``MetaScheduleApplyDatabase`` matches them (MetaSchedule's
     ``normalize_mod``, then the structural workload hash). NaN when a kernel with a reduction has
-    no record; an elementwise kernel without one counts 0 (it is memory-bound and small)."""
+    no record; an elementwise kernel without one counts 0 (it is memory-bound and small).
+    ``database``: ``db.open()`` when the caller has it open already."""
     import tvm_ffi
     from tvm import tirx
 
@@ -292,7 +294,7 @@ def recorded_ms(lowered, db: TuningDatabase) -> float:
     total_s = 0.0
     target = db.tvm_target()
     with target:
-        database = db.open()
+        database = database if database is not None else db.open()
         for gv, func in lowered.functions.items():
             if not isinstance(func, tirx.PrimFunc) or not calls[gv.name_hint]:
                 continue
