@@ -3,7 +3,8 @@ re-planner swaps plans without losing a request (issue 15 part 5).
 
 On the testbed (root): a capped end device (pi-class) and an edge, a link that starts as 3G.
 Layer costs are measured on both devices (``evaluate.measured_costs``). A ``Replanner`` watches
-the link through a ``LinkWatcher`` (small probes to a probe server on the edge, every 0.2 s)
+the link through a ``LinkWatcher`` (16 + 64 KB probes to a probe server on the edge, every
+0.2 s; a >2x change believed at once)
 and the end device's load through the pipeline's own traces (``observe``); the plans of the
 expected states (3G / Wi-Fi x end load none / high) are built and started beforehand
 (``prepare``), so a swap is a change of routes. Requests go one at a time, back to back, through
@@ -78,8 +79,10 @@ def main() -> int:
         tb.spawn("edge", [sys.executable, "-m", "tvmsplit.linkmon", "serve", "--bind", probe_addr],
                  role="probe")
         time.sleep(1.0)
-        with LinkWatcher(probe_addr, interval_s=0.2, sizes=(32 << 10, 128 << 10), rounds=1,
-                         pings=3) as watcher:
+        # small probes (16 + 64 KB: a 3G round ~1.3 s), the uplink published before the downlink
+        # is probed, a >2x change believed at once (LinkMonitor's jump)
+        with LinkWatcher(probe_addr, interval_s=0.2, sizes=(16 << 10, 64 << 10), rounds=1,
+                         pings=2) as watcher:
             r = Replanner(None, g, devices, costs, watcher.link, Path(tmp) / "plans")
             with Pipeline(r.bundle(), launcher=tb.launcher(sides), timeout_s=120.0) as p:
                 r.pipeline = p

@@ -184,3 +184,16 @@ def test_link_monitor_measures_a_tbf_shaped_link_between_namespaces():
             server.wait(timeout=10)
         for ns in (a, b):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_link_monitor_believes_a_jump_at_once_and_smooths_noise():
+    """Within ``jump`` (2x) of the estimate a measurement is averaged in (EWMA); beyond it, the
+    link changed (Wi-Fi -> 3G is 17x) and the new value replaces the estimate."""
+    with LinkProbeServer() as server:
+        mon = LinkMonitor(server.endpoint, alpha=0.5, jump=2.0)
+        assert mon._smooth(10e6, 12e6) == pytest.approx(11e6)        # noise: averaged
+        assert mon._smooth(18.9e6, 1.1e6) == 1.1e6                   # a new link: believed
+        assert mon._smooth(1.1e6, 18.9e6) == 18.9e6
+        mon.close()
+    with pytest.raises(LinkError, match="jump must be > 1"):
+        LinkMonitor("tcp://127.0.0.1:1", jump=1.0)

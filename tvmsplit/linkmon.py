@@ -9,7 +9,8 @@ three requests on a REP socket (multipart, first frame the command):
 ``measure_link`` sends pings, then payloads of a few sizes, and takes the rate from the slope of
 time over bytes (so fixed costs cancel: small probes work on slow links);
 estimates are smoothed with an exponentially weighted moving average across calls
-(``LinkMonitor``) so the planner sees a stable value that still follows real changes.
+(``LinkMonitor``) so the planner sees a stable value, except that a measurement more than
+``jump`` (2x) away from it is taken as a change of link and believed at once.
 ``LinkEstimate.to_link`` turns an estimate into the planner's ``devices.Link``.
 """
 from __future__ import annotations
@@ -129,28 +130,44 @@ class LinkProbe:
                             "there?") from None
         return time.perf_counter() - start, reply
 
-    def measure(self, *, sizes: tuple[int, ...] = (256 << 10, 1 << 20), pings: int = 5,
-                rounds: int = 2) -> LinkEstimate:
-        """One measurement: ``pings`` for the RTT, then each size up and down ``rounds`` times."""
-        if self._sock is None:  # a new connection: grow its window before timing anything
-            self.ask(b"up", bytes(max(sizes)))
-            self.ask(b"down", str(max(sizes)).encode())
-        rtts = [self.ask(b"ping")[0] for _ in range(pings)]
-        rtt = statistics.median(rtts[1:] if len(rtts) > 1 else rtts)
-        up: dict[int, list[float]] = {size: [] for size in sizes}
-        down: dict[int, list[float]] = {size: [] for size in sizes}
+    def warm(self, size: int) -> None:
+        """Grow a new connection's window before timing anything (a no-op once connected)."""
+        if self._sock is None:
+            self.ask(b"up", bytes(size))
+            self.ask(b"down", str(size).encode())
+
+    def rtt(self, pings: int = 5) -> float:
+        """The median of ``pings`` round trips (the first left out: it may pay a reconnect)."""
+        rtts = [self.ask(b"ping")[0] for _ in range(max(1, pings))]
+        return statistics.median(rtts[1:] if len(rtts) > 1 else rtts)
+
+    def rate(self, direction: str, sizes: tuple[int, ...], rtt: float, rounds: int = 2) -> float:
+        """Goodput one way (``"up"``: client -> server, ``"down"``), bits per second: each size
+        ``rounds`` times, the slope of the median time over the bytes (:func:`_rate_bps`)."""
+        times: dict[int, list[float]] = {size: [] for size in sizes}
         for _ in range(rounds):
             for size in sizes:
-                t_up, reply = self.ask(b"up", bytes(size))
-                if reply != b"ok":
-                    raise LinkError(f"the link probe at {self.endpoint} answered {reply[:40]!r}")
-                up[size].append(t_up)
-                t_down, reply = self.ask(b"down", str(size).encode())
-                if len(reply) != size:
-                    raise LinkError(f"the link probe at {self.endpoint} sent {len(reply)} bytes, "
-                                    f"not {size}")
-                down[size].append(t_down)
-        return LinkEstimate(_rate_bps(up, rtt), _rate_bps(down, rtt), rtt, rounds * len(sizes))
+                if direction == "up":
+                    took, reply = self.ask(b"up", bytes(size))
+                    if reply != b"ok":
+                        raise LinkError(f"the link probe at {self.endpoint} answered "
+                                        f"{reply[:40]!r}")
+                else:
+                    took, reply = self.ask(b"down", str(size).encode())
+                    if len(reply) != size:
+                        raise LinkError(f"the link probe at {self.endpoint} sent {len(reply)} "
+                                        f"bytes, not {size}")
+                times[size].append(took)
+        return _rate_bps(times, rtt)
+
+    def measure(self, *, sizes: tuple[int, ...] = (256 << 10, 1 << 20), pings: int = 5,
+                rounds: int = 2) -> LinkEstimate:
+        """One measurement: ``pings`` for the RTT, then each size up, then down, ``rounds``
+        times each."""
+        self.warm(max(sizes))
+        rtt = self.rtt(pings)
+        up = self.rate("up", sizes, rtt, rounds)
+        return LinkEstimate(up, self.rate("down", sizes, rtt, rounds), rtt, rounds * len(sizes))
 
     def close(self) -> None:
         if self._sock is not None:
@@ -173,26 +190,45 @@ def measure_link(endpoint: str, *, sizes: tuple[int, ...] = (256 << 10, 1 << 20)
 
 
 class LinkMonitor:
-    """EWMA-smoothed estimates of one link (``alpha``: weight of the newest measurement), over
-    one connection kept open between updates (``close()`` it, or use ``with``)."""
+    """Smoothed estimates of one link over one connection kept open between updates
+    (``close()`` it, or use ``with``).
 
-    def __init__(self, endpoint: str, alpha: float = 0.3, *, timeout_s: float = 30.0,
-                 **measure_kwargs):
-        self.endpoint, self.alpha, self._kwargs = endpoint, alpha, measure_kwargs
+    Each quantity (uplink, downlink, RTT) is an EWMA (``alpha``: the newest measurement's
+    weight), except that a measurement more than ``jump`` times above or below the estimate
+    replaces it: a link that changed (Wi-Fi -> 3G is 17x) is believed at once instead of
+    after several probe rounds, while ordinary noise (well under 2x) is still averaged out.
+    ``update`` publishes the uplink as soon as it is measured, before the downlink, so a
+    reader on another thread (``LinkWatcher``) sees a changed uplink half a round earlier."""
+
+    def __init__(self, endpoint: str, alpha: float = 0.3, *, jump: float = 2.0,
+                 timeout_s: float = 30.0, sizes: tuple[int, ...] = (256 << 10, 1 << 20),
+                 pings: int = 5, rounds: int = 2):
+        if not jump > 1.0:
+            raise LinkError(f"jump must be > 1 (a factor), got {jump!r}")
+        self.endpoint, self.alpha, self.jump = endpoint, alpha, jump
+        self.sizes, self.pings, self.rounds = tuple(sizes), pings, rounds
         self.estimate: LinkEstimate | None = None
         self._probe = LinkProbe(endpoint, timeout_s)
 
+    def _smooth(self, old: float, new: float) -> float:
+        if old <= 0 or new <= 0 or max(new / old, old / new) > self.jump:
+            return new
+        return self.alpha * new + (1 - self.alpha) * old
+
     def update(self) -> LinkEstimate:
-        new = self._probe.measure(**self._kwargs)
-        old = self.estimate
+        probe, old = self._probe, self.estimate
+        probe.warm(max(self.sizes))
+        rtt = probe.rtt(self.pings)
+        up = probe.rate("up", self.sizes, rtt, self.rounds)
+        n = self.rounds * len(self.sizes)
         if old is None:
-            self.estimate = new
-        else:
-            a = self.alpha
-            self.estimate = LinkEstimate(a * new.up_bps + (1 - a) * old.up_bps,
-                                         a * new.down_bps + (1 - a) * old.down_bps,
-                                         a * new.rtt_s + (1 - a) * old.rtt_s,
-                                         old.samples + new.samples)
+            self.estimate = LinkEstimate(up, probe.rate("down", self.sizes, rtt, self.rounds),
+                                         rtt, n)
+            return self.estimate
+        rtt, up = self._smooth(old.rtt_s, rtt), self._smooth(old.up_bps, up)
+        self.estimate = LinkEstimate(up, old.down_bps, rtt, old.samples)  # the uplink, now
+        down = self._smooth(old.down_bps, probe.rate("down", self.sizes, rtt, self.rounds))
+        self.estimate = LinkEstimate(up, down, rtt, old.samples + n)
         return self.estimate
 
     def close(self) -> None:
