@@ -8,9 +8,14 @@ single sites are the tvmsplit all-end / all-edge runs and onnxruntime timed insi
 device's cgroup. Builds use each target's tuning database when it has one (`tvmsplit tune
 zoo:M --target host` and `--target pi-class` first; the table says which).
 
-    python3 bench/bench_collab.py [--models chain,resnet] [--links 3g,4g,wifi] \\
-        [--loads none,high] [--inputs raw,20000] [--requests 9] [--rounds 3] \\
+    python3 bench/bench_collab.py [--models chain,resnet,orientation] [--links 3g,4g,wifi] \\
+        [--loads none,high] [--inputs raw,20000] [--requests 9] [--rounds 3] [--prune 5] \\
         [--out bench/results/collab.md]
+
+``--models``: zoo models (at ``--input-size``) and the real models of bench_tune.REAL
+(``orientation``, ``ocr_cls``, ``ocr_det``: ONNX files shipped in PyPI wheels, at their own
+input shapes). ``--prune X``: a plan predicted over X times the best prediction runs one
+request (``evaluate(prune=)``; 0: all plans, all rounds).
 
 ``--inputs``: what the client sends, per case: ``raw`` (the float32 tensor) or a JPEG size in
 bytes (``evaluate(input_bytes=N)``: the quality nearest N; the table gives the size used and
@@ -30,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_tune import REAL, load_model  # noqa: E402
 from tvmsplit import zoo  # noqa: E402
 from tvmsplit.devices import Device, Link  # noqa: E402
 from tvmsplit.evaluate import evaluate  # noqa: E402
@@ -58,6 +64,8 @@ def main() -> int:
     p.add_argument("--objective", default="latency", choices=["latency", "throughput"])
     p.add_argument("--requests", type=int, default=9)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--prune", type=float, default=5.0)
+    p.add_argument("--worker", default="python", choices=["python", "native"])
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "collab.md"))
     p.add_argument("--json-dir", default=str(ROOT / "bench" / "results" / "collab"))
     args = p.parse_args()
@@ -66,20 +74,24 @@ def main() -> int:
     json_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for model in args.models.split(","):
-        kw = {"input_size": args.input_size} if args.input_size else {}
-        g = load(zoo.make(model, **kw), name=f"{model}{args.input_size or ''}")
+        if model in REAL:
+            g = load_model(model)[0]
+        else:
+            kw = {"input_size": args.input_size} if args.input_size else {}
+            g = load(zoo.make(model, **kw), name=f"{model}{args.input_size or ''}")
         for link_name, level, sent in product(args.links.split(","), args.loads.split(","),
                                               args.inputs.split(",")):
             t0 = time.monotonic()
             ev = evaluate(g, devices=devices, link=Link.profile(link_name), load=level,
                           objective=args.objective, requests=args.requests,
-                          rounds=args.rounds,
+                          rounds=args.rounds, prune=args.prune or None, worker=args.worker,
                           input_bytes=None if sent == "raw" else int(sent),
                           log=lambda m: print(m, file=sys.stderr, flush=True))
             data = ev.to_json()
             data["wall_s"] = time.monotonic() - t0
             data["tuning"] = {d.target: tuned(d.target) for d in devices}
-            tag = "" if sent == "raw" else f"-jpeg{sent}"
+            tag = ("" if sent == "raw" else f"-jpeg{sent}") + (
+                "" if args.worker == "python" else f"-{args.worker}")
             (json_dir / f"{g.name}-{link_name}-{level}{tag}-{args.objective}.json").write_text(
                 json.dumps(data, indent=1))
             chosen = next(x for x in data["plans"] if x["name"] == data["chosen"])
@@ -97,7 +109,8 @@ def main() -> int:
             print(rows[-1], flush=True)
     unit = "ms" if args.objective == "latency" else "req/s"
     head = (f"objective {args.objective}; {args.requests} requests per plan in {args.rounds} "
-            f"interleaved rounds; end pi-class (core 0 at 10 %, 1 thread), edge host (core 1)\n\n"
+            f"interleaved rounds; end pi-class (core 0 at 10 %, 1 thread), edge host (core 1); "
+            f"{args.worker} workers; plans predicted over {args.prune:g}x the best run once\n\n"
             f"| model | input (decode end / edge) | link | end load | chosen | predicted {unit} | measured {unit} | best "
             f"measured | regret | speedup over best single site | prediction error median / "
             f"worst (all plans) | noise (median IQR/median) | tuning end/edge |\n"

@@ -354,6 +354,24 @@ def test_evaluation_candidates_are_both_single_sites_and_every_single_cut():
     assert all(list(c.assignment) == sorted(c.assignment) for c in cands if c.name != chosen)
 
 
+def test_evaluation_prunes_only_hopeless_alternatives():
+    """evaluate._hopeless: candidates predicted over ``prune`` x the best prediction run once;
+    the chosen plan and both single sites never are; prune=None keeps every candidate."""
+    from tvmsplit.evaluate import _hopeless, candidates
+
+    g = ts.load(zoo.make("chain"))
+    costs = CostTable.from_flops(g, {"end": 1.0, "edge": 10.0})
+    problem = Problem(g, costs, (Link("3g", up_bps=1.1e6, down_bps=4.6e6, rtt_s=0.1),))
+    cands, chosen = candidates(problem, plan(problem)[1].assignment)
+    best = min(c.predicted.latency_ms for c in cands)
+    pruned = _hopeless(cands, chosen, "latency", 5.0)
+    assert pruned == {c.name for c in cands if c.predicted.latency_ms > 5 * best} - \
+        {chosen, "all-end", "all-edge"}
+    assert pruned and chosen not in pruned and "all-edge" not in pruned
+    assert _hopeless(cands, chosen, "latency", None) == set()
+    assert _hopeless(cands, chosen, "throughput", 1e9) == set()
+
+
 def _two_layer_problem(table, link, **kw) -> Problem:
     """A -> B on devices (end, edge); every tensor 1000 bytes."""
     x, ta, tb = (TensorSpec(n, "float32", (250,)) for n in ("x", "tA", "tB"))

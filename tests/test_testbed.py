@@ -525,6 +525,34 @@ def test_capped_end_device_runs_stage0_slowed_by_its_profile(capped_bundle):
     assert not ({lay.ns_dev, lay.ns_edge} & net.namespaces())
 
 
+def test_native_workers_on_the_capped_device_and_the_edge(capped_bundle):
+    """``Testbed(worker="native")``: both stages run build/native/tvmsplit-worker, the end's in
+    its cgroup on core 0; output == onnxruntime. A bad kind is refused by name."""
+    from tvmsplit.runtime.launch import find_native_worker
+    from tvmsplit.runtime.pipeline import Pipeline
+    from tvmsplit.testbed import Testbed
+
+    if find_native_worker() is None:
+        pytest.skip("the native worker is not built (cmake -S . -B build/native)")
+    with pytest.raises(TestbedError, match="worker 'rust' is not one of python, native"):
+        Testbed("wifi", end="pi-class", worker="rust")
+    g, bundle = capped_bundle
+    x = random_inputs(g.inputs, seed=5)
+    want = reference(g, x)
+    with Testbed("wifi", delay_ms=0, end="pi-class", device=False, rpc=False,
+                 worker="native") as tb:
+        with Pipeline(bundle, launcher=tb.launcher(["end", "edge"]), timeout_s=120) as p:
+            end_pid, edge_pid = (p.endpoints[k]["pid"] for k in (0, 1))
+            assert {os.path.basename(psutil.Process(pid).exe()) for pid in (end_pid, edge_pid)} \
+                == {"tvmsplit-worker"}
+            assert end_pid in tb.cgroups["end"].pids()
+            assert psutil.Process(end_pid).cpu_affinity() == [0]
+            for _ in range(2):
+                y, _ = p.run(x)
+            for name, value in want.items():
+                assert compare(y[name], value, name).rel <= RTOL
+
+
 def test_cli_up_end_and_down_removes_its_cgroups():
     _require_cgroups()
     from tvmsplit.testbed.core import indices_in_use

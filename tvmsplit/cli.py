@@ -1007,6 +1007,13 @@ def _print_plan(g, result, links, objective: str) -> None:
                    "first layer runs.")
 @click.option("--costs", "costs_file", type=click.Path(exists=True, dir_okay=False),
               help="Plan on this cost table instead of measuring the layers on the testbed.")
+@click.option("--prune", type=float, default=5.0, show_default=True, metavar="X",
+              help="A plan predicted over X times slower than the best prediction is run for "
+                   "one request only (0: every plan gets every round).")
+@click.option("--worker", type=click.Choice(["python", "native"]), default="python",
+              show_default=True,
+              help="The stage workers on both devices: the Python worker, or the native one "
+                   "(build/native/tvmsplit-worker; a stage that decodes a JPEG stays Python).")
 @click.option("--end-devices", type=click.IntRange(min=1, max=8), default=1, show_default=True,
               metavar="N",
               help="N end devices like END stream at once to one shared edge (core 1): the "
@@ -1023,7 +1030,7 @@ def _print_plan(g, result, links, objective: str) -> None:
 @click.option("--save", type=click.Path(dir_okay=False), help="Also write the JSON here.")
 @_interruptible
 def evaluate(model, devices, link, load, objective, requests, rounds, input_bytes, costs_file,
-             end_devices, deadline_ms, share_steps, shapes, as_json, save) -> None:
+             prune, worker, end_devices, deadline_ms, share_steps, shapes, as_json, save) -> None:
     """Run the plan the planner chooses and every alternative (all on the end device, all on
     the edge, every single cut) on the testbed (root): predicted vs measured latency, regret and
     speedup over the best single site."""
@@ -1043,14 +1050,14 @@ def evaluate(model, devices, link, load, objective, requests, rounds, input_byte
     ev = run_evaluation(g, devices=devs, link=Link.profile(link), load=load, objective=objective,
                         requests=requests, rounds=rounds, input_bytes=input_bytes,
                         costs=CostTable.from_file(costs_file) if costs_file else None,
-                        log=_progress)
+                        prune=prune or None, worker=worker, log=_progress)
     data = ev.to_json()
     if _saved_or_json(data, save, as_json):
         return
     unit = data["unit"]
     click.echo(f"{g.name} on {' -> '.join(f'{d.name}={d.target}' for d in devs)}, link "
                f"{ev.link.name}, end load {load}, objective {objective} ({unit}; "
-               f"{requests} requests per plan in {rounds} interleaved rounds)")
+               f"{requests} requests per plan in {rounds} interleaved rounds; {worker} workers)")
     sent = data["input"]
     click.echo(f"input: {sent['bytes']} bytes, " + (
         "the raw tensor" if sent["encoding"] == "raw" else
@@ -1062,7 +1069,11 @@ def evaluate(model, devices, link, load, objective, requests, rounds, input_byte
         mark = "*" if p["name"] == ev.chosen else " "
         click.echo(f"{mark}{p['name'][:25]:<25} {'+'.join(p['placement']):<9} "
                    f"{p['predicted']:>10.2f} {p['measured']:>10.2f} {p['latency_ms']['p90']:>8.2f} "
-                   f"{p['error']:>+7.1%} {p['spread']:>7.1%}")
+                   f"{p['error']:>+7.1%} "
+                   + ("  1 req" if p["pruned"] else f"{p['spread']:>7.1%}"))
+    if any(p["pruned"] for p in data["plans"]):
+        click.echo(f"(1 req: predicted over {prune:g}x the best prediction, run once; --prune 0 "
+                   "runs every plan in every round)")
     for label, value in ev.single_site:
         click.echo(f"single site {label:<20} {value:>10.2f} {unit}")
     click.echo(f"chosen (*) {ev.chosen} by {ev.method}; best measured {data['best']}; "

@@ -14,7 +14,9 @@ cores, joined by a link shaped to ``link``:
    end minus compute minus the link model) goes into the cost model as its stage overhead.
 2. **Candidates.** The planner's choice on those costs, all on the end device, all on the edge,
    and every single cut (the layers up to a cut candidate on the end, the rest on the edge); each
-   priced by the same cost model (``partition.problem.evaluate``).
+   priced by the same cost model (``partition.problem.evaluate``). A candidate predicted more
+   than ``prune`` (5) times worse than the best is measured once (first round, one request):
+   cuts that send megabytes over 3G would take minutes a round and decide nothing.
 3. **Runs.** Each candidate is built (build cache) and run as a real pipeline on the testbed, in
    ``rounds``: every round starts each candidate's workers, warms up, and measures its share of
    the requests one at a time at the client (the end device's app), so slow drift in the
@@ -106,6 +108,7 @@ class Measured:
     stage_ms: tuple[float, ...]
     throughput_rps: tuple[float, ...] = ()
     max_rel_error: float = 0.0
+    pruned: bool = False          # predicted hopeless: one request in the first round only
 
     @property
     def spread(self) -> float:
@@ -139,6 +142,7 @@ class Evaluation:
     input_bytes: int = 0                          # the input as sent (the JPEG or the tensor)
     encoding: Encoding | None = None              # the JPEG's, None: the raw tensor was sent
     decode_ms: tuple[float, ...] = ()             # per device, measured (encoded input only)
+    worker: str = "python"                        # the stage workers' kind (Testbed(worker=))
 
     def run_of(self, name: str) -> Measured:
         return next(r for r in self.runs if r.candidate.name == name)
@@ -171,8 +175,10 @@ class Evaluation:
 
     @property
     def noise(self) -> float:
-        """The median spread (IQR / median) of the candidates' latency samples."""
-        return statistics.median(r.spread for r in self.runs)
+        """The median spread (IQR / median) of the candidates' latency samples (pruned ones,
+        a single sample each, left out)."""
+        return statistics.median([r.spread for r in self.runs if not r.pruned]
+                                 or [r.spread for r in self.runs])
 
     def to_json(self) -> dict:
         obj = self.objective
@@ -181,7 +187,7 @@ class Evaluation:
             "devices": [{"name": d.name, "target": d.target} for d in self.devices],
             "link": {"name": self.link.name, "up_mbps": self.link.up_bps / 1e6,
                      "down_mbps": self.link.down_bps / 1e6, "rtt_ms": self.link.rtt_s * 1e3},
-            "chosen": self.chosen, "best": self.best.candidate.name,
+            "worker": self.worker, "chosen": self.chosen, "best": self.best.candidate.name,
             "regret": self.regret, "speedup": self.speedup,
             "best_single_site": dict([self.best_single_site]),
             "single_site": dict(self.single_site), "noise": self.noise,
@@ -195,7 +201,7 @@ class Evaluation:
                        "latency_ms": {"median": r.latency.median_ms,
                                       "p90": float(np.percentile(r.latency.samples, 90)),
                                       "n": len(r.latency.samples)},
-                       "spread": r.spread, "stage_ms": list(r.stage_ms),
+                       "spread": r.spread, "stage_ms": list(r.stage_ms), "pruned": r.pruned,
                        "predicted_compute_ms": list(r.candidate.predicted.compute_ms),
                        "predicted_hop_ms": list(r.candidate.predicted.hop_ms),
                        "max_rel_error": r.max_rel_error}
@@ -451,6 +457,21 @@ def _run_candidate(bundle, placement, testbed, inputs, ref, *, requests: int, wa
     return lat, stage, rps, err
 
 
+def _hopeless(cands: Sequence[Candidate], chosen: str, objective: str,
+              prune: float | None) -> set[str]:
+    """The candidates predicted more than ``prune`` times worse than the best prediction (never
+    the chosen plan or a single site: the figures need those in full)."""
+    if prune is None:
+        return set()
+    if objective == "latency":
+        cost = {c.name: c.predicted.latency_ms for c in cands}
+    else:
+        cost = {c.name: c.predicted.bottleneck_ms for c in cands}
+    best = min(cost.values())
+    keep = {chosen, "all-end", "all-edge"}
+    return {name for name, v in cost.items() if name not in keep and v > prune * best}
+
+
 # -------------------------------------------------------------------------------- evaluate
 def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "pi-class"),
                                                                    Device("edge", "host")),
@@ -458,9 +479,16 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
              requests: int = 30, rounds: int = 3, warmup: int = 2, max_in_flight: int = 4,
              method: str = "auto", input_bytes: int | None = None,
              workdir: str | Path | None = None, costs: CostTable | None = None,
+             prune: float | None = 5.0, worker: str = "python",
              log: Callable[[str], None] = print) -> Evaluation:
     """Plan ``graph`` on measured costs, run the plan and every alternative on the testbed,
-    and report how good the plan was (see the module doc). Needs root (namespaces, cgroups)."""
+    and report how good the plan was (see the module doc). Needs root (namespaces, cgroups).
+
+    ``prune``: a candidate predicted more than ``prune`` times worse than the best prediction
+    (e.g. a cut that sends megabytes over 3G: 30 s a request) is run for one request, in the
+    first round only; it is still measured and can still come out best. None: every candidate
+    gets every round. ``worker``: the stage workers' kind on both devices, ``"python"`` or
+    ``"native"`` (``Testbed(worker=)``: a stage that decodes a JPEG stays Python)."""
     import tempfile
 
     from .build import build_bundle
@@ -477,6 +505,8 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
         problems.append(f"objective {objective!r} is not latency or throughput")
     if requests < 3 or rounds < 1:
         problems.append(f"need requests >= 3 and rounds >= 1, got {requests} and {rounds}")
+    if prune is not None and not prune > 1:
+        problems.append(f"prune must be > 1 (times the best prediction) or None, got {prune!r}")
     if input_bytes is not None and not (isinstance(input_bytes, int) and input_bytes > 0):
         problems.append(f"input_bytes (the JPEG's size) must be a positive int, got "
                         f"{input_bytes!r}")
@@ -503,7 +533,8 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
     with tempfile.TemporaryDirectory(prefix="tvmsplit-evaluate-") as tmp:
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        with Testbed(link, end=devices[0].target, device=False, rpc=False, log=log) as tb:
+        with Testbed(link, end=devices[0].target, device=False, rpc=False, worker=worker,
+                     log=log) as tb:
             with end_load(tb, load):
                 if costs is None:
                     costs = measured_costs(graph, devices, load=load, log=log, testbed=tb)
@@ -523,8 +554,11 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
                 problem = Problem(graph, chosen.plan_costs, (link,), objective=objective,
                                   stage_overhead_ms=overhead, **priced)
                 cands, chosen_name = candidates(problem, chosen.predicted.assignment)
+                hopeless = _hopeless(cands, chosen_name, objective, prune)
                 log(f"planner {chosen.method} chose {chosen_name}; measuring {len(cands)} "
-                    f"candidates x {rounds} round(s) x {per_round} request(s)")
+                    f"candidates x {rounds} round(s) x {per_round} request(s)"
+                    + (f" ({len(hopeless)} predicted over {prune:g}x the best: one request "
+                       "each)" if hopeless else ""))
                 bundles = []
                 for k, c in enumerate(cands):
                     plan_, _ = to_plan(graph, c.predicted, devices, parallel=False)
@@ -539,9 +573,13 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
                     for k in range(len(cands)):   # a rotated order each round
                         c = cands[(k + r) % len(cands)]
                         b = bundles[(k + r) % len(cands)]
+                        if c.name in hopeless and r > 0:
+                            continue
+                        few = c.name in hopeless
                         lat, stage, rps, err = _run_candidate(
-                            b, c.placement, tb, inputs, ref, requests=per_round, warmup=warmup,
-                            objective=objective, max_in_flight=max_in_flight)
+                            b, c.placement, tb, inputs, ref, requests=1 if few else per_round,
+                            warmup=1 if few else warmup, objective=objective,
+                            max_in_flight=max_in_flight)
                         s = samples[c.name]
                         s[0].extend(lat)
                         for acc, got in zip(s[1], stage):
@@ -554,7 +592,8 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
                             f"{c.predicted.latency_ms:9.2f})")
     runs = tuple(Measured(c, Timing.of(samples[c.name][0]),
                           tuple(statistics.median(x) for x in samples[c.name][1]),
-                          tuple(samples[c.name][2]), max(samples[c.name][3]))
+                          tuple(samples[c.name][2]), max(samples[c.name][3]),
+                          pruned=c.name in hopeless)
                  for c in cands)
     bad = [(r.candidate.name, r.max_rel_error) for r in runs if r.max_rel_error > CHECK_RTOL]
     if bad:
@@ -577,4 +616,5 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
                 ("edge: onnxruntime", min(1e3 / edge_ms, all_edge.value(objective)
                                           * max(1.0, all_edge.stage_ms[0] / edge_ms))))
     return Evaluation(graph.name, tuple(devices), link, load, objective, chosen_name,
-                      chosen.method, runs, site, costs, overhead, sent_bytes, encoding, decode)
+                      chosen.method, runs, site, costs, overhead, sent_bytes, encoding, decode,
+                      worker)

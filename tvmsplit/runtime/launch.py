@@ -247,15 +247,20 @@ def target_worker_kind(target: str) -> str:
     return kind
 
 
-def stage_worker_kind(stage) -> str:
-    """The worker kind for a bundle stage: ``"python"`` for a stage only the Python worker can
-    run (sequential HyPS segments, an onnxruntime fallback stage, a stage that receives an
-    encoded input: a JPEG it decodes or forwards), else what its target file asks for
-    (``target_worker_kind``)."""
-    if stage.segments or getattr(stage, "runtime", "tvm") != "tvm" or getattr(
-            stage, "encodings", ()):
+def needs_python_worker(stage) -> bool:
+    """True for a bundle stage only the Python worker can run: sequential HyPS segments, an
+    onnxruntime fallback stage, a stage that receives an encoded input (a JPEG it decodes or
+    forwards)."""
+    return bool(stage.segments or getattr(stage, "runtime", "tvm") != "tvm"
+                or getattr(stage, "encodings", ()))
+
+
+def stage_worker_kind(stage, asked: str | None = None) -> str:
+    """The worker kind for a bundle stage: ``"python"`` where :func:`needs_python_worker`,
+    else ``asked`` when given, else what its target file asks for (``target_worker_kind``)."""
+    if needs_python_worker(stage):
         return "python"
-    return target_worker_kind(stage.plan.target)
+    return asked or target_worker_kind(stage.plan.target)
 
 
 def worker_env(base: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -39,8 +39,8 @@ from typing import Any
 
 from ..atomic import write_json
 from ..devices import Link
-from ..runtime.launch import (LaunchError, WorkerSpec, Worker, native_worker, python_worker, spawn,
-                              stage_worker_kind,
+from ..runtime.launch import (WORKER_KINDS, LaunchError, WorkerSpec, Worker, native_worker,
+                              spawn, stage_worker_kind, worker_program,
                               wait_for_ready_file, launch_order, next_addresses,
                               stop_processes, same_addresses)
 from ..runtime.procs import killpg, stop_group
@@ -100,11 +100,12 @@ def _wait_ready(path: Path, proc: subprocess.Popen, what: str, log: Path,
         raise TestbedError(str(exc)) from None
 
 
-def _target_kind(spec: WorkerSpec) -> str:
-    """The worker kind the target file of ``spec``'s stage asks for (``[worker] kind``)."""
+def _target_kind(spec: WorkerSpec, asked: str | None = None) -> str:
+    """The worker kind of ``spec``'s stage: python where only the Python worker can run it,
+    else ``asked``, else what its target file asks for (``[worker] kind``)."""
     from ..bundle import Bundle
 
-    return stage_worker_kind(Bundle.load(spec.bundle, stages=[]).stages[spec.stage])
+    return stage_worker_kind(Bundle.load(spec.bundle, stages=[]).stages[spec.stage], asked)
 
 
 # ---------------------------------------------------------------------------------- testbed
@@ -128,7 +129,8 @@ class Testbed:
     def __init__(self, profile: str | Link = "4g", *, index: int | None = None,
                  up_mbps: float | None = None, down_mbps: float | None = None,
                  delay_ms: float | None = None, loss: float | None = None, rpc: bool = True,
-                 device: bool = True, end=None, edge_limits: Limits | None = None, log=None):
+                 device: bool = True, end=None, edge_limits: Limits | None = None,
+                 worker: str = "python", log=None):
         self.profile = LinkProfile.of(profile) if isinstance(profile, Link) else get_profile(
             profile, up_mbps=up_mbps, down_mbps=down_mbps, delay_ms=delay_ms, loss=loss)
         self._index = index
@@ -152,6 +154,12 @@ class Testbed:
         # cross-built tvmsplit-worker, native/aarch64-linux-gnu.cmake, under qemu)
         # (None: what the stage's target file asks for, its [worker] kind; see launch.py)
         self.device_worker: str | None = None
+        # the worker kind of stages on the capped end device and the edge (this machine's
+        # code): "python", or "native" (build/native/tvmsplit-worker) for every stage the
+        # native worker can run (a stage that decodes a JPEG stays Python: needs_python_worker)
+        if worker not in WORKER_KINDS:
+            raise TestbedError(f"worker {worker!r} is not one of {', '.join(WORKER_KINDS)}")
+        self.worker = worker
         self.end = None
         if end is not None:
             from .capped import get_capped
@@ -454,7 +462,8 @@ class Testbed:
             program = self.sysroot.command("-m", "tvmsplit.runtime.worker")
             prefix, env = net.in_ns(self.ns(where)), self.sysroot.env(REPO)
         else:
-            program = python_worker()
+            kind = "python" if self.worker == "python" else _target_kind(spec, self.worker)
+            program = worker_program(kind)
             prefix, env = self._native(where, _host_env())
         proc = spawn(spec, self.dir, program=program, prefix=prefix, env=env,
                      cwd="/", what=f"stage {spec.stage} worker on the {where}")
