@@ -4,13 +4,11 @@ from __future__ import annotations
 import json
 import os
 import stat
-from pathlib import Path
 
 import onnx
 import pytest
 
 import tvmsplit
-from tvmsplit import zoo
 from tvmsplit.cli import cli
 
 from cli_helpers import invoke, ok
