@@ -18,7 +18,6 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
 import onnx
 from onnx import TensorProto, helper
 

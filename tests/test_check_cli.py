@@ -5,19 +5,8 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from click.testing import CliRunner
 
-from tvmsplit.cli import cli
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="tvmsplit")
-
-
-def ok(result):
-    assert result.exit_code == 0 and result.exception is None, \
-        f"exit={result.exit_code} exception={result.exception!r}\n{result.output}"
-    return result
+from cli_helpers import invoke, ok
 
 
 def tensor_lines(stdout: str) -> dict[str, str]:

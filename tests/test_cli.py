@@ -4,15 +4,14 @@ from __future__ import annotations
 import json
 import os
 import stat
-from pathlib import Path
 
 import onnx
 import pytest
-from click.testing import CliRunner, Result
 
 import tvmsplit
-from tvmsplit import zoo
 from tvmsplit.cli import cli
+
+from cli_helpers import invoke, ok
 
 ZOO = ["chain", "resnet", "inception", "vgg16", "mobilenetv2", "lstm", "gru", "vit", "bert"]
 TARGETS = ["x86_64", "rpi3b", "rpi4b", "cuda-edge", "jetson-orin"]
@@ -23,16 +22,6 @@ CHAIN_LAYERS = ["conv1", "conv2", "pool1", "conv3", "conv4", "pool2", "conv5", "
 def _build_cache(tmp_path_factory, monkeypatch):
     """A tmp-based build cache shared by this session's tests (never ~/.cache)."""
     monkeypatch.setenv("TVMSPLIT_CACHE", str(tmp_path_factory.getbasetemp() / "tvmsplit-cache"))
-
-
-def invoke(*args: str) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="tvmsplit")
-
-
-def ok(result: Result) -> Result:
-    assert result.exception is None and result.exit_code == 0, \
-        f"exit={result.exit_code} exception={result.exception!r}\n{result.output}"
-    return result
 
 
 # ---- help ---------------------------------------------------------------------------------------

@@ -90,9 +90,11 @@ def test_bytes_that_do_not_decode_are_refused_by_name_and_the_worker_keeps_servi
             if why is None:  # a valid JPEG of the right size: any content is fine
                 p.run({"input": bad})
                 continue
-            with pytest.raises(PipelineError, match=why) as err:
+            with pytest.raises(PipelineError, match=rf"stage 0: input 'input': {len(bad)} bytes "
+                               rf"{why} \(PIL: [^<]+\); send the bytes of a complete 32x32") as err:
                 p.run({"input": bad})
-            assert err.value.stage == 0 and err.value.code == "compute_failed"
+            assert err.value.stage == 0 and err.value.code == "bad_input"  # the client's fault
+            _close(p.run({"input": data})[0], want)  # and the next request is served
         # longer than the input's limit: refused by the worker's check, not decoded
         ctx = zmq.Context()
         try:
@@ -111,6 +113,27 @@ def test_bytes_that_do_not_decode_are_refused_by_name_and_the_worker_keeps_servi
             ctx.term()
         _close(p.run({"input": data})[0], want)  # still serving
         assert p.health()[0]["errors"] == 3
+
+
+def test_a_batch_with_an_undecodable_jpeg_fails_only_that_request(jpeg_bundles):
+    """A batch decodes every request before computing any: the worker then runs its requests one
+    by one, so garbage bytes fail their own request (``bad_input``), not their neighbours'."""
+    from tvmsplit.runtime.worker import StageWorker
+
+    g, enc, data, bundles = jpeg_bundles
+    want = reference(g, {"input": enc.decode(data)})
+    batch = [wire.request(rid, 0, {"input": enc.tensor(raw)})
+             for rid, raw in ((1, data), (2, b"garbage, not a JPEG"), (3, data))]
+    with StageWorker(bundles["whole"].path, 0, "tcp://127.0.0.1:0", control=None) as worker:
+        answers = {m.id: m for m in (wire.decode(frames) for _, frames in worker.handle_batch(batch))}
+        assert worker.errors == 1 and worker.served == 2
+    assert sorted(answers) == [1, 2, 3]
+    assert answers[2].kind == "error" and answers[2].error.code == "bad_input"
+    assert answers[2].error.message.startswith("stage 0: input 'input': 19 bytes do not decode as "
+                                               "a JPEG (PIL: cannot identify image file)")
+    for rid in (1, 3):
+        assert answers[rid].kind == "reply"
+        _close(answers[rid].arrays(), want)
 
 
 def test_the_native_worker_refuses_an_encoded_bundle_by_name(jpeg_bundles):

@@ -15,14 +15,15 @@ from pathlib import Path
 
 import onnx
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from onnx import TensorProto, helper
 
 import tvmsplit
 import tvmsplit.compile as tcompile
 from tvmsplit import zoo
-from tvmsplit.cli import cli
 from tvmsplit.errors import BuildError, BundleError
+
+from cli_helpers import invoke
 
 CHAIN_LAYERS = ["conv1", "conv2", "pool1", "conv3", "conv4", "pool2", "conv5", "pool3", "fc1", "fc2"]
 KNOWN_TARGETS = ["x86_64", "rpi3b", "rpi4b", "cuda-edge", "jetson-orin"]
@@ -33,10 +34,6 @@ KNOWN_TARGETS = ["x86_64", "rpi3b", "rpi4b", "cuda-edge", "jetson-orin"]
 def _build_cache(tmp_path_factory, monkeypatch):
     """A tmp-based build cache shared by this session's tests (never ~/.cache)."""
     monkeypatch.setenv("TVMSPLIT_CACHE", str(tmp_path_factory.getbasetemp() / "tvmsplit-cache"))
-
-
-def invoke(*args: str) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="tvmsplit")
 
 
 def assert_user_error(result: Result, *mentions: str, progress_before: bool = False) -> str:

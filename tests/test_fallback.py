@@ -20,16 +20,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
 import tvmsplit as ts
 from tvmsplit.check import check_bundle, compare, random_inputs
-from tvmsplit.cli import cli
 from tvmsplit.errors import BundleError, UnsupportedOpsError
 from tvmsplit.fallback import fallback_layers, stage_runtimes
+
+from cli_helpers import invoke
 
 RTOL = 1e-4
 ORT = "onnxruntime"
@@ -203,36 +203,33 @@ def test_the_native_worker_refuses_a_fallback_bundle_by_name(built):
 
 
 # ---------------------------------------------------------------------------------- the CLI
-def _cli(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="tvmsplit")
-
 
 def test_cli_inspect_refuses_without_the_flag_and_marks_the_fallback_layers(tmp_path):
     path = tmp_path / "lpnorm.onnx"
     onnx.save(lpnorm_model(), str(path))
-    refused = _cli("inspect", path)
+    refused = invoke("inspect", path)
     assert refused.exit_code == 1
     assert refused.output.startswith("error: ") and len(refused.output.strip().splitlines()) == 1
     assert "LpNormalization (nodes: lpnorm)" in refused.output
     assert "--fallback onnxruntime" in refused.output
-    shown = _cli("inspect", path, "--fallback", ORT)
+    shown = invoke("inspect", path, "--fallback", ORT)
     assert shown.exit_code == 0, shown.output
     lines = {line.split()[1]: line for line in shown.output.splitlines() if line[:3].strip().isdigit()}
     assert lines["lpnorm"].endswith(" ort") and not lines["conv1"].endswith(" ort")
     assert "lpnorm (LpNormalization)" in shown.output
-    doc = json.loads(_cli("inspect", path, "--fallback", ORT, "--json").output)
+    doc = json.loads(invoke("inspect", path, "--fallback", ORT, "--json").output)
     assert [layer["runtime"] for layer in doc["layers"]] == ["tvm", ORT, "tvm"]
 
 
 def test_cli_build_check_with_the_fallback(tmp_path):
     path = tmp_path / "loop.onnx"
     onnx.save(loop_model(), str(path))
-    out = _cli("build", path, "--split-at", "mm1,loop", "-o", tmp_path / "b", "--check",
-               "--fallback", ORT)
+    out = invoke("build", path, "--split-at", "mm1,loop", "-o", tmp_path / "b", "--check",
+                 "--fallback", ORT)
     assert out.exit_code == 0, out.output
     assert "stage 1 [x86_64] (onnxruntime)" in out.output
     assert "check stage 1 [x86_64] (chained)" in out.output and out.output.rstrip().endswith("OK")
-    refused = _cli("build", path, "--split-at", "mm1,loop", "-o", tmp_path / "c")
+    refused = invoke("build", path, "--split-at", "mm1,loop", "-o", tmp_path / "c")
     assert refused.exit_code == 1 and "Loop (nodes: loop)" in refused.output
 
 
@@ -282,12 +279,12 @@ def test_cli_plan_names_the_stage_that_falls_back(tmp_path):
         "conv2": {"end": 50.0, "edge": 0.1}}}))
     args = ("plan", path, "--devices", "end=x86_64,edge=x86_64", "--link", "lan:1000/1000/0.1",
             "--costs", costs)
-    refused = _cli(*args)
+    refused = invoke(*args)
     assert refused.exit_code == 1 and "--fallback onnxruntime" in refused.output
-    shown = _cli(*args, "--fallback", ORT)
+    shown = invoke(*args, "--fallback", ORT)
     assert shown.exit_code == 0, shown.output
     assert "stage 1 runs under onnxruntime" in shown.output
-    doc = json.loads(_cli(*args, "--fallback", ORT, "--json").output)
+    doc = json.loads(invoke(*args, "--fallback", ORT, "--json").output)
     assert doc["stage_runtimes"] == ["tvm", ORT]
 
 

@@ -417,26 +417,24 @@ def test_plan_cli_runs_a_device_larger_model_sequentially_and_saves_a_buildable_
     sequentially, segment by segment; `build --plan` then builds it and its check passes."""
     import json
 
-    from click.testing import CliRunner
-
     from tvmsplit import zoo
-    from tvmsplit.cli import cli
+
+    from cli_helpers import invoke
 
     model = zoo.save("vgg16", tmp_path / "vgg.onnx", input_size=64, width=0.25)
     g = _small_vgg()
     (tmp_path / "costs.json").write_text(json.dumps(CostTable.from_flops(g, {"end": 5.0}).to_json()))
     weights = sum(layer.param_bytes for layer in g.layers)
-    run = lambda *a: CliRunner().invoke(cli, [str(x) for x in a])  # noqa: E731
-    out = run("plan", model, "--devices", "end=x86_64", "--costs",
-              tmp_path / "costs.json", "--mem-cap", f"end={weights * 2 // 3}B",
-              "--save", tmp_path / "plan.json")
+    out = invoke("plan", model, "--devices", "end=x86_64", "--costs",
+                 tmp_path / "costs.json", "--mem-cap", f"end={weights * 2 // 3}B",
+                 "--save", tmp_path / "plan.json")
     assert out.exit_code == 0, out.output
     assert "sequential (HyPS): 2 segment(s)" in out.output
-    refused = run("plan", model, "--devices", "end=x86_64", "--costs",
-                  tmp_path / "costs.json", "--mem-cap", f"end={weights * 2 // 3}B",
-                  "--sequential", "off")
+    refused = invoke("plan", model, "--devices", "end=x86_64", "--costs",
+                     tmp_path / "costs.json", "--mem-cap", f"end={weights * 2 // 3}B",
+                     "--sequential", "off")
     assert refused.exit_code == 1 and "--sequential auto" in refused.output
-    built = run("build", model, "--plan", tmp_path / "plan.json", "-o", tmp_path / "b", "--check")
+    built = invoke("build", model, "--plan", tmp_path / "plan.json", "-o", tmp_path / "b", "--check")
     assert built.exit_code == 0, built.output
 
 

@@ -9,15 +9,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from tvmsplit.cli import cli
+from cli_helpers import invoke
 
 CSV = "block,output_bytes,cam_ms,edge_ms\ninput,1000,,\nnet,0,100,10\n"
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture()

@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
 import tvmsplit as ts
 from tvmsplit import zoo
-from tvmsplit.cli import cli, parse_bytes
+from tvmsplit.cli import parse_bytes
 from tvmsplit.errors import TvmsplitError
+
+from cli_helpers import invoke
 
 
 @pytest.fixture()
@@ -21,10 +22,6 @@ def costs(tmp_path):
     path = tmp_path / "costs.json"
     path.write_text(json.dumps(table))
     return path
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def test_plan_prints_stages_and_baselines_and_build_follows_it(costs, tmp_path):

@@ -22,11 +22,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
 import tvmsplit as ts
 from tvmsplit import zoo
-from tvmsplit.cli import cli
+
+from cli_helpers import invoke
 
 # ms per layer of zoo:chain on each device (the edge is 10x faster)
 END_MS = {"conv1": 0.5, "conv2": 4.0, "pool1": 0.2, "conv3": 2.0, "conv4": 4.0, "pool2": 0.2,
@@ -49,10 +49,6 @@ def costs_csv(tmp_path):
     path.write_text("layer,end,edge\n" + "".join(f"{name},{END_MS[name]},{EDGE_MS[name]}\n"
                                                  for name in END_MS))
     return path
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="tvmsplit")
 
 
 def plan_json(costs, *extra) -> dict:

@@ -302,32 +302,26 @@ def test_profile_train_predict_and_plan_through_the_cli(tmp_path, monkeypatch):
     FLOPs fallback. Its figures are compared with the measured time of the same conv layers,
     each compiled alone as a pipeline stage and run in a worker: within a loose factor 3 (a
     shared 2-core machine). `plan` without --costs then plans with these predictors."""
-    from click.testing import CliRunner
-
     from tvmsplit.check import random_inputs
-    from tvmsplit.cli import cli
 
-    def invoke(*args):
-        result = CliRunner().invoke(cli, [str(a) for a in args], prog_name="tvmsplit")
-        assert result.exit_code == 0, result.output
-        return result
+    from cli_helpers import invoke, ok
 
     store = tmp_path / "predictors"
     monkeypatch.setenv("TVMSPLIT_PREDICTORS", str(store))
-    profiled = invoke("profile", "--device", "x86_64", "--count", "1")
+    profiled = ok(invoke("profile", "--device", "x86_64", "--count", "1"))
     rows = json.loads((store / "x86_64.dataset.json").read_text())["rows"]
     assert f"profiled {len(rows)} layer measurements" in profiled.stdout
     conv_rows = [r for r in rows if r["layer_type"] == "conv"]
     assert len(conv_rows) >= 8 and all(r["ms"] > 0 for r in rows)
-    trained = invoke("train", "--device", "x86_64")
+    trained = ok(invoke("train", "--device", "x86_64"))
     assert any(line.split()[:2] == ["conv", "xgboost"] for line in trained.stdout.splitlines()), \
         trained.stdout
     saved = json.loads((store / "x86_64.predictor.json").read_text())
     assert saved["target"]["name"] == "x86_64" and saved["types"]["conv"]["model"] == "xgboost"
 
     model = tmp_path / "chain.onnx"
-    invoke("zoo", "chain", "-o", model)
-    predicted = json.loads(invoke("predict", model, "--device", "x86_64", "--json").stdout)
+    ok(invoke("zoo", "chain", "-o", model))
+    predicted = json.loads(ok(invoke("predict", model, "--device", "x86_64", "--json")).stdout)
     by_name = {layer["name"]: layer for layer in predicted["layers"]}
     convs = ["conv2", "conv3", "conv4"]           # 9-19 MFLOPs each: ms, not call overhead
     assert {by_name[c]["source"] for c in convs} == {"xgboost"}
@@ -346,14 +340,14 @@ def test_profile_train_predict_and_plan_through_the_cli(tmp_path, monkeypatch):
         ratio = by_name[c]["ms"] / measured[c]
         assert 1 / 3 < ratio < 3, (c, by_name[c]["ms"], measured[c])
 
-    devices = invoke("plan", model, "--devices", "a=x86_64,b=x86_64", "--link", "wifi", "--json")
+    devices = ok(invoke("plan", model, "--devices", "a=x86_64,b=x86_64", "--link", "wifi", "--json"))
     plan = json.loads(devices.stdout)
     assert [d["name"] for d in plan["devices"]] == ["a", "b"]
     alone = plan["baselines"]["all-on-end"]
     assert alone["assignment"] == [0] * len(g.layers)
     # the costs are the predictor's (re-read under this moment's load: a loose match)
     assert 0.5 < alone["compute_ms"][0] / predicted["total_ms"] < 2
-    table = invoke("plan", model, "--devices", "a=x86_64,b=x86_64", "--link", "wifi").stdout
+    table = ok(invoke("plan", model, "--devices", "a=x86_64,b=x86_64", "--link", "wifi")).stdout
     assert "over a -> b" in table and "predicted: latency" in table
 
 

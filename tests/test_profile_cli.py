@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
 import tvmsplit as ts
-from tvmsplit.cli import cli
+
+from cli_helpers import invoke
 
 CSV = """block,output_bytes,pi_ms,edge_ms
 input,150000,,
@@ -15,10 +15,6 @@ conv1,802816,120.5,9.1
 pool1,2000,30,2.5
 fc,4000,150,1
 """
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture()

@@ -28,23 +28,14 @@ import warnings
 
 import pytest
 import zmq
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 import tvmsplit as ts
-from tvmsplit.cli import cli
+
+from cli_helpers import invoke, ok
 
 pytestmark = pytest.mark.timeout(300)
 TVMSPLIT = [sys.executable, "-c", "from tvmsplit.cli import main; main()"]   # the `tvmsplit` script
-
-
-def invoke(*args) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="tvmsplit")
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0 and result.exception is None, \
-        f"exit={result.exit_code} exception={result.exception!r}\n{result.output}"
-    return result
 
 
 def check_line(result: Result, tolerance: float = 1e-4) -> float:

@@ -44,7 +44,6 @@ import pytest
 
 import tvmsplit as ts
 from tvmsplit.check import check_bundle
-from tvmsplit.compile import stage_onnx
 
 RTOL = 1e-4
 

@@ -12,30 +12,21 @@ import math
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 import tvmsplit as ts
 from tvmsplit import zoo
 from tvmsplit.build import build_bundle
 from tvmsplit.check import check_bundle
-from tvmsplit.cli import cli
 from tvmsplit.rpc_device import LocalRPCDevice
 from tvmsplit.split import plan_split
 from tvmsplit.targets import get_target
 from tvmsplit.tune import tune
 from tvmsplit.tunedb import META, create_database, read_database
 
+from cli_helpers import invoke, ok
+
 pytestmark = pytest.mark.slow
-
-
-def invoke(*args) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="tvmsplit")
-
-
-def ok(result: Result) -> Result:
-    assert result.exception is None and result.exit_code == 0, \
-        f"exit={result.exit_code} exception={result.exception!r}\n{result.output}"
-    return result
 
 
 def one_error_line(result: Result) -> str:

@@ -34,9 +34,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from chain_bundles import chain_bundles  # noqa: E402
 from fuzz_corpus import control_corpus, wire_corpus  # noqa: E402
 from hand_workers import data_sockets  # noqa: E402
-from test_stage_dag import dag  # noqa: E402,F401  (the inception stage-DAG bundle fixture)
-from test_testbed import split_bundles, testbed  # noqa: E402,F401  (rpi4b+x86 bundle; 4G testbed)
+import test_stage_dag  # noqa: E402
+import test_testbed  # noqa: E402
 from test_wire import read_frames  # noqa: E402
+
+# their fixtures, used here by name (assigned: a test's parameter then redefines no import):
+# the inception stage-DAG bundle; the rpi4b+x86 bundle and the 4G testbed
+dag = test_stage_dag.dag
+split_bundles, testbed = test_testbed.split_bundles, test_testbed.testbed
 
 pytestmark = pytest.mark.timeout(300)
 GOLDEN = Path(__file__).parent / "golden"

@@ -18,8 +18,8 @@ limit is its ``max_bytes``) accepts any length from 1 to ``max_bytes``
 (``bundle.encode_inputs``, manifest schema 5) gives each stage that computes on the input a
 ``runtime.stage.DecodingRunner``, which decodes it before running the stage; a stage that only
 forwards it sends the bytes on. Bytes that do not decode, or decode to another size, are refused
-with :class:`EncodingError` naming the input and the fix (the worker answers the request with an
-error; it does not crash). The image's pixel count is checked from the JPEG header before any
+with :class:`EncodingError` naming the input and the fix (the worker answers the request with the
+error ``bad_input``; it does not crash). The image's pixel count is checked from the JPEG header before any
 pixel is decoded, so a small file cannot make a huge image.
 
 The planner charges the decode on the device that runs the layer reading the input
@@ -28,6 +28,7 @@ The planner charges the decode on the device that runs the layer reading the inp
 from __future__ import annotations
 
 import io
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -41,6 +42,7 @@ from .graph import TensorSpec
 FORMATS = ("jpeg",)
 SCALES = ("unit",)        # pixel / 255: float32 in [0, 1]
 QUALITIES = range(1, 101)  # Pillow's JPEG qualities
+_FILE_REPR = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 class EncodingError(TvmsplitError):
@@ -156,8 +158,9 @@ class Encoding:
         except EncodingError:
             raise
         except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
+            why = _FILE_REPR.sub("", str(exc))  # PIL names the file as <_io.BytesIO object at 0x..>
             raise EncodingError(f"input {self.name!r}: {len(raw)} bytes do not decode as a JPEG "
-                                f"({type(exc).__name__}: {exc}); send the bytes of a complete "
+                                f"(PIL: {why}); send the bytes of a complete "
                                 f"{self.width}x{self.height} JPEG file") from None
         chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
         return (chw[None].astype(np.float32) / np.float32(255.0)).reshape(self.input.shape)

@@ -203,17 +203,16 @@ def check_device(rpc: tuple[str, int] | None, tracker: tuple[str, int] | None,
                               f"{key!r} (it has: {', '.join(keys) or 'none'}); start the device "
                               f"with `python -m tvmsplit.rpc_device --tracker ... --key {key}`")
         try:
-            sess = tvm_rpc.connect_tracker(*tracker).request(key, session_timeout=int(timeout_s),
-                                                              max_retry=2)
-            del sess
+            # a session opens (and is dropped at once): the device is reachable
+            tvm_rpc.connect_tracker(*tracker).request(key, session_timeout=int(timeout_s),
+                                                      max_retry=2)
         except Exception as exc:  # noqa: BLE001
             raise TuningError(f"the device {key!r} at the tracker {tracker[0]}:{tracker[1]} "
                               f"cannot be reached ({exc})") from None
         return f"rpc-tracker://{tracker[0]}:{tracker[1]}/{key}"
     if rpc is not None:
         try:
-            sess = tvm_rpc.connect(rpc[0], rpc[1], session_timeout=int(timeout_s))
-            del sess
+            tvm_rpc.connect(rpc[0], rpc[1], session_timeout=int(timeout_s))  # as above
         except Exception as exc:  # noqa: BLE001
             raise TuningError(f"cannot reach the RPC device {rpc[0]}:{rpc[1]} ({exc}); start it "
                               "with `python -m tvmsplit.rpc_device --host H --port P`") from None

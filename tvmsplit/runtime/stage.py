@@ -158,9 +158,11 @@ class OnnxStageRunner:
 class DecodingRunner:
     """A stage whose library reads an input that arrives encoded (``encoding.Encoding``): each
     request's encoded inputs are checked in their wire form, decoded (``Encoding.decode``; a
-    bad one raises ``EncodingError``, which the worker answers as a failed request) and the
-    decoded tensors given to ``inner``, the stage's own runner. An encoded input the stage also
-    forwards goes on as the bytes it came as. ``stage``: the stage's wire-form plan."""
+    bad one raises ``EncodingError``, which the worker answers with ``bad_input``) and the
+    decoded tensors given to ``inner``, the stage's own runner; ``run_batch`` decodes every
+    request before it computes any (so the worker can rerun a batch one by one). An encoded
+    input the stage also forwards goes on as the bytes it came as. ``stage``: the stage's
+    wire-form plan."""
 
     def __init__(self, inner, stage: StagePlan, encodings):
         self.inner, self.stage = inner, stage

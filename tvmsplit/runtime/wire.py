@@ -72,8 +72,10 @@ Checks, in this order (the first failure decides the code)
        then an expected name that is absent                missing_tensor
 
     A :class:`~tvmsplit.errors.WireError` carries the code in ``.code``; a worker answers a bad
-    request with :func:`error_reply` using that code. Workers may use other codes for their own
-    failures (e.g. "compute_failed"; "internal_error" for a fault of the worker itself). The
+    request with :func:`error_reply` using that code. Workers may use other codes for the failures
+    that follow (worker.py lists them in order; e.g. "bad_input": an encoded input, a JPEG, that
+    does not decode, sent only by the Python worker since the native one refuses encoded bundles;
+    "compute_failed"; "internal_error" for a fault of the worker itself). The
     message of an error is at most ``MAX_ERROR_MESSAGE_CHARS`` (4000) code points (longer ones
     are cut and end in "..."), and an error whose header would pass MAX_HEADER_BYTES with its
     trace is sent with an empty trace, so an error always fits. A receiver checks frame 0's

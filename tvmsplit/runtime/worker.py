@@ -44,7 +44,9 @@ Per message: decode (wire.decode) -> kind "error": passed on to every route, onc
 (``unknown_tensor`` / ``missing_tensor``); with several: the names must be one sender's route
 (``bad_route``), heard once per request (``duplicate_part``), and the request waits until every
 sender's part is there (gather.py; at most 256 requests wait, the oldest beyond that fails with
-``incomplete``) -> dtypes and shapes (``shape_mismatch``) -> compute (``compute_failed``). Every
+``incomplete``) -> dtypes and shapes (``shape_mismatch``) -> decode an encoded input, a JPEG
+(``bad_input``: bytes that are no JPEG of the input's size, the client's fault; only this worker
+decodes, the native one refuses an encoded bundle at start) -> compute (``compute_failed``). Every
 failure is sent *forward* as a wire error message carrying the request id (0 when the id cannot
 be read from the header), so it reaches the client. A successful stage appends ``{"stage",
 "host", "compute_ms", "recv_ts", "send_ts", "bytes_in", "parts": [{"from", "recv_ts",
@@ -81,6 +83,7 @@ from typing import Any  # noqa: E402
 
 import zmq  # noqa: E402
 
+from ..encoding import EncodingError  # noqa: E402
 from ..errors import TvmsplitError, WireError  # noqa: E402
 from ..plan import CLIENT_END, end_name  # noqa: E402
 from . import control, wire  # noqa: E402
@@ -366,6 +369,12 @@ class StageWorker:
                 results = [self.runner.run(valid[0][3])]
             else:
                 results = self.runner.run_batch([v[3] for v in valid])
+        except EncodingError as exc:  # the client's encoded input does not decode: its fault
+            if len(valid) > 1:  # the batch decodes every request before computing any: run each
+                return out + [m for rid, parts, _, _ in valid  # alone, so only the bad ones fail
+                              for m in self._run_batch([(rid, parts)])]
+            rid, _, trace, _ = valid[0]
+            return out + self._error(rid, "bad_input", f"stage {self.index}: {exc}", trace)
         except Exception as exc:  # noqa: BLE001 - a TVM failure must not kill the worker
             return out + [m for rid, _, trace, _ in valid for m in self._error(
                 rid, "compute_failed", f"stage {self.index}: {type(exc).__name__}: {exc}", trace)]
