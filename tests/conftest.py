@@ -112,6 +112,7 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
         "test_bad_problems_name_the_culprit", "test_three_devices_on_a_path_and_memory_caps_force_splits",
         "test_energy_prefers_offloading_when_the_end_device_burns_power",
         "test_evaluation_candidates_are_both_single_sites_and_every_single_cut",
+        "test_evaluation_prunes_only_hopeless_alternatives",
         "test_several_end_devices_share_one_edge",
         "test_plan_partition_takes_overheads_by_device_name")},
     ("test_partition", "test_hyps_splits_an_oversized_fc_and_the_pipeline_equals_the_unsplit_model"):
