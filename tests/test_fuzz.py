@@ -22,9 +22,7 @@ from hand_workers import data_sockets
 
 pytestmark = pytest.mark.timeout(600)
 N = 10_000
-WORKER_CODES = {"wrong_stage", "unexpected_kind", "unknown_tensor", "missing_tensor",
-                "shape_mismatch", "compute_failed", "not_deployed", "internal_error",
-                "too_large"}  # the last: a request whose trace leaves no room for its reply
+WORKER_CODES = wire.WORKER_ERROR_CODES  # one definition, runtime/wire.py
 
 
 @pytest.fixture(scope="module")

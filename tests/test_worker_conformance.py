@@ -48,8 +48,7 @@ GOLDEN = Path(__file__).parent / "golden"
 KINDS = ["python", "native"]
 RTOL = 1e-4
 N_CORPUS = 2000
-WORKER_CODES = {"wrong_stage", "unexpected_kind", "unknown_tensor", "missing_tensor",
-                "shape_mismatch", "compute_failed", "not_deployed", "internal_error", "too_large"}
+WORKER_CODES = wire.WORKER_ERROR_CODES  # one definition, runtime/wire.py
 
 
 @pytest.fixture(params=KINDS)

@@ -110,6 +110,13 @@ MAX_NAME_CHARS = 256
 MAX_HEADER_BYTES = 1 << 20
 MAX_DEPTH = 32
 MAX_ERROR_MESSAGE_CHARS = 4000
+# The codes a stage worker (Python or native) answers a well-formed request it cannot serve
+# with, beyond the wire codes above: its checks in worker.py's order, then compute, then its own
+# faults; "too_large": a reply that would not fit; "bad_input": an encoded input that does not
+# decode (Python worker only: the native one refuses encoded bundles at start).
+WORKER_ERROR_CODES = frozenset({"wrong_stage", "unexpected_kind", "unknown_tensor",
+                                "missing_tensor", "shape_mismatch", "compute_failed",
+                                "not_deployed", "internal_error", "too_large", "bad_input"})
 DEFAULT_MAX_BYTES = 256 << 20
 _FIELDS = ("v", "kind", "id", "stage", "tensors", "trace", "error")
 _ERROR_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
