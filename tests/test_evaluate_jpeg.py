@@ -55,7 +55,7 @@ def test_evaluate_with_a_jpeg_input_prices_and_runs_the_decode(tmp_path, monkeyp
     assert names[:2] == ["all-end", "all-edge"] and len(names) >= 3
     assert data["chosen"] in names and data["regret"] >= 1.0 and data["speedup"] > 0
     for p in data["plans"]:  # every plan took the JPEG and matched onnxruntime on its decode
-        assert p["latency_ms"]["n"] == 3 and p["max_rel_error"] < 1e-3
+        assert p["latency_ms"]["n"] == (1 if p["pruned"] else 3) and p["max_rel_error"] < 1e-3
     # the decode is in the prediction of the device that runs the first layer
     by = {p["name"]: p for p in data["plans"]}
     assert by["all-end"]["predicted_compute_ms"][0] >= sent["decode_ms"]["end"]
