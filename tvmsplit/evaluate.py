@@ -373,28 +373,33 @@ def stage_overheads(devices: Sequence[Device], testbed, link: Link, workdir: Pat
 
     short = load(mlp("overhead-probe", [16, 16]), name="overhead-probe")
     long = load(zoo.make("chain", input_size=40), name="overhead-probe-long")
+
+    def probe(g: LayerGraph, device: Device, where: str, n: int) -> float:
+        """ms a request of ``g`` alone on ``where`` takes beyond its compute and the link model."""
+        x = random_inputs(g.inputs)
+        modelled = 0.0 if where == "end" else (link.up_ms(g.inputs[0].nbytes)
+                                              + link.down_ms(g.outputs[0].nbytes))
+        bundle = build_bundle(g, plan_split(g, targets=[device.target]),
+                              workdir / f"{g.name}-{where}")
+        residual, compute = [], []
+        with Pipeline(bundle, launcher=testbed.launcher([where]), timeout_s=120.0) as p:
+            for _ in range(3):
+                p.run(x)
+            for _ in range(n):
+                start = time.perf_counter()
+                _, trace = p.run(x)
+                residual.append((time.perf_counter() - start) * 1e3 - trace.compute_ms[0])
+                compute.append(trace.compute_ms[0])
+        ms = max(0.0, statistics.median(residual) - modelled)
+        log(f"per-request overhead on the {where}: {ms:.2f} ms (probe {g.name}: "
+            f"{statistics.median(compute):.1f} ms of compute)")
+        return ms
+
     out = []
     for device, where in zip(devices, PLACES):
-        got = {}
-        for g in ((long, short) if where == "end" else (short,)):
-            x = random_inputs(g.inputs)
-            modelled = 0.0 if where == "end" else (link.up_ms(g.inputs[0].nbytes)
-                                                  + link.down_ms(g.outputs[0].nbytes))
-            n = requests if g is short else max(5, requests // 2)
-            bundle = build_bundle(g, plan_split(g, targets=[device.target]),
-                                  workdir / f"{g.name}-{where}")
-            residual, compute = [], []
-            with Pipeline(bundle, launcher=testbed.launcher([where]), timeout_s=120.0) as p:
-                for _ in range(3):
-                    p.run(x)
-                for _ in range(n):
-                    start = time.perf_counter()
-                    _, trace = p.run(x)
-                    residual.append((time.perf_counter() - start) * 1e3 - trace.compute_ms[0])
-                    compute.append(trace.compute_ms[0])
-            got[g.name] = max(0.0, statistics.median(residual) - modelled)
-            log(f"per-request overhead on the {where}: {got[g.name]:.2f} ms (probe {g.name}: "
-                f"{statistics.median(compute):.1f} ms of compute)")
+        got = {short.name: probe(short, device, where, requests)}
+        if where == "end":
+            got[long.name] = probe(long, device, where, max(5, requests // 2))
         out.append(got[long.name] if where == "end" else got[short.name])
         if probes is not None:
             probes[where] = got

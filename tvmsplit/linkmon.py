@@ -217,18 +217,16 @@ class LinkMonitor:
 
     def update(self) -> LinkEstimate:
         probe, old = self._probe, self.estimate
+        prev = old or LinkEstimate(0.0, 0.0, 0.0, 0)   # _smooth takes any value over a 0
         probe.warm(max(self.sizes))
         rtt = probe.rtt(self.pings)
-        up = probe.rate("up", self.sizes, rtt, self.rounds)
-        n = self.rounds * len(self.sizes)
-        if old is None:
-            self.estimate = LinkEstimate(up, probe.rate("down", self.sizes, rtt, self.rounds),
-                                         rtt, n)
-            return self.estimate
-        rtt, up = self._smooth(old.rtt_s, rtt), self._smooth(old.up_bps, up)
-        self.estimate = LinkEstimate(up, old.down_bps, rtt, old.samples)  # the uplink, now
-        down = self._smooth(old.down_bps, probe.rate("down", self.sizes, rtt, self.rounds))
-        self.estimate = LinkEstimate(up, down, rtt, old.samples + n)
+        up = self._smooth(prev.up_bps, probe.rate("up", self.sizes, rtt, self.rounds))
+        smooth_rtt = self._smooth(prev.rtt_s, rtt)
+        if old is not None:   # publish the uplink now, before the downlink is probed
+            self.estimate = LinkEstimate(up, old.down_bps, smooth_rtt, old.samples)
+        down = self._smooth(prev.down_bps, probe.rate("down", self.sizes, rtt, self.rounds))
+        self.estimate = LinkEstimate(up, down, smooth_rtt,
+                                     prev.samples + self.rounds * len(self.sizes))
         return self.estimate
 
     def close(self) -> None:
