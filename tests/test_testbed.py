@@ -409,6 +409,47 @@ def test_cgroup_v2_files_on_a_fake_tree(tmp_path):
     assert h1.version == 1 and h1.mount("cpuset") == Path("/sys/fs/cgroup/cpuset")
 
 
+def test_cgroup_uncapped_start_layout_v2_fake_tree_and_v1(tmp_path):
+    """``boot=True``: v2 puts the cpuset and memory limit on NAME and the quota on NAME/capped,
+    processes start in NAME/boot; v1 adds NAME-boot in the cpu hierarchy only (cpuset and
+    memory shared). Removal takes the children first."""
+    from tvmsplit.testbed.cgroup import Cgroup, CgroupError, Hierarchy, Limits, remove_dirs
+
+    root = tmp_path / "cg"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpuset cpu memory\n")
+    lim = Limits(2000, 10_000, "0", 1 << 30)
+    cg = Cgroup("tvmsplit-tbX-end", lim, hierarchy=Hierarchy(2, v2=str(root)), boot=True)
+    cg.create()
+    top = root / "tvmsplit" / "tvmsplit-tbX-end"
+    assert cg.created == [top, top / "capped", top / "boot"]
+    assert (top / "capped" / "cpu.max").read_text() == "2000 10000"
+    assert not (top / "cpu.max").exists() and not (top / "boot" / "cpu.max").exists()
+    assert (top / "memory.max").read_text() == str(1 << 30) and (top / "cpuset.cpus").exists()
+    assert (top / "cgroup.subtree_control").read_text() == "+cpu"
+    assert cg.prefix()[-3:] == ["--cgroup", str(top / "capped"), "--"]
+    assert cg.prefix(boot=True)[-3:] == ["--cgroup", str(top / "boot"), "--"]
+    cg.cap(4242)
+    assert (top / "capped" / "cgroup.procs").read_text() == "4242"
+    with pytest.raises(CgroupError, match="no uncapped start"):
+        Cgroup("y", lim, hierarchy=Hierarchy(2, v2=str(root))).create().prefix(boot=True)
+    with pytest.raises(CgroupError, match="needs a CPU quota"):
+        Cgroup("z", Limits(cpus="0"), hierarchy=Hierarchy(2, v2=str(root)), boot=True)
+    for f in top.rglob("*"):  # a fake tree's files stop rmdir; a real cgroup's do not
+        if f.is_file():
+            f.unlink()
+    removed = remove_dirs([top])
+    assert sorted(removed) == sorted(f"cgroup {d}" for d in (top / "boot", top / "capped", top))
+    assert not top.exists()
+    mounts = {c: tmp_path / c for c in ("cpu", "cpuset", "memory")}
+    proc_cgroup = tmp_path / "proc-cgroup"
+    proc_cgroup.write_text("3:cpu,cpuacct:/\n2:cpuset:/\n1:memory:/\n")
+    v1 = Cgroup("tvmsplit-tbX-end", lim, boot=True, proc_cgroup=str(proc_cgroup),
+                hierarchy=Hierarchy(1, v1=tuple((c, str(m)) for c, m in mounts.items())))
+    assert v1.dirs == [mounts[c] / "tvmsplit-tbX-end" for c in ("cpu", "cpuset", "memory")]
+    assert v1.boot_dirs == [mounts["cpu"] / "tvmsplit-tbX-end-boot", *v1.dirs[1:]]
+
+
 def test_cgroup_limits_a_process_and_is_removed_with_it():
     """Root: create, the limits as the kernel holds them, a process inside from its first
     instruction (cgexec), its CPU share, removal with the process still inside."""
@@ -551,6 +592,51 @@ def test_native_workers_on_the_capped_device_and_the_edge(capped_bundle):
                 y, _ = p.run(x)
             for name, value in want.items():
                 assert compare(y[name], value, name).rel <= RTOL
+
+
+def test_uncapped_start_then_capped_requests(capped_bundle):
+    """``Testbed(uncapped_start=True)``: the end's worker starts outside the quota (same core
+    and memory cgroup) and serves capped: once ready its pid is in the capped cpu cgroup and
+    nothing is left in the boot one, its requests are throttled (the cgroup's nr_throttled
+    grows), output == onnxruntime, and it started faster than a worker capped from the start."""
+    from tvmsplit.runtime.pipeline import Pipeline
+    from tvmsplit.testbed import Testbed
+
+    g, bundle = capped_bundle
+    x = random_inputs(g.inputs, seed=6)
+    want = reference(g, x)
+    starts = {}
+    for uncapped in (True, False):
+        with Testbed("wifi", delay_ms=0, end="pi-class", device=False, rpc=False,
+                     uncapped_start=uncapped) as tb:
+            cg = tb.cgroups["end"]
+            assert cg.boot is uncapped
+            t0 = time.monotonic()
+            with Pipeline(bundle, launcher=tb.launcher(["end", "edge"]), timeout_s=120) as p:
+                starts[uncapped] = time.monotonic() - t0
+                if not uncapped:
+                    continue
+                pid = p.endpoints[0]["pid"]
+                capped_cpu = cg.dir_of("cpu")
+                assert str(pid) in (capped_cpu / "cgroup.procs").read_text().split()
+                assert not [d for d in cg.boot_dirs if d not in cg.dirs
+                            and (d / "cgroup.procs").read_text().split()]
+                assert psutil.Process(pid).cpu_affinity() == [0]
+
+                def throttled() -> int:
+                    stat = dict(line.split() for line in
+                                (capped_cpu / "cpu.stat").read_text().splitlines())
+                    return int(stat["nr_throttled"])
+
+                before = throttled()
+                for _ in range(3):
+                    y, _ = p.run(x)
+                assert throttled() > before, "the requests ran under the quota"
+                for name, value in want.items():
+                    assert compare(y[name], value, name).rel <= RTOL
+    print(f"\npipeline start: uncapped start {starts[True]:.1f} s, capped start "
+          f"{starts[False]:.1f} s", file=sys.stderr)
+    assert starts[True] < starts[False], starts
 
 
 def test_cli_up_end_and_down_removes_its_cgroups():

@@ -333,7 +333,8 @@ def evaluate_shared(graph: LayerGraph, *, n: int = 2,
     with tempfile.TemporaryDirectory(prefix="tvmsplit-multi-") as tmp:
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        with Testbed(link, end=devices[0].target, device=False, rpc=False, log=log) as tb:
+        with Testbed(link, end=devices[0].target, device=False, rpc=False, uncapped_start=True,
+                     log=log) as tb:
             if costs is None:
                 costs = measured_costs(graph, devices, log=log, testbed=tb)
             overhead = stage_overheads(devices, tb, link, work, log=log)
@@ -360,7 +361,8 @@ def evaluate_shared(graph: LayerGraph, *, n: int = 2,
                 name = names[(k + r) % len(names)]
                 plans = by_setting[name]
                 with shared_edge(link, devices[0].target, [c.shares for c in plans],
-                                 edge_core=edge_core, log=log if r == 0 and k == 0 else None) as tbs:
+                                 edge_core=edge_core, uncapped_start=True,
+                                 log=log if r == 0 and k == 0 else None) as tbs:
                     got = stream_at_once(tbs, [bundles[c.candidate.assignment] for c in plans],
                                          [c.candidate.placement for c in plans], inputs, ref,
                                          requests=per_round, warmup=warmup)

@@ -25,7 +25,16 @@ Files written (v1 / v2):
   does not hide it) / ``memory.max`` (+ ``memory.swap.max`` 0).
 
 A process joins by :meth:`Cgroup.prefix` (``cgexec.py``: writes its own pid, then execs the
-command; nothing runs uncapped) or :meth:`Cgroup.add`. :meth:`Cgroup.remove` kills what is
+command; nothing runs uncapped) or :meth:`Cgroup.add`.
+
+Uncapped start (``Cgroup(name, limits, boot=True)``): a process may start outside the CPU quota
+(``prefix(boot=True)``) and be capped once it is ready (:meth:`Cgroup.cap`). It stays on the same
+cpuset and under the same memory limit throughout; only its CPU quota waits. v1: a sibling
+directory ``NAME-boot`` in the cpu hierarchy without a quota (the cpuset and memory directories
+are shared). v2, where a process is in one directory only: ``NAME`` holds the cpuset and the
+memory limit and has two children, ``NAME/capped`` (``cpu.max``) and ``NAME/boot`` (none). A
+worker that imports TVM at 10 % of a core takes 10-20 s to start; uncapped, 1-2 s, and the
+requests it serves run capped all the same. :meth:`Cgroup.remove` kills what is
 left inside and removes the directories; :func:`remove_dirs` does it from a record (the
 testbed's ``state.json``) in another process. Needs root (or a delegated, writable hierarchy);
 :func:`unavailable_reason` says why not, with the fix.
@@ -209,32 +218,52 @@ class Cgroup:
     ``mountinfo``/``proc_cgroup`` exist for tests on a fake tree."""
 
     def __init__(self, name: str, limits: Limits = Limits(), *,
-                 hierarchy: Hierarchy | None = None, proc_cgroup: str = "/proc/self/cgroup"):
+                 hierarchy: Hierarchy | None = None, proc_cgroup: str = "/proc/self/cgroup",
+                 boot: bool = False):
         if not name or "/" in name or name.startswith("."):
             raise CgroupError(f"cgroup name must be a plain directory name, got {name!r}")
-        self.name, self.limits = name, limits
+        if boot and limits.cpu_quota_us is None:
+            raise CgroupError(f"cgroup {name}: an uncapped start (boot=True) needs a CPU quota "
+                              "to wait for")
+        self.name, self.limits, self.boot = name, limits, boot
         self.hierarchy = hierarchy or detect(needed=limits.controllers() or ("cpu",))
         self._proc_cgroup = proc_cgroup
-        self.dirs: list[Path] = self._dirs()
+        self.dirs: list[Path] = self._dirs()            # where its processes run, capped
+        self.boot_dirs: list[Path] = self._dirs(boot=True) if boot else []  # where they start
         self.created: list[Path] = []
 
-    def _dirs(self) -> list[Path]:
+    def _controller_dirs(self) -> dict[str, Path]:
+        """controller -> the directory its limit is written to (v2: one for all)."""
         h = self.hierarchy
         if h.version == 2:
-            return [Path(h.v2) / V2_PARENT / self.name]
-        out = []
-        for c in self.limits.controllers() or ("cpu",):
-            own = _own_path(c, self._proc_cgroup).lstrip("/")
-            out.append(h.mount(c) / own / self.name)
-        return out
+            top = Path(h.v2) / V2_PARENT / self.name
+            return {c: top / "capped" if self.boot and c == "cpu" else top
+                    for c in self.limits.controllers() or ("cpu",)}
+        return {c: h.mount(c) / _own_path(c, self._proc_cgroup).lstrip("/") / self.name
+                for c in self.limits.controllers() or ("cpu",)}
+
+    def _dirs(self, boot: bool = False) -> list[Path]:
+        """The directories a process is in (one per v1 hierarchy; one in v2)."""
+        if self.hierarchy.version == 2:
+            top = Path(self.hierarchy.v2) / V2_PARENT / self.name
+            return [top / ("boot" if boot else "capped")] if self.boot else [top]
+        return [d.with_name(f"{self.name}-boot") if boot and c == "cpu" else d
+                for c, d in self._controller_dirs().items()]
+
+    def _to_make(self) -> list[Path]:
+        """Every directory, parents before children."""
+        out: list[Path] = []
+        for d in [*self._controller_dirs().values(), *self.dirs, *self.boot_dirs]:
+            if d not in out:
+                out.append(d)
+        return sorted(out, key=lambda d: len(d.parts))
 
     def dir_of(self, controller: str) -> Path:
-        if self.hierarchy.version == 2:
-            return self.dirs[0]
-        for d, c in zip(self.dirs, self.limits.controllers() or ("cpu",)):
-            if c == controller:
-                return d
-        raise CgroupError(f"cgroup {self.name} has no {controller} limit")
+        """The directory that holds ``controller``'s limit."""
+        try:
+            return self._controller_dirs()[controller]
+        except KeyError:
+            raise CgroupError(f"cgroup {self.name} has no {controller} limit") from None
 
     # ------------------------------------------------------------------------- lifecycle
     def __enter__(self) -> "Cgroup":
@@ -248,7 +277,7 @@ class Cgroup:
         try:
             if self.hierarchy.version == 2:
                 self._prepare_v2()
-            for d in self.dirs:
+            for d in self._to_make():
                 try:
                     d.mkdir()
                 except FileExistsError:
@@ -258,6 +287,8 @@ class Cgroup:
                     raise CgroupError(f"cannot create cgroup {d}: {exc.strerror or exc} "
                                       f"({unavailable_hint(exc)})") from None
                 self.created.append(d)
+                if self.boot and self.hierarchy.version == 2 and d.name == self.name:
+                    _enable(d, ["cpu"])  # the parent of capped/ and boot/
             self._write_limits()
         except BaseException:
             self.remove()
@@ -346,13 +377,16 @@ class Cgroup:
         return {"current": current, "peak": peak, "oom_kills": kills}
 
     # ------------------------------------------------------------------------- processes
-    def prefix(self, python: str = sys.executable) -> list[str]:
+    def prefix(self, python: str = sys.executable, *, boot: bool = False) -> list[str]:
         """A command prefix that runs the rest of the command line inside this cgroup (put it
-        before ``ip netns exec``, which hides ``/sys/fs/cgroup``)."""
+        before ``ip netns exec``, which hides ``/sys/fs/cgroup``). ``boot``: without the CPU
+        quota until :meth:`cap` (needs ``Cgroup(boot=True)``)."""
         if not self.created:
             raise CgroupError(f"cgroup {self.name} is not created")
+        if boot and not self.boot:
+            raise CgroupError(f"cgroup {self.name} has no uncapped start: Cgroup(boot=True)")
         args = [python, str(CGEXEC)]
-        for d in self.dirs:
+        for d in self.boot_dirs if boot else self.dirs:
             args += ["--cgroup", str(d)]
         return [*args, "--"]
 
@@ -360,12 +394,19 @@ class Cgroup:
         for d in self.dirs:
             _write(d / "cgroup.procs", pid)
 
+    def cap(self, pid: int) -> None:
+        """Put ``pid`` (started with ``prefix(boot=True)``), all its threads, under the CPU
+        quota; its cpuset and memory cgroup do not change."""
+        for d in self.dirs:
+            if d not in self.boot_dirs:
+                _write(d / "cgroup.procs", pid)
+
     def pids(self) -> set[int]:
-        return pids_in(self.dirs)
+        return pids_in([*self.dirs, *self.boot_dirs])
 
     def to_json(self) -> dict[str, Any]:
         lim = self.limits
-        return {"name": self.name, "version": self.hierarchy.version,
+        return {"name": self.name, "version": self.hierarchy.version, "boot": self.boot,
                 "dirs": [str(d) for d in self.created],
                 "limits": {"cpu_quota_us": lim.cpu_quota_us, "cpu_period_us": lim.cpu_period_us,
                            "cpus": lim.cpus, "memory_max_bytes": lim.memory_max_bytes}}
@@ -405,8 +446,7 @@ def remove_dirs(dirs: Iterable[Path | str], timeout_s: float = 5.0) -> list[str]
     """Remove cgroup directories (a record's ``dirs``): SIGKILL the processes still inside (only
     ours are: a cgroup we made holds what we started in it), wait for them to leave, rmdir.
     CgroupError naming the directories that remain."""
-    dirs = [Path(d) for d in dirs]
-    dirs = [d for d in dirs if d.is_dir()]
+    dirs = _deepest_first([Path(d) for d in dirs])
     for pid in pids_in(dirs):
         try:
             os.kill(pid, signal.SIGKILL)
@@ -424,6 +464,17 @@ def remove_dirs(dirs: Iterable[Path | str], timeout_s: float = 5.0) -> list[str]
         raise CgroupError(f"cannot remove cgroup(s) {', '.join(map(str, left))}: still holding "
                           f"pid(s) {sorted(pids_in(left)) or '?'}; rmdir them when those exit")
     return [f"cgroup {d}" for d in removed]
+
+
+def _deepest_first(dirs: Iterable[Path]) -> list[Path]:
+    """``dirs`` and the cgroups below them (v2 ``NAME/capped``, ``NAME/boot``), children first:
+    a cgroup with children cannot be removed."""
+    out: list[Path] = []
+    for d in dirs:
+        if d.is_dir() and d not in out:
+            out += [c for c in _deepest_first(x for x in d.iterdir() if x.is_dir()) if c not in out]
+            out.append(d)
+    return sorted(out, key=lambda d: -len(d.parts))
 
 
 def find_named(prefix: str, hierarchy: Hierarchy | None = None) -> list[Path]:

@@ -121,7 +121,13 @@ class Testbed:
     .toml path), which makes placement ``"end"`` available and pins the edge's workers to the
     other cores; None (the default): no cgroups. ``edge_limits``: the edge cgroup's limits
     instead (with ``end``): e.g. one core at a share of its time, when several testbeds' edges
-    stand for one edge shared by several end devices (:mod:`.shared`).
+    stand for one edge shared by several end devices (:mod:`.shared`). ``uncapped_start``:
+    stage workers on the capped end device start (import, load their stage) without its CPU
+    quota, on its core and under its memory limit, and are capped once ready (``Cgroup(boot=
+    True)``): seconds instead of the 10-20 s a Python worker takes at 10 % of a core, with the
+    requests they serve capped all the same. For measuring what a plan's requests cost
+    (``evaluate``); off by default, so that a start (a failover's restart) costs what it
+    would on the device.
     """
 
     __test__ = False  # not a pytest test class despite its name
@@ -130,7 +136,7 @@ class Testbed:
                  up_mbps: float | None = None, down_mbps: float | None = None,
                  delay_ms: float | None = None, loss: float | None = None, rpc: bool = True,
                  device: bool = True, end=None, edge_limits: Limits | None = None,
-                 worker: str = "python", log=None):
+                 worker: str = "python", uncapped_start: bool = False, log=None):
         self.profile = LinkProfile.of(profile) if isinstance(profile, Link) else get_profile(
             profile, up_mbps=up_mbps, down_mbps=down_mbps, delay_ms=delay_ms, loss=loss)
         self._index = index
@@ -170,6 +176,7 @@ class Testbed:
             raise TestbedError("edge_limits needs a capped end device (end='pi-class'): the "
                                "edge gets a cgroup only beside one")
         self.edge_limits = edge_limits
+        self.uncapped_start = bool(uncapped_start)
 
     # ----------------------------------------------------------------------------- properties
     def _layout(self) -> Layout:
@@ -341,7 +348,8 @@ class Testbed:
             if limits is None:
                 self.log(f"only core {end.core} is usable: the edge shares it with the end device")
                 continue
-            cg = Cgroup(f"tvmsplit-{lay.name}-{role}", limits)
+            cg = Cgroup(f"tvmsplit-{lay.name}-{role}", limits,
+                        boot=role == "end" and self.uncapped_start)
             self.cgroups[role] = cg.create()
             self._save_state()
         self.log(f"capped end device {end.describe()}; edge on cores {others or [end.core]}")
@@ -363,11 +371,12 @@ class Testbed:
         cg = self.cgroups.get("edge") if where == "edge" else None
         return len(parse_cpus(cg.limits.cpus)) if cg is not None and cg.limits.cpus else None
 
-    def _native(self, where: str, env: dict, in_namespace: bool = True
+    def _native(self, where: str, env: dict, in_namespace: bool = True, boot: bool = False
                 ) -> tuple[list[str], dict]:
         """(prefix, env) of a native process on ``where``: cgexec into its cgroup (before
-        `ip netns exec`, which hides /sys/fs/cgroup), the namespace (unless not
-        ``in_namespace``: compute only, e.g. timing layers), the thread count."""
+        `ip netns exec`, which hides /sys/fs/cgroup; ``boot``: its uncapped start, when it has
+        one), the namespace (unless not ``in_namespace``: compute only, e.g. timing layers),
+        the thread count."""
         if where == "end" and "end" not in self.cgroups:
             raise TestbedError("placement 'end' needs a capped end device: Testbed(end="
                                "'pi-class') or `testbed up --end pi-class` (capped devices: "
@@ -376,7 +385,8 @@ class Testbed:
         threads = self.threads(where)
         if threads is not None:
             env = {**env, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-        return [*(cg.prefix() if cg is not None else []),
+        boot = boot and cg is not None and cg.boot
+        return [*(cg.prefix(boot=boot) if cg is not None else []),
                 *(net.in_ns(self.ns(where)) if in_namespace else [])], env
 
     def _start_rpc(self) -> None:
@@ -464,7 +474,7 @@ class Testbed:
         else:
             kind = "python" if self.worker == "python" else _target_kind(spec, self.worker)
             program = worker_program(kind)
-            prefix, env = self._native(where, _host_env())
+            prefix, env = self._native(where, _host_env(), boot=True)
         proc = spawn(spec, self.dir, program=program, prefix=prefix, env=env,
                      cwd="/", what=f"stage {spec.stage} worker on the {where}")
         self._record(f"worker-s{spec.stage}-{where}-{len(self.procs)}", proc.popen, proc.log)
@@ -487,7 +497,11 @@ class Testbed:
         proc = self.spawn_worker(spec, where)
         try:
             info = proc.wait_ready(60.0 if where == "edge" else DEVICE_START_TIMEOUT_S)
-        except LaunchError as exc:
+            cg = self.cgroups.get(where)
+            if cg is not None and cg.boot:  # started uncapped: its requests run capped
+                cg.cap(int(info["pid"]))
+        except (LaunchError, CgroupError) as exc:
+            self.stop(proc.popen)
             raise TestbedError(str(exc)) from None
         info["where"] = where
         self.workers.append(info)

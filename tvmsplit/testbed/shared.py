@@ -99,10 +99,12 @@ def check_cores(end_core: int, edge_core: int) -> None:
 
 @contextlib.contextmanager
 def shared_edge(link: str | Link, end, shares: Sequence[ClientShares], *, edge_core: int = 1,
+                uncapped_start: bool = False,
                 log: Callable[[str], None] | None = None) -> Iterator[list]:
     """One testbed per entry of ``shares`` (end device ``end``, e.g. ``"pi-class"``), their
     edge cgroups on ``edge_core`` with the compute shares, their links at the bandwidth
-    shares; yields the testbeds (started with device=False, rpc=False)."""
+    shares; yields the testbeds (started with device=False, rpc=False; ``uncapped_start``:
+    see :class:`~.core.Testbed`)."""
     from .capped import get_capped
     from .core import Testbed
 
@@ -120,6 +122,6 @@ def shared_edge(link: str | Link, end, shares: Sequence[ClientShares], *, edge_c
         for i, s in enumerate(shares):
             tb = Testbed(shared_link(base, s.bandwidth), end=profile, device=False, rpc=False,
                          edge_limits=share_limits(s.compute, edge_core),
-                         log=lambda m, i=i: log(f"[end device {i + 1}] {m}"))
+                         uncapped_start=uncapped_start, log=lambda m, i=i: log(f"[end device {i + 1}] {m}"))
             beds.append(stack.enter_context(tb))
         yield beds
