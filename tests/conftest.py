@@ -162,6 +162,8 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
     ("test_tune", "test_tune_directly_on_an_rpc_server_resumes_and_builds_match_onnxruntime"):
         ("tvm", "rpc", "slow"),
     ("test_tune", "test_a_database_of_another_target_is_refused_with_one_line"): ("cli", "tvm", "slow"),
+    ("test_tune", "test_retime_replaces_noisy_records_with_medians_and_keeps_every_record"):
+        ("cli", "tvm", "slow"),
     ("test_tune", "test_unreachable_tracker_wrong_key_and_bad_options_are_one_line_each"):
         ("cli", "tvm", "rpc", "slow"),
     ("test_wire", "test_zmq_round_trip_and_error_reply"): ("runtime",),

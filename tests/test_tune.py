@@ -196,3 +196,38 @@ def test_time_budget_stops_tuning_and_keeps_the_records(tmp_path):
     assert 0 < result.trials_run < 400
     assert result.database.records > 0
     assert np.isfinite(result.best_total_ms)
+
+
+def test_retime_replaces_noisy_records_with_medians_and_keeps_every_record(tmp_path):
+    """`tune --retime`: records that claim an impossible 1 ns (a noisy measurement) are re-timed
+    as medians of --repeat runs here; every record is kept, the old file is kept beside it, the
+    prior reads the new times, and a build from the re-timed database == onnxruntime."""
+    from tvmsplit.compile import build_stage
+    from tvmsplit.predict import database_times
+    from tvmsplit.retime import BACKUP_SUFFIX, _key, _rewrite, retime
+    from tvmsplit.tunedb import RECORDS
+
+    g = small("chain")
+    spec = get_target("x86_64")
+    db_dir = tmp_path / "db"
+    tune(g, spec, db=db_dir, trials=4)
+    info = read_database(db_dir, spec)
+    records = list(info.open().get_all_tuning_records())
+    _rewrite(info, info.open(), {_key(r): [1e-9] for r in records})   # every record: 1 ns
+    noisy = [ms for ms in database_times(g, spec, db_dir) if ms > 0]
+    assert noisy and max(noisy) < 1e-5
+    res = retime(g, spec, db=db_dir, repeat=3, min_repeat_ms=5)
+    assert res.kernels and not res.failed and res.repeat == 3
+    assert all(k.after_ms > 1e-4 and k.ratio > 100 for k in res.kernels), res.describe()
+    assert len(list(read_database(db_dir, spec).open().get_all_tuning_records())) == len(records)
+    assert (db_dir / (RECORDS + BACKUP_SUFFIX)).is_file()
+    retimed = [ms for ms in database_times(g, spec, db_dir) if ms > 0]
+    assert len(retimed) == len(noisy) and min(retimed) > 1e-4
+    built = build_stage(g, plan_split(g, targets=["x86_64"]).stages[0], spec, tmp_path / "s.so",
+                        db=db_dir)
+    assert built.tuning.tuned > 0
+    out = ok(invoke("tune", "zoo:chain", "--target", "x86_64", "--db", db_dir, "--retime",
+                    "--repeat", "3", "--shape", "input=1,3,32,32"))
+    assert "re-timed chain for x86_64" in out.output, out.output
+    bad = invoke("tune", "zoo:chain", "--target", "x86_64", "--retime", "--rpc", "h:1")
+    assert "--retime measures on this machine" in one_error_line(bad)

@@ -302,8 +302,14 @@ def _parse_hostport(text: str | None, option: str) -> tuple[str, int] | None:
 @split_at_option
 @shape_option
 @plan_file_option
+@click.option("--retime", is_flag=True,
+              help="Do not search: re-time the best records of MODEL's kernels as medians of "
+                   "--repeat runs (on a quiet machine; MetaSchedule measured each candidate "
+                   "once, as noisy as the machine was).")
+@click.option("--repeat", default=7, show_default=True, type=click.IntRange(min=3),
+              help="--retime's runs per record.")
 def tune(model, target_name, db, trials, time_budget, rpc, tracker, key, num_cores, split_at,
-         shapes, plan_file):
+         shapes, plan_file, retime, repeat):
     """Tune MODEL's kernels for a target with MetaSchedule into a tuning database that every
     later build, run and profile for that target uses."""
     import sys
@@ -313,6 +319,8 @@ def tune(model, target_name, db, trials, time_budget, rpc, tracker, key, num_cor
 
     if rpc and tracker:
         raise TvmsplitError("give --rpc HOST:PORT or --tracker HOST:PORT --key KEY, not both")
+    if retime and (rpc or tracker):
+        raise TvmsplitError("--retime measures on this machine; drop --rpc/--tracker")
     spec = get_target(target_name)
     budget_s = _parse_duration(time_budget)
     rpc_addr, tracker_addr = _parse_hostport(rpc, "--rpc"), _parse_hostport(tracker, "--tracker")
@@ -322,6 +330,13 @@ def tune(model, target_name, db, trials, time_budget, rpc, tracker, key, num_cor
         # the saved plan as it is (never re-planned), or --split-at's stages, all on this target
         g, saved = _plan_to_build(g, split_at, spec.name, plan_file)
         plans.append(saved)
+    if retime:
+        from .retime import retime as run_retime
+
+        result = run_retime(g, spec, db=db, plans=plans, repeat=repeat, num_cores=num_cores,
+                            log=_progress)
+        click.echo(f"re-timed {g.name} for {spec.name}: {result.describe()}")
+        return
     tty = sys.stderr.isatty()
     last = [0.0]
 

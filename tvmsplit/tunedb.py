@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import statistics
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,7 +282,8 @@ def kernel_calls(lowered) -> Counter:
 
 def recorded_ms(lowered, db: TuningDatabase, database=None) -> float:
     """The time ``db`` measured for the kernels of ``lowered`` (a module after the "zero"
-    pipeline): per PrimFunc, the mean run time of its best record, times its calls. The kernels
+    pipeline): per PrimFunc, the median run time of its best record (``retime`` stores several
+    runs; MetaSchedule's own records hold one), times its calls. The kernels
     are matched the way ``MetaScheduleApplyDatabase`` matches them (MetaSchedule's
     ``normalize_mod``, then the structural workload hash). NaN when a kernel with a reduction has
     no record; an elementwise kernel without one counts 0 (it is memory-bound and small).
@@ -304,7 +306,7 @@ def recorded_ms(lowered, db: TuningDatabase, database=None) -> float:
                 if has_reduction(func):
                     return math.nan
                 continue
-            total_s += calls[gv.name_hint] * sum(secs) / len(secs)
+            total_s += calls[gv.name_hint] * statistics.median(secs)
     return 1e3 * total_s
 
 
