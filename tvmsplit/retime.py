@@ -148,22 +148,23 @@ def retime(graph: LayerGraph, spec: TargetSpec, *, db: str | Path | None = None,
                 continue
             before = _mean(top[0].run_secs)
             timed: list[tuple[float, int]] = []          # (median s, index in top)
+            tried = 0
             for i, record in enumerate(top):
                 if timed and min(timed)[0] <= _mean(record.run_secs):
                     break  # no untimed record claims to beat the re-timed best
+                tried += 1
                 got = measure(record)
                 if isinstance(got, str):
                     failed.append(f"{task.task_name}: {got}")
-                    new_secs[_key(record)] = [1e10]  # MetaSchedule's mark of a failed run
-                    continue
+                    got = [1e10]  # MetaSchedule's mark of a failed run
+                else:
+                    timed.append((statistics.median(got), i))
                 new_secs[_key(record)] = got
-                timed.append((statistics.median(got), i))
             if not timed:
                 continue
             best_s, best_i = min(timed)
-            kernels.append(RetimedKernel(task.task_name, len(timed) + sum(
-                1 for r in top if new_secs.get(_key(r)) == [1e10]), 1e3 * before, 1e3 * best_s,
-                best_i != 0))
+            kernels.append(RetimedKernel(task.task_name, tried, 1e3 * before, 1e3 * best_s,
+                                         best_i != 0))
             say(f"  [{n}/{len(tasks)}] {task.task_name}: recorded {1e3 * before:.4f} ms, "
                 f"re-timed {1e3 * best_s:.4f} ms ({len(timed)} record(s))")
     if new_secs:

@@ -469,12 +469,8 @@ def remove_dirs(dirs: Iterable[Path | str], timeout_s: float = 5.0) -> list[str]
 def _deepest_first(dirs: Iterable[Path]) -> list[Path]:
     """``dirs`` and the cgroups below them (v2 ``NAME/capped``, ``NAME/boot``), children first:
     a cgroup with children cannot be removed."""
-    out: list[Path] = []
-    for d in dirs:
-        if d.is_dir() and d not in out:
-            out += [c for c in _deepest_first(x for x in d.iterdir() if x.is_dir()) if c not in out]
-            out.append(d)
-    return sorted(out, key=lambda d: -len(d.parts))
+    found = {x for d in dirs if d.is_dir() for x in (d, *d.rglob("*")) if x.is_dir()}
+    return sorted(found, key=lambda d: (-len(d.parts), str(d)))
 
 
 def find_named(prefix: str, hierarchy: Hierarchy | None = None) -> list[Path]:
