@@ -1,6 +1,7 @@
 """Unit tier: every exact planner equals the brute-force oracle on random small chains and DAGs."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -370,6 +371,46 @@ def test_evaluation_prunes_only_hopeless_alternatives():
     assert pruned and chosen not in pruned and "all-edge" not in pruned
     assert _hopeless(cands, chosen, "latency", None) == set()
     assert _hopeless(cands, chosen, "throughput", 1e9) == set()
+
+
+def test_evaluation_with_a_failed_candidate_ranks_it_last_and_writes_plain_json():
+    """A candidate whose run failed (a request timed out) is the worst there is: best and regret
+    are over the plans that ran, a failed chosen plan has regret inf (JSON null), the JSON names
+    each failure and has no Infinity or NaN."""
+    from tvmsplit.evaluate import Evaluation, Measured, candidates
+    from tvmsplit.profile import Timing
+
+    g = ts.load(zoo.make("chain"))
+    costs = CostTable.from_flops(g, {"end": 1.0, "edge": 10.0})
+    link = Link("l", up_bps=8e6, down_bps=16e6, rtt_s=0.01)
+    problem = Problem(g, costs, (link,))
+    cands, _ = candidates(problem, [0] * len(g.layers))
+    by = {c.name: c for c in cands}
+    cut = next(name for name in by if name.startswith("cut@"))
+    why = "round 1: request 0 timed out after 120 s (logs: /tmp/x, 3 file(s))"
+
+    def run(name, ms, failed=""):
+        return Measured(by[name], Timing.of(ms), (1.0,) * len(by[name].placement), failed=failed)
+
+    runs = (run("all-end", [10.0, 11.0, 12.0]), run("all-edge", [20.0, 21.0, 22.0]),
+            run(cut, [math.inf], failed=why))   # failed before any sample
+    site = (("end: tvmsplit", 11.0), ("edge: tvmsplit", 21.0))
+
+    def ev(chosen):
+        return Evaluation("chain", (), link, "none", "latency", chosen, "dp", runs, site)
+
+    ok_ = ev("all-edge")
+    assert ok_.best.candidate.name == "all-end" and ok_.regret == pytest.approx(21 / 11)
+    assert ok_.failed == {cut: why} and math.isfinite(ok_.noise)
+    bad = ev(cut)
+    assert bad.regret == math.inf and bad.speedup == 0.0
+    text = json.dumps(bad.to_json(), allow_nan=False)   # plain JSON: no Infinity, no NaN
+    data = json.loads(text)
+    assert data["regret"] is None and data["failed"] == {cut: why} and data["best"] == "all-end"
+    failed_plan = next(p for p in data["plans"] if p["name"] == cut)
+    assert failed_plan["failed"] == why and failed_plan["measured"] is None \
+        and failed_plan["error"] is None
+    assert all(p["failed"] == "" for p in data["plans"] if p["name"] != cut)
 
 
 def _two_layer_problem(table, link, **kw) -> Problem:

@@ -218,11 +218,13 @@ def test_retime_replaces_noisy_records_with_medians_and_keeps_every_record(tmp_p
     assert noisy and max(noisy) < 1e-5
     res = retime(g, spec, db=db_dir, repeat=3, min_repeat_ms=5)
     assert res.kernels and not res.failed and res.repeat == 3
-    assert all(k.after_ms > 1e-4 and k.ratio > 100 for k in res.kernels), res.describe()
+    # Re-timed values are real runs: a 1-FLOP reshape kernel really takes ~85 ns (CI measured
+    # 8.5e-5 ms), so "real" means >= 10 ns, i.e. 10x the planted 1 ns.
+    assert all(k.after_ms > 1e-5 and k.ratio > 10 for k in res.kernels), res.describe()
     assert len(list(read_database(db_dir, spec).open().get_all_tuning_records())) == len(records)
     assert (db_dir / (RECORDS + BACKUP_SUFFIX)).is_file()
     retimed = [ms for ms in database_times(g, spec, db_dir) if ms > 0]
-    assert len(retimed) == len(noisy) and min(retimed) > 1e-4
+    assert len(retimed) == len(noisy) and min(retimed) > 1e-5
     built = build_stage(g, plan_split(g, targets=["x86_64"]).stages[0], spec, tmp_path / "s.so",
                         db=db_dir)
     assert built.tuning.tuned > 0

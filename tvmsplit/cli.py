@@ -1029,6 +1029,10 @@ def _print_plan(g, result, links, objective: str) -> None:
               show_default=True,
               help="The stage workers on both devices: the Python worker, or the native one "
                    "(build/native/tvmsplit-worker; a stage that decodes a JPEG stays Python).")
+@click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=120.0,
+              show_default=True, metavar="S",
+              help="A request slower than S seconds fails its plan: it is reported as failed, "
+                   "its testbed logs kept, and the other plans go on.")
 @click.option("--end-devices", type=click.IntRange(min=1, max=8), default=1, show_default=True,
               metavar="N",
               help="N end devices like END stream at once to one shared edge (core 1): the "
@@ -1045,7 +1049,8 @@ def _print_plan(g, result, links, objective: str) -> None:
 @click.option("--save", type=click.Path(dir_okay=False), help="Also write the JSON here.")
 @_interruptible
 def evaluate(model, devices, link, load, objective, requests, rounds, input_bytes, costs_file,
-             prune, worker, end_devices, deadline_ms, share_steps, shapes, as_json, save) -> None:
+             prune, worker, request_timeout, end_devices, deadline_ms, share_steps, shapes,
+             as_json, save) -> None:
     """Run the plan the planner chooses and every alternative (all on the end device, all on
     the edge, every single cut) on the testbed (root): predicted vs measured latency, regret and
     speedup over the best single site."""
@@ -1065,7 +1070,8 @@ def evaluate(model, devices, link, load, objective, requests, rounds, input_byte
     ev = run_evaluation(g, devices=devs, link=Link.profile(link), load=load, objective=objective,
                         requests=requests, rounds=rounds, input_bytes=input_bytes,
                         costs=CostTable.from_file(costs_file) if costs_file else None,
-                        prune=prune or None, worker=worker, log=_progress)
+                        prune=prune or None, worker=worker, request_timeout_s=request_timeout,
+                        log=_progress)
     data = ev.to_json()
     if _saved_or_json(data, save, as_json):
         return
@@ -1082,6 +1088,10 @@ def evaluate(model, devices, link, load, objective, requests, rounds, input_byte
                f"{'error':>7} {'spread':>7}")
     for p in data["plans"]:
         mark = "*" if p["name"] == ev.chosen else " "
+        if p["failed"]:
+            click.echo(f"{mark}{p['name'][:25]:<25} {'+'.join(p['placement']):<9} "
+                       f"{p['predicted']:>10.2f}     FAILED {p['failed']}")
+            continue
         click.echo(f"{mark}{p['name'][:25]:<25} {'+'.join(p['placement']):<9} "
                    f"{p['predicted']:>10.2f} {p['measured']:>10.2f} {p['latency_ms']['p90']:>8.2f} "
                    f"{p['error']:>+7.1%} "
@@ -1091,6 +1101,9 @@ def evaluate(model, devices, link, load, objective, requests, rounds, input_byte
                    "runs every plan in every round)")
     for label, value in ev.single_site:
         click.echo(f"single site {label:<20} {value:>10.2f} {unit}")
+    if ev.failed:
+        click.echo(f"{len(ev.failed)} plan(s) failed and rank last: {', '.join(ev.failed)}"
+                   + (" — the chosen plan among them" if ev.chosen in ev.failed else ""))
     click.echo(f"chosen (*) {ev.chosen} by {ev.method}; best measured {data['best']}; "
                f"regret {ev.regret:.3f}; speedup over the best single site "
                f"({ev.best_single_site[0]}) {ev.speedup:.2f}x; noise floor (median spread) "

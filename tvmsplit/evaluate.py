@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import statistics
 import sys
 import time
@@ -80,6 +81,7 @@ PLACES = ("end", "edge")        # device 0, device 1: the testbed's placements
 END_MIN_REPEAT_MS = 100         # ten 10 ms quota periods per sample on the capped device
 EDGE_MIN_REPEAT_MS = 20
 CHECK_RTOL = 1e-3               # outputs vs onnxruntime (a wrong plan has no latency worth keeping)
+REQUEST_TIMEOUT_S = 120.0       # a request slower than this fails its candidate (evaluate(request_timeout_s=))
 
 
 class EvaluationError(TvmsplitError):
@@ -110,15 +112,29 @@ class Measured:
     throughput_rps: tuple[float, ...] = ()
     max_rel_error: float = 0.0
     pruned: bool = False          # predicted hopeless: one request in the first round only
+    failed: str = ""              # why its run stopped (a request timed out, a worker died)
 
     @property
     def spread(self) -> float:
-        """(p75 - p25) / median of the latency samples: this candidate's noise floor."""
-        q = np.percentile(self.latency.samples, [25, 75])
-        return float((q[1] - q[0]) / self.latency.median_ms)
+        """(p75 - p25) / median of the latency samples: this candidate's noise floor (nan for
+        a failed candidate with no finite sample)."""
+        finite = [x for x in self.latency.samples if math.isfinite(x)]
+        if not finite:
+            return math.nan
+        q = np.percentile(finite, [25, 75])
+        return float((q[1] - q[0]) / statistics.median(finite))
+
+    @property
+    def p90_ms(self) -> float:
+        """The 90th percentile of the finite latency samples (nan: none)."""
+        finite = [x for x in self.latency.samples if math.isfinite(x)]
+        return float(np.percentile(finite, 90)) if finite else math.nan
 
     def value(self, objective: str) -> float:
-        """The measured figure the objective ranks: ms (lower is better) or req/s (higher)."""
+        """The measured figure the objective ranks: ms (lower is better) or req/s (higher); a
+        failed candidate is the worst there is (inf ms, 0 req/s), whatever it measured before."""
+        if self.failed:
+            return math.inf if objective == "latency" else 0.0
         return (self.latency.median_ms if objective == "latency"
                 else statistics.median(self.throughput_rps))
 
@@ -155,13 +171,23 @@ class Evaluation:
 
     @property
     def best(self) -> Measured:
-        pick = self._better([r.value(self.objective) for r in self.runs])
-        return next(r for r in self.runs if r.value(self.objective) == pick)
+        """The best candidate that ran to the end (``evaluate`` refuses a run with none)."""
+        ran = [r for r in self.runs if not r.failed]
+        pick = self._better([r.value(self.objective) for r in ran])
+        return next(r for r in ran if r.value(self.objective) == pick)
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Candidate name -> why its run stopped (empty when every candidate ran)."""
+        return {r.candidate.name: r.failed for r in self.runs if r.failed}
 
     @property
     def regret(self) -> float:
-        """Chosen / best measured latency (best / chosen throughput): >= 1."""
+        """Chosen / best measured latency (best / chosen throughput): >= 1, over the candidates
+        that ran; inf when the chosen plan itself failed."""
         chosen, best = self.run_of(self.chosen).value(self.objective), self.best.value(self.objective)
+        if self.run_of(self.chosen).failed:
+            return math.inf
         return chosen / best if self.objective == "latency" else best / chosen
 
     @property
@@ -179,18 +205,21 @@ class Evaluation:
     def noise(self) -> float:
         """The median spread (IQR / median) of the candidates' latency samples (pruned ones,
         a single sample each, left out)."""
-        return statistics.median([r.spread for r in self.runs if not r.pruned]
-                                 or [r.spread for r in self.runs])
+        ran = [r for r in self.runs if not r.failed and math.isfinite(r.spread)]
+        return statistics.median([r.spread for r in ran if not r.pruned]
+                                 or [r.spread for r in ran] or [math.nan])
 
     def to_json(self) -> dict:
+        """Plain JSON: a figure that does not exist (a failed plan's measurement, the regret of
+        a chosen plan that failed) is null, and ``failed`` names each failed plan and why."""
         obj = self.objective
-        return {
+        return _finite_or_null({
             "model": self.model, "objective": obj, "load": self.load, "method": self.method,
             "devices": [{"name": d.name, "target": d.target} for d in self.devices],
             "link": {"name": self.link.name, "up_mbps": self.link.up_bps / 1e6,
                      "down_mbps": self.link.down_bps / 1e6, "rtt_ms": self.link.rtt_s * 1e3},
             "worker": self.worker, "chosen": self.chosen, "best": self.best.candidate.name,
-            "regret": self.regret, "speedup": self.speedup,
+            "regret": self.regret, "speedup": self.speedup, "failed": self.failed,
             "best_single_site": dict([self.best_single_site]),
             "single_site": dict(self.single_site), "noise": self.noise,
             "stage_overhead_ms": dict(zip((d.name for d in self.devices), self.stage_overhead_ms)),
@@ -200,15 +229,16 @@ class Evaluation:
             "plans": [{"name": r.candidate.name, "placement": list(r.candidate.placement),
                        "assignment": list(r.candidate.assignment),
                        "predicted": r.predicted(obj), "measured": r.value(obj),
-                       "error": r.predicted(obj) / r.value(obj) - 1,
+                       "error": math.nan if r.failed else r.predicted(obj) / r.value(obj) - 1,
                        "latency_ms": {"median": r.latency.median_ms,
-                                      "p90": float(np.percentile(r.latency.samples, 90)),
-                                      "n": len(r.latency.samples)},
+                                      "p90": r.p90_ms,
+                                      "n": sum(map(math.isfinite, r.latency.samples))},
                        "spread": r.spread, "stage_ms": list(r.stage_ms), "pruned": r.pruned,
+                       "failed": r.failed,
                        "predicted_compute_ms": list(r.candidate.predicted.compute_ms),
                        "predicted_hop_ms": list(r.candidate.predicted.hop_ms),
                        "max_rel_error": r.max_rel_error}
-                      for r in self.runs]}
+                      for r in self.runs]})
 
 
     def input_json(self) -> dict:
@@ -218,6 +248,18 @@ class Evaluation:
         return {"encoding": self.encoding.format, "bytes": self.input_bytes,
                 "quality": self.encoding.quality, "raw_bytes": self.encoding.input.nbytes,
                 "decode_ms": dict(zip((d.name for d in self.devices), self.decode_ms))}
+
+
+def _finite_or_null(value):
+    """``value`` with every non-finite float (inf, nan) replaced by None, recursively: JSON has
+    no Infinity, and a failed plan's figures do not exist."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------------------------- pieces
@@ -457,12 +499,13 @@ def decode_ms_on_testbed(encoding: Encoding, data: bytes, testbed, where: str, w
 
 
 def _run_candidate(bundle, placement, testbed, inputs, ref, *, requests: int, warmup: int,
-                   objective: str, max_in_flight: int):
-    """(latency samples ms, per-stage compute ms lists, throughput req/s or None, max rel err)."""
+                   objective: str, max_in_flight: int, timeout_s: float = REQUEST_TIMEOUT_S):
+    """(latency samples ms, per-stage compute ms lists, throughput req/s or None, max rel err);
+    raises TvmsplitError (PipelineError: a request over ``timeout_s``, a worker that died)."""
     from .runtime.pipeline import Pipeline
 
     lat, stage = [], [[] for _ in placement]
-    with Pipeline(bundle, launcher=testbed.launcher(list(placement)), timeout_s=120.0,
+    with Pipeline(bundle, launcher=testbed.launcher(list(placement)), timeout_s=timeout_s,
                   max_in_flight=max_in_flight) as p:
         y = None
         for _ in range(warmup):
@@ -501,6 +544,24 @@ def _hopeless(cands: Sequence[Candidate], chosen: str, objective: str,
     return {name for name, v in cost.items() if name not in keep and v > prune * best}
 
 
+def _record_failure(testbed, name: str, round_: int, exc: Exception,
+                    workdir: str | Path | None, log: Callable[[str], None]) -> str:
+    """Keep the testbed's logs of a failed candidate run and say why it failed (the reason
+    names where the logs are)."""
+    import tempfile
+
+    if workdir is not None:
+        dest = Path(workdir) / "failed" / f"{name}-round{round_ + 1}"
+    else:
+        kept_dir = Path(tempfile.mkdtemp(prefix="tvmsplit-evaluate-failed-"))
+        dest = kept_dir / f"{name}-round{round_ + 1}"
+    kept = testbed.save_logs(dest)
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    why = f"round {round_ + 1}: {first} (logs: {dest}, {len(kept)} file(s))"
+    log(f"  round {round_ + 1} {name:<24} FAILED: {why}; not run again")
+    return why
+
+
 # -------------------------------------------------------------------------------- evaluate
 def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "pi-class"),
                                                                    Device("edge", "host")),
@@ -509,6 +570,7 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
              method: str = "auto", input_bytes: int | None = None,
              workdir: str | Path | None = None, costs: CostTable | None = None,
              prune: float | None = 5.0, worker: str = "python",
+             request_timeout_s: float = REQUEST_TIMEOUT_S,
              log: Callable[[str], None] = print) -> Evaluation:
     """Plan ``graph`` on measured costs, run the plan and every alternative on the testbed,
     and report how good the plan was (see the module doc). Needs root (namespaces, cgroups).
@@ -517,7 +579,14 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
     (e.g. a cut that sends megabytes over 3G: 30 s a request) is run for one request, in the
     first round only; it is still measured and can still come out best. None: every candidate
     gets every round. ``worker``: the stage workers' kind on both devices, ``"python"`` or
-    ``"native"`` (``Testbed(worker=)``: a stage that decodes a JPEG stays Python)."""
+    ``"native"`` (``Testbed(worker=)``: a stage that decodes a JPEG stays Python).
+
+    A candidate whose run fails (a request over ``request_timeout_s``, a worker that died) is
+    recorded as failed (``Measured.failed``, the worst value there is) and not run again; the
+    others go on. The testbed's logs at that moment are copied to ``WORKDIR/failed/NAME-roundR``
+    (a kept ``tvmsplit-evaluate-failed-*`` directory under the system's temporary directory
+    without ``workdir``) and the reason names that directory. The regret is over the candidates
+    that ran (inf if the chosen one failed); if none ran, EvaluationError."""
     import tempfile
 
     from .build import build_bundle
@@ -536,6 +605,8 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
         problems.append(f"need requests >= 3 and rounds >= 1, got {requests} and {rounds}")
     if prune is not None and not prune > 1:
         problems.append(f"prune must be > 1 (times the best prediction) or None, got {prune!r}")
+    if not (isinstance(request_timeout_s, (int, float)) and request_timeout_s > 0):
+        problems.append(f"request_timeout_s must be > 0 (seconds), got {request_timeout_s!r}")
     if input_bytes is not None and not (isinstance(input_bytes, int) and input_bytes > 0):
         problems.append(f"input_bytes (the JPEG's size) must be a positive int, got "
                         f"{input_bytes!r}")
@@ -601,17 +672,22 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
                            else inputs)
                 ort = {where: onnxruntime_ms(graph, decoded, tb, where, work) for where in PLACES}
                 samples = {c.name: ([], [[] for _ in c.placement], [], []) for c in cands}
+                failed: dict[str, str] = {}
                 for r in range(rounds):
                     for k in range(len(cands)):   # a rotated order each round
                         c = cands[(k + r) % len(cands)]
                         b = bundles[(k + r) % len(cands)]
-                        if c.name in hopeless and r > 0:
+                        if (c.name in hopeless and r > 0) or c.name in failed:
                             continue
                         few = c.name in hopeless
-                        lat, stage, rps, err = _run_candidate(
-                            b, c.placement, tb, inputs, ref, requests=1 if few else per_round,
-                            warmup=1 if few else warmup, objective=objective,
-                            max_in_flight=max_in_flight)
+                        try:
+                            lat, stage, rps, err = _run_candidate(
+                                b, c.placement, tb, inputs, ref, requests=1 if few else per_round,
+                                warmup=1 if few else warmup, objective=objective,
+                                max_in_flight=max_in_flight, timeout_s=request_timeout_s)
+                        except TvmsplitError as exc:
+                            failed[c.name] = _record_failure(tb, c.name, r, exc, workdir, log)
+                            continue
                         s = samples[c.name]
                         s[0].extend(lat)
                         for acc, got in zip(s[1], stage):
@@ -622,22 +698,28 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
                         log(f"  round {r + 1}/{rounds} {c.name:<24} median "
                             f"{statistics.median(lat):9.2f} ms (predicted "
                             f"{c.predicted.latency_ms:9.2f})")
-    runs = tuple(Measured(c, Timing.of(samples[c.name][0]),
-                          tuple(statistics.median(x) for x in samples[c.name][1]),
-                          tuple(samples[c.name][2]), max(samples[c.name][3]),
-                          pruned=c.name in hopeless)
+    runs = tuple(Measured(c, Timing.of(samples[c.name][0] or [math.inf]),
+                          tuple(statistics.median(x) if x else math.nan
+                                for x in samples[c.name][1]),
+                          tuple(samples[c.name][2]), max(samples[c.name][3], default=0.0),
+                          pruned=c.name in hopeless, failed=failed.get(c.name, ""))
                  for c in cands)
     bad = [(r.candidate.name, r.max_rel_error) for r in runs if r.max_rel_error > CHECK_RTOL]
     if bad:
         raise EvaluationError(f"plan output differs from onnxruntime: {bad}")
+    if len(failed) == len(runs):
+        raise EvaluationError("no candidate ran to the end: " + "; ".join(
+            f"{name}: {why}" for name, why in failed.items()))
     by = {r.candidate.name: r for r in runs}
-    # the all-edge stage's compute includes its decode (the worker times the DecodingRunner)
-    edge_transport = by["all-edge"].latency.median_ms - by["all-edge"].stage_ms[0]
+    # the all-edge stage's compute includes its decode (the worker times the DecodingRunner);
+    # a failed all-edge run has no transport figure, and its onnxruntime site none either
+    edge_transport = (math.inf if by["all-edge"].failed
+                      else by["all-edge"].latency.median_ms - by["all-edge"].stage_ms[0])
     dec = dict(zip(PLACES, decode or (0.0, 0.0)))  # onnxruntime is given the decoded tensor
     if objective == "latency":
-        site = (("end: tvmsplit", by["all-end"].latency.median_ms),
+        site = (("end: tvmsplit", by["all-end"].value(objective)),
                 ("end: onnxruntime", ort["end"].median_ms + dec["end"]),
-                ("edge: tvmsplit", by["all-edge"].latency.median_ms),
+                ("edge: tvmsplit", by["all-edge"].value(objective)),
                 ("edge: onnxruntime", ort["edge"].median_ms + dec["edge"] + edge_transport))
     else:  # onnxruntime on the edge: the all-edge rate sped up by onnxruntime's compute ratio,
         # at most its compute rate (an upper bound: a transport-bound stream would not speed up)
@@ -645,8 +727,9 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
         site = (("end: tvmsplit", by["all-end"].value(objective)),
                 ("end: onnxruntime", 1e3 / (ort["end"].median_ms + dec["end"])),
                 ("edge: tvmsplit", all_edge.value(objective)),
-                ("edge: onnxruntime", min(1e3 / edge_ms, all_edge.value(objective)
-                                          * max(1.0, all_edge.stage_ms[0] / edge_ms))))
+                ("edge: onnxruntime", 0.0 if all_edge.failed else min(
+                    1e3 / edge_ms,
+                    all_edge.value(objective) * max(1.0, all_edge.stage_ms[0] / edge_ms))))
     return Evaluation(graph.name, tuple(devices), link, load, objective, chosen_name,
                       chosen.method, runs, site, costs, overhead, sent_bytes, encoding, decode,
                       worker, probes)

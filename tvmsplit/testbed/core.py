@@ -26,6 +26,7 @@ are made at :meth:`Testbed.up`, recorded in ``state.json`` and removed by ``down
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -279,6 +280,19 @@ class Testbed:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
         return removed
+
+    def save_logs(self, dest: str | os.PathLike) -> list[Path]:
+        """Copy every log of this testbed's processes (workers, link emulator, RPC servers) so
+        far into ``dest`` (created), e.g. before :meth:`down` removes them; the copies."""
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        if self.dir is None or not self.dir.is_dir():
+            return []
+        kept = []
+        for log in sorted(self.dir.glob("*.log")):
+            with contextlib.suppress(OSError):  # a log removed meanwhile
+                kept.append(Path(shutil.copy2(log, dest / log.name)))
+        return kept
 
     def _make_network(self) -> None:
         lay = self._layout()
