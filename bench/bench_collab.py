@@ -44,6 +44,11 @@ from tvmsplit.targets import get_target  # noqa: E402
 from tvmsplit.tunedb import find_database  # noqa: E402
 
 
+def _num(value, spec: str) -> str:
+    """A figure, or "failed" where evaluate's JSON has null (a plan that did not finish)."""
+    return "failed" if value is None else format(value, spec)
+
+
 def tuned(target: str) -> str:
     try:
         db = find_database(get_target(target), None)
@@ -95,15 +100,15 @@ def main() -> int:
             (json_dir / f"{g.name}-{link_name}-{level}{tag}-{args.objective}.json").write_text(
                 json.dumps(data, indent=1))
             chosen = next(x for x in data["plans"] if x["name"] == data["chosen"])
-            errors = sorted(abs(x["error"]) for x in data["plans"])
+            errors = sorted(abs(x["error"]) for x in data["plans"] if x["error"] is not None)
             inp = data["input"]
             what = (f"raw {inp['bytes']} B" if inp["encoding"] == "raw" else
                     f"JPEG {inp['bytes']} B q{inp['quality']} (decode "
                     + " / ".join(f"{ms:.2f}" for ms in inp["decode_ms"].values()) + " ms)")
             rows.append(
                 f"| {g.name} | {what} | {link_name} | {level} | {data['chosen']} | "
-                f"{chosen['predicted']:.1f} | {chosen['measured']:.1f} | {data['best']} | "
-                f"{data['regret']:.3f} | {data['speedup']:.2f}x ({list(data['best_single_site'])[0]}) | "
+                f"{chosen['predicted']:.1f} | {_num(chosen['measured'], '.1f')} | {data['best']} | "
+                f"{_num(data['regret'], '.3f')} | {data['speedup']:.2f}x ({list(data['best_single_site'])[0]}) | "
                 f"{errors[len(errors) // 2]:.1%} / {errors[-1]:.1%} | {data['noise']:.1%} | "
                 f"{data['tuning']['pi-class']}/{data['tuning']['host']} |")
             print(rows[-1], flush=True)
