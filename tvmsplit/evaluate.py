@@ -115,10 +115,16 @@ class Measured:
     failed: str = ""              # why its run stopped (a request timed out, a worker died)
 
     @property
+    def finite_samples(self) -> list[float]:
+        """The latency samples measured (a candidate that failed before its first has one inf
+        placeholder, since a Timing needs a sample)."""
+        return [x for x in self.latency.samples if math.isfinite(x)]
+
+    @property
     def spread(self) -> float:
         """(p75 - p25) / median of the latency samples: this candidate's noise floor (nan for
-        a failed candidate with no finite sample)."""
-        finite = [x for x in self.latency.samples if math.isfinite(x)]
+        a failed candidate with no sample)."""
+        finite = self.finite_samples
         if not finite:
             return math.nan
         q = np.percentile(finite, [25, 75])
@@ -126,8 +132,8 @@ class Measured:
 
     @property
     def p90_ms(self) -> float:
-        """The 90th percentile of the finite latency samples (nan: none)."""
-        finite = [x for x in self.latency.samples if math.isfinite(x)]
+        """The 90th percentile of the latency samples (nan: none)."""
+        finite = self.finite_samples
         return float(np.percentile(finite, 90)) if finite else math.nan
 
     def value(self, objective: str) -> float:
@@ -185,9 +191,9 @@ class Evaluation:
     def regret(self) -> float:
         """Chosen / best measured latency (best / chosen throughput): >= 1, over the candidates
         that ran; inf when the chosen plan itself failed."""
-        chosen, best = self.run_of(self.chosen).value(self.objective), self.best.value(self.objective)
         if self.run_of(self.chosen).failed:
             return math.inf
+        chosen, best = self.run_of(self.chosen).value(self.objective), self.best.value(self.objective)
         return chosen / best if self.objective == "latency" else best / chosen
 
     @property
@@ -205,7 +211,7 @@ class Evaluation:
     def noise(self) -> float:
         """The median spread (IQR / median) of the candidates' latency samples (pruned ones,
         a single sample each, left out)."""
-        ran = [r for r in self.runs if not r.failed and math.isfinite(r.spread)]
+        ran = [r for r in self.runs if not r.failed]
         return statistics.median([r.spread for r in ran if not r.pruned]
                                  or [r.spread for r in ran] or [math.nan])
 
@@ -232,7 +238,7 @@ class Evaluation:
                        "error": math.nan if r.failed else r.predicted(obj) / r.value(obj) - 1,
                        "latency_ms": {"median": r.latency.median_ms,
                                       "p90": r.p90_ms,
-                                      "n": sum(map(math.isfinite, r.latency.samples))},
+                                      "n": len(r.finite_samples)},
                        "spread": r.spread, "stage_ms": list(r.stage_ms), "pruned": r.pruned,
                        "failed": r.failed,
                        "predicted_compute_ms": list(r.candidate.predicted.compute_ms),
@@ -550,11 +556,9 @@ def _record_failure(testbed, name: str, round_: int, exc: Exception,
     names where the logs are)."""
     import tempfile
 
-    if workdir is not None:
-        dest = Path(workdir) / "failed" / f"{name}-round{round_ + 1}"
-    else:
-        kept_dir = Path(tempfile.mkdtemp(prefix="tvmsplit-evaluate-failed-"))
-        dest = kept_dir / f"{name}-round{round_ + 1}"
+    base = Path(workdir) if workdir is not None else Path(
+        tempfile.mkdtemp(prefix="tvmsplit-evaluate-failed-"))
+    dest = base / "failed" / f"{name}-round{round_ + 1}"
     kept = testbed.save_logs(dest)
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     why = f"round {round_ + 1}: {first} (logs: {dest}, {len(kept)} file(s))"
