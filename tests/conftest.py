@@ -108,11 +108,13 @@ OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
     ("test_folding", "test_ppocrv4_rec_builds_and_checks_at_every_width"): ("tvm", "slow"),
     **{("test_partition", t): ("tvm",) for t in (
         "test_cut_bytes_match_the_graph_cuts", "test_evaluate_prices_a_split_by_hand",
+        "test_a_senders_busy_time_counts_in_the_bottleneck_only_and_moves_the_throughput_plan",
         "test_slow_link_keeps_everything_on_the_end_device_and_fast_link_offloads",
         "test_bad_problems_name_the_culprit", "test_three_devices_on_a_path_and_memory_caps_force_splits",
         "test_energy_prefers_offloading_when_the_end_device_burns_power",
         "test_evaluation_candidates_are_both_single_sites_and_every_single_cut",
         "test_evaluation_prunes_only_hopeless_alternatives",
+        "test_evaluation_with_a_failed_candidate_ranks_it_last_and_writes_plain_json",
         "test_several_end_devices_share_one_edge",
         "test_plan_partition_takes_overheads_by_device_name")},
     ("test_partition", "test_hyps_splits_an_oversized_fc_and_the_pipeline_equals_the_unsplit_model"):

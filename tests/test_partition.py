@@ -16,6 +16,7 @@ from tvmsplit.graph import Layer, LayerGraph, TensorSpec
 from tvmsplit.partition import PLANNERS, CostTable, PlanningError, Problem, evaluate, plan
 from tvmsplit.partition.chain import cut_bytes
 from tvmsplit.partition.problem import PowerModel
+from tvmsplit.partition.registry import is_chain
 from tvmsplit.partition.oracle import plan_oracle
 
 
@@ -42,7 +43,7 @@ def random_graph(draw, n: int, chain: bool) -> LayerGraph:
 
 @st.composite
 def problems(draw, chain: bool = False, max_devices: int = 3, objective: str | None = None,
-             caps: bool = True, pins: bool = True, overheads: bool = True):
+             caps: bool = True, pins: bool = True, overheads: bool = True, sends: bool = True):
     n = draw(st.integers(1, 7))
     g = random_graph(draw, n, chain)
     k = draw(st.integers(2, max_devices))
@@ -63,10 +64,14 @@ def problems(draw, chain: bool = False, max_devices: int = 3, objective: str | N
     overhead = ()
     if overheads and draw(st.booleans()):  # per-request overheads, some devices without one
         overhead = tuple(draw(st.one_of(st.just(0.0), st.floats(0, 30))) for _ in range(k))
+    send, per_byte = (), ()
+    if sends and draw(st.booleans()):  # the senders' busy time (counts in the bottleneck only)
+        send = tuple(draw(st.one_of(st.just(0.0), st.floats(0, 30))) for _ in range(k))
+        per_byte = tuple(draw(st.one_of(st.just(0.0), st.floats(0, 0.01))) for _ in range(k))
     return Problem(g, CostTable.from_mapping([f"d{d}" for d in range(k)], table), links,
                    objective=objective, power=power,
                    input_bytes=draw(st.sampled_from([None, 100])), mem_cap_bytes=mem, pins=pinned,
-                   stage_overhead_ms=overhead)
+                   stage_overhead_ms=overhead, send_ms=send, send_ms_per_byte=per_byte)
 
 
 def _same_optimum(problem: Problem, method: str) -> None:
@@ -100,6 +105,13 @@ def test_mincut_is_optimal_on_dags_with_two_devices(problem):
 @given(problems())
 def test_ilp_is_optimal_on_dags(problem):
     _same_optimum(problem, "dag-ilp")
+
+
+@SETTINGS
+@given(problems(objective="throughput"))
+def test_throughput_planners_are_optimal_with_send_costs(problem):
+    for method in ("chain-dp", "dag-ilp") if is_chain(problem) else ("dag-ilp",):
+        _same_optimum(problem, method)
 
 
 @SETTINGS
@@ -139,6 +151,38 @@ def test_evaluate_prices_a_split_by_hand():
     assert b.return_ms == pytest.approx(1e3 * (out * 8 / 16e6 + 0.005))
     assert b.latency_ms == pytest.approx(sum(b.compute_ms) + b.hop_ms[0] + b.return_ms)
     assert b.bottleneck_ms == pytest.approx(max(*b.compute_ms, b.hop_ms[0]))
+
+
+def test_a_senders_busy_time_counts_in_the_bottleneck_only_and_moves_the_throughput_plan():
+    """The send rule by hand: the end's stage sends the cut up its link and is busy
+    send_ms + per-byte x cut longer (the bottleneck), the latency does not change, a device
+    without layers pays nothing; and the planners see it: with a large send cost the best
+    throughput plan stops sending from the end."""
+    g = ts.load(zoo.make("chain"))
+    table = {layer.name: {"end": 1.0, "edge": 0.5} for layer in g.layers}
+    link = Link("l", up_bps=8e9, down_bps=16e9, rtt_s=0.0)
+    costs = CostTable.from_mapping(["end", "edge"], table)
+    k = g.index("pool1")
+    split = [0] * (k + 1) + [1] * (len(g.layers) - k - 1)
+    cut = g.cut_after("pool1").nbytes
+    plain = evaluate(Problem(g, costs, (link,), objective="throughput"), split)
+    sends = Problem(g, costs, (link,), objective="throughput", send_ms=(7.0, 100.0),
+                    send_ms_per_byte=(1e-5, 1.0))
+    b = evaluate(sends, split)
+    assert b.send_ms == pytest.approx((7.0 + 1e-5 * cut, 0.0))   # the edge sends up no link
+    assert b.bottleneck_ms == pytest.approx(max(b.compute_ms[0] + b.send_ms[0], b.compute_ms[1],
+                                                b.hop_ms[0]))
+    assert b.latency_ms == pytest.approx(plain.latency_ms)
+    assert b.compute_ms == plain.compute_ms
+    all_edge = evaluate(sends, [1] * len(g.layers))   # the input is sent by the client
+    assert all_edge.send_ms == (0.0, 0.0)
+    assert sends.send_busy_ms(0, 0, True) == 0.0     # nothing to send: no fixed cost
+    heavy = Problem(g, costs, (link,), objective="throughput", send_ms=(1e3, 0.0))
+    for method in ("chain-dp", "dag-ilp", "oracle"):
+        _, best = plan(heavy, method)
+        assert set(best.assignment) in ({0}, {1}), (method, best.assignment)
+    with pytest.raises(PlanningError, match="send_ms_per_byte needs one finite"):
+        Problem(g, costs, (link,), send_ms_per_byte=(-1.0, 0.0))
 
 
 def test_slow_link_keeps_everything_on_the_end_device_and_fast_link_offloads():
@@ -371,6 +415,19 @@ def test_evaluation_prunes_only_hopeless_alternatives():
     assert pruned and chosen not in pruned and "all-edge" not in pruned
     assert _hopeless(cands, chosen, "latency", None) == set()
     assert _hopeless(cands, chosen, "throughput", 1e9) == set()
+
+
+def test_send_cost_fit_through_the_probe_points():
+    from tvmsplit.evaluate import fit_send_cost
+
+    assert fit_send_cost([]) == (0.0, 0.0)
+    assert fit_send_cost([(1000, 4.0)]) == (4.0, 0.0)
+    fixed, per_byte = fit_send_cost([(51_200, 12.0), (1024, 2.0)])   # any order
+    assert per_byte == pytest.approx(10.0 / 50_176)
+    assert fixed == pytest.approx(2.0 - per_byte * 1024)
+    assert fit_send_cost([(1024, 9.0), (51_200, 5.0)]) == (7.0, 0.0)  # bigger but cheaper: noise
+    assert fit_send_cost([(1024, -3.0)]) == (0.0, 0.0)
+    assert fit_send_cost([(1024, 0.0), (51_200, 50.0)])[0] == 0.0     # never a negative fixed part
 
 
 def test_evaluation_with_a_failed_candidate_ranks_it_last_and_writes_plain_json():

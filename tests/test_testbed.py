@@ -784,6 +784,32 @@ def test_evaluate_runs_every_plan_on_the_testbed_and_regret_is_at_least_one(tmp_
     assert list((tmp_path / "cache" / "costs").glob("*.json"))
 
 
+def test_evaluate_throughput_prices_the_end_devices_measured_send_cost(tmp_path, monkeypatch):
+    """`evaluate --objective throughput`: the end's busy time for sending up the link is
+    measured by streamed probes (all-end, and cuts sending 1 KB and 51 KB to the edge), goes into
+    every plan's predicted bottleneck, and the figures are requests per second."""
+    _require_cgroups()
+    from cli_helpers import invoke, ok
+
+    monkeypatch.setenv("TVMSPLIT_CACHE", str(tmp_path / "cache"))
+    result = ok(invoke("evaluate", _tiny_mlp(tmp_path), "--link", "4g", "--requests", 4,
+                       "--rounds", 1, "--objective", "throughput", "--json"))
+    data = json.loads(result.stdout)
+    assert data["unit"] == "requests/s" and data["regret"] >= 1.0
+    send = data["send_cost"]
+    assert send["device"] == "end" and send["ms_per_request"] >= 0 and send["ms_per_byte"] >= 0
+    probes = send["probes"]
+    assert probes["all-end"]["period_ms"] > probes["all-end"]["compute_ms"] > 0
+    for cut, nbytes in (("cut@fc1", 1024), ("cut@conv5", 51_200)):
+        assert probes[cut]["bytes"] == nbytes
+        assert probes[cut]["send_ms"] >= 0 and probes[cut]["period_ms"] > 0
+    best = max(p["measured"] for p in data["plans"])
+    chosen = next(p for p in data["plans"] if p["name"] == data["chosen"])
+    assert data["regret"] == pytest.approx(best / chosen["measured"])
+    for p in data["plans"]:   # predicted req/s = 1 / bottleneck, the send included
+        assert p["predicted"] > 0 and p["measured"] > 0 and p["max_rel_error"] < 1e-3
+
+
 def test_evaluate_records_a_plan_whose_request_times_out_and_measures_the_others(tmp_path,
                                                                               monkeypatch):
     """One candidate's run fails as a request timeout does (the failure is injected; the rest is

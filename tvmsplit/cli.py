@@ -1084,6 +1084,10 @@ def evaluate(model, devices, link, load, objective, requests, rounds, input_byte
         "the raw tensor" if sent["encoding"] == "raw" else
         f"a JPEG (quality {sent['quality']}, raw tensor {sent['raw_bytes']} bytes), decoded in "
         + ", ".join(f"{ms:.2f} ms on {name}" for name, ms in sent["decode_ms"].items())))
+    if objective == "throughput":
+        sc = data["send_cost"]
+        click.echo(f"send cost on the {sc['device']} (measured, in the bottleneck): "
+                   f"{sc['ms_per_request']:.2f} ms a request + {sc['ms_per_byte'] * 1e3:.4f} ms/KB")
     click.echo(f"{'plan':<26} {'where':<9} {'predicted':>10} {'measured':>10} {'p90 ms':>8} "
                f"{'error':>7} {'spread':>7}")
     for p in data["plans"]:

@@ -12,7 +12,10 @@ cores, joined by a link shaped to ``link``:
    capped sample spans several quota periods), under the requested end-device load.
    Each device's fixed per-request time (``stage_overheads``: a probe model, end to end minus
    compute minus the link model; on the capped device a probe of many quota periods, so the
-   throttled receive and send are in it) goes into the cost model as its stage overhead.
+   throttled receive and send are in it) goes into the cost model as its stage overhead. For
+   throughput, the end's busy time for sending a tensor up the link (``send_costs``: streamed
+   probes, per request and per byte) goes in too (``Problem.send_busy_ms``): the overhead
+   probe's output never leaves the device, so it cannot see that cost.
 2. **Candidates.** The planner's choice on those costs, all on the end device, all on the edge,
    and every single cut (the layers up to a cut candidate on the end, the rest on the edge); each
    priced by the same cost model (``partition.problem.evaluate``). A candidate predicted more
@@ -167,6 +170,8 @@ class Evaluation:
     decode_ms: tuple[float, ...] = ()             # per device, measured (encoded input only)
     worker: str = "python"                        # the stage workers' kind (Testbed(worker=))
     overhead_probes: dict = field(default_factory=dict, compare=False)  # stage_overheads(probes=)
+    send_cost: tuple[float, float] = (0.0, 0.0)   # the end's (ms a request, ms a byte), throughput
+    send_probes: dict = field(default_factory=dict, compare=False)      # send_costs(probes=)
 
     def run_of(self, name: str) -> Measured:
         return next(r for r in self.runs if r.candidate.name == name)
@@ -230,6 +235,9 @@ class Evaluation:
             "single_site": dict(self.single_site), "noise": self.noise,
             "stage_overhead_ms": dict(zip((d.name for d in self.devices), self.stage_overhead_ms)),
             "overhead_probes_ms": self.overhead_probes,
+            "send_cost": {"device": self.devices[0].name if self.devices else None,
+                          "ms_per_request": self.send_cost[0],
+                          "ms_per_byte": self.send_cost[1], "probes": self.send_probes},
             "input": self.input_json(),
             "unit": "ms" if obj == "latency" else "requests/s",
             "plans": [{"name": r.candidate.name, "placement": list(r.candidate.placement),
@@ -454,6 +462,93 @@ def stage_overheads(devices: Sequence[Device], testbed, link: Link, workdir: Pat
     return tuple(out)
 
 
+SEND_PROBE_CUTS = ("fc1", "conv5")   # the probe chain's cuts: 1 KB and 51 KB to the edge
+
+
+def fit_send_cost(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
+    """(ms a request, ms a byte) through measured (bytes sent, ms busy sending) points: the line
+    through the two smallest sizes, both parts >= 0; a slope below 0 is noise, and so is a
+    size that does not matter: then the mean of the two is the fixed part (one point: its
+    value; none: (0, 0))."""
+    pts = sorted(points)
+    if not pts:
+        return 0.0, 0.0
+    (b1, s1), (b2, s2) = pts[:2] if len(pts) > 1 else (pts[0], pts[0])
+    if b2 == b1 or s2 < s1:
+        return max(0.0, (s1 + s2) / 2), 0.0
+    per_byte = (s2 - s1) / (b2 - b1)
+    return max(0.0, s1 - per_byte * b1), per_byte
+
+
+def send_costs(devices: Sequence[Device], testbed, link: Link, workdir: Path, *,
+               requests: int = 12, input_size: int = 40, log: Callable[[str], None] = print,
+               probes: dict | None = None) -> tuple[float, float]:
+    """The end device's busy time for sending a tensor to the edge, per request and per byte:
+    ``(send_ms, send_ms_per_byte)`` for ``Problem.send_busy_ms``.
+
+    The overhead probe's stage keeps its output on the device; a stage that sends up the shaped
+    link also runs its TCP send on the capped core (ZeroMQ's I/O thread is in the device's
+    cgroup, and every ACK-clocked wake-up spends quota). Streamed, the end is the bottleneck, so
+    its period (the mean gap between answers, ``max_in_flight`` 4) is its busy time a request.
+    The probe chain (the long overhead probe) runs all on the end, then cut after ``fc1`` (1 KB
+    to the edge) and after ``conv5`` (51 KB); each cut's send time is its period minus its end
+    stage's compute, minus the same for all-end. The two points give the fixed and per-byte
+    parts (each >= 0); a cut whose transfer would take over a third of the period (the link,
+    not the end, would set the pace) is left out, and with one point left it is all fixed.
+    ``probes`` receives every run's figures."""
+    from . import zoo
+    from .build import build_bundle
+    from .check import random_inputs
+    from .frontend import load
+    from .runtime.pipeline import Pipeline
+    from .split import plan_split
+
+    g = load(zoo.make("chain", input_size=input_size), name="send-probe")
+    x = random_inputs(g.inputs)
+    end, edge = devices[0].target, devices[1].target
+
+    def period(split_at: str | None) -> tuple[float, float]:
+        """(ms between answers, streamed; the end stage's median compute ms)."""
+        plan_ = (plan_split(g, split_at=[split_at], targets=[end, edge]) if split_at
+                 else plan_split(g, targets=[end]))
+        bundle = build_bundle(g, plan_, workdir / f"send-probe-{split_at or 'all-end'}")
+        places = ["end", "edge"] if split_at else ["end"]
+        stamps, compute = [], []
+        with Pipeline(bundle, launcher=testbed.launcher(places), timeout_s=120.0,
+                      max_in_flight=4) as p:
+            for _ in p.stream([x] * 3):
+                pass
+            for _, trace in p.stream([x] * requests):
+                stamps.append(time.perf_counter())
+                compute.append(trace.compute_ms[0])
+        gap = (stamps[-1] - stamps[0]) * 1e3 / (len(stamps) - 1)
+        return gap, statistics.median(compute)
+
+    base_gap, base_compute = period(None)
+    got = {"all-end": {"period_ms": base_gap, "compute_ms": base_compute}}
+    points = []
+    for cut in SEND_PROBE_CUTS:
+        nbytes = g.cut_after(cut).nbytes
+        wire_ms = nbytes * 8e3 / link.up_bps   # streamed, the delay overlaps: the rate counts
+        if wire_ms > base_gap / 3:
+            got[f"cut@{cut}"] = {"bytes": nbytes, "skipped": f"the link takes {wire_ms:.0f} ms "
+                                 "a request for it"}
+            continue
+        gap, compute = period(cut)
+        send = max(0.0, (gap - compute) - (base_gap - base_compute))
+        got[f"cut@{cut}"] = {"bytes": nbytes, "period_ms": gap, "compute_ms": compute,
+                             "send_ms": send}
+        points.append((nbytes, send))
+    fixed, per_byte = fit_send_cost(points)
+    log(f"send cost on the end: {fixed:.2f} ms a request + {per_byte * 1e3:.4f} ms/KB "
+        f"(streamed period all-end {base_gap:.1f} ms, " + ", ".join(
+            f"{k} {v['period_ms']:.1f} ms" for k, v in got.items()
+            if k != "all-end" and "period_ms" in v) + ")")
+    if probes is not None:
+        probes.update(got)
+    return fixed, per_byte
+
+
 @contextlib.contextmanager
 def end_load(testbed, load: str):
     """The end device's background load ``END_LOADS[load]``, inside its cgroup, while in the block."""
@@ -646,18 +741,24 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
                     costs = measured_costs(graph, devices, load=load, log=log, testbed=tb)
                 probes: dict = {}
                 overhead = stage_overheads(devices, tb, link, work, log=log, probes=probes)
+                send, send_probes = (0.0, 0.0), {}
+                if objective == "throughput":   # a send is in the bottleneck, not the latency
+                    send = send_costs(devices, tb, link, work, log=log, probes=send_probes)
                 if encoding is not None:
                     decode = tuple(decode_ms_on_testbed(encoding, data, tb, where, work).median_ms
                                    for where in PLACES)
                     log("JPEG decode: " + ", ".join(f"{ms:.2f} ms on the {where}"
                                                     for ms, where in zip(decode, PLACES)))
-                priced = {"input_bytes": sent_bytes if encoding else None, "decode_ms": decode}
+                priced = {"input_bytes": sent_bytes if encoding else None, "decode_ms": decode,
+                          "send_ms": (send[0], 0.0), "send_ms_per_byte": (send[1], 0.0)}
                 chosen = plan_partition(graph, devices, [link], costs, objective=objective,
                                         method=method, parallel=False,
                                         stage_overhead_ms={d.name: o for d, o in
                                                            zip(devices, overhead)},
                                         input_bytes=priced["input_bytes"],
-                                        decode_ms=dict(zip((d.name for d in devices), decode)))
+                                        decode_ms=dict(zip((d.name for d in devices), decode)),
+                                        send_ms={devices[0].name: send[0]},
+                                        send_ms_per_byte={devices[0].name: send[1]})
                 problem = Problem(graph, chosen.plan_costs, (link,), objective=objective,
                                   stage_overhead_ms=overhead, **priced)
                 cands, chosen_name = candidates(problem, chosen.predicted.assignment)
@@ -736,4 +837,4 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
                     all_edge.value(objective) * max(1.0, all_edge.stage_ms[0] / edge_ms))))
     return Evaluation(graph.name, tuple(devices), link, load, objective, chosen_name,
                       chosen.method, runs, site, costs, overhead, sent_bytes, encoding, decode,
-                      worker, probes)
+                      worker, probes, send, send_probes)

@@ -109,7 +109,7 @@ class PlannedSplit:
 
 _BREAKDOWN_FIELDS = ("assignment", "compute_ms", "hop_bytes", "hop_ms", "return_ms",
                      "memory_bytes", "latency_ms", "bottleneck_ms", "energy_mj", "deploy_ms",
-                     "deploy_counted", "lower_bound")
+                     "deploy_counted", "lower_bound", "send_ms")
 
 
 def _breakdown_json(b: Breakdown | None) -> dict | None:
@@ -127,7 +127,19 @@ def _breakdown(d: Mapping | None) -> Breakdown | None:
                      float(d["return_ms"]), tuple(int(x) for x in d["memory_bytes"]),
                      float(d["latency_ms"]), float(d["bottleneck_ms"]), float(d["energy_mj"]),
                      float(d.get("deploy_ms", 0.0)), bool(d.get("deploy_counted", False)),
-                     None if d.get("lower_bound") is None else float(d["lower_bound"]))
+                     None if d.get("lower_bound") is None else float(d["lower_bound"]),
+                     tuple(float(x) for x in d.get("send_ms", ())))
+
+
+def _per_device(what: str, values: Mapping[str, float] | None,
+                names: Sequence[str]) -> tuple[float, ...]:
+    """A device name -> value mapping as one value per device of ``names`` (others 0; () when
+    none is given); an unknown name is an error that lists the devices."""
+    unknown = [n for n in (values or {}) if n not in names]
+    if unknown:
+        raise PlanningError(f"{what} for unknown device(s) {', '.join(map(repr, unknown))}; "
+                            f"devices: {', '.join(names)}")
+    return tuple(float(values.get(n, 0.0)) for n in names) if values else ()
 
 
 def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence[Link],
@@ -144,7 +156,9 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
                    topology: Topology | None = None, sink: str = "end",
                    deploy_code_bytes: int = DEFAULT_CODE_BYTES,
                    deploy_in_objective: bool = False,
-                   decode_ms: Mapping[str, float] | None = None) -> PlannedSplit:
+                   decode_ms: Mapping[str, float] | None = None,
+                   send_ms: Mapping[str, float] | None = None,
+                   send_ms_per_byte: Mapping[str, float] | None = None) -> PlannedSplit:
     """Choose where to cut ``graph`` across ``devices`` (a path: end -> edge -> ...), or, with
     ``topology``, across a route that the planner chooses through it (``devices`` are then all
     the topology's devices, the input's source first; ``links`` are unused; its devices are
@@ -163,7 +177,9 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
     ``sequential``/``batch``/``load_bytes_per_s`` (device name -> bytes/s read speed of weights):
     HyPS sequential devices, see the module doc. ``decode_ms`` (device name -> ms, others 0;
     with ``input_bytes``): decoding the encoded input on the device that runs the layer reading
-    it (``Problem.decode_ms``; paths only).
+    it (``Problem.decode_ms``; paths only). ``send_ms`` / ``send_ms_per_byte`` (device name ->
+    ms per request / per byte, others 0): how long a device's stage is busy sending up its
+    link, in the bottleneck (``Problem.send_busy_ms``; paths only).
     """
     if sequential not in SEQUENTIAL_MODES:
         raise PlanningError(f"sequential={sequential!r}; choose one of {', '.join(SEQUENTIAL_MODES)}")
@@ -197,17 +213,13 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
             raise PlanningError(f"layer {layer!r} pinned to unknown device {device!r}; "
                                 f"devices: {', '.join(names)}")
         pin_list.append((layer, names.index(device)))
-    unknown = [n for n in (stage_overhead_ms or {}) if n not in names]
-    if unknown:
-        raise PlanningError(f"stage overhead for unknown device(s) "
-                            f"{', '.join(map(repr, unknown))}; devices: {', '.join(names)}")
-    overhead = (tuple(float(stage_overhead_ms.get(n, 0.0)) for n in names)
-                if stage_overhead_ms else ())
-    unknown = [n for n in (decode_ms or {}) if n not in names]
-    if unknown:
-        raise PlanningError(f"decode time for unknown device(s) "
-                            f"{', '.join(map(repr, unknown))}; devices: {', '.join(names)}")
-    decode = tuple(float(decode_ms.get(n, 0.0)) for n in names) if decode_ms else ()
+    overhead = _per_device("stage overhead", stage_overhead_ms, names)
+    decode = _per_device("decode time", decode_ms, names)
+    send = _per_device("send time", send_ms, names)
+    send_per_byte = _per_device("send time per byte", send_ms_per_byte, names)
+    if (any(send) or any(send_per_byte)) and topology is not None:
+        raise PlanningError("send costs are priced on a path of devices, not over a "
+                            "--links-file topology; drop one of them")
     if any(decode) and topology is not None:
         raise PlanningError("decode times are priced on a path of devices, not over a "
                             "--links-file topology; drop one of them")
@@ -254,7 +266,8 @@ def plan_partition(graph: LayerGraph, devices: Sequence[Device], links: Sequence
                                                            [t.nbytes for t in g.outputs], sink,
                                                            names[0]) if path else (),
                                   deploy_code_bytes=deploy_code_bytes,
-                                  deploy_in_objective=deploy_in_objective, decode_ms=decode)
+                                  deploy_in_objective=deploy_in_objective, decode_ms=decode,
+                                  send_ms=send, send_ms_per_byte=send_per_byte)
                 found = (*_plan_modes(problem, method, sequential), hparts, None)
         except PlanningError as exc:
             first_error = first_error or exc

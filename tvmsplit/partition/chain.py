@@ -3,7 +3,9 @@
 Devices take consecutive segments of the topological order: device d runs layers [q, p). For a
 chain this covers every monotone assignment, so the result is optimal; for a DAG it is the
 Neurosurgeon baseline (cuts only between consecutive layers of one topological order). A device
-with a non-empty segment pays its per-request overhead (``Problem.overhead_ms``) in its stage time.
+with a non-empty segment pays its per-request overhead (``Problem.overhead_ms``) in its stage time,
+and, for throughput, the cost of sending what crosses its segment's end up its link
+(``Problem.send_busy_ms``: device d's segment [q, p) sends cut[p]).
 
 ``best[d][p]``: the best cost with layers [0, p) on devices <= d. One numpy pass over q per
 (d, p): O(k * n^2) arithmetic in O(k * n) vector operations.
@@ -99,8 +101,9 @@ def plan_chain(problem: Problem) -> Breakdown:
             q = q_all[: p + 1] if d > 0 else np.array([0])
             # a non-empty segment [q, p) pays the device's per-request overhead
             seg = comp_pre[p, d] - comp_pre[q, d] + problem.overhead_ms(d, q < p)
-            if throughput:
-                cost = np.maximum.reduce([prev[q] if d > 0 else np.zeros(len(q)), link_ms[q], seg])
+            if throughput:  # a non-empty segment also sends what crosses p up its link
+                busy = seg + problem.send_busy_ms(d, cut[p], q < p)
+                cost = np.maximum.reduce([prev[q] if d > 0 else np.zeros(len(q)), link_ms[q], busy])
             else:
                 cost = ((prev[q] if d > 0 else 0.0) + link_w * link_ms[q] + wc[d] * seg
                         + w_ret * (ret_pre[p, d] - ret_pre[q, d]))

@@ -3,15 +3,18 @@
 Variables: x[l,d] (layer l on device d, binary); z[t,h] (tensor t crosses link h); w[h] (link h
 carries anything: pays rtt/2 once); a[d] (device d's largest single-layer working set); T (the
 bottleneck, throughput objective); u[d] (device d runs a layer, so it pays its per-request
-overhead, ``Problem.overhead_ms``, in its compute; only for devices with an overhead > 0).
+overhead, ``Problem.overhead_ms``, in its compute; only for devices with an overhead > 0 or a
+send cost); for throughput with a send cost (``Problem.send_busy_ms``), s[h] (device h runs
+layers and sends up link h) and q[t,h] (the same for tensor t: its bytes' share of the cost),
+both >= z[t,h] + u[h] - 1, continuous.
 With y[l,h] = sum_{d<=h} x[l,d] ("l is at or below h"):
 - monotone: y[v,h] <= y[u,h] for every edge u->v (data only flows up);
 - z[t,h] >= y[producer,h] - y[consumer,h] for every consumer (the input is always at d0);
 - w[h] >= z[t,h]; u[d] >= x[l,d];
 - memory: sum params * x + a[d] <= cap[d], a[d] >= act[l] * x[l,d];
 - pins fix x; a latency ceiling bounds the latency expression.
-Minimises the latency expression, or T >= every device's compute and every link's transfer and
-then, at that T, the latency (two solves: lexicographic). Costs are exactly those of
+Minimises the latency expression, or T >= every device's compute (+ send) and every link's
+transfer and then, at that T, the latency (two solves: lexicographic). Costs are exactly those of
 ``problem.evaluate``. The outputs' return is ``Problem.return_ms`` per (output, device), a
 coefficient of x. With ``deploy_in_objective`` the latency objective adds the deployment time:
 per byte of weights on a device (a coefficient of x) plus, through v[d] (device d is shipped
@@ -59,12 +62,22 @@ def plan_ilp(problem: Problem) -> Breakdown:
     W0 = Z0 + len(tensors) * H
     A0 = W0 + H
     T = A0 + k
-    Ui = {d: T + 1 + j for j, d in enumerate(d for d in range(k) if problem.overhead[d] > 0)}
+    throughput = problem.objective == "throughput"
+    # the devices whose send cost counts (throughput only): each needs u[d] too
+    senders = [h for h in range(H) if throughput and any(problem.send_rate(h))]
+    Ui = {d: T + 1 + j for j, d in enumerate(d for d in range(k)
+                                             if problem.overhead[d] > 0 or d in senders)}
     deploy = problem.deploy_in_objective
     V0 = T + 1 + len(Ui)  # v[d]: device d is shipped a library (deployment's fixed terms)
     Vi = {d: V0 + j for j, d in enumerate(d for d in range(k)
                                            if deploy and any(problem.deploy_rate(d)))}
-    nvar = V0 + len(Vi)
+    # s[h] >= z[t,h] + u[h] - 1: device h runs layers and sends something up link h; q[t,h] the
+    # same per tensor (its bytes' share of the send cost); continuous, pushed down by T
+    S0 = V0 + len(Vi)
+    Si = {h: S0 + j for j, h in enumerate(senders)}
+    Q0 = S0 + len(Si)
+    Qi = {(t, h): Q0 + j for j, (t, h) in enumerate((t, h) for h in senders for t in tensors)}
+    nvar = Q0 + len(Qi)
 
     def hop_terms(h: int) -> dict[int, float]:
         link = problem.links[h]
@@ -76,6 +89,17 @@ def plan_ilp(problem: Problem) -> Breakdown:
         terms = {X(l, d): problem.compute[l][d] for l in range(n)}
         if d in Ui:
             terms[Ui[d]] = problem.overhead_ms(d, True)
+        return terms
+
+    def busy_terms(d: int) -> dict[int, float]:
+        """Device d's time per request in the bottleneck: compute + its send
+        (``Problem.send_busy_ms``: fixed ms once through s[d], per byte through q[t,d])."""
+        terms = compute_terms(d)
+        if d in Si:
+            fixed, per_byte = problem.send_rate(d)
+            terms[Si[d]] = fixed
+            for t in tensors:
+                terms[Qi[t, d]] = per_byte * problem.tensor_bytes(t)
         return terms
 
     def weighted(wc, wh, w_ret) -> dict[int, float]:
@@ -141,6 +165,10 @@ def plan_ilp(problem: Problem) -> Breakdown:
     for d, u in Ui.items():
         for l in range(n):
             add({u: 1.0, X(l, d): -1.0}, 0, np.inf)  # u[d] >= x[l,d]
+    for h, sv in Si.items():  # s[h], q[t,h] >= z[t,h] + u[h] - 1; s[h] >= q[t,h]
+        for t in tensors:
+            add({Qi[t, h]: 1.0, Zi[t, h]: -1.0, Ui[h]: -1.0}, -1, np.inf)
+            add({sv: 1.0, Qi[t, h]: -1.0}, 0, np.inf)
     for d, v in Vi.items():  # v[d] >= x[l,d] when l makes d ship something
         for l in range(n):
             if problem.deploy_code_bytes or g.layers[l].param_bytes:
@@ -160,7 +188,7 @@ def plan_ilp(problem: Problem) -> Breakdown:
 
     if problem.objective == "throughput":
         for d in range(k):
-            add({T: 1.0, **{v: -w for v, w in compute_terms(d).items()}}, 0, np.inf)
+            add({T: 1.0, **{v: -w for v, w in busy_terms(d).items()}}, 0, np.inf)
         for h in range(H):
             add({T: 1.0, **{v: -w for v, w in hop_terms(h).items()}}, 0, np.inf)
     objective = weighted(*problem.energy_weights()) if problem.objective == "energy" else latency
@@ -174,7 +202,7 @@ def plan_ilp(problem: Problem) -> Breakdown:
 
     integrality = np.zeros(nvar)
     integrality[:nx_] = 1
-    integrality[T + 1:] = 1
+    integrality[T + 1:S0] = 1   # s and q are continuous: their bounds are integral
     ub = np.full(nvar, np.inf)
     ub[:A0] = 1.0
     ub[T + 1:] = 1.0

@@ -20,8 +20,13 @@ Cost of an assignment (``evaluate``):
 - return: the model outputs, from the device that produced each, down to d0 — or, with
   ``output_ms`` (``Problem.return_ms``), each output's delivery time from each device to where it
   is consumed (another sink, or 0: consumed where it is made; ``topology.sink_output_ms``);
-- latency = compute + hops + return; the pipelined *bottleneck* = max(per-device compute, per-hop
-  transfer) — throughput is 1 / bottleneck;
+- send (``send_ms``, ``send_ms_per_byte``, per device, default 0): a device that runs layers and
+  sends anything up its link is busy ``send_ms + send_ms_per_byte x bytes`` longer per request
+  (its stage worker's serialisation and TCP send, on its own CPU: on a capped device every
+  ACK-clocked wake-up spends quota; ``Problem.send_busy_ms`` is the rule). It counts in the
+  bottleneck only: within one request the send overlaps the transfer the hop already charges;
+- latency = compute + hops + return; the pipelined *bottleneck* = max(per-device compute + send,
+  per-hop transfer) — throughput is 1 / bottleneck;
 - deployment (IONN-style, ``Problem.deploy_ms``): shipping each used device's library (its
   layers' weights + ``deploy_code_bytes`` of code) from d0 up the path (or along
   ``deploy_ms_per_byte`` / ``deploy_fixed_ms``), one device after another; always reported
@@ -174,6 +179,8 @@ class Problem:
     load_bytes_per_s: tuple[float, ...] = ()       # per device: weights read speed; () = default
     batch: int = 1                                 # requests per segment load (sequential)
     decode_ms: tuple[float, ...] = ()              # per device: decoding the encoded input; () = 0
+    send_ms: tuple[float, ...] = ()                # per device: busy ms per request it sends up
+    send_ms_per_byte: tuple[float, ...] = ()       # per device: busy ms per byte it sends up
     compute: tuple[tuple[float, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -203,6 +210,11 @@ class Problem:
         elif any(dec) and self.input_bytes is None:
             problems.append("decode_ms prices decoding an encoded input: give input_bytes, the "
                             "size it is sent at, too")
+        for name in ("send_ms", "send_ms_per_byte"):
+            v = getattr(self, name)
+            if v and (len(v) != len(c.devices) or any(not math.isfinite(x) or x < 0 for x in v)):
+                problems.append(f"{name} needs one finite, non-negative value per device "
+                                f"{list(c.devices)}, got {list(v)}")
         n_out, k = len(g.outputs), len(c.devices)
         if self.output_ms and (len(self.output_ms) != n_out or any(
                 len(row) != k or any(not math.isfinite(v) or v < 0 for v in row)
@@ -288,6 +300,27 @@ class Problem:
         bool array (elementwise)."""
         return self.overhead[d] * runs_layers
 
+    @property
+    def sends(self) -> bool:
+        """Some device has a send cost (``send_busy_ms`` is not all zero)."""
+        return any(self.send_ms) or any(self.send_ms_per_byte)
+
+    def send_rate(self, d: int) -> tuple[float, float]:
+        """(ms per request that sends anything, ms per byte) device ``d`` is busy sending up its
+        link; (0, 0) on the last device (no link above it) or when no send cost is given."""
+        if d >= self.n_devices - 1:
+            return 0.0, 0.0
+        return (float(self.send_ms[d]) if self.send_ms else 0.0,
+                float(self.send_ms_per_byte[d]) if self.send_ms_per_byte else 0.0)
+
+    def send_busy_ms(self, d: int, nbytes, runs_layers):
+        """The send rule: how much longer device ``d`` is busy per request for sending
+        ``nbytes`` up its link (``send_rate``: the fixed part when it sends anything, plus the
+        per-byte part), if it runs layers (a stage worker sends; a device with no stage has no
+        worker to pay it), else 0. ``nbytes`` and ``runs_layers`` may be numpy arrays."""
+        fixed, per_byte = self.send_rate(d)
+        return (fixed * (nbytes > 0) + per_byte * nbytes) * runs_layers
+
     def return_ms(self, output: int, d: int) -> float:
         """ms to deliver graph output number ``output`` from device ``d`` to where it is
         consumed: ``output_ms`` when given, else down the path to d0."""
@@ -348,6 +381,7 @@ class Breakdown:
     deploy_ms: float = 0.0            # shipping every stage's library (Problem.deploy_ms)
     deploy_counted: bool = False      # deploy_ms is part of the latency objective (one-shot)
     lower_bound: float | None = None  # a solver's proven bound on the optimal objective
+    send_ms: tuple[float, ...] = ()   # per device: busy time sending up (Problem.send_busy_ms)
 
     def objective(self, name: str) -> float:
         return {"latency": self.latency_ms + (self.deploy_ms if self.deploy_counted else 0.0),
@@ -430,8 +464,10 @@ def evaluate(problem: Problem, assignment: Sequence[int]) -> Breakdown:
     memory = [m + p for m, p in zip(memory, peak)]
     for d, segs in device_segments(problem, dev).items():  # one segment resident at a time
         memory[d] = max(segment_bytes(g, seg) for seg in segs)
+    send = tuple(float(problem.send_busy_ms(d, hop_bytes[d] if d < k - 1 else 0, d in dev))
+                 for d in range(k))
     latency = sum(compute) + sum(hop_ms) + return_ms
-    bottleneck = max([*compute, *hop_ms])
+    bottleneck = max([*(c + s for c, s in zip(compute, send)), *hop_ms])
     wc, wh, idle = problem.energy_weights()
     energy = (sum(w * c for w, c in zip(wc, compute)) + sum(w * h for w, h in zip(wh, hop_ms))
               + idle * return_ms) if problem.power else 0.0
@@ -440,7 +476,8 @@ def evaluate(problem: Problem, assignment: Sequence[int]) -> Breakdown:
         shipped[d] += g.layers[i].param_bytes
     deploy = sum(problem.deploy_ms(d, shipped[d], d in dev) for d in range(k))
     return Breakdown(dev, tuple(compute), tuple(hop_bytes), hop_ms, return_ms, tuple(memory),
-                     latency, bottleneck, energy, deploy, problem.deploy_in_objective)
+                     latency, bottleneck, energy, deploy, problem.deploy_in_objective,
+                     send_ms=send if problem.sends else ())
 
 
 def feasible(problem: Problem, b: Breakdown) -> bool:
