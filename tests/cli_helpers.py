@@ -7,10 +7,12 @@ from click.testing import CliRunner, Result
 from tvmsplit.cli import cli
 
 
-def invoke(*args) -> Result:
+def invoke(*args, **kwargs) -> Result:
     """``tvmsplit ARGS...`` through click's CliRunner; each argument is ``str()``-ed, so paths and
-    numbers may be passed as they are. The result is returned whatever the exit code."""
-    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="tvmsplit")
+    numbers may be passed as they are. Keyword arguments (``terminal_width=``, ``input=``,
+    ``env=``, ...) go to ``CliRunner.invoke`` as they are. The result is returned whatever the
+    exit code."""
+    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="tvmsplit", **kwargs)
 
 
 def ok(result: Result) -> Result:

@@ -37,15 +37,12 @@ def _tiny_cnn(path):
 
 def test_evaluate_with_a_jpeg_input_prices_and_runs_the_decode(tmp_path, monkeypatch):
     _require_cgroups()
-    from click.testing import CliRunner
-
-    from tvmsplit.cli import cli
+    from cli_helpers import invoke, ok
 
     monkeypatch.setenv("TVMSPLIT_CACHE", str(tmp_path / "cache"))
     model = _tiny_cnn(tmp_path / "tinycnn.onnx")
-    result = CliRunner().invoke(cli, ["evaluate", str(model), "--link", "3g", "--input-bytes",
-                                      "600", "--requests", "3", "--rounds", "1", "--json"])
-    assert result.exit_code == 0, result.output
+    result = ok(invoke("evaluate", model, "--link", "3g", "--input-bytes", 600, "--requests", 3,
+                       "--rounds", 1, "--json"))
     data = json.loads(result.stdout)
     sent = data["input"]
     assert sent["encoding"] == "jpeg" and sent["raw_bytes"] == 3 * 16 * 16 * 4
@@ -60,7 +57,7 @@ def test_evaluate_with_a_jpeg_input_prices_and_runs_the_decode(tmp_path, monkeyp
     by = {p["name"]: p for p in data["plans"]}
     assert by["all-end"]["predicted_compute_ms"][0] >= sent["decode_ms"]["end"]
     assert by["all-edge"]["predicted_compute_ms"][1] >= sent["decode_ms"]["edge"]
-    text = CliRunner().invoke(cli, ["evaluate", "--help"]).output
+    text = invoke("evaluate", "--help").output
     assert "--input-bytes" in text and "JPEG" in text
 
 

@@ -10,15 +10,14 @@ import sys
 import numpy as np
 import psutil
 import pytest
-from click.testing import CliRunner
 
 from tvmsplit import Pipeline, PipelineError
-from tvmsplit.cli import cli
 from tvmsplit.runtime import launch
 from tvmsplit.runtime.launch import (GivenEndpoints, LaunchError, LocalLauncher, WorkerSpec,
                                      launch_order, next_addresses, spawn)
 
 from chain_bundles import chain_bundles
+from cli_helpers import invoke, ok
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -73,9 +72,9 @@ def test_the_cli_and_python_m_share_one_parser(monkeypatch):
 
     monkeypatch.setattr(WorkerSpec, "from_argv", classmethod(spy))
     argv = SPECS[1].argv()
-    result = CliRunner().invoke(cli, ["worker", *argv])
-    assert result.exit_code == 0 and seen == [SPECS[1]]
-    cli_help = CliRunner().invoke(cli, ["worker", "--help"]).output
+    ok(invoke("worker", *argv))
+    assert seen == [SPECS[1]]
+    cli_help = invoke("worker", "--help").output
     module_help = subprocess.run([sys.executable, "-m", "tvmsplit.runtime.worker", "--help"],
                                  capture_output=True, text=True, check=True).stdout
     options = lambda text: text[text.index("options:"):]  # noqa: E731 - usage wraps by prog
@@ -196,5 +195,5 @@ def test_worker_help_in_process_leaves_this_process_env_alone(monkeypatch):
 
     monkeypatch.delenv("TVM_USE_RUNTIME_LIB", raising=False)
     importlib.import_module("tvmsplit.runtime.worker")
-    assert CliRunner().invoke(cli, ["worker", "--help"]).exit_code == 0
+    ok(invoke("worker", "--help"))
     assert "TVM_USE_RUNTIME_LIB" not in os.environ

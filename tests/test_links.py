@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import pytest
-from click.testing import CliRunner
 
-from tvmsplit.cli import cli
 from tvmsplit.devices import LINK_PROFILES, Link
 from tvmsplit.errors import TvmsplitError
+
+from cli_helpers import invoke
 
 
 def test_rtt_and_delay_are_the_two_conventions_of_one_link():
@@ -75,7 +75,7 @@ def test_bad_specs_list_every_problem_at_once():
 
 @pytest.mark.parametrize("command", ["plan", "evaluate"])
 def test_every_link_option_documents_what_a_hop_charges(command):
-    out = CliRunner().invoke(cli, [command, "--help"], terminal_width=400).output
+    out = invoke(command, "--help", terminal_width=400).output
     flat = " ".join(out.split())
     for part in ("rtt=TIME", "delay=TIME", "RTT/2", "one way", "bytes x 8 / rate + the one-way delay",
                  "NAME:UP/DOWN/RTT_MS"):

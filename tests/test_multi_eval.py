@@ -166,18 +166,15 @@ def test_two_clients_stream_at_once_to_one_edge_without_losing_a_request(tmp_pat
     shared plan and the baselines run with both clients at once; no request lost, every output
     == onnxruntime, the JSON says per device its shares, plan, predicted and measured."""
     _require_shared_edge()
-    from click.testing import CliRunner
-
-    from tvmsplit.cli import cli
     from tvmsplit.onnxbuild import mlp
+
+    from cli_helpers import invoke, ok
 
     monkeypatch.setenv("TVMSPLIT_CACHE", str(tmp_path / "cache"))
     model = tmp_path / "mlp.onnx"
     model.write_bytes(mlp("mlp", [512, 1024, 256, 10]).SerializeToString())
-    result = CliRunner().invoke(cli, ["evaluate", str(model), "--end-devices", "2", "--link",
-                                      "wifi", "--requests", "6", "--rounds", "1",
-                                      "--share-steps", "4", "--json"])
-    assert result.exit_code == 0, result.output
+    result = ok(invoke("evaluate", model, "--end-devices", 2, "--link", "wifi", "--requests", 6,
+                       "--rounds", 1, "--share-steps", 4, "--json"))
     data = json.loads(result.stdout)
     assert data["end_devices"] == 2 and data["lost"] == 0
     names = [s["name"] for s in data["settings"]]

@@ -86,13 +86,11 @@ def test_profile_a_bundle_with_a_multi_output_stage_over_rpc(rpc_server, tmp_pat
 
 @pytest.mark.parametrize("command", [["profile"], ["train"], ["predict", "zoo:chain"]])
 def test_profile_train_predict_take_target_and_the_old_device_name(command):
-    from click.testing import CliRunner
+    from cli_helpers import invoke
 
-    from tvmsplit.cli import cli
-
-    assert "--target" in CliRunner().invoke(cli, [command[0], "--help"]).output
+    assert "--target" in invoke(command[0], "--help").output
     for flag in ("--target", "--device"):
-        result = CliRunner().invoke(cli, [*command, flag, "toaster"], prog_name="tvmsplit")
+        result = invoke(*command, flag, "toaster")
         assert result.exit_code == 1 and "toaster" in result.output, (flag, result.output)
         assert "Traceback" not in result.output
 

@@ -279,13 +279,10 @@ def test_per_stage_keys_admit_exactly_the_senders_in_the_plan(built, tmp_path, c
     the client's result socket admits only the replying stage 1, stage 1's data socket only
     stage 0."""
     bundle, x, ort_out = built
-    from click.testing import CliRunner
-
-    from tvmsplit.cli import cli
+    from cli_helpers import invoke, ok
 
     keys_dir = tmp_path / "keys"
-    made = CliRunner().invoke(cli, ["keys", str(keys_dir), "--stages", "2"])
-    assert made.exit_code == 0, made.output
+    ok(invoke("keys", keys_dir, "--stages", 2))
     assert sorted(f.name for f in keys_dir.glob("*.key")) == ["client.key", "stage0.key",
                                                               "stage1.key"]
     k = {n: SecureConfig(keys_dir, n) for n in ("client", "stage0", "stage1")}

@@ -16,7 +16,6 @@ import time
 import numpy as np
 import pytest
 import zmq
-from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 import tvmsplit as ts
@@ -31,6 +30,7 @@ from tvmsplit.runtime.gather import Gather, GatherError, Part, merge_traces
 from tvmsplit.runtime.pipeline import Pipeline, PipelineError
 from tvmsplit.plan import CLIENT_END, Plan, Route
 
+from cli_helpers import invoke, ok
 from hand_workers import HandStartedWorkers, worker_command
 
 RTOL = 1e-4
@@ -300,12 +300,9 @@ def test_secure_dag_pipeline(dag, tmp_path):
     Control: the same message sent with a worker's key does arrive."""
     from zmq.auth import load_certificate
 
-    from tvmsplit.cli import cli
-
     keys, outsider = tmp_path / "keys", tmp_path / "outsider"
     for d, names in ((keys, "client,worker"), (outsider, "mallory")):
-        made = CliRunner().invoke(cli, ["keys", str(d), "--names", names])
-        assert made.exit_code == 0, made.output
+        ok(invoke("keys", d, "--names", names))
     client = load_certificate(keys / "client.key_secret")
     worker = load_certificate(keys / "worker.key_secret")
     mallory = load_certificate(outsider / "mallory.key_secret")

@@ -750,15 +750,12 @@ def test_evaluate_runs_every_plan_on_the_testbed_and_regret_is_at_least_one(tmp_
     edge, the chosen plan and every alternative run as real pipelines over a shaped link, each
     output == onnxruntime; regret >= 1, and the JSON has what the issue asks for."""
     _require_cgroups()
-    from click.testing import CliRunner
-
-    from tvmsplit.cli import cli
+    from cli_helpers import invoke, ok
 
     monkeypatch.setenv("TVMSPLIT_CACHE", str(tmp_path / "cache"))
     model = _tiny_mlp(tmp_path)
-    result = CliRunner().invoke(cli, ["evaluate", str(model), "--link", "4g", "--requests", "3",
-                                      "--rounds", "1", "--json", "--save", str(tmp_path / "ev.json")])
-    assert result.exit_code == 0, result.output
+    result = ok(invoke("evaluate", model, "--link", "4g", "--requests", 3, "--rounds", 1, "--json",
+                       "--save", tmp_path / "ev.json"))
     data = json.loads(result.stdout)
     assert json.loads((tmp_path / "ev.json").read_text()) == data
     names = [p["name"] for p in data["plans"]]
@@ -852,23 +849,20 @@ def test_plan_works_on_a_fresh_machine_with_the_testbeds_devices(tmp_path, monke
     """No trained predictor, no cost file: `plan --devices end=pi-class,edge=host` measures the
     model's layers on the testbed's devices (then reuses them), and the plan is buildable."""
     _require_cgroups()
-    from click.testing import CliRunner
-
-    from tvmsplit.cli import cli
+    from cli_helpers import invoke, ok
 
     monkeypatch.setenv("TVMSPLIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("TVMSPLIT_PREDICTORS", str(tmp_path / "no-predictors"))
     model = _tiny_mlp(tmp_path)
     args = ["plan", str(model), "--devices", "end=pi-class,edge=host", "--link", "3g", "--json"]
-    first = CliRunner().invoke(cli, args)
-    assert first.exit_code == 0, first.output
+    first = ok(invoke(*args))
     assert "profiling 3 layers on the end" in first.stderr
     plan = json.loads(first.stdout)
     assert [d["target"] for d in plan["devices"]] == ["pi-class", "host"]
-    again = CliRunner().invoke(cli, [*args, "--save", str(tmp_path / "plan.json")])
-    assert again.exit_code == 0 and "from the cache" in again.stderr
+    again = ok(invoke(*args, "--save", tmp_path / "plan.json"))
+    assert "from the cache" in again.stderr
     assert json.loads(again.stdout)["predicted"]["assignment"] == plan["predicted"]["assignment"]
-    asked = CliRunner().invoke(cli, [*args[:4], "--costs", "predict"])
+    asked = invoke(*args[:4], "--costs", "predict")
     assert asked.exit_code == 1 and "tvmsplit profile --target" in asked.output \
         and "end=pi-class,edge=host" in asked.output
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import tvmsplit as ts
 from tvmsplit.check import check_bundle, reference, reference_name
-from tvmsplit.cli import cli
 from tvmsplit.errors import ModelError, UnsupportedOpsError
 from tvmsplit.tflitebuild import small_cnn
 from tvmsplit.tflitefront import TfliteModel, is_tflite
+
+from cli_helpers import invoke, ok
 
 DATA = Path(__file__).parent / "data" / "tflite"
 HAND = DATA / "hand_recrop.tflite"
@@ -109,9 +109,7 @@ def test_a_stage_cross_builds_for_rpi4b(tmp_path):
 
 
 def test_cli_build_check_names_the_tflite_reference(tmp_path):
-    result = CliRunner().invoke(cli, ["build", str(HAND), "--split-at", "conv2d_4", "-o",
-                                      str(tmp_path / "b"), "--check"], prog_name="tvmsplit")
-    assert result.exit_code == 0, result.output
+    result = ok(invoke("build", HAND, "--split-at", "conv2d_4", "-o", tmp_path / "b", "--check"))
     assert "check vs tflite: " in result.stdout and "OK" in result.stdout
 
 

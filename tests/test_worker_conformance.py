@@ -471,13 +471,10 @@ def _alive(pid: int) -> bool:
 # ----------------------------------------------------------------------------------- the CLI
 def test_tvmsplit_run_with_each_worker_kind_checks_against_onnxruntime(kind, monkeypatch):
     """`tvmsplit run ... --worker KIND --check`: the pipeline of that kind == onnxruntime."""
-    from click.testing import CliRunner
+    from cli_helpers import invoke, ok
 
-    from tvmsplit.cli import cli
-
-    result = CliRunner().invoke(cli, ["run", "zoo:chain", "--split-at", "pool1", "--worker", kind,
-                                      "--requests", "3", "--check"])
-    assert result.exit_code == 0, result.output
+    result = ok(invoke("run", "zoo:chain", "--split-at", "pool1", "--worker", kind, "--requests", 3,
+                       "--check"))
     assert "stage 1 [x86_64]" in result.output and result.output.strip().endswith("OK")
 
 
