@@ -74,6 +74,33 @@ def test_plan_errors_are_one_line(costs, tmp_path, monkeypatch):
         assert "Traceback" not in result.output
 
 
+def test_plan_throughput_prices_a_send_cost_given_with_send_ms(tmp_path):
+    """`--send-ms end=MS/MS_PER_KB`: the end's stage is busy that much longer per request when it
+    sends up the link (the bottleneck, not the latency); a large one keeps the throughput plan
+    from sending anything from the end; a bad value is one clear line."""
+    g = ts.load(zoo.make("inception"))
+    costs = tmp_path / "even.json"   # two devices alike: the best stream splits the work
+    costs.write_text(json.dumps({"devices": ["end", "edge"], "compute_ms": {
+        l.name: {"end": l.flops / 4e7, "edge": l.flops / 4e7} for l in g.layers}}))
+
+    def plan(*extra):
+        return json.loads(invoke("plan", "zoo:inception", "--devices", "end=x86_64,edge=x86_64",
+                                 "--link", "lan:1000/1000/0.1", "--costs", costs, "--objective",
+                                 "throughput", "--json", *extra).output)
+
+    free, sends = plan(), plan("--send-ms", "end=2/0.5")
+    assert len(set(free["predicted"]["assignment"])) == 2      # the end computes and sends
+    cut = sends["baselines"]["chain-dp"]
+    # 2 ms a request + 0.5 ms a KB: no cut pays, one device runs it all (the two tie)
+    assert len(set(sends["predicted"]["assignment"])) == 1
+    assert sends["predicted"]["send_ms"] == [0.0, 0.0]         # nothing goes up from a stage
+    assert cut is None or cut["bottleneck_ms"] >= sends["predicted"]["bottleneck_ms"]
+    bad = invoke("plan", "zoo:inception", "--devices", "end=x86_64,edge=x86_64", "--costs",
+                 costs, "--send-ms", "end=fast")
+    assert bad.exit_code == 1 and "--send-ms end=fast" in bad.output \
+        and "Traceback" not in bad.output
+
+
 def test_parse_bytes():
     assert parse_bytes("1GiB") == 2**30 and parse_bytes("512 MB") == 512 * 10**6
     assert parse_bytes("100") == 100

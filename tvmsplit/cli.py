@@ -712,6 +712,10 @@ def parse_bytes(text: str) -> int:
 @click.option("--decode-ms", "decode_ms", default="", metavar="NAME=MS,...",
               help="With --input-bytes: ms to decode the input on each device, charged to the "
                    "device that runs the layer reading it (others: 0).")
+@click.option("--send-ms", "send_ms", default="", metavar="NAME=MS[/MS_PER_KB],...",
+              help="Throughput: how long a device's stage is busy per request sending up its "
+                   "link (plus per KB sent, after a slash), in the bottleneck; `tvmsplit "
+                   "evaluate --objective throughput` measures it on the testbed (others: 0).")
 @click.option("--end-devices", type=click.IntRange(min=1), default=1, show_default=True,
               metavar="N",
               help="N end devices like the first of --devices, each running this model, share "
@@ -741,7 +745,7 @@ def parse_bytes(text: str) -> int:
                    "to its device to the latency objective (always reported).")
 @fallback_option
 def plan_cmd(model, profile_file, devices, links, costs_file, objective, powers, method, mem_caps,
-             sequential, batch, horizontal, pins, input_bytes, decode_ms, end_devices,
+             sequential, batch, horizontal, pins, input_bytes, decode_ms, send_ms, end_devices,
              deadline_ms, share_steps, shapes, as_json, save, plot, links_file, sink, deploy_cost,
              fallback) -> None:
     """Choose where to split MODEL (or a --profile) across a path of devices, with the
@@ -780,7 +784,8 @@ def plan_cmd(model, profile_file, devices, links, costs_file, objective, powers,
                             batch=batch, horizontal=horizontal,
                             topology=Topology.from_file(links_file) if links_file else None,
                             sink=sink, deploy_in_objective=deploy_cost,
-                            decode_ms=_decode_ms(decode_ms, input_bytes))
+                            decode_ms=_decode_ms(decode_ms, input_bytes),
+                            **_send_ms(send_ms))
     if end_devices > 1:
         _plan_shared(result, link_list, input_bytes, end_devices, deadline_ms, share_steps, as_json)
         return
@@ -821,6 +826,23 @@ def _decode_ms(text: str, input_bytes: int | None) -> dict[str, float]:
         return {name: float(ms) for name, ms in _parse_pairs(text, "--decode-ms")}
     except ValueError:
         raise TvmsplitError(f"--decode-ms {text!r} is not NAME=MS,... (e.g. end=4.2,edge=0.6)") from None
+
+
+def _send_ms(text: str) -> dict[str, dict[str, float]]:
+    """``--send-ms NAME=MS[/MS_PER_KB],...`` as plan_partition's ``send_ms`` and
+    ``send_ms_per_byte`` (device name -> ms, ms per byte)."""
+    fixed, per_byte = {}, {}
+    for name, value in _parse_pairs(text, "--send-ms"):
+        try:
+            parts = [float(v) for v in value.split("/")]
+            if len(parts) > 2 or min(parts) < 0:
+                raise ValueError
+        except ValueError:
+            raise TvmsplitError(f"--send-ms {name}={value} is not MS or MS/MS_PER_KB (>= 0), "
+                                "e.g. end=20 or end=18/0.3") from None
+        fixed[name] = parts[0]
+        per_byte[name] = parts[1] / 1e3 if len(parts) == 2 else 0.0
+    return {"send_ms": fixed, "send_ms_per_byte": per_byte}
 
 
 def _stage_runtimes(g, plan, fallback: str | None) -> tuple:
