@@ -10,6 +10,7 @@ passed silently.
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import shutil
@@ -783,7 +784,7 @@ def test_evaluate_runs_every_plan_on_the_testbed_and_regret_is_at_least_one(tmp_
 
 def test_evaluate_throughput_prices_the_end_devices_measured_send_cost(tmp_path, monkeypatch):
     """`evaluate --objective throughput`: the end's busy time for sending up the link is
-    measured by streamed probes (all-end, and cuts sending 1 KB and 51 KB to the edge), goes into
+    measured by streamed probes (all-end, and cuts sending 1 KB and 18 KB to the edge), goes into
     every plan's predicted bottleneck, and the figures are requests per second."""
     _require_cgroups()
     from cli_helpers import invoke, ok
@@ -797,9 +798,10 @@ def test_evaluate_throughput_prices_the_end_devices_measured_send_cost(tmp_path,
     assert send["device"] == "end" and send["ms_per_request"] >= 0 and send["ms_per_byte"] >= 0
     probes = send["probes"]
     assert probes["all-end"]["period_ms"] > probes["all-end"]["compute_ms"] > 0
-    for cut, nbytes in (("cut@fc1", 1024), ("cut@conv5", 51_200)):
-        assert probes[cut]["bytes"] == nbytes
-        assert probes[cut]["send_ms"] >= 0 and probes[cut]["period_ms"] > 0
+    for cut, nbytes in (("cut@fc1", 1024), ("cut@conv5", 18_432)):   # the chain at 24x24
+        assert probes[cut]["bytes"] == nbytes and probes[cut]["period_ms"] > 0
+        assert len(probes[cut]["send_ms_rounds"]) == 3   # per round, against all-end's
+        assert math.isfinite(probes[cut]["send_ms"])     # a median: noise may make it < 0
     best = max(p["measured"] for p in data["plans"])
     chosen = next(p for p in data["plans"] if p["name"] == data["chosen"])
     assert data["regret"] == pytest.approx(best / chosen["measured"])

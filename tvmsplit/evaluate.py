@@ -462,7 +462,7 @@ def stage_overheads(devices: Sequence[Device], testbed, link: Link, workdir: Pat
     return tuple(out)
 
 
-SEND_PROBE_CUTS = ("fc1", "conv5")   # the probe chain's cuts: 1 KB and 51 KB to the edge
+SEND_PROBE_CUTS = ("fc1", "conv5")   # the probe chain's cuts: 1 KB and (24x24) 18 KB to the edge
 
 
 def fit_send_cost(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
@@ -481,21 +481,25 @@ def fit_send_cost(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
 
 
 def send_costs(devices: Sequence[Device], testbed, link: Link, workdir: Path, *,
-               requests: int = 12, input_size: int = 40, log: Callable[[str], None] = print,
+               requests: int = 16, rounds: int = 3, input_size: int = 24,
+               log: Callable[[str], None] = print,
                probes: dict | None = None) -> tuple[float, float]:
     """The end device's busy time for sending a tensor to the edge, per request and per byte:
     ``(send_ms, send_ms_per_byte)`` for ``Problem.send_busy_ms``.
 
     The overhead probe's stage keeps its output on the device; a stage that sends up the shaped
     link also runs its TCP send on the capped core (ZeroMQ's I/O thread is in the device's
-    cgroup, and every ACK-clocked wake-up spends quota). Streamed, the end is the bottleneck, so
-    its period (the mean gap between answers, ``max_in_flight`` 4) is its busy time a request.
-    The probe chain (the long overhead probe) runs all on the end, then cut after ``fc1`` (1 KB
-    to the edge) and after ``conv5`` (51 KB); each cut's send time is its period minus its end
-    stage's compute, minus the same for all-end. The two points give the fixed and per-byte
-    parts (each >= 0); a cut whose transfer would take over a third of the period (the link,
-    not the end, would set the pace) is left out, and with one point left it is all fixed.
-    ``probes`` receives every run's figures."""
+    cgroup; every ACK-clocked wake-up spends quota and may wait for the next period). Streamed,
+    the end is the bottleneck, so its period (the mean gap between answers, ``max_in_flight``
+    4) is its busy time a request. A probe chain (zoo ``chain`` at ``input_size``: an end stage
+    of ~12 quota periods, like a real one) runs all on the end, cut after ``fc1`` (1 KB to the
+    edge) and cut after ``conv5`` (18 KB at 24x24), in ``rounds`` interleaved rounds of
+    ``requests``; a cut's send time in a round is its period minus its end stage's compute,
+    minus the same for all-end in that round, and its point is the median over the rounds. The
+    two points give the fixed and per-byte parts (``fit_send_cost``); a cut whose bytes would
+    take the link over a third of the all-end period (the link, not the end, would set the pace)
+    is left out. ``probes`` receives every run's figures. Expect noise: the periods of one
+    plan vary by ~10 % between rounds on a shared machine (BENCHMARKS.md)."""
     from . import zoo
     from .build import build_bundle
     from .check import random_inputs
@@ -507,43 +511,58 @@ def send_costs(devices: Sequence[Device], testbed, link: Link, workdir: Path, *,
     x = random_inputs(g.inputs)
     end, edge = devices[0].target, devices[1].target
 
-    def period(split_at: str | None) -> tuple[float, float]:
-        """(ms between answers, streamed; the end stage's median compute ms)."""
-        plan_ = (plan_split(g, split_at=[split_at], targets=[end, edge]) if split_at
+    def start(stack: contextlib.ExitStack, cut: str | None) -> Pipeline:
+        plan_ = (plan_split(g, split_at=[cut], targets=[end, edge]) if cut
                  else plan_split(g, targets=[end]))
-        bundle = build_bundle(g, plan_, workdir / f"send-probe-{split_at or 'all-end'}")
-        places = ["end", "edge"] if split_at else ["end"]
-        stamps, compute = [], []
-        with Pipeline(bundle, launcher=testbed.launcher(places), timeout_s=120.0,
-                      max_in_flight=4) as p:
-            for _ in p.stream([x] * 3):
-                pass
-            for _, trace in p.stream([x] * requests):
-                stamps.append(time.perf_counter())
-                compute.append(trace.compute_ms[0])
-        gap = (stamps[-1] - stamps[0]) * 1e3 / (len(stamps) - 1)
-        return gap, statistics.median(compute)
+        bundle = build_bundle(g, plan_, workdir / f"send-probe-{cut or 'all-end'}")
+        p = stack.enter_context(Pipeline(bundle, launcher=testbed.launcher(
+            ["end", "edge"] if cut else ["end"]), timeout_s=120.0, max_in_flight=4))
+        for _ in p.stream([x] * 3):   # warm up
+            pass
+        return p
 
-    base_gap, base_compute = period(None)
-    got = {"all-end": {"period_ms": base_gap, "compute_ms": base_compute}}
+    def period(p: Pipeline) -> tuple[float, float]:
+        """(ms between answers, streamed; the end stage's median compute ms)."""
+        stamps, compute = [], []
+        for _, trace in p.stream([x] * requests):
+            stamps.append(time.perf_counter())
+            compute.append(trace.compute_ms[0])
+        return (stamps[-1] - stamps[0]) * 1e3 / (len(stamps) - 1), statistics.median(compute)
+
+    runs: dict[str, list[tuple[float, float]]] = {"all-end": []}
+    got: dict[str, dict] = {}
+    with contextlib.ExitStack() as stack:
+        pipes = {"all-end": start(stack, None)}
+        runs["all-end"].append(period(pipes["all-end"]))
+        for cut in SEND_PROBE_CUTS:
+            nbytes = g.cut_after(cut).nbytes
+            wire_ms = nbytes * 8e3 / link.up_bps   # streamed, the delay overlaps: the rate counts
+            if wire_ms > runs["all-end"][0][0] / 3:
+                got[f"cut@{cut}"] = {"bytes": nbytes, "skipped": f"the link takes {wire_ms:.0f} "
+                                     "ms a request for it"}
+                continue
+            pipes[f"cut@{cut}"] = start(stack, cut)
+            runs[f"cut@{cut}"] = []
+        for r in range(rounds):
+            for name, p in pipes.items():
+                if r or name != "all-end":   # all-end's first round ran above
+                    runs[name].append(period(p))
+    beyond = {name: [gap - compute for gap, compute in got_] for name, got_ in runs.items()}
     points = []
-    for cut in SEND_PROBE_CUTS:
-        nbytes = g.cut_after(cut).nbytes
-        wire_ms = nbytes * 8e3 / link.up_bps   # streamed, the delay overlaps: the rate counts
-        if wire_ms > base_gap / 3:
-            got[f"cut@{cut}"] = {"bytes": nbytes, "skipped": f"the link takes {wire_ms:.0f} ms "
-                                 "a request for it"}
-            continue
-        gap, compute = period(cut)
-        send = max(0.0, (gap - compute) - (base_gap - base_compute))
-        got[f"cut@{cut}"] = {"bytes": nbytes, "period_ms": gap, "compute_ms": compute,
-                             "send_ms": send}
-        points.append((nbytes, send))
+    for name, rs in runs.items():
+        entry = got.setdefault(name, {})
+        entry.update({"period_ms": statistics.median(gap for gap, _ in rs),
+                      "compute_ms": statistics.median(c for _, c in rs)})
+        if name != "all-end":
+            entry["bytes"] = g.cut_after(name.removeprefix("cut@")).nbytes
+            entry["send_ms"] = statistics.median(
+                b - a for b, a in zip(beyond[name], beyond["all-end"]))
+            entry["send_ms_rounds"] = [b - a for b, a in zip(beyond[name], beyond["all-end"])]
+            points.append((entry["bytes"], entry["send_ms"]))
     fixed, per_byte = fit_send_cost(points)
-    log(f"send cost on the end: {fixed:.2f} ms a request + {per_byte * 1e3:.4f} ms/KB "
-        f"(streamed period all-end {base_gap:.1f} ms, " + ", ".join(
-            f"{k} {v['period_ms']:.1f} ms" for k, v in got.items()
-            if k != "all-end" and "period_ms" in v) + ")")
+    log(f"send cost on the end: {fixed:.2f} ms a request + {per_byte * 1e3:.4f} ms/KB (streamed "
+        "period, median of rounds: " + ", ".join(f"{k} {v['period_ms']:.1f} ms"
+                                               for k, v in got.items() if "period_ms" in v) + ")")
     if probes is not None:
         probes.update(got)
     return fixed, per_byte
