@@ -430,6 +430,17 @@ def test_send_cost_fit_through_the_probe_points():
     assert fit_send_cost([(1024, 0.0), (51_200, 50.0)])[0] == 0.0     # never a negative fixed part
 
 
+def test_streamed_throughput_does_not_count_the_pipelines_fill():
+    """A stream's rate is from the first answer to the last: a plan of 215 ms latency that
+    answers every 100 ms streams 10 req/s, however few requests (counted from the start, 3 of
+    them would give 7.2 and rank it by its latency)."""
+    from tvmsplit.evaluate import steady_rate
+
+    assert steady_rate(0.0, [0.215, 0.315, 0.415]) == pytest.approx(10.0)
+    assert steady_rate(0.0, [0.5]) == pytest.approx(2.0)     # one answer: 1 / its latency
+    assert steady_rate(0.0, []) == 0.0
+
+
 def test_evaluation_with_a_failed_candidate_ranks_it_last_and_writes_plain_json():
     """A candidate whose run failed (a request timed out) is the worst there is: best and regret
     are over the plans that ran, a failed chosen plan has regret inf (JSON null), the JSON names
