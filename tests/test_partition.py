@@ -150,7 +150,9 @@ def test_evaluate_prices_a_split_by_hand():
     assert b.hop_ms[0] == pytest.approx(1e3 * (cut * 8 / 8e6 + 0.005))
     assert b.return_ms == pytest.approx(1e3 * (out * 8 / 16e6 + 0.005))
     assert b.latency_ms == pytest.approx(sum(b.compute_ms) + b.hop_ms[0] + b.return_ms)
-    assert b.bottleneck_ms == pytest.approx(max(*b.compute_ms, b.hop_ms[0]))
+    # a stream's bottleneck counts the link's occupancy: the rtt/2 overlaps other requests
+    assert b.bottleneck_ms == pytest.approx(max(*b.compute_ms, 1e3 * cut * 8 / 8e6))
+    assert b.bottleneck_ms < b.hop_ms[0]
 
 
 def test_a_senders_busy_time_counts_in_the_bottleneck_only_and_moves_the_throughput_plan():
@@ -427,6 +429,7 @@ def test_send_cost_fit_through_the_probe_points():
     assert fixed == pytest.approx(2.0 - per_byte * 1024)
     assert fit_send_cost([(1024, 9.0), (51_200, 5.0)]) == (7.0, 0.0)  # bigger but cheaper: noise
     assert fit_send_cost([(1024, -3.0)]) == (0.0, 0.0)
+    assert fit_send_cost([(1024, -6.9), (18_432, -0.5)]) == (0.0, 0.0)  # noise makes no slope
     assert fit_send_cost([(1024, 0.0), (51_200, 50.0)])[0] == 0.0     # never a negative fixed part
 
 
@@ -510,7 +513,7 @@ def test_overheads_are_priced_by_hand():
     assert end.bottleneck_ms == pytest.approx(16.0) and end.energy_mj == pytest.approx(80 + 3.2)
     edge = evaluate(problem, [1, 1])
     assert edge.compute_ms == pytest.approx((0.0, 4.5)) and edge.latency_ms == pytest.approx(16.0)
-    assert edge.bottleneck_ms == pytest.approx(6.0)
+    assert edge.bottleneck_ms == pytest.approx(4.5)   # the link is busy 1 ms (its delay overlaps)
     assert edge.energy_mj == pytest.approx(12 + 5 + 4.5 + 2.3)
     plain = evaluate(_two_layer_problem(table, link), [0, 1])
     assert plain.compute_ms == pytest.approx((2.0, 0.5)) and plain.latency_ms == pytest.approx(14.0)

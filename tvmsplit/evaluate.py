@@ -469,10 +469,11 @@ SEND_PROBE_CUTS = ("fc1", "conv5")   # the probe chain's cuts: 1 KB and (24x24) 
 
 def fit_send_cost(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
     """(ms a request, ms a byte) through measured (bytes sent, ms busy sending) points: the line
-    through the two smallest sizes, both parts >= 0; a slope below 0 is noise, and so is a
-    size that does not matter: then the mean of the two is the fixed part (one point: its
-    value; none: (0, 0))."""
-    pts = sorted(points)
+    through the two smallest sizes, both parts >= 0. A point below 0 is noise and counts as 0
+    (two such points are no cost, not a slope: measured, -6.9 and -0.5 ms would have made
+    0.37 ms/KB); a slope below 0 is noise too, and so is a size that does not matter: then
+    the mean of the two is the fixed part (one point: its value; none: (0, 0))."""
+    pts = sorted((b, max(0.0, ms)) for b, ms in points)
     if not pts:
         return 0.0, 0.0
     (b1, s1), (b2, s2) = pts[:2] if len(pts) > 1 else (pts[0], pts[0])

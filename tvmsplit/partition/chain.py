@@ -86,8 +86,9 @@ def plan_chain(problem: Problem) -> Breakdown:
     caps = problem.cap
 
     def hop(h: int) -> np.ndarray:  # ms to send cut[q] over link h, for every q
-        link = problem.links[h]
-        return np.where(cut > 0, 1e3 * (cut * 8 / link.up_bps + link.rtt_s / 2), 0.0)
+        link = problem.links[h]     # (a stream's bottleneck: the occupancy, no delay)
+        delay = 0.0 if throughput else link.rtt_s / 2
+        return np.where(cut > 0, 1e3 * (cut * 8 / link.up_bps + delay), 0.0)
 
     inf = np.inf
     best = np.full((k, n + 1), inf)

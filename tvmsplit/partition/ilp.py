@@ -14,7 +14,8 @@ With y[l,h] = sum_{d<=h} x[l,d] ("l is at or below h"):
 - memory: sum params * x + a[d] <= cap[d], a[d] >= act[l] * x[l,d];
 - pins fix x; a latency ceiling bounds the latency expression.
 Minimises the latency expression, or T >= every device's compute (+ send) and every link's
-transfer and then, at that T, the latency (two solves: lexicographic). Costs are exactly those of
+occupancy (its transfer without the rtt/2) and then, at that T, the latency (two solves:
+lexicographic). Costs are exactly those of
 ``problem.evaluate``. The outputs' return is ``Problem.return_ms`` per (output, device), a
 coefficient of x. With ``deploy_in_objective`` the latency objective adds the deployment time:
 per byte of weights on a device (a coefficient of x) plus, through v[d] (device d is shipped
@@ -189,8 +190,8 @@ def plan_ilp(problem: Problem) -> Breakdown:
     if problem.objective == "throughput":
         for d in range(k):
             add({T: 1.0, **{v: -w for v, w in busy_terms(d).items()}}, 0, np.inf)
-        for h in range(H):
-            add({T: 1.0, **{v: -w for v, w in hop_terms(h).items()}}, 0, np.inf)
+        for h in range(H):   # the link's occupancy: no rtt/2 (w[h]) in a stream
+            add({T: 1.0, **{v: -w for v, w in hop_terms(h).items() if v != W0 + h}}, 0, np.inf)
     objective = weighted(*problem.energy_weights()) if problem.objective == "energy" else latency
     if deploy:
         objective = dict(objective)

@@ -26,7 +26,8 @@ Cost of an assignment (``evaluate``):
   ACK-clocked wake-up spends quota; ``Problem.send_busy_ms`` is the rule). It counts in the
   bottleneck only: within one request the send overlaps the transfer the hop already charges;
 - latency = compute + hops + return; the pipelined *bottleneck* = max(per-device compute + send,
-  per-hop transfer) — throughput is 1 / bottleneck;
+  per-hop occupancy) — throughput is 1 / bottleneck; a hop's occupancy is its bytes x 8 / up
+  bandwidth without the rtt/2 (``Link.up_busy_ms``: in a stream the delay overlaps);
 - deployment (IONN-style, ``Problem.deploy_ms``): shipping each used device's library (its
   layers' weights + ``deploy_code_bytes`` of code) from d0 up the path (or along
   ``deploy_ms_per_byte`` / ``deploy_fixed_ms``), one device after another; always reported
@@ -467,7 +468,8 @@ def evaluate(problem: Problem, assignment: Sequence[int]) -> Breakdown:
     send = tuple(float(problem.send_busy_ms(d, hop_bytes[d] if d < k - 1 else 0, d in dev))
                  for d in range(k))
     latency = sum(compute) + sum(hop_ms) + return_ms
-    bottleneck = max([*(c + s for c, s in zip(compute, send)), *hop_ms])
+    bottleneck = max([*(c + s for c, s in zip(compute, send)),
+                      *(problem.links[h].up_busy_ms(b) for h, b in enumerate(hop_bytes))])
     wc, wh, idle = problem.energy_weights()
     energy = (sum(w * c for w, c in zip(wc, compute)) + sum(w * h for w, h in zip(wh, hop_ms))
               + idle * return_ms) if problem.power else 0.0

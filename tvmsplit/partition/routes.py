@@ -388,7 +388,8 @@ def _subset_dp(tp: TopoProblem) -> list[tuple[float, tuple[str, ...], list[int]]
             link = t.link(reps[a], reps[b])
         if link is None:
             return None
-        return np.where(cut > 0, 1e3 * (cut * 8 / link.up_bps + link.rtt_s / 2), 0.0)
+        delay = 0.0 if throughput else link.rtt_s / 2   # a stream's bottleneck: occupancy
+        return np.where(cut > 0, 1e3 * (cut * 8 / link.up_bps + delay), 0.0)
 
     hops = [[hop(a, b) for b in range(C)] for a in range(C)]
     start = tuple(1 if c == 0 else 0 for c in range(C))
