@@ -492,7 +492,8 @@ def send_costs(devices: Sequence[Device], testbed, link: Link, workdir: Path, *,
 
     The overhead probe's stage keeps its output on the device; a stage that sends up the shaped
     link also runs its TCP send on the capped core (ZeroMQ's I/O thread is in the device's
-    cgroup; every ACK-clocked wake-up spends quota and may wait for the next period). Streamed,
+    cgroup), which a weak device may pay for; on this testbed it measured ~0 (BENCHMARKS.md,
+    "Throughput, measured in steady state"). Streamed,
     the end is the bottleneck, so its period (the mean gap between answers, ``max_in_flight``
     4) is its busy time a request. A probe chain (zoo ``chain`` at ``input_size``: an end stage
     of ~12 quota periods, like a real one) runs all on the end, cut after ``fc1`` (1 KB to the

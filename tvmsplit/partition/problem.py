@@ -22,8 +22,8 @@ Cost of an assignment (``evaluate``):
   is consumed (another sink, or 0: consumed where it is made; ``topology.sink_output_ms``);
 - send (``send_ms``, ``send_ms_per_byte``, per device, default 0): a device that runs layers and
   sends anything up its link is busy ``send_ms + send_ms_per_byte x bytes`` longer per request
-  (its stage worker's serialisation and TCP send, on its own CPU: on a capped device every
-  ACK-clocked wake-up spends quota; ``Problem.send_busy_ms`` is the rule). It counts in the
+  (its stage worker's serialisation and TCP send, on its own CPU; ``Problem.send_busy_ms`` is
+  the rule; ``evaluate.send_costs`` measures it on the testbed). It counts in the
   bottleneck only: within one request the send overlaps the transfer the hop already charges;
 - latency = compute + hops + return; the pipelined *bottleneck* = max(per-device compute + send,
   per-hop occupancy) — throughput is 1 / bottleneck; a hop's occupancy is its bytes x 8 / up
