@@ -805,8 +805,14 @@ def test_evaluate_throughput_prices_the_end_devices_measured_send_cost(tmp_path,
     best = max(p["measured"] for p in data["plans"])
     chosen = next(p for p in data["plans"] if p["name"] == data["chosen"])
     assert data["regret"] == pytest.approx(best / chosen["measured"])
-    for p in data["plans"]:   # predicted req/s = 1 / bottleneck, the send included
+    for p in data["plans"]:
         assert p["predicted"] > 0 and p["measured"] > 0 and p["max_rel_error"] < 1e-3
+    # the measured send cost is in the prediction: cut@fc1's end stage sends fc1's 4 KB up
+    cut = next(p for p in data["plans"] if p["name"] == "cut@fc1")
+    end_ms, edge_ms = cut["predicted_compute_ms"]
+    busy = end_ms + send["ms_per_request"] + send["ms_per_byte"] * 4096
+    occupancy = 4096 * 8 / (data["link"]["up_mbps"] * 1e3)   # ms, no rtt in a stream
+    assert cut["predicted"] == pytest.approx(1e3 / max(busy, edge_ms, occupancy))
 
 
 def test_evaluate_records_a_plan_whose_request_times_out_and_measures_the_others(tmp_path,

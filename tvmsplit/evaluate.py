@@ -526,12 +526,12 @@ def send_costs(devices: Sequence[Device], testbed, link: Link, workdir: Path, *,
         return p
 
     def period(p: Pipeline) -> tuple[float, float]:
-        """(ms between answers, streamed; the end stage's median compute ms)."""
-        stamps, compute = [], []
+        """(ms between answers in steady state, streamed; the end stage's median compute ms)."""
+        start, stamps, compute = time.perf_counter(), [], []
         for _, trace in p.stream([x] * requests):
             stamps.append(time.perf_counter())
             compute.append(trace.compute_ms[0])
-        return (stamps[-1] - stamps[0]) * 1e3 / (len(stamps) - 1), statistics.median(compute)
+        return 1e3 / steady_rate(start, stamps), statistics.median(compute)
 
     runs: dict[str, list[tuple[float, float]]] = {"all-end": []}
     got: dict[str, dict] = {}
@@ -551,17 +551,17 @@ def send_costs(devices: Sequence[Device], testbed, link: Link, workdir: Path, *,
             for name, p in pipes.items():
                 if r or name != "all-end":   # all-end's first round ran above
                     runs[name].append(period(p))
-    beyond = {name: [gap - compute for gap, compute in got_] for name, got_ in runs.items()}
+    # per round: the time a request beyond the end stage's compute
+    beyond = {name: [gap - compute for gap, compute in rs] for name, rs in runs.items()}
     points = []
     for name, rs in runs.items():
         entry = got.setdefault(name, {})
         entry.update({"period_ms": statistics.median(gap for gap, _ in rs),
                       "compute_ms": statistics.median(c for _, c in rs)})
         if name != "all-end":
-            entry["bytes"] = g.cut_after(name.removeprefix("cut@")).nbytes
-            entry["send_ms"] = statistics.median(
-                b - a for b, a in zip(beyond[name], beyond["all-end"]))
-            entry["send_ms_rounds"] = [b - a for b, a in zip(beyond[name], beyond["all-end"])]
+            rounds_ms = [b - a for b, a in zip(beyond[name], beyond["all-end"])]
+            entry.update({"bytes": g.cut_after(name.removeprefix("cut@")).nbytes,
+                          "send_ms": statistics.median(rounds_ms), "send_ms_rounds": rounds_ms})
             points.append((entry["bytes"], entry["send_ms"]))
     fixed, per_byte = fit_send_cost(points)
     log(f"send cost on the end: {fixed:.2f} ms a request + {per_byte * 1e3:.4f} ms/KB (streamed "
@@ -790,14 +790,15 @@ def evaluate(graph: LayerGraph, *, devices: Sequence[Device] = (Device("end", "p
                                                     for ms, where in zip(decode, PLACES)))
                 priced = {"input_bytes": sent_bytes if encoding else None, "decode_ms": decode,
                           "send_ms": (send[0], 0.0), "send_ms_per_byte": (send[1], 0.0)}
+                names = [d.name for d in devices]   # the priced tuples, by device name
                 chosen = plan_partition(graph, devices, [link], costs, objective=objective,
                                         method=method, parallel=False,
-                                        stage_overhead_ms={d.name: o for d, o in
-                                                           zip(devices, overhead)},
+                                        stage_overhead_ms=dict(zip(names, overhead)),
                                         input_bytes=priced["input_bytes"],
-                                        decode_ms=dict(zip((d.name for d in devices), decode)),
-                                        send_ms={devices[0].name: send[0]},
-                                        send_ms_per_byte={devices[0].name: send[1]})
+                                        decode_ms=dict(zip(names, decode)),
+                                        send_ms=dict(zip(names, priced["send_ms"])),
+                                        send_ms_per_byte=dict(zip(names,
+                                                                  priced["send_ms_per_byte"])))
                 problem = Problem(graph, chosen.plan_costs, (link,), objective=objective,
                                   stage_overhead_ms=overhead, **priced)
                 cands, chosen_name = candidates(problem, chosen.predicted.assignment)
