@@ -509,7 +509,11 @@ def capped_bundle(tmp_path_factory):
 def test_capped_end_device_runs_stage0_slowed_by_its_profile(capped_bundle):
     """Stage 0 natively in the device namespace inside pi-class's cgroup (core 0, 10%), stage 1
     on the edge (core 1): output == onnxruntime, and stage 0's compute_ms from the trace is
-    ~1/fraction times the same stage's on the edge core (interleaved requests, medians), +-20%.
+    ~1/fraction times the same stage's on the edge core (interleaved requests, medians), +-20%,
+    per CPU-millisecond of work: the capped core may spend more CPU on the same request (a
+    throttled process runs cache-cold after each period; on a shared VM its core is the busier
+    one; CI measured 1.23x CPU and a raw 12.7x for a 10x cap, 10.3x per CPU-ms), so the raw
+    ratio is the cap's slowdown times that CPU factor, which is checked on its own (<= 1.25).
     The machine is shared: when another job takes turns with the edge worker on its core (its
     wall time per request exceeds its CPU time by > 15%), the edge is slowed and the capped
     device (which needs only 10% of its core) is not, so the ratio falls; then the test warns
@@ -550,14 +554,15 @@ def test_capped_end_device_runs_stage0_slowed_by_its_profile(capped_bundle):
                 assert compare(y[name], value, name).rel <= RTOL
         c_med, u_med = statistics.median(c_ms), statistics.median(u_ms)
         ratio, expected = c_med / u_med, tb.end.expected_slowdown
+        cpu_factor = c_cpu / u_cpu
         line = (f"pi-class stage 0: capped median {c_med:.1f} ms (p90 {sorted(c_ms)[13]:.1f}, "
                 f"CPU {c_cpu:.1f} ms/request), edge median {u_med:.1f} ms (CPU {u_cpu:.1f} "
-                f"ms/request): {ratio:.2f}x ({c_med / u_cpu:.2f}x vs the edge's CPU time), "
-                f"expected {expected:g}x")
+                f"ms/request): {ratio:.2f}x, {ratio / cpu_factor:.2f}x per CPU-ms "
+                f"({c_med / u_cpu:.2f}x vs the edge's CPU time), expected {expected:g}x")
         print(f"\n{line}", file=sys.stderr)
-        assert abs(c_cpu / u_cpu - 1) <= 0.25, ("the same work on both", c_cpu, u_cpu)
+        assert abs(cpu_factor - 1) <= 0.25, ("the same work on both", c_cpu, u_cpu)
         if u_med <= 1.15 * u_cpu:
-            assert abs(ratio / expected - 1) <= 0.2, (line, c_ms, u_ms)
+            assert abs(ratio / cpu_factor / expected - 1) <= 0.2, (line, c_ms, u_ms)
         else:
             warnings.warn(f"the edge core is shared with another job, so the ratio is not "
                           f"checked to +-20%: {line}", TestbedSkipped)
